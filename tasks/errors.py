@@ -1,0 +1,143 @@
+"""The project's error tree. Every failure a caller can see has one class and one public code.
+
+::
+
+    TTSError                          code                       retried?
+    ├── PermanentError                                           never
+    │   ├── InvalidInput              INVALID_INPUT
+    │   ├── AuthFailed                AUTH_FAILED
+    │   ├── NotFound                  NOT_FOUND
+    │   ├── ContentPolicyViolation    CONTENT_POLICY_VIOLATION
+    │   ├── UpstreamFailed            UPSTREAM_ERROR
+    │   ├── UnsafeUrl                 UNSAFE_URL
+    │   ├── AudioTooLarge             AUDIO_TOO_LARGE
+    │   ├── NotAudio                  NOT_AUDIO
+    │   ├── DeadlineExceeded          TIMEOUT
+    │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
+    └── TransientError                                           with backoff, bounded
+        ├── UpstreamUnavailable       UPSTREAM_ERROR   (5xx, gateway pages, timeouts, resets)
+        ├── RateLimited               UPSTREAM_ERROR   (429; waits at least Retry-After)
+        ├── InvalidResponse           INVALID_RESPONSE (truncated JSON, completed without audioUrl)
+        ├── DownloadInterrupted       DOWNLOAD_FAILED  (audio host slow, down or cut short)
+        └── WebhookRefused            WEBHOOK_FAILED   (receiver answered non-2xx or was unreachable)
+
+``requests`` exceptions and HTTP statuses are mapped to these classes at one boundary
+(:mod:`tasks.http_errors`); tasks never catch ``requests.*``. When a transient error has used up its
+retries, its ``code`` becomes the job's outcome.
+"""
+
+from __future__ import annotations
+
+
+class TTSError(Exception):
+    """Base of every error the project reports; ``code`` is the public error code."""
+
+    code = "UPSTREAM_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def as_dict(self) -> dict[str, str]:
+        """The ``error`` object of a failed outcome."""
+        return {"code": self.code, "message": self.message}
+
+
+class PermanentError(TTSError):
+    """Retrying cannot help: the job fails with this error."""
+
+
+class TransientError(TTSError):
+    """May succeed later: retried with backoff until retries or the deadline run out."""
+
+    retry_after_s: float | None = None
+
+
+class InvalidInput(PermanentError):
+    code = "INVALID_INPUT"
+
+
+class AuthFailed(PermanentError):
+    code = "AUTH_FAILED"
+
+
+class NotFound(PermanentError):
+    code = "NOT_FOUND"
+
+
+class ContentPolicyViolation(PermanentError):
+    code = "CONTENT_POLICY_VIOLATION"
+
+
+class UpstreamFailed(PermanentError):
+    code = "UPSTREAM_ERROR"
+
+
+class UnsafeUrl(PermanentError):
+    code = "UNSAFE_URL"
+
+
+class AudioTooLarge(PermanentError):
+    code = "AUDIO_TOO_LARGE"
+
+
+class NotAudio(PermanentError):
+    code = "NOT_AUDIO"
+
+
+class DeadlineExceeded(PermanentError):
+    code = "TIMEOUT"
+
+
+class WebhookGone(PermanentError):
+    code = "WEBHOOK_GONE"
+
+
+class UpstreamUnavailable(TransientError):
+    code = "UPSTREAM_ERROR"
+
+
+class RateLimited(TransientError):
+    code = "UPSTREAM_ERROR"
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidResponse(TransientError):
+    code = "INVALID_RESPONSE"
+
+
+class DownloadInterrupted(TransientError):
+    code = "DOWNLOAD_FAILED"
+
+
+class WebhookRefused(TransientError):
+    code = "WEBHOOK_FAILED"
+
+
+#: Every code a job outcome can carry, for the README and for validation in tests.
+OUTCOME_CODES = frozenset(
+    {
+        "CONTENT_POLICY_VIOLATION",
+        "UPSTREAM_ERROR",
+        "AUTH_FAILED",
+        "NOT_FOUND",
+        "INVALID_INPUT",
+        "INVALID_RESPONSE",
+        "TIMEOUT",
+        "UNSAFE_URL",
+        "AUDIO_TOO_LARGE",
+        "NOT_AUDIO",
+        "DOWNLOAD_FAILED",
+    }
+)
+
+
+class DownloadFailed(PermanentError):
+    """The audio host refused the file for good (4xx) or kept failing past the retries."""
+
+    code = "DOWNLOAD_FAILED"

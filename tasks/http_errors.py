@@ -1,0 +1,89 @@
+"""The one boundary where ``requests`` exceptions and HTTP statuses become project errors."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from collections.abc import Iterator
+
+import requests
+from requests_hardened.ip_filter import InvalidIPAddress
+
+from tasks import errors
+
+# Upstream messages are echoed into outcomes and logs; cap them so a gateway page stays readable.
+MAX_MESSAGE_CHARS = 300
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def upstream_message(response: requests.Response) -> str:
+    """A short human message from an error answer: its JSON ``error`` or the start of its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:MAX_MESSAGE_CHARS]
+    text = response.text.strip().replace("\n", " ") if response.text else ""
+    return (text or response.reason or f"HTTP {response.status_code}")[:MAX_MESSAGE_CHARS]
+
+
+def raise_for_status(response: requests.Response, *, what: str) -> None:
+    """Raise the project error that a non-2xx answer from NanoGPT means; return on 2xx."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = f"{what}: HTTP {status}: {upstream_message(response)}"
+    if status in (401, 403):
+        raise errors.AuthFailed(message)
+    if status == 404:
+        raise errors.NotFound(message)
+    if status == 429:
+        retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
+        raise errors.RateLimited(message, retry_after_s=retry_after_s)
+    if status in (408, 425) or status >= 500:
+        raise errors.UpstreamUnavailable(message)
+    if status in (400, 413, 422):
+        raise errors.InvalidInput(message)
+    raise errors.UpstreamFailed(message)
+
+
+@contextlib.contextmanager
+def mapped(what: str, *, transient: type[errors.TransientError]) -> Iterator[None]:
+    """Turn ``requests`` exceptions raised inside the block into project errors.
+
+    ``transient`` is the class for faults worth retrying (a timeout, a reset connection): an
+    upstream API call maps them to ``UpstreamUnavailable``, a download to ``DownloadInterrupted``.
+    """
+    try:
+        yield
+    except InvalidIPAddress as exc:
+        raise errors.UnsafeUrl(f"{what}: address {exc} is not allowed") from exc
+    except requests.exceptions.InvalidURL as exc:
+        raise errors.UnsafeUrl(f"{what}: invalid URL") from exc
+    except (requests.Timeout, requests.ConnectionError) as exc:
+        raise transient(f"{what}: {type(exc).__name__}") from exc
+    except requests.exceptions.ChunkedEncodingError as exc:
+        raise transient(f"{what}: connection cut mid-body") from exc
+    except requests.RequestException as exc:
+        raise transient(f"{what}: {type(exc).__name__}") from exc

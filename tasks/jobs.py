@@ -1,0 +1,235 @@
+"""Job state in Redis: one hash per job, changed only by small atomic scripts.
+
+Two guards make redelivered or duplicated messages harmless:
+
+* a **lease** per chain of polls: ``token`` (random, set when the chain starts) and ``seq`` (the
+  number of the poll that is due). A poll message carries both; it may act only while they match,
+  and acting moves ``seq`` on, so a stale or doubled poll finds a mismatch and exits;
+* a **first-writer-wins outcome**: ``settle`` writes the outcome only if none exists, and the
+  notify step claims the right to send with an owner and a lease.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+KEY_PREFIX = "tts:job:"
+# A poll chain that finished (or was superseded) moves ``seq`` here, which no message carries.
+SEQ_DONE = "-1"
+ACTIVE = frozenset({"submitting", "polling", "downloading"})
+FINAL = frozenset({"completed", "failed"})
+
+# Create the record only if the job id is new. Returns 1 when this call created it.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Compare-and-set on the poll lease: act only if token and seq match; then set seq and fields.
+_ADVANCE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[3], unpack(ARGV, 4))
+redis.call('HINCRBY', KEYS[1], 'polls', 1)
+return 1
+"""
+
+# First outcome wins. With a lease (ARGV[2] ~= ''), only the current poll may settle.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then return 0 end
+if ARGV[2] ~= '' then
+  if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+  if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[3] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# The right to send the webhook: free, already ours, or left by an owner whose lease ran out.
+_CLAIM_NOTIFY = """
+local state = redis.call('HGET', KEYS[1], 'notify_state')
+if state and state ~= 'queued' then return 0 end
+local owner = redis.call('HGET', KEYS[1], 'notify_owner')
+local until_at = tonumber(redis.call('HGET', KEYS[1], 'notify_lease_until') or '0')
+if owner and owner ~= ARGV[1] and until_at > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'notify_owner', ARGV[1], 'notify_lease_until', ARGV[3])
+return 1
+"""
+
+
+def _key(job_id: str) -> str:
+    return KEY_PREFIX + job_id
+
+
+def _flatten(fields: dict[str, Any]) -> list[str]:
+    flat: list[str] = []
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        flat += [name, value if isinstance(value, str) else json.dumps(value)]
+    return flat
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored. ``outcome`` is the webhook's ``type``/``audio``/``error`` part, once known."""
+
+    job_id: str
+    status: str
+    model: str | None = None
+    run_id: str | None = None
+    cost: float | None = None
+    payment_source: str | None = None
+    is_api_request: bool = True
+    notify_url: str | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    deadline_at: float | None = None
+    next_poll_at: float | None = None
+    polls: int = 0
+    queue_position: int | None = None
+    last_status: str | None = None
+    audio_url: str | None = None
+    outcome: dict[str, Any] | None = None
+    finished_at: float | None = None
+    notify_state: str | None = None
+    notify_attempts: int = 0
+    notified_at: float | None = None
+    token: str | None = field(default=None, repr=False)
+    seq: str | None = field(default=None, repr=False)
+    submit_owner: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Job:
+        def num(name: str) -> float | None:
+            return float(raw[name]) if raw.get(name) not in (None, "") else None
+
+        position = raw.get("queue_position")
+        return cls(
+            job_id=raw["job_id"],
+            status=raw.get("status", "unknown"),
+            model=raw.get("model"),
+            run_id=raw.get("run_id"),
+            cost=num("cost"),
+            payment_source=raw.get("payment_source"),
+            is_api_request=raw.get("is_api_request", "1") == "1",
+            notify_url=raw.get("notify_url"),
+            created_at=num("created_at"),
+            updated_at=num("updated_at"),
+            deadline_at=num("deadline_at"),
+            next_poll_at=num("next_poll_at"),
+            polls=int(raw.get("polls", "0")),
+            queue_position=int(position) if position not in (None, "", "null") else None,
+            last_status=raw.get("last_status"),
+            audio_url=raw.get("audio_url"),
+            outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
+            finished_at=num("finished_at"),
+            notify_state=raw.get("notify_state"),
+            notify_attempts=int(raw.get("notify_attempts", "0")),
+            notified_at=num("notified_at"),
+            token=raw.get("token"),
+            seq=raw.get("seq"),
+            submit_owner=raw.get("submit_owner"),
+        )
+
+    def holds(self, token: str, seq: int) -> bool:
+        """Whether a poll message carrying this lease is the one that is due."""
+        return self.token == token and self.seq == str(seq)
+
+    def public(self) -> dict[str, Any]:
+        """The job as callers see it (CLI, ``get_job``): no lease internals."""
+        hidden = {"token", "seq", "submit_owner"}
+        return {k: v for k, v in self.__dict__.items() if k not in hidden}
+
+
+class JobStore:
+    """Reads and atomically changes job records. One instance per process."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._create = client.register_script(_CREATE)
+        self._advance = client.register_script(_ADVANCE)
+        self._settle = client.register_script(_SETTLE)
+        self._claim_notify = client.register_script(_CLAIM_NOTIFY)
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self._redis.hgetall(_key(job_id))
+        return Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
+
+    def create(self, job_id: str, fields: dict[str, Any], *, ttl_s: float) -> bool:
+        """Create the record if the job id is new; False if it exists (a duplicate enqueue)."""
+        now = time.time()
+        record = {"job_id": job_id, "created_at": now, "updated_at": now, **fields}
+        argv = [int(ttl_s) + self._ttl_s, *_flatten(record)]
+        return bool(self._create(keys=[_key(job_id)], args=argv))
+
+    def update(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Unguarded write of informational fields (last error, notify attempts)."""
+        flat = _flatten(fields)
+        self._redis.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def start_chain(self, job_id: str, fields: dict[str, Any], *, deadline_at: float) -> str | None:
+        """Start a poll chain for a new job; returns its token, or None for a duplicate."""
+        token = uuid.uuid4().hex
+        created = self.create(
+            job_id,
+            {**fields, "status": "polling", "token": token, "seq": "0", "deadline_at": deadline_at},
+            ttl_s=deadline_at - time.time(),
+        )
+        return token if created else None
+
+    def hand_over(self, job_id: str, fields: dict[str, Any], *, deadline_at: float) -> str:
+        """Turn a job claimed by submit into a poll chain; returns the chain's token."""
+        token = uuid.uuid4().hex
+        self.update(
+            job_id,
+            {**fields, "status": "polling", "token": token, "seq": "0", "deadline_at": deadline_at,
+             "updated_at": time.time()},
+        )
+        self._redis.expire(_key(job_id), int(deadline_at - time.time()) + self._ttl_s)
+        return token
+
+    def advance(self, job_id: str, token: str, seq: int, fields: dict[str, Any]) -> bool:
+        """Move the lease from poll ``seq`` to ``seq + 1``; False if this poll is not current."""
+        argv = [token, str(seq), str(seq + 1), *_flatten({**fields, "updated_at": time.time()})]
+        return bool(self._advance(keys=[_key(job_id)], args=argv))
+
+    def end_polling(self, job_id: str, token: str, seq: int, fields: dict[str, Any]) -> bool:
+        """Close the poll chain (completed: the download takes over); False if not current."""
+        argv = [token, str(seq), SEQ_DONE, *_flatten({**fields, "updated_at": time.time()})]
+        return bool(self._advance(keys=[_key(job_id)], args=argv))
+
+    def settle(
+        self, job_id: str, outcome: dict[str, Any], *, lease: tuple[str, int] | None = None
+    ) -> bool:
+        """Record the job's outcome if it has none yet; True for the one caller that did."""
+        now = time.time()
+        status = "completed" if outcome["type"] == "tts.completed" else "failed"
+        fields = {"outcome": outcome, "status": status, "finished_at": now, "updated_at": now,
+                  "notify_state": "queued"}
+        token, seq = lease if lease else ("", 0)
+        argv = [self._ttl_s, token, str(seq), *_flatten(fields)]
+        return bool(self._settle(keys=[_key(job_id)], args=argv))
+
+    def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
+        """Take the right to send this job's webhook (re-entrant for the same task id)."""
+        now = time.time()
+        argv = [owner, str(now), str(now + lease_s)]
+        return bool(self._claim_notify(keys=[_key(job_id)], args=argv))
+
+    def finish_notify(self, job_id: str, state: str, **fields: Any) -> None:
+        """Record how delivery ended: delivered, gone, refused, expired or none."""
+        self.update(job_id, {"notify_state": state, "updated_at": time.time(), **fields})

@@ -1,0 +1,22 @@
+"""Stable task names and queues: the contract for apps that ``send_task`` without our code."""
+
+from __future__ import annotations
+
+SUBMIT_TTS = "tts.submit_tts"
+POLL_TTS = "tts.poll_tts"
+DOWNLOAD_AUDIO = "tts.download_audio"
+NOTIFY = "tts.notify"
+
+# One queue per step, so a slow audio host or a dead webhook receiver never starves polling.
+SUBMIT_QUEUE = "tts.submit"
+POLL_QUEUE = "tts.poll"
+DOWNLOAD_QUEUE = "tts.download"
+NOTIFY_QUEUE = "tts.notify"
+
+#: Where each task is routed; apps sending by name pass ``queue=QUEUES[name]``.
+QUEUES = {
+    SUBMIT_TTS: SUBMIT_QUEUE,
+    POLL_TTS: POLL_QUEUE,
+    DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
+    NOTIFY: NOTIFY_QUEUE,
+}

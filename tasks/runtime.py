@@ -1,0 +1,73 @@
+"""The per-process objects tasks share: settings, job store, HTTP sessions.
+
+Built lazily on first use in each worker process (never before the prefork pool forks, so no
+socket is shared between processes) and dropped by :func:`reset` after a fork.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+import requests
+
+from tasks.jobs import JobStore
+from tasks.nanogpt import NanoGPTClient
+from tasks.safe_http import SafeHttp
+from workers.settings import Settings, get_settings
+
+USER_AGENT = "tts-worker/0.1 (+celery)"
+# Redis answers in microseconds; seconds of silence mean it is gone, and the task should retry.
+REDIS_TIMEOUT_S = 5.0
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+@functools.cache
+def redis_client() -> redis.Redis:
+    s = settings()
+    return redis.Redis.from_url(
+        s.redis_url,
+        decode_responses=True,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+@functools.cache
+def jobs() -> JobStore:
+    return JobStore(redis_client(), ttl_s=settings().job_ttl_s)
+
+
+def timeout_s() -> tuple[float, float]:
+    s = settings()
+    return (s.http_connect_timeout_s, s.http_read_timeout_s)
+
+
+@functools.cache
+def nanogpt() -> NanoGPTClient:
+    s = settings()
+    if s.api_key is None:
+        raise RuntimeError("NANOGPT_API_KEY is not set")
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    return NanoGPTClient(
+        session, base_url=s.base_url, api_key=s.api_key.get_secret_value(), timeout_s=timeout_s()
+    )
+
+
+@functools.cache
+def safe_http() -> SafeHttp:
+    return SafeHttp(
+        trusted_hosts=settings().trusted_hosts, timeout_s=timeout_s(), user_agent=USER_AGENT
+    )
+
+
+def reset() -> None:
+    """Forget every cached object (after a fork, or in tests that change the environment)."""
+    for cached in (redis_client, jobs, nanogpt, safe_http):
+        cached.cache_clear()

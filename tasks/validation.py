@@ -1,0 +1,141 @@
+"""Checks on task arguments. Bad input raises :class:`errors.InvalidInput` with a clear message.
+
+Task arguments arrive as JSON from apps that do not import this code, so every type is checked
+here rather than trusted.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.errors import InvalidInput
+
+# NanoGPT bills per character; a cap keeps a runaway caller from paying for a novel and keeps
+# broker messages small.
+MAX_TEXT_CHARS = 20_000
+# Long enough for UUIDs and upstream run ids, short enough for Redis keys and log lines.
+MAX_ID_CHARS = 128
+# Browsers and most proxies stop at about this length.
+MAX_URL_CHARS = 2_048
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+def require_str(name: str, value: object, *, max_chars: int = MAX_ID_CHARS) -> str:
+    """A non-empty string of at most ``max_chars`` characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string")
+    if len(value) > max_chars:
+        raise InvalidInput(f"{name} is longer than {max_chars} characters")
+    return value
+
+
+def optional_str(name: str, value: object, *, max_chars: int = 1_000) -> str | None:
+    if value is None:
+        return None
+    return require_str(name, value, max_chars=max_chars)
+
+
+def optional_number(
+    name: str, value: object, *, low: float | None = None, high: float | None = None
+) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{name} must be a number")
+    number = float(value)
+    if number != number or (low is not None and number < low) or (high is not None and number > high):
+        raise InvalidInput(f"{name} must be between {low} and {high}")
+    return number
+
+
+def job_id(value: object) -> str:
+    """A caller-chosen job id: letters, digits and ``._:-``, at most 128 characters."""
+    text = require_str("job_id", value)
+    if not JOB_ID_PATTERN.match(text):
+        raise InvalidInput("job_id may hold only letters, digits and . _ : -")
+    return text
+
+
+def notify_url(value: object) -> str | None:
+    """An absolute http(s) URL; whether its host is allowed is decided when it is called."""
+    if value is None:
+        return None
+    url = require_str("notify_url", value, max_chars=MAX_URL_CHARS)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("notify_url must be an absolute http(s) URL")
+    return url
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """The body of one ``POST /api/tts``, validated."""
+
+    text: str
+    model: str
+    voice: str | None = None
+    speed: float | None = None
+    response_format: str | None = None
+    instructions: str | None = None
+    stability: float | None = None
+    similarity_boost: float | None = None
+    style: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body, without the fields the caller left out."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def submit_request(
+    text: object,
+    model: object,
+    *,
+    voice: object = None,
+    speed: object = None,
+    response_format: object = None,
+    instructions: object = None,
+    stability: object = None,
+    similarity_boost: object = None,
+    style: object = None,
+) -> SubmitRequest:
+    """Validate ``tts.submit_tts`` arguments."""
+    return SubmitRequest(
+        text=require_str("text", text, max_chars=MAX_TEXT_CHARS),
+        model=require_str("model", model),
+        voice=optional_str("voice", voice, max_chars=200),
+        speed=optional_number("speed", speed, low=0.25, high=4.0),
+        response_format=optional_str("response_format", response_format, max_chars=20),
+        instructions=optional_str("instructions", instructions, max_chars=MAX_TEXT_CHARS),
+        stability=optional_number("stability", stability, low=0.0, high=1.0),
+        similarity_boost=optional_number("similarity_boost", similarity_boost, low=0.0, high=1.0),
+        style=optional_number("style", style, low=0.0, high=1.0),
+    )
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    """``tts.poll_tts`` arguments, validated: what the status endpoint is asked with."""
+
+    run_id: str
+    model: str
+    cost: float | None
+    payment_source: str | None
+    is_api_request: bool
+
+
+def poll_request(
+    run_id: object, model: object, *, cost: object, payment_source: object, is_api_request: object
+) -> PollRequest:
+    """Validate ``tts.poll_tts`` arguments."""
+    if not isinstance(is_api_request, bool):
+        raise InvalidInput("is_api_request must be true or false")
+    return PollRequest(
+        run_id=require_str("run_id", run_id),
+        model=require_str("model", model),
+        cost=optional_number("cost", cost, low=0.0),
+        payment_source=optional_str("payment_source", payment_source, max_chars=50),
+        is_api_request=is_api_request,
+    )

@@ -1,0 +1,74 @@
+"""Outcome webhooks, signed per Standard Webhooks (https://www.standardwebhooks.com/).
+
+The ``webhook-id`` is derived from the job id, so every attempt for one outcome carries the same
+id and receivers can drop repeats. Signing uses the ``standardwebhooks`` package, the same code a
+receiver verifies with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook
+
+from tasks import errors
+from tasks.http_errors import mapped
+from tasks.safe_http import SafeHttp
+
+USER_AGENT = "tts-worker-webhooks/1"
+
+
+def message_id(job_id: str) -> str:
+    """The stable ``webhook-id`` of a job's outcome."""
+    return "msg_" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+def outcome_body(
+    job_id: str, run_id: str | None, model: str | None, outcome: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON body: ``type``, ids, and ``audio`` (completed) or ``error`` (failed)."""
+    body: dict[str, Any] = {"type": outcome["type"], "job_id": job_id, "run_id": run_id,
+                            "model": model}
+    for part in ("audio", "error"):
+        if part in outcome:
+            body[part] = outcome[part]
+    return body
+
+
+def signed_headers(
+    secret: str | None, msg_id: str, payload: str, *, now: datetime.datetime
+) -> dict[str, str]:
+    """``webhook-id``, ``webhook-timestamp`` and, with a secret, ``webhook-signature``."""
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "Content-Type": "application/json",
+    }
+    if secret:
+        headers["webhook-signature"] = Webhook(secret).sign(msg_id, now, payload)
+    return headers
+
+
+def deliver(
+    http: SafeHttp, url: str, body: dict[str, Any], *, msg_id: str, secret: str | None
+) -> int:
+    """POST the body once; return the status code of a 2xx answer.
+
+    Raises :class:`errors.WebhookGone` on 410 (the receiver asks us to stop),
+    :class:`errors.UnsafeUrl` for a refused address, :class:`errors.WebhookRefused` otherwise.
+    """
+    payload = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    headers = signed_headers(secret, msg_id, payload, now=now)
+    with mapped("webhook", transient=errors.WebhookRefused):
+        response = http.request("POST", url, data=payload.encode(), headers=headers)
+    with response:
+        status = response.status_code
+    if 200 <= status < 300:
+        return status
+    if status == 410:
+        raise errors.WebhookGone("receiver answered 410 Gone")
+    raise errors.WebhookRefused(f"receiver answered HTTP {status}")

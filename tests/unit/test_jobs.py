@@ -1,0 +1,98 @@
+"""The job record's guards, against a real Redis: lease CAS, first outcome wins, notify claim."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from tasks.jobs import JobStore
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, ttl_s=60)
+
+
+def new_id() -> str:
+    return f"t-{uuid.uuid4().hex}"
+
+
+def test_one_chain_per_job_under_concurrency(store: JobStore) -> None:
+    jid = new_id()
+    with ThreadPoolExecutor(10) as pool:
+        tokens = list(pool.map(lambda _: store.start_chain(jid, {"model": "m"},
+                                                           deadline_at=time.time() + 30),
+                               range(10)))
+    winners = [t for t in tokens if t is not None]
+    assert len(winners) == 1
+    job = store.get(jid)
+    assert job is not None
+    assert job.holds(winners[0], 0)
+
+
+def test_stale_poll_cannot_advance(store: JobStore) -> None:
+    jid = new_id()
+    token = store.start_chain(jid, {}, deadline_at=time.time() + 30)
+    assert token is not None
+    assert store.advance(jid, token, 0, {"queue_position": 3})
+    assert not store.advance(jid, token, 0, {"queue_position": 9})  # redelivered poll 0
+    assert not store.advance(jid, "other", 1, {})  # a different chain
+    job = store.get(jid)
+    assert job is not None
+    assert job.queue_position == 3
+    assert job.polls == 1
+    assert job.holds(token, 1)
+
+
+def test_first_outcome_wins(store: JobStore) -> None:
+    jid = new_id()
+    token = store.start_chain(jid, {}, deadline_at=time.time() + 30)
+    assert token is not None
+    failed = {"type": "tts.failed", "error": {"code": "TIMEOUT", "message": "m"}}
+    assert not store.settle(jid, failed, lease=(token, 5))  # not the current poll
+    assert store.settle(jid, failed, lease=(token, 0))
+    assert not store.settle(jid, {"type": "tts.completed", "audio": {}})
+    job = store.get(jid)
+    assert job is not None
+    assert job.status == "failed"
+    assert job.outcome == failed
+    assert not job.holds(token, 0)
+
+
+def test_settle_needs_a_record(store: JobStore) -> None:
+    assert not store.settle(new_id(), {"type": "tts.failed", "error": {}})
+
+
+def test_notify_claim(store: JobStore) -> None:
+    jid = new_id()
+    store.create(jid, {"status": "downloading"}, ttl_s=30)
+    store.settle(jid, {"type": "tts.completed", "audio": {}})
+    assert store.claim_notify(jid, "task-a", lease_s=30)
+    assert store.claim_notify(jid, "task-a", lease_s=30)  # a retry of the same task
+    assert not store.claim_notify(jid, "task-b", lease_s=30)  # a duplicate sender
+    store.finish_notify(jid, "delivered")
+    assert not store.claim_notify(jid, "task-a", lease_s=30)
+
+
+def test_expired_claim_is_taken_over(store: JobStore) -> None:
+    jid = new_id()
+    store.create(jid, {}, ttl_s=30)
+    store.settle(jid, {"type": "tts.completed", "audio": {}})
+    assert store.claim_notify(jid, "dead-task", lease_s=-1)
+    assert store.claim_notify(jid, "task-b", lease_s=30)
+
+
+def test_public_view_hides_lease(store: JobStore) -> None:
+    jid = new_id()
+    store.start_chain(jid, {"run_id": "r"}, deadline_at=time.time() + 30)
+    job = store.get(jid)
+    assert job is not None
+    public = job.public()
+    assert "token" not in public
+    assert "seq" not in public
+    assert public["run_id"] == "r"
+    assert public["status"] == "polling"

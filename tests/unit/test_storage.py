@@ -1,0 +1,75 @@
+"""Streaming to disk: byte cap, wall clock, atomic rename, nothing left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks import errors, storage
+
+
+def store(chunks: list[bytes] | Iterator[bytes], tmp_path: Path, *, max_bytes: int = 1000,
+          deadline: float | None = None) -> storage.StoredAudio:
+    return storage.store_chunks(
+        chunks, dest_dir=tmp_path, name="a.wav", content_type="audio/wav", max_bytes=max_bytes,
+        deadline_monotonic=deadline if deadline is not None else time.monotonic() + 60,
+    )
+
+
+def test_stores_with_hash(tmp_path: Path) -> None:
+    stored = store([b"abc", b"def"], tmp_path)
+    assert Path(stored.path).read_bytes() == b"abcdef"
+    assert stored.sha256 == hashlib.sha256(b"abcdef").hexdigest()
+    assert stored.bytes == 6
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.wav"]
+
+
+def test_cap_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(errors.AudioTooLarge):
+        store([b"x" * 600, b"x" * 600], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wall_clock_limit_leaves_nothing(tmp_path: Path) -> None:
+    def drip() -> Iterator[bytes]:
+        while True:
+            yield b"x"
+            time.sleep(0.01)
+
+    with pytest.raises(errors.DownloadInterrupted):
+        store(drip(), tmp_path, deadline=time.monotonic() + 0.1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_body_refused(tmp_path: Path) -> None:
+    with pytest.raises(errors.DownloadInterrupted):
+        store([], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewrite_is_idempotent(tmp_path: Path) -> None:
+    first = store([b"same"], tmp_path)
+    second = store([b"same"], tmp_path)
+    assert first == second
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_file_name_ignores_raw_id() -> None:
+    name = storage.file_name("../../etc/passwd", "audio/mpeg")
+    assert "/" not in name
+    assert name.endswith(".mp3")
+    assert storage.file_name("x", "audio/unknown").endswith(".audio")
+
+
+@pytest.mark.parametrize("bad", [None, "text/html", "application/json", ""])
+def test_audio_type_refuses(bad: str | None) -> None:
+    with pytest.raises(errors.NotAudio):
+        storage.audio_type(bad)
+
+
+def test_audio_type_strips_parameters() -> None:
+    assert storage.audio_type("Audio/MPEG; charset=binary") == "audio/mpeg"

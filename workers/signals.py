@@ -1,0 +1,38 @@
+"""Worker life-cycle hooks: refuse to start misconfigured, reset per-process state after fork."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from tasks import runtime
+from workers.settings import get_settings
+
+log = logging.getLogger("workers")
+
+
+class ConfigurationError(SystemExit):
+    """Stops the worker before it consumes anything, with a message for the operator."""
+
+
+def check_worker_settings(**_: Any) -> None:
+    """A worker without an API key would fail every job: refuse to start instead."""
+    s = get_settings()
+    if s.api_key is None:
+        message = "NANOGPT_API_KEY is not set: the worker cannot call NanoGPT and will not start."
+        log.critical(message)
+        raise ConfigurationError(f"tts-worker: {message}")
+    if s.webhook_secret is None:
+        log.warning("TTS_WEBHOOK_SECRET is not set: webhooks will be sent unsigned.")
+
+
+def reset_process_state(**_: Any) -> None:
+    # Sockets opened before the fork must not be shared by pool processes.
+    runtime.reset()
+
+
+def connect() -> None:
+    signals.worker_init.connect(check_worker_settings, weak=False)
+    signals.worker_process_init.connect(reset_process_state, weak=False)
