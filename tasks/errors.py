@@ -19,7 +19,7 @@
         ├── RateLimited               UPSTREAM_ERROR   (429; waits at least Retry-After)
         ├── InvalidResponse           INVALID_RESPONSE (truncated JSON, completed without audioUrl)
         ├── DownloadInterrupted       DOWNLOAD_FAILED  (audio host slow, down or cut short)
-        └── WebhookRefused            WEBHOOK_FAILED   (receiver answered non-2xx or was unreachable)
+        └── WebhookRefused            WEBHOOK_FAILED   (receiver answered non-2xx or unreachable)
 
 ``requests`` exceptions and HTTP statuses are mapped to these classes at one boundary
 (:mod:`tasks.http_errors`); tasks never catch ``requests.*``. When a transient error has used up its

@@ -84,7 +84,7 @@ def _flatten(fields: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class Job:
-    """A job as stored. ``outcome`` is the webhook's ``type``/``audio``/``error`` part, once known."""
+    """A job as stored; ``outcome`` is the webhook's ``type``/``audio``/``error`` part."""
 
     job_id: str
     status: str
@@ -173,7 +173,7 @@ class JobStore:
         """Create the record if the job id is new; False if it exists (a duplicate enqueue)."""
         now = time.time()
         record = {"job_id": job_id, "created_at": now, "updated_at": now, **fields}
-        argv = [int(ttl_s) + self._ttl_s, *_flatten(record)]
+        argv: list[str | int] = [int(ttl_s) + self._ttl_s, *_flatten(record)]
         return bool(self._create(keys=[_key(job_id)], args=argv))
 
     def update(self, job_id: str, fields: dict[str, Any]) -> None:
@@ -196,8 +196,14 @@ class JobStore:
         token = uuid.uuid4().hex
         self.update(
             job_id,
-            {**fields, "status": "polling", "token": token, "seq": "0", "deadline_at": deadline_at,
-             "updated_at": time.time()},
+            {
+                **fields,
+                "status": "polling",
+                "token": token,
+                "seq": "0",
+                "deadline_at": deadline_at,
+                "updated_at": time.time(),
+            },
         )
         self._redis.expire(_key(job_id), int(deadline_at - time.time()) + self._ttl_s)
         return token
@@ -218,10 +224,15 @@ class JobStore:
         """Record the job's outcome if it has none yet; True for the one caller that did."""
         now = time.time()
         status = "completed" if outcome["type"] == "tts.completed" else "failed"
-        fields = {"outcome": outcome, "status": status, "finished_at": now, "updated_at": now,
-                  "notify_state": "queued"}
+        fields = {
+            "outcome": outcome,
+            "status": status,
+            "finished_at": now,
+            "updated_at": now,
+            "notify_state": "queued",
+        }
         token, seq = lease if lease else ("", 0)
-        argv = [self._ttl_s, token, str(seq), *_flatten(fields)]
+        argv: list[str | int] = [self._ttl_s, token, str(seq), *_flatten(fields)]
         return bool(self._settle(keys=[_key(job_id)], args=argv))
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:

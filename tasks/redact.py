@@ -35,5 +35,7 @@ def kwargs_repr(kwargs: dict[str, Any]) -> str:
     for key, value in kwargs.items():
         if value is None or key == "lease":
             continue
-        shown[key] = redact_url(value) if key in URL_KEYS and isinstance(value, str) else short(value)
+        shown[key] = (
+            redact_url(value) if key in URL_KEYS and isinstance(value, str) else short(value)
+        )
     return repr(shown)

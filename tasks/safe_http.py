@@ -68,7 +68,10 @@ class SafeHttp:
         """
         kwargs.setdefault("timeout", self._timeout_s)
         for _hop in range(MAX_REDIRECTS + 1):
-            response = self._session_for(url).request(method, url, allow_redirects=False, **kwargs)
+            session = self._session_for(url)
+            response: requests.Response = session.request(
+                method, url, allow_redirects=False, **kwargs
+            )
             if not (response.is_redirect and method == "GET"):
                 return response
             location = response.headers["location"]

@@ -40,17 +40,19 @@ def next_poll_delay_s(
 ) -> float | None:
     """Seconds until the next status check, or None when the deadline leaves no room for one.
 
-    ``attempt`` counts the polls already made (0 before the second poll). Without a queue
-    position the wait grows geometrically from ``interval_s``; with one, it follows the number
-    of jobs ahead. Always within ``[MIN_DELAY_S, max_interval_s]`` and never past the deadline:
-    the last poll is placed at the deadline itself.
+    ``attempt`` counts the polls already made (0 before the second poll). The wait grows
+    geometrically from ``interval_s``; a queue position raises it to at least the time the jobs
+    ahead are likely to take. Always within ``[MIN_DELAY_S, max_interval_s]`` and never past
+    the deadline: the last poll is placed at the deadline itself.
     """
     remaining_s = deadline_at - now
     if remaining_s <= 0:
         return None
     grown_s = interval_s * POLL_GROWTH ** min(max(0, attempt), MAX_GROWTH_STEPS)
     if queue_position is not None:
-        grown_s = interval_s * (1.0 + WAIT_PER_PLACE * queue_position)
+        # Jobs ahead are a floor on the wait; they never shorten it, since a job at the head of
+        # the queue may still take a while to generate.
+        grown_s = max(grown_s, interval_s * (1.0 + WAIT_PER_PLACE * queue_position))
     delay_s = min(_jitter(min(grown_s, max_interval_s), rand), max_interval_s)
     delay_s = max(delay_s, MIN_DELAY_S)
     return min(delay_s, remaining_s)

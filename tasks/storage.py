@@ -49,8 +49,12 @@ class StoredAudio:
     sha256: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": self.path, "content_type": self.content_type, "bytes": self.bytes,
-                "sha256": self.sha256}
+        return {
+            "path": self.path,
+            "content_type": self.content_type,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
 
 
 def file_name(job_id: str, content_type: str) -> str:

@@ -82,7 +82,9 @@ def _retry_or_fail(
     if retries >= max_retries:
         return _fail(job_id, exc, lease=lease)
     delay_s = schedule.retry_delay_s(
-        retries, base_s=s.retry_base_delay_s, max_s=s.retry_max_delay_s,
+        retries,
+        base_s=s.retry_base_delay_s,
+        max_s=s.retry_max_delay_s,
         retry_after_s=exc.retry_after_s,
     )
     if deadline_at is not None and time.time() + delay_s > deadline_at:
@@ -132,8 +134,14 @@ def submit_tts(
     try:
         jid = _new_job_id(job_id)
         request = validation.submit_request(
-            text, model, voice=voice, speed=speed, response_format=response_format,
-            instructions=instructions, stability=stability, similarity_boost=similarity_boost,
+            text,
+            model,
+            voice=voice,
+            speed=speed,
+            response_format=response_format,
+            instructions=instructions,
+            stability=stability,
+            similarity_boost=similarity_boost,
             style=style,
         )
         url = validation.notify_url(notify_url)
@@ -143,8 +151,8 @@ def submit_tts(
     store = rt.jobs()
     owner = self.request.id or jid
     if not store.create(
-        jid, {"status": "submitting", "model": request.model, "notify_url": url,
-              "submit_owner": owner},
+        jid,
+        {"status": "submitting", "model": request.model, "notify_url": url, "submit_owner": owner},
         ttl_s=rt.settings().poll_timeout_s,
     ):
         job = store.get(jid)
@@ -175,14 +183,27 @@ def _start_polling(job_id: str, ticket: Ticket, *, notify_url: str | None) -> No
     deadline_at = time.time() + s.poll_timeout_s
     token = rt.jobs().hand_over(
         job_id,
-        {"run_id": ticket.run_id, "model": ticket.model, "cost": ticket.cost,
-         "payment_source": ticket.payment_source, "next_poll_at": time.time()},
+        {
+            "run_id": ticket.run_id,
+            "model": ticket.model,
+            "cost": ticket.cost,
+            "payment_source": ticket.payment_source,
+            "next_poll_at": time.time(),
+        },
         deadline_at=deadline_at,
     )
-    kwargs = {"cost": ticket.cost, "payment_source": ticket.payment_source,
-              "notify_url": notify_url, "job_id": job_id, "lease": token, "seq": 0}
+    kwargs = {
+        "cost": ticket.cost,
+        "payment_source": ticket.payment_source,
+        "notify_url": notify_url,
+        "job_id": job_id,
+        "lease": token,
+        "seq": 0,
+    }
     poll_tts.apply_async(
-        (ticket.run_id, ticket.model), kwargs, queue=names.POLL_QUEUE,
+        (ticket.run_id, ticket.model),
+        kwargs,
+        queue=names.POLL_QUEUE,
         kwargsrepr=kwargs_repr(kwargs),
     )
 
@@ -191,7 +212,10 @@ def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type
     s = rt.settings()
     try:
         stored = storage.store_response(
-            answer.response, job_id=job_id, dest_dir=s.audio_dir, max_bytes=s.max_audio_bytes,
+            answer.response,
+            job_id=job_id,
+            dest_dir=s.audio_dir,
+            max_bytes=s.max_audio_bytes,
             timeout_s=s.download_timeout_s,
         )
     except errors.TransientError as exc:
@@ -236,9 +260,15 @@ def poll_tts(
     if lease is None:
         lease = store.start_chain(
             jid,
-            {"run_id": request.run_id, "model": request.model, "cost": request.cost,
-             "payment_source": request.payment_source, "is_api_request": is_api_request,
-             "notify_url": url, "next_poll_at": time.time()},
+            {
+                "run_id": request.run_id,
+                "model": request.model,
+                "cost": request.cost,
+                "payment_source": request.payment_source,
+                "is_api_request": is_api_request,
+                "notify_url": url,
+                "next_poll_at": time.time(),
+            },
             deadline_at=time.time() + s.poll_timeout_s,
         )
         if lease is None:
@@ -253,22 +283,28 @@ def poll_tts(
     held = (lease, seq)
     deadline_at = job.deadline_at or time.time()
     if time.time() >= deadline_at:
-        return _fail(jid, errors.DeadlineExceeded("the job did not finish before its deadline"),
-                     lease=held)
+        return _fail(
+            jid, errors.DeadlineExceeded("the job did not finish before its deadline"), lease=held
+        )
 
     try:
         result = rt.nanogpt().status(request)
     except errors.TransientError as exc:
-        return _retry_or_fail(self, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at,
-                              lease=held)
+        return _retry_or_fail(
+            self, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at, lease=held
+        )
     except errors.PermanentError as exc:
         return _fail(jid, exc, lease=held)
 
     if isinstance(result, Failed):
         return _fail(jid, result.error, lease=held)
     if isinstance(result, AudioLink):
-        if store.end_polling(jid, lease, seq, {"status": "downloading", "last_status": "completed",
-                                               "audio_url": result.audio_url}):
+        if store.end_polling(
+            jid,
+            lease,
+            seq,
+            {"status": "downloading", "last_status": "completed", "audio_url": result.audio_url},
+        ):
             _queue_download(jid)
         return jid
     return _requeue(jid, result, job.polls, request, url, held, deadline_at)
@@ -286,8 +322,12 @@ def _requeue(
     s = rt.settings()
     now = time.time()
     delay_s = schedule.next_poll_delay_s(
-        polls, pending.queue_position, interval_s=s.poll_interval_s,
-        max_interval_s=s.poll_max_interval_s, now=now, deadline_at=deadline_at,
+        polls,
+        pending.queue_position,
+        interval_s=s.poll_interval_s,
+        max_interval_s=s.poll_max_interval_s,
+        now=now,
+        deadline_at=deadline_at,
     )
     if delay_s is None:
         return _fail(job_id, errors.DeadlineExceeded("still pending at the deadline"), lease=held)
@@ -295,16 +335,30 @@ def _requeue(
         log.info("job %s: status %r treated as pending", job_id, pending.status)
     lease, seq = held
     if not rt.jobs().advance(
-        job_id, lease, seq,
-        {"last_status": pending.status, "queue_position": pending.queue_position,
-         "next_poll_at": now + delay_s},
+        job_id,
+        lease,
+        seq,
+        {
+            "last_status": pending.status,
+            "queue_position": pending.queue_position,
+            "next_poll_at": now + delay_s,
+        },
     ):
         return job_id
-    kwargs = {"cost": request.cost, "payment_source": request.payment_source,
-              "is_api_request": request.is_api_request, "notify_url": notify_url,
-              "job_id": job_id, "lease": lease, "seq": seq + 1}
+    kwargs = {
+        "cost": request.cost,
+        "payment_source": request.payment_source,
+        "is_api_request": request.is_api_request,
+        "notify_url": notify_url,
+        "job_id": job_id,
+        "lease": lease,
+        "seq": seq + 1,
+    }
     poll_tts.apply_async(
-        (request.run_id, request.model), kwargs, countdown=delay_s, queue=names.POLL_QUEUE,
+        (request.run_id, request.model),
+        kwargs,
+        countdown=delay_s,
+        queue=names.POLL_QUEUE,
         kwargsrepr=kwargs_repr(kwargs),
     )
     return job_id
@@ -328,8 +382,12 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     s = rt.settings()
     try:
         stored = storage.download(
-            rt.safe_http(), job.audio_url, job_id=job_id, dest_dir=s.audio_dir,
-            max_bytes=s.max_audio_bytes, timeout_s=s.download_timeout_s,
+            rt.safe_http(),
+            job.audio_url,
+            job_id=job_id,
+            dest_dir=s.audio_dir,
+            max_bytes=s.max_audio_bytes,
+            timeout_s=s.download_timeout_s,
         )
     except errors.TransientError as exc:
         return _retry_or_fail(self, exc, job_id, max_retries=DOWNLOAD_MAX_RETRIES)
@@ -352,8 +410,9 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     retries = self.request.retries
     delay_s = min(
         s.webhook_max_retry_delay_s,
-        schedule.retry_delay_s(retries, base_s=s.webhook_retry_delay_s,
-                               max_s=s.webhook_max_retry_delay_s),
+        schedule.retry_delay_s(
+            retries, base_s=s.webhook_retry_delay_s, max_s=s.webhook_max_retry_delay_s
+        ),
     )
     owner = self.request.id or job_id
     if not store.claim_notify(job_id, owner, lease_s=delay_s + NOTIFY_LEASE_SLACK_S):
@@ -362,16 +421,20 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     body = webhooks.outcome_body(job_id, job.run_id, job.model, job.outcome)
     attempts = job.notify_attempts + 1
     try:
-        webhooks.deliver(rt.safe_http(), job.notify_url, body,
-                         msg_id=webhooks.message_id(job_id), secret=secret)
+        webhooks.deliver(
+            rt.safe_http(), job.notify_url, body, msg_id=webhooks.message_id(job_id), secret=secret
+        )
     except errors.TransientError as exc:
         started_at = job.finished_at or time.time()
         if time.time() + delay_s - started_at > s.webhook_retry_period_s:
             log.error("job %s: webhook given up after %d attempts: %s", job_id, attempts, exc)
-            store.finish_notify(job_id, "expired", notify_attempts=attempts, notify_error=exc.message)
+            store.finish_notify(
+                job_id, "expired", notify_attempts=attempts, notify_error=exc.message
+            )
             return job_id
-        log.warning("job %s: webhook attempt %d failed (%s); next in %.1fs",
-                    job_id, attempts, exc, delay_s)
+        log.warning(
+            "job %s: webhook attempt %d failed (%s); next in %.1fs", job_id, attempts, exc, delay_s
+        )
         store.update(job_id, {"notify_attempts": attempts, "notify_error": exc.message})
         raise self.retry(exc=exc, countdown=delay_s) from None
     except errors.PermanentError as exc:

@@ -46,7 +46,11 @@ def optional_number(
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{name} must be a number")
     number = float(value)
-    if number != number or (low is not None and number < low) or (high is not None and number > high):
+    if (
+        number != number
+        or (low is not None and number < low)
+        or (high is not None and number > high)
+    ):
         raise InvalidInput(f"{name} must be between {low} and {high}")
     return number
 

@@ -30,8 +30,12 @@ def outcome_body(
     job_id: str, run_id: str | None, model: str | None, outcome: dict[str, Any]
 ) -> dict[str, Any]:
     """The JSON body: ``type``, ids, and ``audio`` (completed) or ``error`` (failed)."""
-    body: dict[str, Any] = {"type": outcome["type"], "job_id": job_id, "run_id": run_id,
-                            "model": model}
+    body: dict[str, Any] = {
+        "type": outcome["type"],
+        "job_id": job_id,
+        "run_id": run_id,
+        "model": model,
+    }
     for part in ("audio", "error"):
         if part in outcome:
             body[part] = outcome[part]

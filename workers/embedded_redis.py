@@ -45,8 +45,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """Start with :meth:`start` (or ``with``); ``url`` is where it listens."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False,
-                 data_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, data_dir: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
         self._own_dir = data_dir is None
@@ -59,10 +60,23 @@ class EmbeddedRedis:
 
     def start(self) -> EmbeddedRedis:
         argv = [
-            server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--loglevel", "warning",
+            server_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--loglevel",
+            "warning",
         ]
         self.process = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL

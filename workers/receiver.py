@@ -35,8 +35,14 @@ class Delivery:
 class Receiver:
     """Records every POST; ``respond`` picks the status code (default 200) per delivery."""
 
-    def __init__(self, *, secret: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 respond: Callable[[Delivery], int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        respond: Callable[[Delivery], int] | None = None,
+    ) -> None:
         self._verifier = Webhook(secret) if secret else None
         self._lock = threading.Lock()
         self._deliveries: list[Delivery] = []
@@ -103,11 +109,13 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                pending = Delivery(self.path, headers, body, receiver._verify(body, headers),
-                                   0, time.time())
+                pending = Delivery(
+                    self.path, headers, body, receiver._verify(body, headers), 0, time.time()
+                )
                 status = receiver.respond(pending)
-                delivery = Delivery(pending.path, headers, body, pending.verified, status,
-                                    pending.at)
+                delivery = Delivery(
+                    pending.path, headers, body, pending.verified, status, pending.at
+                )
                 with receiver._lock:
                     receiver._deliveries.append(delivery)
                 self.send_response(status)

@@ -80,7 +80,9 @@ def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_server: EmbeddedRedis, simulator: Simulator, audio_dir: Path) -> dict[str, str]:
+def worker_env(
+    redis_server: EmbeddedRedis, simulator: Simulator, audio_dir: Path
+) -> dict[str, str]:
     return {
         **WORKER_ENV,
         "CELERY_BROKER_URL": redis_server.url,
@@ -90,8 +92,9 @@ def worker_env(redis_server: EmbeddedRedis, simulator: Simulator, audio_dir: Pat
 
 
 @pytest.fixture(scope="session")
-def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
-           receiver: Receiver) -> Iterator[WorkerProcess]:
+def worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, receiver: Receiver
+) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(worker_env, tmp_path_factory.mktemp("logs") / "worker.log").start()
     yield proc
     proc.stop()

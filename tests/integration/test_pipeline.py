@@ -21,11 +21,18 @@ def job_id() -> str:
     return f"it-{uuid.uuid4().hex}"
 
 
-def test_async_job_end_to_end(send: Send, receiver: Receiver, simulator: Simulator,
-                              store: JobStore, audio_dir: Path) -> None:
+def test_async_job_end_to_end(
+    send: Send, receiver: Receiver, simulator: Simulator, store: JobStore, audio_dir: Path
+) -> None:
     jid = job_id()
-    send(names.SUBMIT_TTS, "Hello there [[sim pending=3 queue=2]]", ELEVEN,
-         voice="Rachel", notify_url=receiver.url, job_id=jid)
+    send(
+        names.SUBMIT_TTS,
+        "Hello there [[sim pending=3 queue=2]]",
+        ELEVEN,
+        voice="Rachel",
+        notify_url=receiver.url,
+        job_id=jid,
+    )
     delivery = receiver.wait_for(jid)
 
     assert delivery.verified is True
@@ -53,8 +60,11 @@ def test_async_job_end_to_end(send: Send, receiver: Receiver, simulator: Simulat
         assert poll.query["paymentSource"] == "USD"
         assert poll.query["isApiRequest"] == "True"
         assert poll.headers["x-api-key"]
-    submit = next(r for r in simulator.requests if r.body and jid and r.path == "/api/tts"
-                  and "Hello there" in str(r.body.get("text")))
+    submit = next(
+        r
+        for r in simulator.requests
+        if r.body and jid and r.path == "/api/tts" and "Hello there" in str(r.body.get("text"))
+    )
     assert submit.body is not None
     assert submit.body["voice"] == "Rachel"
 
@@ -67,11 +77,13 @@ def test_async_job_end_to_end(send: Send, receiver: Receiver, simulator: Simulat
 
 
 @pytest.mark.parametrize("mode", ["sync_json", "sync_bytes"])
-def test_synchronous_answers(mode: str, send: Send, receiver: Receiver, simulator: Simulator,
-                             store: JobStore) -> None:
+def test_synchronous_answers(
+    mode: str, send: Send, receiver: Receiver, simulator: Simulator, store: JobStore
+) -> None:
     jid = job_id()
-    send(names.SUBMIT_TTS, f"Sync [[sim mode={mode}]]", "tts-1", notify_url=receiver.url,
-         job_id=jid)
+    send(
+        names.SUBMIT_TTS, f"Sync [[sim mode={mode}]]", "tts-1", notify_url=receiver.url, job_id=jid
+    )
     body = receiver.wait_for(jid).json()
     assert body["type"] == "tts.completed"
     assert body["run_id"] is None
@@ -83,11 +95,19 @@ def test_synchronous_answers(mode: str, send: Send, receiver: Receiver, simulato
     assert job.polls == 0
 
 
-def test_poll_by_name_defaults_job_id_to_run_id(send: Send, receiver: Receiver,
-                                                 simulator: Simulator, store: JobStore) -> None:
+def test_poll_by_name_defaults_job_id_to_run_id(
+    send: Send, receiver: Receiver, simulator: Simulator, store: JobStore
+) -> None:
     run_id = simulator.create_run(model=ELEVEN)
-    send(names.POLL_TTS, run_id, ELEVEN, cost=0.2, payment_source="XNO",
-         is_api_request=False, notify_url=receiver.url)
+    send(
+        names.POLL_TTS,
+        run_id,
+        ELEVEN,
+        cost=0.2,
+        payment_source="XNO",
+        is_api_request=False,
+        notify_url=receiver.url,
+    )
     body = receiver.wait_for(run_id).json()
     assert body["type"] == "tts.completed"
     assert body["run_id"] == run_id
@@ -105,24 +125,29 @@ def test_job_without_notify_url_completes(send: Send, store: JobStore) -> None:
     assert Path(job.outcome["audio"]["path"]).exists()
 
 
-def test_pending_jobs_hold_no_worker_slot(send: Send, receiver: Receiver,
-                                          simulator: Simulator) -> None:
+def test_pending_jobs_hold_no_worker_slot(
+    send: Send, receiver: Receiver, simulator: Simulator
+) -> None:
     """12 jobs pending 1.5 s each on a 4-slot worker: all are polled before any completes.
 
     A worker that waited inside a task could poll at most 4 of them before the first finished.
     """
     jids = [job_id() for _ in range(12)]
     for jid in jids:
-        send(names.SUBMIT_TTS, f"Wait {jid} [[sim pending=1 pending_s=1.5]]", ELEVEN,
-             notify_url=receiver.url, job_id=jid)
+        send(
+            names.SUBMIT_TTS,
+            f"Wait {jid} [[sim pending=1 pending_s=1.5]]",
+            ELEVEN,
+            notify_url=receiver.url,
+            job_id=jid,
+        )
     bodies = [receiver.wait_for(jid).json() for jid in jids]
     run_ids = {b["run_id"] for b in bodies}
     assert all(b["type"] == "tts.completed" for b in bodies)
-    first_completed_at = min(
-        r.at for rid in run_ids for r in simulator.status_polls(rid)[-1:]
-    )
+    first_completed_at = min(r.at for rid in run_ids for r in simulator.status_polls(rid)[-1:])
     polled_before = {
-        rid for rid in run_ids
+        rid
+        for rid in run_ids
         if any(r.at < first_completed_at for r in simulator.status_polls(rid))
     }
     assert len(polled_before) == 12

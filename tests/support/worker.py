@@ -18,14 +18,37 @@ STOP_TIMEOUT_S = 20.0
 class WorkerProcess:
     """Start with :meth:`start`; ``log`` holds its output; :meth:`stop` sends SIGTERM (warm)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, concurrency: int = 4,
-                 pool: str = "prefork", queues: str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        concurrency: int = 4,
+        pool: str = "prefork",
+        queues: str | None = None,
+        name: str | None = None,
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.name = name or f"itest-{uuid.uuid4().hex[:8]}@%h"
-        self.argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-                     "-l", "INFO", "-P", pool, "-c", str(concurrency), "-n", self.name,
-                     "--without-gossip", "--without-mingle"]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-l",
+            "INFO",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            self.name,
+            "--without-gossip",
+            "--without-mingle",
+        ]
         if queues:
             self.argv += ["-Q", queues]
         self.process: subprocess.Popen[bytes] | None = None
@@ -38,8 +61,12 @@ class WorkerProcess:
         env = {**os.environ, **self.env}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while " ready." not in self.log:

@@ -11,7 +11,9 @@ from tasks import errors
 from tasks.http_errors import mapped, parse_retry_after, raise_for_status
 
 
-def response(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> requests.Response:
+def response(
+    status: int, body: bytes = b"", headers: dict[str, str] | None = None
+) -> requests.Response:
     r = requests.Response()
     r.status_code = status
     r._content = body
@@ -71,11 +73,17 @@ def test_retry_after_seconds_and_date() -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [requests.ConnectTimeout(), requests.ReadTimeout(), requests.ConnectionError(),
-     requests.exceptions.ChunkedEncodingError()],
+    [
+        requests.ConnectTimeout(),
+        requests.ReadTimeout(),
+        requests.ConnectionError(),
+        requests.exceptions.ChunkedEncodingError(),
+    ],
 )
 def test_network_faults_are_transient(exc: Exception) -> None:
-    with pytest.raises(errors.UpstreamUnavailable) as caught, mapped("status",
-                                                                      transient=errors.UpstreamUnavailable):
+    with (
+        pytest.raises(errors.UpstreamUnavailable) as caught,
+        mapped("status", transient=errors.UpstreamUnavailable),
+    ):
         raise exc
     assert caught.value.__cause__ is exc

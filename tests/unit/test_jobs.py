@@ -24,9 +24,12 @@ def new_id() -> str:
 def test_one_chain_per_job_under_concurrency(store: JobStore) -> None:
     jid = new_id()
     with ThreadPoolExecutor(10) as pool:
-        tokens = list(pool.map(lambda _: store.start_chain(jid, {"model": "m"},
-                                                           deadline_at=time.time() + 30),
-                               range(10)))
+        tokens = list(
+            pool.map(
+                lambda _: store.start_chain(jid, {"model": "m"}, deadline_at=time.time() + 30),
+                range(10),
+            )
+        )
     winners = [t for t in tokens if t is not None]
     assert len(winners) == 1
     job = store.get(jid)

@@ -26,8 +26,11 @@ def test_any_json_parses_or_raises_invalid_response(payload: object) -> None:
     assert isinstance(result, parsing.Pending | parsing.AudioLink | parsing.Failed)
 
 
-@given(st.dictionaries(st.sampled_from(["status", "audioUrl", "queuePosition", "error", "code"]),
-                       json_values))
+@given(
+    st.dictionaries(
+        st.sampled_from(["status", "audioUrl", "queuePosition", "error", "code"]), json_values
+    )
+)
 def test_status_shaped_dicts(payload: dict[str, object]) -> None:
     try:
         result = parsing.parse_status(payload)
@@ -41,17 +44,27 @@ def test_status_shaped_dicts(payload: dict[str, object]) -> None:
 
 
 def test_documented_examples() -> None:
-    pending = parsing.parse_status(
-        {"status": "pending", "runId": "98b0", "queuePosition": 3})
+    pending = parsing.parse_status({"status": "pending", "runId": "98b0", "queuePosition": 3})
     assert pending == parsing.Pending("pending", 3)
-    done = parsing.parse_status({"status": "completed", "audioUrl": "https://x/f.mp3",
-                                 "contentType": "audio/mpeg", "model": "Elevenlabs-Turbo-V2.5"})
+    done = parsing.parse_status(
+        {
+            "status": "completed",
+            "audioUrl": "https://x/f.mp3",
+            "contentType": "audio/mpeg",
+            "model": "Elevenlabs-Turbo-V2.5",
+        }
+    )
     assert done == parsing.AudioLink("https://x/f.mp3", "audio/mpeg")
     generic = parsing.parse_status({"status": "error", "error": "TTS generation failed."})
     assert isinstance(generic, parsing.Failed)
     assert generic.error.code == "UPSTREAM_ERROR"
-    policy = parsing.parse_status({"status": "error", "code": "CONTENT_POLICY_VIOLATION",
-                                   "error": "Content rejected by provider."})
+    policy = parsing.parse_status(
+        {
+            "status": "error",
+            "code": "CONTENT_POLICY_VIOLATION",
+            "error": "Content rejected by provider.",
+        }
+    )
     assert isinstance(policy, parsing.Failed)
     assert policy.error.code == "CONTENT_POLICY_VIOLATION"
     assert policy.error.message == "Content rejected by provider."
@@ -71,9 +84,13 @@ def test_unusable_status(payload: object) -> None:
 
 
 def test_ticket() -> None:
-    ticket = parsing.parse_ticket(json.loads(
-        '{"status":"pending","runId":"r1","model":"Elevenlabs-V3","cost":0.1,'
-        '"paymentSource":"USD"}'), fallback_model="x")
+    ticket = parsing.parse_ticket(
+        json.loads(
+            '{"status":"pending","runId":"r1","model":"Elevenlabs-V3","cost":0.1,'
+            '"paymentSource":"USD"}'
+        ),
+        fallback_model="x",
+    )
     assert ticket == parsing.Ticket("r1", "Elevenlabs-V3", 0.1, "USD")
     with pytest.raises(errors.InvalidResponse):
         parsing.parse_ticket({"status": "pending"}, fallback_model="x")

@@ -20,15 +20,24 @@ intervals = st.floats(min_value=0.05, max_value=60)
     rand=st.floats(min_value=0, max_value=1),
 )
 def test_poll_delay_bounds(
-    attempt: int, position: int | None, interval: float, extra: float, remaining: float,
+    attempt: int,
+    position: int | None,
+    interval: float,
+    extra: float,
+    remaining: float,
     rand: float,
 ) -> None:
     cap = interval + extra
     now, deadline_at = 1000.0, 1000.0 + remaining
     remaining = deadline_at - now  # what the policy sees, after float rounding
     delay = schedule.next_poll_delay_s(
-        attempt, position, interval_s=interval, max_interval_s=cap, now=now,
-        deadline_at=deadline_at, rand=lambda: rand,
+        attempt,
+        position,
+        interval_s=interval,
+        max_interval_s=cap,
+        now=now,
+        deadline_at=deadline_at,
+        rand=lambda: rand,
     )
     if remaining <= 0:
         assert delay is None
@@ -40,8 +49,9 @@ def test_poll_delay_bounds(
 
 def test_poll_delay_grows_from_interval_to_cap() -> None:
     delays = [
-        schedule.next_poll_delay_s(a, None, interval_s=3, max_interval_s=30, now=0,
-                                   deadline_at=10_000, rand=lambda: 0.5)
+        schedule.next_poll_delay_s(
+            a, None, interval_s=3, max_interval_s=30, now=0, deadline_at=10_000, rand=lambda: 0.5
+        )
         for a in range(10)
     ]
     assert delays[0] == pytest.approx(3.0)
@@ -49,28 +59,39 @@ def test_poll_delay_grows_from_interval_to_cap() -> None:
     assert delays[-1] == pytest.approx(30.0)
 
 
-def test_queue_position_sets_the_wait() -> None:
-    def at(position: int) -> float | None:
-        return schedule.next_poll_delay_s(9, position, interval_s=2, max_interval_s=30, now=0,
-                                          deadline_at=10_000, rand=lambda: 0.5)
+def test_queue_position_is_a_floor() -> None:
+    def at(attempt: int, position: int | None) -> float | None:
+        return schedule.next_poll_delay_s(
+            attempt,
+            position,
+            interval_s=2,
+            max_interval_s=30,
+            now=0,
+            deadline_at=10_000,
+            rand=lambda: 0.5,
+        )
 
-    assert at(0) == pytest.approx(2.0)  # next in line: look again soon, whatever the attempt
-    assert at(4) == pytest.approx(6.0)
-    assert at(1000) == pytest.approx(30.0)
+    assert at(0, 0) == pytest.approx(2.0)
+    assert at(0, 4) == pytest.approx(6.0)  # four jobs ahead: wait longer than the first interval
+    assert at(0, 1000) == pytest.approx(30.0)
+    assert at(5, 0) == at(5, None)  # at the head of the queue, growth still applies
 
 
 def test_jitter_spreads_but_stays_near() -> None:
-    low = schedule.next_poll_delay_s(0, None, interval_s=10, max_interval_s=30, now=0,
-                                     deadline_at=100, rand=lambda: 0.0)
-    high = schedule.next_poll_delay_s(0, None, interval_s=10, max_interval_s=30, now=0,
-                                      deadline_at=100, rand=lambda: 1.0)
+    low = schedule.next_poll_delay_s(
+        0, None, interval_s=10, max_interval_s=30, now=0, deadline_at=100, rand=lambda: 0.0
+    )
+    high = schedule.next_poll_delay_s(
+        0, None, interval_s=10, max_interval_s=30, now=0, deadline_at=100, rand=lambda: 1.0
+    )
     assert low == pytest.approx(8.5)
     assert high == pytest.approx(11.5)
 
 
 def test_last_poll_lands_on_the_deadline() -> None:
-    delay = schedule.next_poll_delay_s(5, None, interval_s=3, max_interval_s=30, now=100,
-                                       deadline_at=101.5, rand=lambda: 0.5)
+    delay = schedule.next_poll_delay_s(
+        5, None, interval_s=3, max_interval_s=30, now=100, deadline_at=101.5, rand=lambda: 0.5
+    )
     assert delay == pytest.approx(1.5)
 
 
@@ -85,8 +106,9 @@ def test_retry_delay_bounds(
     retries: int, base: float, extra: float, retry_after: float | None, rand: float
 ) -> None:
     cap = base + extra
-    delay = schedule.retry_delay_s(retries, base_s=base, max_s=cap, retry_after_s=retry_after,
-                                   rand=lambda: rand)
+    delay = schedule.retry_delay_s(
+        retries, base_s=base, max_s=cap, retry_after_s=retry_after, rand=lambda: rand
+    )
     assert delay > 0
     assert delay <= max(cap, retry_after or 0, schedule.MIN_DELAY_S)
     if retry_after is not None:

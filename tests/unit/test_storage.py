@@ -12,10 +12,19 @@ import pytest
 from tasks import errors, storage
 
 
-def store(chunks: list[bytes] | Iterator[bytes], tmp_path: Path, *, max_bytes: int = 1000,
-          deadline: float | None = None) -> storage.StoredAudio:
+def store(
+    chunks: list[bytes] | Iterator[bytes],
+    tmp_path: Path,
+    *,
+    max_bytes: int = 1000,
+    deadline: float | None = None,
+) -> storage.StoredAudio:
     return storage.store_chunks(
-        chunks, dest_dir=tmp_path, name="a.wav", content_type="audio/wav", max_bytes=max_bytes,
+        chunks,
+        dest_dir=tmp_path,
+        name="a.wav",
+        content_type="audio/wav",
+        max_bytes=max_bytes,
         deadline_monotonic=deadline if deadline is not None else time.monotonic() + 60,
     )
 

@@ -8,8 +8,14 @@ from hypothesis import strategies as st
 
 from tasks import errors, validation
 
-anything = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.lists(
-    st.integers(), max_size=3)
+anything = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.lists(st.integers(), max_size=3)
+)
 
 
 @given(text=anything, model=anything, speed=anything, stability=anything)
@@ -19,12 +25,14 @@ def test_submit_validation_never_crashes(
     try:
         request = validation.submit_request(text, model, speed=speed, stability=stability)
     except errors.InvalidInput as exc:
-        assert exc.code == "INVALID_INPUT"
-        assert exc.message
+        error = exc
+    else:
+        assert isinstance(request.text, str)
+        assert request.text.strip()
+        assert isinstance(request.model, str)
         return
-    assert isinstance(request.text, str)
-    assert request.text.strip()
-    assert isinstance(request.model, str)
+    assert error.code == "INVALID_INPUT"
+    assert error.message
 
 
 @given(run_id=anything, model=anything, cost=anything, is_api=anything)
@@ -32,8 +40,9 @@ def test_poll_validation_never_crashes(
     run_id: object, model: object, cost: object, is_api: object
 ) -> None:
     try:
-        request = validation.poll_request(run_id, model, cost=cost, payment_source=None,
-                                          is_api_request=is_api)
+        request = validation.poll_request(
+            run_id, model, cost=cost, payment_source=None, is_api_request=is_api
+        )
     except errors.InvalidInput:
         return
     assert isinstance(request.run_id, str)
@@ -58,8 +67,12 @@ def test_submit_messages_name_the_field(kwargs: dict[str, object], fragment: str
 
 def test_body_drops_unset_fields() -> None:
     request = validation.submit_request("hello", "Elevenlabs-V3", voice="Rachel", speed=1.2)
-    assert request.body() == {"text": "hello", "model": "Elevenlabs-V3", "voice": "Rachel",
-                              "speed": 1.2}
+    assert request.body() == {
+        "text": "hello",
+        "model": "Elevenlabs-V3",
+        "voice": "Rachel",
+        "speed": 1.2,
+    }
 
 
 @pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 129, 7, "-lead"])

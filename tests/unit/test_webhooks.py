@@ -15,8 +15,12 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode
 
 
 def test_signature_verifies_and_tamper_fails() -> None:
-    body = webhooks.outcome_body("job-1", "run-1", "Elevenlabs-V3",
-                                 {"type": "tts.failed", "error": {"code": "TIMEOUT", "message": "m"}})
+    body = webhooks.outcome_body(
+        "job-1",
+        "run-1",
+        "Elevenlabs-V3",
+        {"type": "tts.failed", "error": {"code": "TIMEOUT", "message": "m"}},
+    )
     payload = json.dumps(body)
     now = datetime.datetime.now(tz=datetime.UTC)
     headers = webhooks.signed_headers(SECRET, webhooks.message_id("job-1"), payload, now=now)
@@ -45,5 +49,10 @@ def test_message_id_is_stable_per_job() -> None:
 def test_body_shapes() -> None:
     audio = {"path": "/x.wav", "content_type": "audio/wav", "bytes": 3, "sha256": "ab"}
     done = webhooks.outcome_body("j", "r", "m", {"type": "tts.completed", "audio": audio})
-    assert done == {"type": "tts.completed", "job_id": "j", "run_id": "r", "model": "m",
-                    "audio": audio}
+    assert done == {
+        "type": "tts.completed",
+        "job_id": "j",
+        "run_id": "r",
+        "model": "m",
+        "audio": audio,
+    }

@@ -1,0 +1,80 @@
+"""Secrets stay in the environment; a misconfigured worker refuses to start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+import redis
+
+from tasks import names
+from tests.integration.conftest import API_KEY, ELEVEN, SECRET, Send
+from tests.support.worker import WorkerProcess
+from workers.embedded_redis import EmbeddedRedis
+from workers.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_without_api_key_refuses_to_start(worker_env: dict[str, str]) -> None:
+    env = {k: v for k, v in {**os.environ, **worker_env}.items() if k != "NANOGPT_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    assert "NANOGPT_API_KEY is not set" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_webhook_secret_is_a_clear_error(worker_env: dict[str, str]) -> None:
+    env = {**os.environ, **worker_env, "TTS_WEBHOOK_SECRET": "not base64!"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from workers.settings import get_settings; get_settings()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "TTS_WEBHOOK_SECRET" in done.stderr
+
+
+def test_no_secret_in_redis_or_logs(
+    send: Send, receiver: Receiver, worker: WorkerProcess, redis_server: EmbeddedRedis
+) -> None:
+    jid = f"secret-{uuid.uuid4().hex}"
+    send(
+        names.SUBMIT_TTS,
+        "Keep it secret [[sim pending=1]]",
+        ELEVEN,
+        notify_url=f"{receiver.url}?token=abc",
+        job_id=jid,
+    )
+    delivery = receiver.wait_for(jid)
+    secret_body = SECRET.removeprefix("whsec_")
+    assert API_KEY not in delivery.body.decode()
+
+    client = redis.Redis.from_url(redis_server.url)
+    dump = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"hash":
+            dump.append(repr(client.hgetall(key)))
+        elif kind == b"list":
+            dump.append(repr(client.lrange(key, 0, -1)))
+        elif kind == b"zset":
+            dump.append(repr(client.zrange(key, 0, -1)))
+        elif kind == b"string":
+            dump.append(repr(client.get(key)))
+    everything = "\n".join(dump) + worker.log
+    assert jid in everything  # the scan did see the job
+    assert API_KEY not in everything
+    assert secret_body not in everything
