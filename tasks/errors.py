@@ -13,6 +13,7 @@
     │   ├── AudioTooLarge             AUDIO_TOO_LARGE
     │   ├── NotAudio                  NOT_AUDIO
     │   ├── DeadlineExceeded          TIMEOUT
+    │   ├── WorkerLost                WORKER_LOST (a step crashed its worker too many times)
     │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
     └── TransientError                                           with backoff, bounded
         ├── UpstreamUnavailable       UPSTREAM_ERROR   (5xx, gateway pages, timeouts, resets)
@@ -91,6 +92,12 @@ class DeadlineExceeded(PermanentError):
     code = "TIMEOUT"
 
 
+class WorkerLost(PermanentError):
+    """A poison message: the step killed its worker process on every delivery; parked."""
+
+    code = "WORKER_LOST"
+
+
 class WebhookGone(PermanentError):
     code = "WEBHOOK_GONE"
 
@@ -133,6 +140,7 @@ OUTCOME_CODES = frozenset(
         "AUDIO_TOO_LARGE",
         "NOT_AUDIO",
         "DOWNLOAD_FAILED",
+        "WORKER_LOST",
     }
 )
 

@@ -20,40 +20,64 @@ from typing import Any
 import redis
 
 KEY_PREFIX = "tts:job:"
+#: Sorted set of job ids scored by when each job must next show progress (epoch seconds). A job
+#: still in it past that time lost a message (worker killed, failed publish): the reconciler
+#: re-sends its current step. Every state change below moves the score in the same script.
+DUE_KEY = "tts:due"
 # A poll chain that finished (or was superseded) moves ``seq`` here, which no message carries.
 SEQ_DONE = "-1"
 ACTIVE = frozenset({"submitting", "polling", "downloading"})
 FINAL = frozenset({"completed", "failed"})
 
+# Shared tail of every script: move the job in the due set (ARGV[n] == '' removes it).
+_DUE = """
+local function due(job_id, check_at)
+  if check_at == '' then redis.call('ZREM', KEYS[2], job_id)
+  else redis.call('ZADD', KEYS[2], check_at, job_id) end
+end
+"""
+
 # Create the record only if the job id is new. Returns 1 when this call created it.
-_CREATE = """
+_CREATE = (
+    _DUE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+due(ARGV[3], ARGV[2])
 return 1
 """
+)
 
 # Compare-and-set on the poll lease: act only if token and seq match; then set seq and fields.
-_ADVANCE = """
+_ADVANCE = (
+    _DUE
+    + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[3], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'seq', ARGV[3], unpack(ARGV, 6))
 redis.call('HINCRBY', KEYS[1], 'polls', 1)
+due(ARGV[5], ARGV[4])
 return 1
 """
+)
 
 # First outcome wins. With a lease (ARGV[2] ~= ''), only the current poll may settle.
-_SETTLE = """
+_SETTLE = (
+    _DUE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then return 0 end
 if ARGV[2] ~= '' then
   if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
   if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[3] then return 0 end
 end
-redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+due(ARGV[5], ARGV[4])
 return 1
 """
+)
 
 # The right to send the webhook: free, already ours, or left by an owner whose lease ran out.
 _CLAIM_NOTIFY = """
@@ -107,6 +131,9 @@ class Job:
     notify_state: str | None = None
     notify_attempts: int = 0
     notified_at: float | None = None
+    not_before: float | None = None
+    last_error: str | None = None
+    request: dict[str, Any] | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     seq: str | None = field(default=None, repr=False)
     submit_owner: str | None = field(default=None, repr=False)
@@ -139,6 +166,9 @@ class Job:
             notify_state=raw.get("notify_state"),
             notify_attempts=int(raw.get("notify_attempts", "0")),
             notified_at=num("notified_at"),
+            not_before=num("not_before"),
+            last_error=raw.get("last_error"),
+            request=json.loads(raw["request"]) if raw.get("request") else None,
             token=raw.get("token"),
             seq=raw.get("seq"),
             submit_owner=raw.get("submit_owner"),
@@ -150,12 +180,20 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {"token", "seq", "submit_owner"}
+        hidden = {"token", "seq", "submit_owner", "request"}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
+def _due_arg(check_at: float | None) -> str:
+    return "" if check_at is None else repr(check_at)
+
+
 class JobStore:
-    """Reads and atomically changes job records. One instance per process."""
+    """Reads and atomically changes job records. One instance per process.
+
+    ``check_at`` arguments say when the job must next show progress (epoch seconds); None takes
+    it off the reconciler's watch (the job needs nothing more from us).
+    """
 
     def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
         self._redis = client
@@ -165,37 +203,55 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
 
+    def _keys(self, job_id: str) -> list[str]:
+        return [_key(job_id), DUE_KEY]
+
     def get(self, job_id: str) -> Job | None:
         raw = self._redis.hgetall(_key(job_id))
         return Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
 
-    def create(self, job_id: str, fields: dict[str, Any], *, ttl_s: float) -> bool:
+    def create(
+        self, job_id: str, fields: dict[str, Any], *, ttl_s: float, check_at: float | None
+    ) -> bool:
         """Create the record if the job id is new; False if it exists (a duplicate enqueue)."""
         now = time.time()
         record = {"job_id": job_id, "created_at": now, "updated_at": now, **fields}
-        argv: list[str | int] = [int(ttl_s) + self._ttl_s, *_flatten(record)]
-        return bool(self._create(keys=[_key(job_id)], args=argv))
+        argv: list[str | int] = [
+            int(ttl_s) + self._ttl_s,
+            _due_arg(check_at),
+            job_id,
+            *_flatten(record),
+        ]
+        return bool(self._create(keys=self._keys(job_id), args=argv))
 
-    def update(self, job_id: str, fields: dict[str, Any]) -> None:
-        """Unguarded write of informational fields (last error, notify attempts)."""
-        flat = _flatten(fields)
-        self._redis.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+    def update(self, job_id: str, fields: dict[str, Any], *, check_at: float | None = None) -> None:
+        """Unguarded write of informational fields, and optionally a new check time."""
+        flat = _flatten({**fields, "updated_at": time.time()})
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+            if check_at is not None:
+                pipe.zadd(DUE_KEY, {job_id: check_at}, xx=True)
+            pipe.execute()
 
-    def start_chain(self, job_id: str, fields: dict[str, Any], *, deadline_at: float) -> str | None:
+    def start_chain(
+        self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
+    ) -> str | None:
         """Start a poll chain for a new job; returns its token, or None for a duplicate."""
         token = uuid.uuid4().hex
         created = self.create(
             job_id,
             {**fields, "status": "polling", "token": token, "seq": "0", "deadline_at": deadline_at},
             ttl_s=deadline_at - time.time(),
+            check_at=check_at,
         )
         return token if created else None
 
-    def hand_over(self, job_id: str, fields: dict[str, Any], *, deadline_at: float) -> str:
+    def hand_over(
+        self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
+    ) -> str:
         """Turn a job claimed by submit into a poll chain; returns the chain's token."""
         token = uuid.uuid4().hex
-        self.update(
-            job_id,
+        flat = _flatten(
             {
                 **fields,
                 "status": "polling",
@@ -203,23 +259,53 @@ class JobStore:
                 "seq": "0",
                 "deadline_at": deadline_at,
                 "updated_at": time.time(),
-            },
+            }
         )
-        self._redis.expire(_key(job_id), int(deadline_at - time.time()) + self._ttl_s)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+            pipe.expire(_key(job_id), int(deadline_at - time.time()) + self._ttl_s)
+            pipe.zadd(DUE_KEY, {job_id: check_at})
+            pipe.execute()
         return token
 
-    def advance(self, job_id: str, token: str, seq: int, fields: dict[str, Any]) -> bool:
+    def advance(
+        self, job_id: str, token: str, seq: int, fields: dict[str, Any], *, check_at: float
+    ) -> bool:
         """Move the lease from poll ``seq`` to ``seq + 1``; False if this poll is not current."""
-        argv = [token, str(seq), str(seq + 1), *_flatten({**fields, "updated_at": time.time()})]
-        return bool(self._advance(keys=[_key(job_id)], args=argv))
+        return self._cas(job_id, token, seq, str(seq + 1), fields, check_at)
 
-    def end_polling(self, job_id: str, token: str, seq: int, fields: dict[str, Any]) -> bool:
+    def end_polling(
+        self, job_id: str, token: str, seq: int, fields: dict[str, Any], *, check_at: float
+    ) -> bool:
         """Close the poll chain (completed: the download takes over); False if not current."""
-        argv = [token, str(seq), SEQ_DONE, *_flatten({**fields, "updated_at": time.time()})]
-        return bool(self._advance(keys=[_key(job_id)], args=argv))
+        return self._cas(job_id, token, seq, SEQ_DONE, fields, check_at)
+
+    def _cas(
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        new_seq: str,
+        fields: dict[str, Any],
+        check_at: float,
+    ) -> bool:
+        argv = [
+            token,
+            str(seq),
+            new_seq,
+            _due_arg(check_at),
+            job_id,
+            *_flatten({**fields, "updated_at": time.time()}),
+        ]
+        return bool(self._advance(keys=self._keys(job_id), args=argv))
 
     def settle(
-        self, job_id: str, outcome: dict[str, Any], *, lease: tuple[str, int] | None = None
+        self,
+        job_id: str,
+        outcome: dict[str, Any],
+        *,
+        check_at: float,
+        lease: tuple[str, int] | None = None,
     ) -> bool:
         """Record the job's outcome if it has none yet; True for the one caller that did."""
         now = time.time()
@@ -232,8 +318,15 @@ class JobStore:
             "notify_state": "queued",
         }
         token, seq = lease if lease else ("", 0)
-        argv: list[str | int] = [self._ttl_s, token, str(seq), *_flatten(fields)]
-        return bool(self._settle(keys=[_key(job_id)], args=argv))
+        argv: list[str | int] = [
+            self._ttl_s,
+            token,
+            str(seq),
+            _due_arg(check_at),
+            job_id,
+            *_flatten(fields),
+        ]
+        return bool(self._settle(keys=self._keys(job_id), args=argv))
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
         """Take the right to send this job's webhook (re-entrant for the same task id)."""
@@ -242,5 +335,30 @@ class JobStore:
         return bool(self._claim_notify(keys=[_key(job_id)], args=argv))
 
     def finish_notify(self, job_id: str, state: str, **fields: Any) -> None:
-        """Record how delivery ended: delivered, gone, refused, expired or none."""
-        self.update(job_id, {"notify_state": state, "updated_at": time.time(), **fields})
+        """Record how delivery ended (delivered, gone, refused, expired, none): nothing is due."""
+        flat = _flatten({"notify_state": state, "updated_at": time.time(), **fields})
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+            pipe.zrem(DUE_KEY, job_id)
+            pipe.execute()
+
+    def overdue(self, now: float, *, limit: int) -> list[str]:
+        """Job ids whose check time has passed, oldest first."""
+        ids = self._redis.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)
+        return [str(job_id) for job_id in ids]
+
+    def recheck_at(self, job_id: str, check_at: float | None) -> None:
+        """Move (or, with None, drop) one job's check time."""
+        if check_at is None:
+            self._redis.zrem(DUE_KEY, job_id)
+        else:
+            self._redis.zadd(DUE_KEY, {job_id: check_at})
+
+    def count_delivery(self, task_id: str, retries: int, *, ttl_s: int) -> int:
+        """How many times this execution of a task has started (1 the first time)."""
+        key = f"tts:delivery:{task_id}:{retries}"
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, ttl_s)
+            count, _ = pipe.execute()
+        return int(count)

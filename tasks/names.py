@@ -6,6 +6,7 @@ SUBMIT_TTS = "tts.submit_tts"
 POLL_TTS = "tts.poll_tts"
 DOWNLOAD_AUDIO = "tts.download_audio"
 NOTIFY = "tts.notify"
+RECONCILE = "tts.reconcile"
 
 # One queue per step, so a slow audio host or a dead webhook receiver never starves polling.
 SUBMIT_QUEUE = "tts.submit"
@@ -19,4 +20,5 @@ QUEUES = {
     POLL_TTS: POLL_QUEUE,
     DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
     NOTIFY: NOTIFY_QUEUE,
+    RECONCILE: POLL_QUEUE,
 }

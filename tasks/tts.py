@@ -1,9 +1,10 @@
-"""The four Celery tasks. Each unpacks its arguments, calls plain code, and ends in one of:
+"""The Celery tasks. Each unpacks its arguments, calls plain code, and ends in one of:
 done, re-queue (a countdown, never a sleep), retry (transient fault), or fail (permanent).
 
 Retry policy by class: :class:`errors.TransientError` is retried with backoff, bounded by
 ``TTS_MAX_RETRIES`` and the job's deadline; :class:`errors.PermanentError` fails the job at once.
-Anything else is a bug and is left to Celery (logged, acked, visible in Flower).
+Anything else is a bug and is left to Celery (logged, acked, visible in Flower); the reconciler
+then re-sends the job's step once it is overdue.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from tasks import errors, names, schedule, storage, validation, webhooks
+from tasks import dispatch, errors, names, reconcile, schedule, storage, validation, webhooks
 from tasks import runtime as rt
+from tasks.jobs import Job
 from tasks.nanogpt import InlineAudio
+from tasks.outcomes import check_at, fail, succeed
 from tasks.parsing import AudioLink, Failed, Pending, Ticket
-from tasks.redact import kwargs_repr
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ NOTIFY_LEASE_SLACK_S = 120.0
 # have their own timeouts; these only catch the unforeseen.
 API_TIME_LIMIT_S = 120
 NOTIFY_TIME_LIMIT_S = 120
+# Delivery counters outlive any redelivery loop, then vanish.
+DELIVERY_COUNT_TTL_S = 86_400
 
 COMMON: dict[str, Any] = {
     "bind": True,
@@ -43,28 +47,24 @@ COMMON: dict[str, Any] = {
 }
 
 
-def _fail(job_id: str, exc: errors.TTSError, *, lease: tuple[str, int] | None = None) -> str:
-    """Record a failed outcome (first writer wins) and queue its webhook."""
-    outcome = {"type": "tts.failed", "error": exc.as_dict()}
-    if rt.jobs().settle(job_id, outcome, lease=lease):
-        log.info("job %s failed: %s", job_id, exc.code)
-        _queue_notify(job_id)
-    return job_id
+def _poisoned(task: Task, job_id: str) -> bool:  # type: ignore[type-arg]
+    """Count this delivery; True (and the job parked as failed) once it crashed too often.
 
-
-def _succeed(job_id: str, audio: storage.StoredAudio) -> str:
-    if rt.jobs().settle(job_id, {"type": "tts.completed", "audio": audio.as_dict()}):
-        log.info("job %s completed: %d bytes", job_id, audio.bytes)
-        _queue_notify(job_id)
-    return job_id
-
-
-def _queue_notify(job_id: str) -> None:
-    notify.apply_async((job_id,), queue=names.NOTIFY_QUEUE)
-
-
-def _queue_download(job_id: str) -> None:
-    download_audio.apply_async((job_id,), queue=names.DOWNLOAD_QUEUE)
+    A message that kills its worker process is re-queued by ``reject_on_worker_lost``; without
+    this count it would crash workers forever.
+    """
+    task_id = task.request.id or job_id
+    deliveries = rt.jobs().count_delivery(task_id, task.request.retries, ttl_s=DELIVERY_COUNT_TTL_S)
+    limit = rt.settings().max_deliveries
+    if deliveries <= limit:
+        return False
+    log.error("job %s: %s delivered %d times; parked", job_id, task.name, deliveries)
+    lost = errors.WorkerLost(f"{task.name} crashed its worker {limit} times")
+    if task.name == names.NOTIFY:
+        rt.jobs().finish_notify(job_id, "expired", notify_error=lost.message)
+    else:
+        fail(job_id, lost)
+    return True
 
 
 def _retry_or_fail(
@@ -80,7 +80,7 @@ def _retry_or_fail(
     s = rt.settings()
     retries = task.request.retries
     if retries >= max_retries:
-        return _fail(job_id, exc, lease=lease)
+        return fail(job_id, exc, lease=lease)
     delay_s = schedule.retry_delay_s(
         retries,
         base_s=s.retry_base_delay_s,
@@ -88,9 +88,14 @@ def _retry_or_fail(
         retry_after_s=exc.retry_after_s,
     )
     if deadline_at is not None and time.time() + delay_s > deadline_at:
-        return _fail(job_id, errors.DeadlineExceeded(f"deadline reached after: {exc}"), lease=lease)
+        return fail(job_id, errors.DeadlineExceeded(f"deadline reached after: {exc}"), lease=lease)
     log.warning("job %s: %s; retry %d in %.1fs", job_id, exc, retries + 1, delay_s)
-    rt.jobs().update(job_id, {"last_error": exc.message})
+    # not_before: a re-sent step (reconciler) must not ask before the server allowed it either.
+    rt.jobs().update(
+        job_id,
+        {"last_error": exc.message, "not_before": time.time() + delay_s},
+        check_at=check_at(delay_s),
+    )
     raise task.retry(exc=exc, countdown=delay_s)
 
 
@@ -109,8 +114,8 @@ def _reject(job_id: object, exc: errors.InvalidInput, notify_url: object) -> str
     except errors.InvalidInput:
         url = None
     log.warning("job %s rejected: %s", jid, exc.message)
-    if rt.jobs().create(jid, {"status": "failed", "notify_url": url}, ttl_s=0):
-        _fail(jid, exc)
+    if rt.jobs().create(jid, {"status": "failed", "notify_url": url}, ttl_s=0, check_at=None):
+        fail(jid, exc)
     return jid
 
 
@@ -150,29 +155,40 @@ def submit_tts(
 
     store = rt.jobs()
     owner = self.request.id or jid
-    if not store.create(
-        jid,
-        {"status": "submitting", "model": request.model, "notify_url": url, "submit_owner": owner},
-        ttl_s=rt.settings().poll_timeout_s,
-    ):
+    # The request is kept so the reconciler can re-send a submit whose message was lost.
+    fields = {
+        "status": "submitting",
+        "model": request.model,
+        "notify_url": url,
+        "submit_owner": owner,
+        "request": {**request.body(), "notify_url": url, "job_id": jid},
+    }
+    ttl_s = rt.settings().poll_timeout_s
+    if not store.create(jid, fields, ttl_s=ttl_s, check_at=check_at(API_TIME_LIMIT_S)):
         job = store.get(jid)
         # Our own earlier attempt (a retry or a redelivery) may go on; anything else is a duplicate.
         if job is None or job.submit_owner != owner or job.status != "submitting":
             log.info("job %s already exists; duplicate submit ignored", jid)
             return jid
+    if _poisoned(self, jid):
+        return jid
 
     try:
         answer = rt.nanogpt().submit(request)
     except errors.TransientError as exc:
         return _retry_or_fail(self, exc, jid, max_retries=rt.settings().max_retries)
     except errors.PermanentError as exc:
-        return _fail(jid, exc)
+        return fail(jid, exc)
 
     if isinstance(answer, Ticket):
         _start_polling(jid, answer, notify_url=url)
     elif isinstance(answer, AudioLink):
-        store.update(jid, {"status": "downloading", "audio_url": answer.audio_url})
-        _queue_download(jid)
+        store.update(
+            jid,
+            {"status": "downloading", "audio_url": answer.audio_url},
+            check_at=check_at(rt.settings().download_timeout_s),
+        )
+        dispatch.download(jid)
     elif isinstance(answer, InlineAudio):
         _store_inline(self, jid, answer)
     return jid
@@ -180,7 +196,7 @@ def submit_tts(
 
 def _start_polling(job_id: str, ticket: Ticket, *, notify_url: str | None) -> None:
     s = rt.settings()
-    deadline_at = time.time() + s.poll_timeout_s
+    now = time.time()
     token = rt.jobs().hand_over(
         job_id,
         {
@@ -188,23 +204,21 @@ def _start_polling(job_id: str, ticket: Ticket, *, notify_url: str | None) -> No
             "model": ticket.model,
             "cost": ticket.cost,
             "payment_source": ticket.payment_source,
-            "next_poll_at": time.time(),
+            "next_poll_at": now,
         },
-        deadline_at=deadline_at,
+        deadline_at=now + s.poll_timeout_s,
+        check_at=check_at(0),
     )
-    kwargs = {
-        "cost": ticket.cost,
-        "payment_source": ticket.payment_source,
-        "notify_url": notify_url,
-        "job_id": job_id,
-        "lease": token,
-        "seq": 0,
-    }
-    poll_tts.apply_async(
-        (ticket.run_id, ticket.model),
-        kwargs,
-        queue=names.POLL_QUEUE,
-        kwargsrepr=kwargs_repr(kwargs),
+    dispatch.poll(
+        ticket.run_id,
+        ticket.model,
+        lease=token,
+        seq=0,
+        countdown_s=0,
+        cost=ticket.cost,
+        payment_source=ticket.payment_source,
+        notify_url=notify_url,
+        job_id=job_id,
     )
 
 
@@ -222,9 +236,9 @@ def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type
         _retry_or_fail(task, exc, job_id, max_retries=DOWNLOAD_MAX_RETRIES)
         return
     except errors.PermanentError as exc:
-        _fail(job_id, exc)
+        fail(job_id, exc)
         return
-    _succeed(job_id, stored)
+    succeed(job_id, stored)
 
 
 @shared_task(name=names.POLL_TTS, time_limit=API_TIME_LIMIT_S, **COMMON)
@@ -258,6 +272,7 @@ def poll_tts(
     s = rt.settings()
     store = rt.jobs()
     if lease is None:
+        now = time.time()
         lease = store.start_chain(
             jid,
             {
@@ -267,9 +282,10 @@ def poll_tts(
                 "payment_source": request.payment_source,
                 "is_api_request": is_api_request,
                 "notify_url": url,
-                "next_poll_at": time.time(),
+                "next_poll_at": now,
             },
-            deadline_at=time.time() + s.poll_timeout_s,
+            deadline_at=now + s.poll_timeout_s,
+            check_at=check_at(0),
         )
         if lease is None:
             log.info("job %s already exists; duplicate poll chain ignored", jid)
@@ -280,10 +296,12 @@ def poll_tts(
     if job is None or not job.holds(lease, seq):
         log.info("job %s: poll %s is not the current one; exiting", jid, seq)
         return jid
+    if _poisoned(self, jid):
+        return jid
     held = (lease, seq)
     deadline_at = job.deadline_at or time.time()
     if time.time() >= deadline_at:
-        return _fail(
+        return fail(
             jid, errors.DeadlineExceeded("the job did not finish before its deadline"), lease=held
         )
 
@@ -294,26 +312,26 @@ def poll_tts(
             self, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at, lease=held
         )
     except errors.PermanentError as exc:
-        return _fail(jid, exc, lease=held)
+        return fail(jid, exc, lease=held)
 
     if isinstance(result, Failed):
-        return _fail(jid, result.error, lease=held)
+        return fail(jid, result.error, lease=held)
     if isinstance(result, AudioLink):
         if store.end_polling(
             jid,
             lease,
             seq,
             {"status": "downloading", "last_status": "completed", "audio_url": result.audio_url},
+            check_at=check_at(s.download_timeout_s),
         ):
-            _queue_download(jid)
+            dispatch.download(jid)
         return jid
-    return _requeue(jid, result, job.polls, request, url, held, deadline_at)
+    return _requeue(job, result, request, url, held, deadline_at)
 
 
 def _requeue(
-    job_id: str,
+    job: Job,
     pending: Pending,
-    polls: int,
     request: validation.PollRequest,
     notify_url: str | None,
     held: tuple[str, int],
@@ -322,7 +340,7 @@ def _requeue(
     s = rt.settings()
     now = time.time()
     delay_s = schedule.next_poll_delay_s(
-        polls,
+        job.polls,
         pending.queue_position,
         interval_s=s.poll_interval_s,
         max_interval_s=s.poll_max_interval_s,
@@ -330,12 +348,14 @@ def _requeue(
         deadline_at=deadline_at,
     )
     if delay_s is None:
-        return _fail(job_id, errors.DeadlineExceeded("still pending at the deadline"), lease=held)
-    if pending.status not in ("pending",):
-        log.info("job %s: status %r treated as pending", job_id, pending.status)
+        return fail(
+            job.job_id, errors.DeadlineExceeded("still pending at the deadline"), lease=held
+        )
+    if pending.status != "pending":
+        log.info("job %s: status %r treated as pending", job.job_id, pending.status)
     lease, seq = held
     if not rt.jobs().advance(
-        job_id,
+        job.job_id,
         lease,
         seq,
         {
@@ -343,25 +363,22 @@ def _requeue(
             "queue_position": pending.queue_position,
             "next_poll_at": now + delay_s,
         },
+        check_at=check_at(delay_s),
     ):
-        return job_id
-    kwargs = {
-        "cost": request.cost,
-        "payment_source": request.payment_source,
-        "is_api_request": request.is_api_request,
-        "notify_url": notify_url,
-        "job_id": job_id,
-        "lease": lease,
-        "seq": seq + 1,
-    }
-    poll_tts.apply_async(
-        (request.run_id, request.model),
-        kwargs,
-        countdown=delay_s,
-        queue=names.POLL_QUEUE,
-        kwargsrepr=kwargs_repr(kwargs),
+        return job.job_id
+    dispatch.poll(
+        request.run_id,
+        request.model,
+        lease=lease,
+        seq=seq + 1,
+        countdown_s=delay_s,
+        cost=request.cost,
+        payment_source=request.payment_source,
+        is_api_request=request.is_api_request,
+        notify_url=notify_url,
+        job_id=job.job_id,
     )
-    return job_id
+    return job.job_id
 
 
 @shared_task(name=names.DOWNLOAD_AUDIO, **COMMON)
@@ -375,10 +392,12 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     if job.outcome is not None:
         # A redelivery after the outcome was recorded: make sure the webhook is on its way.
         if job.notify_state == "queued":
-            _queue_notify(job_id)
+            dispatch.notify(job_id)
+        return job_id
+    if _poisoned(self, job_id):
         return job_id
     if not job.audio_url:
-        return _fail(job_id, errors.InvalidResponse("no audio URL recorded for the job"))
+        return fail(job_id, errors.InvalidResponse("no audio URL recorded for the job"))
     s = rt.settings()
     try:
         stored = storage.download(
@@ -392,8 +411,8 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     except errors.TransientError as exc:
         return _retry_or_fail(self, exc, job_id, max_retries=DOWNLOAD_MAX_RETRIES)
     except errors.PermanentError as exc:
-        return _fail(job_id, exc)
-    return _succeed(job_id, stored)
+        return fail(job_id, exc)
+    return succeed(job_id, stored)
 
 
 @shared_task(name=names.NOTIFY, time_limit=NOTIFY_TIME_LIMIT_S, **COMMON)
@@ -406,13 +425,12 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     if not job.notify_url:
         store.finish_notify(job_id, "none")
         return job_id
+    if _poisoned(self, job_id):
+        return job_id
     s = rt.settings()
     retries = self.request.retries
-    delay_s = min(
-        s.webhook_max_retry_delay_s,
-        schedule.retry_delay_s(
-            retries, base_s=s.webhook_retry_delay_s, max_s=s.webhook_max_retry_delay_s
-        ),
+    delay_s = schedule.retry_delay_s(
+        retries, base_s=s.webhook_retry_delay_s, max_s=s.webhook_max_retry_delay_s
     )
     owner = self.request.id or job_id
     if not store.claim_notify(job_id, owner, lease_s=delay_s + NOTIFY_LEASE_SLACK_S):
@@ -422,7 +440,11 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     attempts = job.notify_attempts + 1
     try:
         webhooks.deliver(
-            rt.safe_http(), job.notify_url, body, msg_id=webhooks.message_id(job_id), secret=secret
+            rt.safe_http(),
+            job.notify_url,
+            body,
+            msg_id=webhooks.message_id(job_id),
+            secret=secret,
         )
     except errors.TransientError as exc:
         started_at = job.finished_at or time.time()
@@ -435,7 +457,11 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         log.warning(
             "job %s: webhook attempt %d failed (%s); next in %.1fs", job_id, attempts, exc, delay_s
         )
-        store.update(job_id, {"notify_attempts": attempts, "notify_error": exc.message})
+        store.update(
+            job_id,
+            {"notify_attempts": attempts, "notify_error": exc.message},
+            check_at=check_at(delay_s + NOTIFY_LEASE_SLACK_S),
+        )
         raise self.retry(exc=exc, countdown=delay_s) from None
     except errors.PermanentError as exc:
         state = "gone" if isinstance(exc, errors.WebhookGone) else "refused"
@@ -444,3 +470,9 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         return job_id
     store.finish_notify(job_id, "delivered", notify_attempts=attempts, notified_at=time.time())
     return job_id
+
+
+@shared_task(name=names.RECONCILE)
+def reconcile_jobs() -> dict[str, int]:
+    """Re-send the lost step of every overdue job (also run by every worker on a timer)."""
+    return dict(reconcile.scan(rt.jobs(), recheck_after_s=rt.settings().recovery_grace_s))

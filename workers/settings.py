@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     # First and largest backoff between those retries.
     retry_base_delay_s: float = Field(1.0, gt=0, validation_alias="TTS_RETRY_BASE_DELAY")
     retry_max_delay_s: float = Field(60.0, gt=0, validation_alias="TTS_RETRY_MAX_DELAY")
+    # How late a step may be before the reconciler re-sends it (a lost message: worker killed,
+    # publish failed). Shorter recovers sooner; longer re-sends less under heavy load.
+    recovery_grace_s: float = Field(30.0, gt=0, validation_alias="TTS_RECOVERY_GRACE")
+    # How often each worker looks for overdue jobs (one worker at a time, under a Redis lock).
+    reconcile_interval_s: float = Field(5.0, gt=0, validation_alias="TTS_RECONCILE_INTERVAL")
+    # Deliveries of one step that may kill their worker before the job is parked as failed.
+    max_deliveries: int = Field(5, ge=1, validation_alias="TTS_MAX_DELIVERIES")
     # How long job records stay readable after their outcome.
     job_ttl_s: int = Field(7 * 86_400, gt=0, validation_alias="TTS_JOB_TTL")
 

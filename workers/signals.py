@@ -8,6 +8,7 @@ from typing import Any
 from celery import signals
 
 from tasks import runtime
+from workers import reconciler
 from workers.settings import get_settings
 
 log = logging.getLogger("workers")
@@ -36,3 +37,6 @@ def reset_process_state(**_: Any) -> None:
 def connect() -> None:
     signals.worker_init.connect(check_worker_settings, weak=False)
     signals.worker_process_init.connect(reset_process_state, weak=False)
+    # The reconciler runs in the worker's main process, next to the consumer.
+    signals.worker_ready.connect(reconciler.start, weak=False)
+    signals.worker_shutdown.connect(reconciler.stop, weak=False)

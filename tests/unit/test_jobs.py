@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.jobs import JobStore
+from tasks.jobs import DUE_KEY, JobStore
 
 
 @pytest.fixture
@@ -26,7 +26,9 @@ def test_one_chain_per_job_under_concurrency(store: JobStore) -> None:
     with ThreadPoolExecutor(10) as pool:
         tokens = list(
             pool.map(
-                lambda _: store.start_chain(jid, {"model": "m"}, deadline_at=time.time() + 30),
+                lambda _: store.start_chain(
+                    jid, {"model": "m"}, deadline_at=time.time() + 30, check_at=time.time() + 60
+                ),
                 range(10),
             )
         )
@@ -39,11 +41,13 @@ def test_one_chain_per_job_under_concurrency(store: JobStore) -> None:
 
 def test_stale_poll_cannot_advance(store: JobStore) -> None:
     jid = new_id()
-    token = store.start_chain(jid, {}, deadline_at=time.time() + 30)
+    token = store.start_chain(jid, {}, deadline_at=time.time() + 30, check_at=time.time() + 60)
     assert token is not None
-    assert store.advance(jid, token, 0, {"queue_position": 3})
-    assert not store.advance(jid, token, 0, {"queue_position": 9})  # redelivered poll 0
-    assert not store.advance(jid, "other", 1, {})  # a different chain
+    assert store.advance(jid, token, 0, {"queue_position": 3}, check_at=time.time() + 60)
+    assert not store.advance(
+        jid, token, 0, {"queue_position": 9}, check_at=time.time() + 60
+    )  # redelivered poll 0
+    assert not store.advance(jid, "other", 1, {}, check_at=time.time() + 60)  # a different chain
     job = store.get(jid)
     assert job is not None
     assert job.queue_position == 3
@@ -53,12 +57,12 @@ def test_stale_poll_cannot_advance(store: JobStore) -> None:
 
 def test_first_outcome_wins(store: JobStore) -> None:
     jid = new_id()
-    token = store.start_chain(jid, {}, deadline_at=time.time() + 30)
+    token = store.start_chain(jid, {}, deadline_at=time.time() + 30, check_at=time.time() + 60)
     assert token is not None
     failed = {"type": "tts.failed", "error": {"code": "TIMEOUT", "message": "m"}}
-    assert not store.settle(jid, failed, lease=(token, 5))  # not the current poll
-    assert store.settle(jid, failed, lease=(token, 0))
-    assert not store.settle(jid, {"type": "tts.completed", "audio": {}})
+    assert not store.settle(jid, failed, lease=(token, 5), check_at=1.0)  # not the current poll
+    assert store.settle(jid, failed, lease=(token, 0), check_at=1.0)
+    assert not store.settle(jid, {"type": "tts.completed", "audio": {}}, check_at=1.0)
     job = store.get(jid)
     assert job is not None
     assert job.status == "failed"
@@ -67,13 +71,13 @@ def test_first_outcome_wins(store: JobStore) -> None:
 
 
 def test_settle_needs_a_record(store: JobStore) -> None:
-    assert not store.settle(new_id(), {"type": "tts.failed", "error": {}})
+    assert not store.settle(new_id(), {"type": "tts.failed", "error": {}}, check_at=1.0)
 
 
 def test_notify_claim(store: JobStore) -> None:
     jid = new_id()
-    store.create(jid, {"status": "downloading"}, ttl_s=30)
-    store.settle(jid, {"type": "tts.completed", "audio": {}})
+    store.create(jid, {"status": "downloading"}, ttl_s=30, check_at=None)
+    store.settle(jid, {"type": "tts.completed", "audio": {}}, check_at=1.0)
     assert store.claim_notify(jid, "task-a", lease_s=30)
     assert store.claim_notify(jid, "task-a", lease_s=30)  # a retry of the same task
     assert not store.claim_notify(jid, "task-b", lease_s=30)  # a duplicate sender
@@ -83,15 +87,15 @@ def test_notify_claim(store: JobStore) -> None:
 
 def test_expired_claim_is_taken_over(store: JobStore) -> None:
     jid = new_id()
-    store.create(jid, {}, ttl_s=30)
-    store.settle(jid, {"type": "tts.completed", "audio": {}})
+    store.create(jid, {}, ttl_s=30, check_at=None)
+    store.settle(jid, {"type": "tts.completed", "audio": {}}, check_at=1.0)
     assert store.claim_notify(jid, "dead-task", lease_s=-1)
     assert store.claim_notify(jid, "task-b", lease_s=30)
 
 
 def test_public_view_hides_lease(store: JobStore) -> None:
     jid = new_id()
-    store.start_chain(jid, {"run_id": "r"}, deadline_at=time.time() + 30)
+    store.start_chain(jid, {"run_id": "r"}, deadline_at=time.time() + 30, check_at=time.time() + 60)
     job = store.get(jid)
     assert job is not None
     public = job.public()
@@ -99,3 +103,28 @@ def test_public_view_hides_lease(store: JobStore) -> None:
     assert "seq" not in public
     assert public["run_id"] == "r"
     assert public["status"] == "polling"
+
+
+def test_every_transition_moves_the_watch(store: JobStore, redis_client: redis.Redis) -> None:
+    def score(jid: str) -> float | None:
+        return redis_client.zscore(DUE_KEY, jid)
+
+    jid = new_id()
+    token = store.start_chain(jid, {}, deadline_at=time.time() + 30, check_at=100.0)
+    assert token is not None
+    assert score(jid) == 100.0
+    assert store.advance(jid, token, 0, {}, check_at=200.0)
+    assert score(jid) == 200.0
+    assert not store.advance(jid, token, 0, {}, check_at=999.0)  # a stale poll moves nothing
+    assert score(jid) == 200.0
+    assert store.settle(jid, {"type": "tts.failed", "error": {}}, lease=(token, 1), check_at=300.0)
+    assert score(jid) == 300.0
+    assert jid in store.overdue(301.0, limit=10_000)
+    store.finish_notify(jid, "delivered")
+    assert score(jid) is None
+
+
+def test_delivery_count(store: JobStore) -> None:
+    task_id = new_id()
+    assert [store.count_delivery(task_id, 0, ttl_s=60) for _ in range(3)] == [1, 2, 3]
+    assert store.count_delivery(task_id, 1, ttl_s=60) == 1  # a retry is a new execution

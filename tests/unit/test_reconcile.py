@@ -1,0 +1,72 @@
+"""Which step a job waits on, and that a scan re-sends exactly the overdue ones."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from tasks import reconcile
+from tasks.jobs import DUE_KEY, Job, JobStore
+
+
+def job(**fields: Any) -> Job:
+    return Job(job_id="j", **{"status": "polling", **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "step"),
+    [
+        ({"token": "t", "seq": "3", "run_id": "r", "model": "m"}, "poll"),
+        ({"token": "t", "seq": "-1"}, None),
+        ({"status": "downloading"}, "download"),
+        (
+            {"status": "submitting", "request": {"text": "x", "model": "m"}, "submit_owner": "id"},
+            "submit",
+        ),
+        ({"status": "submitting"}, None),
+        (
+            {"status": "completed", "outcome": {"type": "tts.completed"}, "notify_state": "queued"},
+            "notify",
+        ),
+        (
+            {"status": "failed", "outcome": {"type": "tts.failed"}, "notify_state": "delivered"},
+            None,
+        ),
+        ({"status": "failed", "outcome": {"type": "tts.failed"}, "notify_state": "none"}, None),
+    ],
+)
+def test_next_step(fields: dict[str, Any], step: str | None) -> None:
+    assert reconcile.next_step(job(**fields)) == step
+
+
+def test_scan_resends_only_overdue(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis_client.delete(DUE_KEY)
+    store = JobStore(redis_client, ttl_s=60)
+    now = time.time()
+    late, early, done = (f"r-{uuid.uuid4().hex}" for _ in range(3))
+    for jid, check_at in ((late, now - 5), (early, now + 60)):
+        store.start_chain(
+            jid, {"run_id": jid, "model": "m"}, deadline_at=now + 30, check_at=check_at
+        )
+    store.create(
+        done,
+        {"status": "failed", "outcome": {"type": "tts.failed"}, "notify_state": "delivered"},
+        ttl_s=30,
+        check_at=now - 5,
+    )
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(reconcile, "resend", lambda j, step, now: sent.append((j.job_id, step)))
+
+    counts = reconcile.scan(store, recheck_after_s=30, now=now)
+
+    assert sent == [(late, "poll")]
+    assert counts == {"poll": 1}
+    assert redis_client.zscore(DUE_KEY, late) == pytest.approx(now + 30)
+    assert redis_client.zscore(DUE_KEY, done) is None  # nothing more is due: dropped
+    assert reconcile.scan(store, recheck_after_s=30, now=now) == {}  # not re-sent twice

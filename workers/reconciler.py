@@ -1,0 +1,65 @@
+"""Every worker runs the reconciler on a timer; a Redis lock lets one of them scan at a time.
+
+Running it inside the workers (rather than only from ``celery beat``) means recovery needs no
+extra process: any live worker re-sends what a dead one lost. The scan itself is
+:func:`tasks.reconcile.scan`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from tasks import reconcile
+from tasks import runtime as rt
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "tts:reconcile:lock"
+
+
+class ReconcilerThread(threading.Thread):
+    """Scans every ``interval_s`` while the worker runs; :meth:`stop` ends it promptly."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__(name="tts-reconciler", daemon=True)
+        self.interval_s = interval_s
+        self._stop_event = threading.Event()
+        self._owner = f"{socket.gethostname()}:{id(self)}"
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            try:
+                self.scan_once()
+            except Exception:  # a broker or Redis blip must not end the thread
+                log.exception("reconciler scan failed; trying again in %.0fs", self.interval_s)
+
+    def scan_once(self) -> bool:
+        """Scan if no other worker holds the lock for this interval; True if it scanned."""
+        lock_ms = max(1, int(self.interval_s * 900))  # expires before the next tick anywhere
+        if not rt.redis_client().set(LOCK_KEY, self._owner, nx=True, px=lock_ms):
+            return False
+        reconcile.scan(rt.jobs(), recheck_after_s=rt.settings().recovery_grace_s)
+        return True
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+_thread: ReconcilerThread | None = None
+
+
+def start(**_: Any) -> None:
+    global _thread
+    if _thread is None:
+        _thread = ReconcilerThread(rt.settings().reconcile_interval_s)
+        _thread.start()
+
+
+def stop(**_: Any) -> None:
+    global _thread
+    if _thread is not None:
+        _thread.stop()
+        _thread = None
