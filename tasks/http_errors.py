@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import requests
+import urllib3
 from requests_hardened.ip_filter import InvalidIPAddress
 
 from tasks import errors
@@ -86,4 +87,6 @@ def mapped(what: str, *, transient: type[errors.TransientError]) -> Iterator[Non
     except requests.exceptions.ChunkedEncodingError as exc:
         raise transient(f"{what}: connection cut mid-body") from exc
     except requests.RequestException as exc:
+        raise transient(f"{what}: {type(exc).__name__}") from exc
+    except urllib3.exceptions.HTTPError as exc:  # raw reads (tasks.storage) are not wrapped
         raise transient(f"{what}: {type(exc).__name__}") from exc

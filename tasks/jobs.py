@@ -137,6 +137,7 @@ class Job:
     token: str | None = field(default=None, repr=False)
     seq: str | None = field(default=None, repr=False)
     submit_owner: str | None = field(default=None, repr=False)
+    chain_owner: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -172,6 +173,7 @@ class Job:
             token=raw.get("token"),
             seq=raw.get("seq"),
             submit_owner=raw.get("submit_owner"),
+            chain_owner=raw.get("chain_owner"),
         )
 
     def holds(self, token: str, seq: int) -> bool:
@@ -180,7 +182,7 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {"token", "seq", "submit_owner", "request"}
+        hidden = {"token", "seq", "submit_owner", "chain_owner", "request"}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
@@ -354,9 +356,9 @@ class JobStore:
         else:
             self._redis.zadd(DUE_KEY, {job_id: check_at})
 
-    def count_delivery(self, task_id: str, retries: int, *, ttl_s: int) -> int:
-        """How many times this execution of a task has started (1 the first time)."""
-        key = f"tts:delivery:{task_id}:{retries}"
+    def count_delivery(self, step: str, *, ttl_s: int) -> int:
+        """How many times this step of a job has started (1 the first time)."""
+        key = f"tts:delivery:{step}"
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.incr(key)
             pipe.expire(key, ttl_s)

@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +108,20 @@ def store_chunks(
     return StoredAudio(str(final), content_type, size, digest.hexdigest())
 
 
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    """Whatever bytes have arrived, as soon as they arrive.
+
+    ``iter_content`` waits until a whole chunk is full, so a host that drips a byte a second
+    would hold the slot past the wall-clock limit (checked between chunks). ``read1`` returns
+    after one read of the socket, so the limit is checked at least once per read timeout.
+    """
+    while True:
+        chunk = response.raw.read1(CHUNK_BYTES, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
 def store_response(
     response: requests.Response,
     *,
@@ -124,7 +138,7 @@ def store_response(
             raise errors.AudioTooLarge(f"audio declares {declared} bytes, over {max_bytes}")
         with mapped("download", transient=errors.DownloadInterrupted):
             return store_chunks(
-                response.iter_content(CHUNK_BYTES),
+                _chunks(response),
                 dest_dir=dest_dir,
                 name=file_name(job_id, content_type),
                 content_type=content_type,

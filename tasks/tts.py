@@ -47,14 +47,15 @@ COMMON: dict[str, Any] = {
 }
 
 
-def _poisoned(task: Task, job_id: str) -> bool:  # type: ignore[type-arg]
+def _poisoned(task: Task, job_id: str, seq: int = 0) -> bool:  # type: ignore[type-arg]
     """Count this delivery; True (and the job parked as failed) once it crashed too often.
 
-    A message that kills its worker process is re-queued by ``reject_on_worker_lost``; without
-    this count it would crash workers forever.
+    A message that kills its worker process is re-queued by ``reject_on_worker_lost`` (or
+    re-sent by the reconciler); without this count it would crash workers forever. The count is
+    per step of the job (task, poll number, retry), so a re-sent copy counts with the original.
     """
-    task_id = task.request.id or job_id
-    deliveries = rt.jobs().count_delivery(task_id, task.request.retries, ttl_s=DELIVERY_COUNT_TTL_S)
+    step = f"{job_id}:{task.name}:{seq}:{task.request.retries}"
+    deliveries = rt.jobs().count_delivery(step, ttl_s=DELIVERY_COUNT_TTL_S)
     limit = rt.settings().max_deliveries
     if deliveries <= limit:
         return False
@@ -283,20 +284,23 @@ def poll_tts(
                 "is_api_request": is_api_request,
                 "notify_url": url,
                 "next_poll_at": now,
+                "chain_owner": self.request.id,
             },
             deadline_at=now + s.poll_timeout_s,
             check_at=check_at(0),
         )
         if lease is None:
-            log.info("job %s already exists; duplicate poll chain ignored", jid)
-            return jid
+            lease = _resumed_chain(jid, self.request.id)
+            if lease is None:
+                log.info("job %s already exists; duplicate poll chain ignored", jid)
+                return jid
         seq = 0
 
     job = store.get(jid)
     if job is None or not job.holds(lease, seq):
         log.info("job %s: poll %s is not the current one; exiting", jid, seq)
         return jid
-    if _poisoned(self, jid):
+    if _poisoned(self, jid, seq):
         return jid
     held = (lease, seq)
     deadline_at = job.deadline_at or time.time()
@@ -327,6 +331,14 @@ def poll_tts(
             dispatch.download(jid)
         return jid
     return _requeue(job, result, request, url, held, deadline_at)
+
+
+def _resumed_chain(job_id: str, task_id: str | None) -> str | None:
+    """The lease of a chain this very message started before it was redelivered, if unmoved."""
+    job = rt.jobs().get(job_id)
+    if job is None or task_id is None or job.chain_owner != task_id or job.seq != "0":
+        return None
+    return job.token
 
 
 def _requeue(

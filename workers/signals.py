@@ -8,7 +8,7 @@ from typing import Any
 from celery import signals
 
 from tasks import runtime
-from workers import reconciler
+from workers import log_redaction, reconciler
 from workers.settings import get_settings
 
 log = logging.getLogger("workers")
@@ -29,6 +29,16 @@ def check_worker_settings(**_: Any) -> None:
         log.warning("TTS_WEBHOOK_SECRET is not set: webhooks will be sent unsigned.")
 
 
+def redact_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Mask the API key and webhook secret in every line the worker logs."""
+    s = get_settings()
+    secrets = [v.get_secret_value() for v in (s.api_key, s.webhook_secret) if v is not None]
+    if s.webhook_secret is not None:
+        # The key inside whsec_... is what a careless dump would print.
+        secrets.append(s.webhook_secret.get_secret_value().removeprefix("whsec_"))
+    log_redaction.install(secrets, [logger] if logger else [])
+
+
 def reset_process_state(**_: Any) -> None:
     # Sockets opened before the fork must not be shared by pool processes.
     runtime.reset()
@@ -37,6 +47,8 @@ def reset_process_state(**_: Any) -> None:
 def connect() -> None:
     signals.worker_init.connect(check_worker_settings, weak=False)
     signals.worker_process_init.connect(reset_process_state, weak=False)
+    signals.after_setup_logger.connect(redact_logs, weak=False)
+    signals.after_setup_task_logger.connect(redact_logs, weak=False)
     # The reconciler runs in the worker's main process, next to the consumer.
     signals.worker_ready.connect(reconciler.start, weak=False)
     signals.worker_shutdown.connect(reconciler.stop, weak=False)

@@ -69,6 +69,9 @@ class Simulator:
         scenario: Scenario = DEFAULT_SCENARIO,
     ) -> None:
         self.default_scenario = scenario  # for submits whose text carries no directive
+        # A failure spec ("500", "429:2", ...) answered to every status request while set: an
+        # upstream-wide outage, for the fault-injection suite.
+        self.outage: str | None = None
         self._host = host
         self._requested_port = port
         self._api_key = api_key
@@ -299,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = f"Model {model!r} does not match the run's model"
             self._send(json_answer(400, {"error": error}))
         else:
-            failure = self.sim._take_status_failure(run)
+            failure = self.sim.outage or self.sim._take_status_failure(run)
             if failure is None or not self._fail(failure):
                 self._send(json_answer(200, self.sim._status_body(run)))
 

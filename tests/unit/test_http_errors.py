@@ -6,6 +6,7 @@ import email.utils
 
 import pytest
 import requests
+import urllib3
 
 from tasks import errors
 from tasks.http_errors import mapped, parse_retry_after, raise_for_status
@@ -78,6 +79,8 @@ def test_retry_after_seconds_and_date() -> None:
         requests.ReadTimeout(),
         requests.ConnectionError(),
         requests.exceptions.ChunkedEncodingError(),
+        urllib3.exceptions.ReadTimeoutError(None, "/x", "read timed out"),  # type: ignore[arg-type]
+        urllib3.exceptions.ProtocolError("cut"),
     ],
 )
 def test_network_faults_are_transient(exc: Exception) -> None:

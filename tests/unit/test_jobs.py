@@ -125,6 +125,6 @@ def test_every_transition_moves_the_watch(store: JobStore, redis_client: redis.R
 
 
 def test_delivery_count(store: JobStore) -> None:
-    task_id = new_id()
-    assert [store.count_delivery(task_id, 0, ttl_s=60) for _ in range(3)] == [1, 2, 3]
-    assert store.count_delivery(task_id, 1, ttl_s=60) == 1  # a retry is a new execution
+    step = new_id()
+    assert [store.count_delivery(step, ttl_s=60) for _ in range(3)] == [1, 2, 3]
+    assert store.count_delivery(step + ":retry-1", ttl_s=60) == 1

@@ -1,0 +1,244 @@
+"""A fault-injection rig: private Redis (AOF on), simulator, webhook receiver, worker processes.
+
+Each test gets its own rig, injects one fault, and reports figures through :class:`Figures`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from tasks.jobs import Job, JobStore
+from tasks.names import QUEUES
+from tests.support.worker import WorkerProcess
+from workers.embedded_redis import EmbeddedRedis, free_port
+from workers.receiver import Delivery, Receiver
+from workers.simulator import Simulator
+
+API_KEY = "rel-key-5f2b8c"
+SECRET = "whsec_" + base64.b64encode(b"reliability-suite-secret-32bytes").decode()
+MODEL = "Elevenlabs-Turbo-V2.5"
+
+# Production defaults except: shorter waits so the suite runs in minutes, and a short recovery
+# grace so a lost step is re-sent within seconds (production: 30 s).
+RIG_ENV = {
+    "NANOGPT_API_KEY": API_KEY,
+    "TTS_WEBHOOK_SECRET": SECRET,
+    "TTS_TRUSTED_HOSTS": "127.0.0.1",
+    "TTS_POLL_INTERVAL": "1",
+    "TTS_POLL_MAX_INTERVAL": "3",
+    "TTS_POLL_TIMEOUT": "600",
+    "TTS_RETRY_BASE_DELAY": "1",
+    "TTS_RETRY_MAX_DELAY": "10",
+    "TTS_MAX_RETRIES": "8",
+    "TTS_HTTP_CONNECT_TIMEOUT": "1",
+    "TTS_HTTP_READ_TIMEOUT": "2",
+    "TTS_DOWNLOAD_TIMEOUT": "2",
+    "TTS_RECOVERY_GRACE": "5",
+    "TTS_RECONCILE_INTERVAL": "1",
+    "TTS_WEBHOOK_RETRY_DELAY": "2",
+    "TTS_WEBHOOK_MAX_RETRY_DELAY": "30",
+}
+
+
+@dataclass
+class Figures:
+    """One row of RELIABILITY.md."""
+
+    fault: str
+    jobs: int
+    lost: int = 0
+    duplicated: int = 0
+    repeats: int = 0
+    recovery_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Tally:
+    """What the receiver saw for a set of jobs."""
+
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)  # two different outcomes accepted
+    repeats: int = 0  # the same outcome accepted again (same webhook-id)
+    last_at: float = 0.0
+    bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        (tmp / "redis").mkdir()
+        self.redis = EmbeddedRedis(appendonly=True, data_dir=tmp / "redis").start()
+        self.sim = Simulator(api_key=API_KEY).start()
+        self.receiver_port = free_port()
+        self.respond_status = 200
+        self.receiver: Receiver | None = None
+        self.start_receiver()
+        self.workers: list[WorkerProcess] = []
+        self.caller = Celery("rel-caller", broker=self.redis.url)
+        self.store = JobStore(
+            redis.Redis.from_url(self.redis.url, decode_responses=True), ttl_s=3600
+        )
+        self.audio_dir = tmp / "audio"
+        self._deliveries: list[Delivery] = []
+        self._retired: set[WorkerProcess] = set()
+        self.restarts = 0
+
+    # --- processes -------------------------------------------------------------------------
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        return {
+            **RIG_ENV,
+            "CELERY_BROKER_URL": self.redis.url,
+            "NANOGPT_BASE_URL": self.sim.base_url,
+            "TTS_AUDIO_DIR": str(self.audio_dir),
+            **overrides,
+        }
+
+    def start_worker(self, *, concurrency: int = 8, **overrides: str) -> WorkerProcess:
+        log = self.tmp / f"worker-{len(self.workers)}.log"
+        worker = WorkerProcess(self.env(**overrides), log, concurrency=concurrency).start()
+        self.workers.append(worker)
+        return worker
+
+    def supervise(self) -> threading.Event:
+        """Restart any worker that exits on its own, as systemd or Kubernetes would.
+
+        Needed for broker loss: with kombu 5.7's Redis transport a worker that loses the broker
+        while holding unacked messages exits ("Unrecoverable error" restoring them).
+        """
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(0.5):
+                for worker in list(self.workers):
+                    if (
+                        worker.process is not None
+                        and worker.process.poll() is not None
+                        and worker not in self._retired
+                    ):
+                        self._retired.add(worker)
+                        self.restarts += 1
+                        self.start_worker()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return stop
+
+    def start_receiver(self) -> None:
+        self.receiver = Receiver(
+            secret=SECRET, port=self.receiver_port, respond=lambda _d: self.respond_status
+        ).start()
+
+    def stop_receiver(self) -> None:
+        if self.receiver is not None:
+            self._deliveries += self.receiver.deliveries
+            self.receiver.stop()
+            self.receiver = None
+
+    @property
+    def notify_url(self) -> str:
+        return f"http://127.0.0.1:{self.receiver_port}/hook"
+
+    def deliveries(self) -> list[Delivery]:
+        return self._deliveries + (self.receiver.deliveries if self.receiver else [])
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        self.stop_receiver()
+        self.sim.stop()
+        self.caller.close()
+        self.redis.stop()
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def submit(self, n: int, directive: str, *, prefix: str = "rel") -> list[str]:
+        ids = []
+        for i in range(n):
+            jid = f"{prefix}-{i}-{uuid.uuid4().hex[:8]}"
+            self.caller.send_task(
+                "tts.submit_tts",
+                args=[f"Job {i} [[sim {directive}]]", MODEL],
+                kwargs={"notify_url": self.notify_url, "job_id": jid},
+                queue=QUEUES["tts.submit_tts"],
+            )
+            ids.append(jid)
+        return ids
+
+    def jobs(self, ids: list[str]) -> dict[str, Job | None]:
+        return {jid: self.store.get(jid) for jid in ids}
+
+    def wait_status(self, ids: list[str], statuses: set[str], *, timeout_s: float) -> None:
+        """Until every job's status is in ``statuses`` (e.g. all polling before a fault)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            jobs = self.jobs(ids)
+            if all(j is not None and j.status in statuses for j in jobs.values()):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"jobs did not reach {statuses} in {timeout_s}s")
+
+    def tally(self, ids: list[str], *, timeout_s: float) -> Tally:
+        """Wait until every job has an accepted webhook (or time runs out), then count."""
+        deadline = time.monotonic() + timeout_s
+        wanted = set(ids)
+        while time.monotonic() < deadline:
+            accepted = {d.json()["job_id"] for d in self.deliveries() if d.answered == 200}
+            if wanted <= accepted:
+                break
+            time.sleep(0.25)
+        time.sleep(1.0)  # let any duplicate that was about to land, land
+        per_job: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in self.deliveries():
+            if delivery.answered == 200:
+                per_job[delivery.json()["job_id"]].append(delivery)
+        tally = Tally()
+        for jid in ids:
+            got = per_job.get(jid, [])
+            if not got:
+                tally.lost.append(jid)
+                continue
+            distinct = {d.body for d in got}
+            if len(distinct) > 1:
+                tally.duplicated.append(jid)
+            tally.repeats += len(got) - 1
+            tally.last_at = max(tally.last_at, max(d.at for d in got))
+            tally.bodies[jid] = got[0].json()
+            assert all(d.verified for d in got)
+        return tally
+
+    def kill_children(self, worker: WorkerProcess) -> list[int]:
+        """SIGKILL the worker's pool processes (not the main process); returns their pids."""
+        assert worker.process is not None
+        kids = children(worker.process.pid)
+        for pid in kids:
+            os.kill(pid, signal.SIGKILL)
+        return kids
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces; the fields after the closing paren are fixed
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            kids.append(int(entry.name))
+    return kids

@@ -1,0 +1,334 @@
+"""Nothing lost, nothing twice: each test injects one fault into real processes and measures.
+
+Rows of RELIABILITY.md. Run with ``.venv/bin/pytest tests/reliability -s`` (the table is printed
+at the end and written to tests/reliability/last-run.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tasks.names import QUEUES
+from tests.reliability.rig import MODEL, Figures, Rig
+from workers.simulator import Scenario
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# How long the webhook receiver stays down; the issue asks for ten minutes. A developer may
+# shorten it locally; CI runs the full outage.
+WEBHOOK_OUTAGE_S = float(os.environ.get("TTS_RELIABILITY_WEBHOOK_OUTAGE_S", "600"))
+
+
+def check(figures: Figures, report: list[Figures]) -> None:
+    report.append(figures)
+    assert figures.lost == 0, figures
+    assert figures.duplicated == 0, figures
+
+
+def test_sigkill_whole_worker(rig: Rig, report: list[Figures]) -> None:
+    worker = rig.start_worker()
+    ids = rig.submit(200, "pending_s=8 pending=1")
+    rig.wait_status(ids, {"polling"}, timeout_s=60)
+    killed_at = time.time()
+    worker.kill()  # main process and pool children, countdowns held in memory with them
+    rig.start_worker()
+    tally = rig.tally(ids, timeout_s=120)
+    recovery_s = tally.last_at - killed_at
+    check(
+        Figures(
+            "SIGKILL the whole worker mid-run, start a new one",
+            200,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            recovery_s,
+        ),
+        report,
+    )
+    assert recovery_s <= 60
+
+
+def test_sigkill_redis(rig: Rig, report: list[Figures]) -> None:
+    rig.start_worker()
+    supervisor = rig.supervise()
+    ids = rig.submit(200, "pending_s=8 pending=1")
+    rig.wait_status(ids, {"polling"}, timeout_s=60)
+    time.sleep(1.5)  # appendfsync everysec: what the callers were told is on disk
+    killed_at = time.time()
+    rig.redis.kill()
+    time.sleep(3)
+    rig.redis.start()
+    tally = rig.tally(ids, timeout_s=120)
+    supervisor.set()
+    recovery_s = tally.last_at - killed_at
+    check(
+        Figures(
+            "SIGKILL redis-server (AOF everysec), restart 3 s later",
+            200,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            recovery_s,
+            f"worker restarts by its supervisor: {rig.restarts}",
+        ),
+        report,
+    )
+    assert recovery_s <= 60
+
+
+def test_warm_shutdown_with_waiting_polls(rig: Rig, report: list[Figures]) -> None:
+    worker = rig.start_worker()
+    ids = rig.submit(200, "pending_s=10 pending=1")
+    rig.wait_status(ids, {"polling"}, timeout_s=60)
+    stopped_at = time.time()
+    worker.stop()  # SIGTERM: warm shutdown while it holds countdown polls
+    rig.start_worker()
+    tally = rig.tally(ids, timeout_s=120)
+    check(
+        Figures(
+            "SIGTERM (warm shutdown) holding waiting polls",
+            200,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            tally.last_at - stopped_at,
+        ),
+        report,
+    )
+
+
+def test_pool_child_killed_mid_task(rig: Rig, report: list[Figures]) -> None:
+    worker = rig.start_worker(concurrency=4)
+    rig.sim.outage = "slow:1"  # every status call takes a second: tasks are caught mid-flight
+    ids = rig.submit(50, "pending=1")
+    killed = 0
+    for _ in range(3):
+        time.sleep(2)
+        killed += len(rig.kill_children(worker))
+    rig.sim.outage = None
+    tally = rig.tally(ids, timeout_s=120)
+    check(
+        Figures(
+            "pool children SIGKILLed mid-task (3 rounds)",
+            50,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            note=f"{killed} children killed",
+        ),
+        report,
+    )
+    assert killed >= 3
+
+
+def test_upstream_5xx_for_30s(rig: Rig, report: list[Figures]) -> None:
+    rig.start_worker()
+    ids = rig.submit(100, "pending_s=3 pending=1")
+    rig.wait_status(ids, {"polling"}, timeout_s=60)
+    rig.sim.outage = "500"
+    time.sleep(30)
+    rig.sim.outage = None
+    recovered_at = time.time()
+    tally = rig.tally(ids, timeout_s=120)
+    gaps = []
+    for body in tally.bodies.values():
+        times = [r.at for r in rig.sim.status_polls(body["run_id"])]
+        gaps += [b - a for a, b in itertools.pairwise(times)]
+    max_gap_s = max(gaps)
+    completed = sum(b["type"] == "tts.completed" for b in tally.bodies.values())
+    check(
+        Figures(
+            "upstream answers 5xx for 30 s",
+            100,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            tally.last_at - recovered_at,
+            f"{completed} completed; longest wait between polls {max_gap_s:.1f} s",
+        ),
+        report,
+    )
+    assert completed == 100
+    # backoff bounded: TTS_RETRY_MAX_DELAY (10 s) plus one read timeout and scheduling slack
+    assert max_gap_s <= 10 + 2 + 3
+
+
+def test_429_storm(rig: Rig, report: list[Figures]) -> None:
+    rig.start_worker()
+    ids = rig.submit(100, "pending_s=2 pending=1")
+    rig.wait_status(ids, {"polling"}, timeout_s=60)
+    storm_from = time.time()
+    rig.sim.outage = "429:3"
+    time.sleep(12)
+    rig.sim.outage = None
+    storm_to = time.time()
+    tally = rig.tally(ids, timeout_s=120)
+    early, refused = 0, 0
+    for body in tally.bodies.values():
+        polls = rig.sim.status_polls(body["run_id"])
+        for a, b in itertools.pairwise(polls):
+            if storm_from + 0.05 < a.at < storm_to - 0.05:  # surely answered 429
+                refused += 1
+                early += b.at - a.at < 3.0
+    check(
+        Figures(
+            "429 storm with Retry-After: 3 for 12 s",
+            100,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            note=f"{refused} polls refused, {early} next polls earlier than allowed",
+        ),
+        report,
+    )
+    assert refused > 0
+    assert early == 0
+
+
+@pytest.mark.parametrize("audio", ["drip:0.2", "hang"])
+def test_stalled_audio_host(audio: str, rig: Rig, report: list[Figures]) -> None:
+    rig.start_worker(concurrency=4)
+    ids = rig.submit(10, f"pending=0 audio={audio}")
+    tally = rig.tally(ids, timeout_s=180)
+    codes = {b.get("error", {}).get("code") for b in tally.bodies.values()}
+    attempts: dict[str, list[float]] = {}
+    for r in rig.sim.requests:
+        if r.path.startswith("/audio/"):
+            attempts.setdefault(r.path, []).append(r.at)
+    check(
+        Figures(
+            f"audio host {'drip-feeds bytes' if audio != 'hang' else 'never answers'}",
+            10,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            note=f"outcomes {sorted(c or 'completed' for c in codes)}; "
+            f"{sum(map(len, attempts.values()))} download attempts",
+        ),
+        report,
+    )
+    assert codes == {"DOWNLOAD_FAILED"}
+    # each attempt ends at the wall-clock limit (2 s) or one read timeout (2 s): 4 attempts
+    # (first + 3 retries) fit in well under a minute per job
+    assert all(len(times) == 4 for times in attempts.values())
+
+
+def test_webhook_receiver_down(rig: Rig, report: list[Figures]) -> None:
+    rig.start_worker()
+    rig.respond_status = 503
+    ids = rig.submit(20, "pending=1")
+    time.sleep(WEBHOOK_OUTAGE_S)
+    rig.respond_status = 200
+    up_at = time.time()
+    tally = rig.tally(ids, timeout_s=120)
+    ids_per_job: dict[str, set[str]] = {}
+    attempts = 0
+    for d in rig.deliveries():
+        ids_per_job.setdefault(d.json()["job_id"], set()).add(d.headers["webhook-id"])
+        attempts += 1
+    check(
+        Figures(
+            f"webhook receiver down (503) for {WEBHOOK_OUTAGE_S / 60:.0f} min",
+            20,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            tally.last_at - up_at,
+            f"{attempts} attempts, one webhook-id per job",
+        ),
+        report,
+    )
+    assert all(len(v) == 1 for v in ids_per_job.values())
+    assert tally.repeats == 0
+
+
+def test_same_job_enqueued_ten_times(rig: Rig, report: list[Figures]) -> None:
+    rig.start_worker()
+    run_id = rig.sim.create_run(Scenario(pending_polls=3), model=MODEL)
+    with ThreadPoolExecutor(10) as pool:
+        list(
+            pool.map(
+                lambda _: rig.caller.send_task(
+                    "tts.poll_tts",
+                    args=[run_id, MODEL],
+                    kwargs={"notify_url": rig.notify_url},
+                    queue=QUEUES["tts.poll_tts"],
+                ),
+                range(10),
+            )
+        )
+    tally = rig.tally([run_id], timeout_s=60)
+    polls = len(rig.sim.status_polls(run_id))
+    check(
+        Figures(
+            "the same job enqueued 10 times at once",
+            1,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            note=f"{polls} status calls (one chain: 4)",
+        ),
+        report,
+    )
+    assert polls == 4
+    assert tally.repeats == 0
+
+
+def test_poison_message_is_parked(rig: Rig, report: list[Figures]) -> None:
+    worker = rig.start_worker(concurrency=2, TTS_MAX_DELIVERIES="3")
+    jid = f"poison-{uuid.uuid4().hex[:8]}"
+    run_id = rig.sim.create_run(
+        Scenario(pending_polls=0, status_failures=("slow:5",) * 20), model=MODEL
+    )
+    stop = threading.Event()
+    kills = []
+
+    def assassin() -> None:
+        """Each time the poison job reaches NanoGPT, its process dies (as a crash would)."""
+        seen = 0
+        while not stop.is_set():
+            polls = len(rig.sim.status_polls(run_id))
+            if polls > seen:
+                seen = polls
+                kills.extend(rig.kill_children(worker))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    rig.caller.send_task(
+        "tts.poll_tts",
+        args=[run_id, MODEL],
+        kwargs={"notify_url": rig.notify_url, "job_id": jid},
+        queue=QUEUES["tts.poll_tts"],
+    )
+    tally = rig.tally([jid], timeout_s=120)
+    stop.set()
+    thread.join()
+    body = tally.bodies.get(jid, {})
+    deliveries = len(rig.sim.status_polls(run_id))
+    check(
+        Figures(
+            "a poison message (its task kills the process)",
+            1,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            note=f"parked after {deliveries} deliveries as {body.get('error', {}).get('code')}",
+        ),
+        report,
+    )
+    assert body["error"]["code"] == "WORKER_LOST"
+    assert deliveries == 3
+    # the worker survived its poison and still works
+    healthy = rig.submit(1, "pending=0", prefix="after-poison")
+    assert not rig.tally(healthy, timeout_s=60).lost
+    assert worker.process is not None
+    assert worker.process.poll() is None
+    os.kill(worker.process.pid, 0)
