@@ -6,6 +6,8 @@ SUBMIT_TTS = "tts.submit_tts"
 POLL_TTS = "tts.poll_tts"
 DOWNLOAD_AUDIO = "tts.download_audio"
 NOTIFY = "tts.notify"
+# Scheduled (celery beat), not sent by callers: retention for the local audio directory.
+CLEANUP_AUDIO = "tts.cleanup_audio"
 
 # One queue per step, so a slow audio host or a dead webhook receiver never starves polling.
 SUBMIT_QUEUE = "tts.submit"
@@ -19,4 +21,6 @@ QUEUES = {
     POLL_TTS: POLL_QUEUE,
     DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
     NOTIFY: NOTIFY_QUEUE,
+    # Workers that download are the ones with the audio directory mounted.
+    CLEANUP_AUDIO: DOWNLOAD_QUEUE,
 }
