@@ -38,6 +38,7 @@ from tasks.storage import Meter, StoredAudio, file_name
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+    from pydantic import SecretStr
 
     from workers.settings import Settings
 
@@ -74,7 +75,7 @@ def make_client(s: Settings, *, user_agent: str) -> S3Client:
         response_checksum_validation="when_required",
     )
 
-    def secret(value: Any) -> str | None:
+    def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
 
     session = boto3.session.Session()
@@ -113,15 +114,31 @@ def mapped(what: str) -> Iterator[None]:
 
 
 def parts(chunks: Iterable[bytes], part_bytes: int) -> Iterator[bytes]:
-    """Re-cut ``chunks`` into blocks of exactly ``part_bytes``, the last one shorter."""
-    buffer = bytearray()
+    """Re-cut ``chunks`` into blocks of exactly ``part_bytes``, the last one shorter.
+
+    Holds at most one part's worth of chunks, and copies each byte about once (the join).
+    """
+    pending: list[bytes] = []
+    size = 0
     for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= part_bytes:
-            yield bytes(buffer[:part_bytes])
-            del buffer[:part_bytes]
-    if buffer:
-        yield bytes(buffer)
+        pending.append(chunk)
+        size += len(chunk)
+        while size >= part_bytes:
+            joined = b"".join(pending)
+            rest = joined[part_bytes:]
+            part = joined[:part_bytes]  # the same object, not a copy, when nothing is left over
+            del joined
+            pending, size = ([rest], len(rest)) if rest else ([], 0)
+            yield part
+            del part
+    if pending:
+        yield b"".join(pending)
+
+
+def _one_then(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    # Hands the already-read first part over without the caller's frame keeping it alive.
+    yield head.pop()
+    yield from rest
 
 
 class S3Store:
@@ -161,14 +178,14 @@ class S3Store:
         key = self.key_for(job_id, content_type)
         meter = Meter(chunks, max_bytes=max_bytes, deadline_monotonic=deadline_monotonic)
         blocks = parts(meter, self.part_bytes)
-        first = next(blocks)  # the meter refuses an empty body, so there is one
-        if len(first) < self.part_bytes:
+        head = [next(blocks)]  # the meter refuses an empty body, so there is one
+        if len(head[0]) < self.part_bytes:
             with mapped("upload"):
                 self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=first, ContentType=content_type
+                    Bucket=self.bucket, Key=key, Body=head.pop(), ContentType=content_type
                 )
         else:
-            self._multipart(key, content_type, first, blocks)
+            self._multipart(key, content_type, _one_then(head, blocks))
         return StoredAudio(
             content_type=content_type,
             bytes=meter.bytes,
@@ -178,16 +195,14 @@ class S3Store:
             key=key,
         )
 
-    def _multipart(self, key: str, content_type: str, first: bytes, rest: Iterator[bytes]) -> None:
+    def _multipart(self, key: str, content_type: str, blocks: Iterator[bytes]) -> None:
         with mapped("upload"):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ContentType=content_type
             )["UploadId"]
         try:
             done: list[CompletedPartTypeDef] = []
-            body: bytes | None = first
-            while body is not None:
-                number = len(done) + 1
+            for number, body in enumerate(blocks, start=1):
                 with mapped("upload"):
                     etag = self.client.upload_part(
                         Bucket=self.bucket,
@@ -197,7 +212,7 @@ class S3Store:
                         Body=body,
                     )["ETag"]
                 done.append({"ETag": etag, "PartNumber": number})
-                body = next(rest, None)
+                del body  # one part in memory at a time: let this one go before reading on
             with mapped("upload"):
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket,
