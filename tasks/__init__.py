@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.errors import OUTCOME_CODES, PermanentError, TransientError, TTSError
-from tasks.names import DOWNLOAD_AUDIO, NOTIFY, POLL_TTS, QUEUES, SUBMIT_TTS
+from tasks.names import CLEANUP_AUDIO, DOWNLOAD_AUDIO, NOTIFY, POLL_TTS, QUEUES, SUBMIT_TTS
 
 __all__ = [
+    "CLEANUP_AUDIO",
     "DOWNLOAD_AUDIO",
     "NOTIFY",
     "OUTCOME_CODES",

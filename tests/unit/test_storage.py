@@ -82,3 +82,27 @@ def test_audio_type_refuses(bad: str | None) -> None:
 
 def test_audio_type_strips_parameters() -> None:
     assert storage.audio_type("Audio/MPEG; charset=binary") == "audio/mpeg"
+
+
+def test_local_store_names_by_job_and_gives_a_file_url(tmp_path: Path) -> None:
+    from tasks.audio_store import LocalStore
+
+    stored = LocalStore(tmp_path / "a b").save(
+        [b"RIFF", b"data"],
+        job_id="../../etc/passwd",
+        content_type="audio/wav",
+        max_bytes=1000,
+        deadline_monotonic=time.monotonic() + 60,
+    )
+    path = tmp_path / "a b" / storage.file_name("../../etc/passwd", "audio/wav")
+    assert stored.as_dict() == {
+        "path": str(path),
+        "url": path.as_uri(),
+        "content_type": "audio/wav",
+        "bytes": 8,
+        "sha256": hashlib.sha256(b"RIFFdata").hexdigest(),
+    }
+    assert stored.url.startswith("file:///")
+    assert "a%20b" in stored.url
+    assert path.read_bytes() == b"RIFFdata"
+    assert LocalStore(tmp_path).fresh(stored.as_dict()) == stored.as_dict()

@@ -1,0 +1,67 @@
+"""Where audio goes: the store interface, and the local-directory store.
+
+A process picks one store at start (:func:`tasks.runtime.audio_store`, from ``TTS_STORAGE_URL``):
+:class:`LocalStore` writes under a directory, :class:`tasks.s3_store.S3Store` uploads to a
+bucket. Both take the body as an iterable of chunks and give the same guarantees: the byte cap
+and wall clock enforced while streaming (:class:`tasks.storage.Meter`), the sha256 computed on
+the way, nothing left behind on refusal, and a location derived from the job id alone, so a
+redelivered download writes the same file or object again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from tasks.storage import StoredAudio, file_name, store_chunks
+
+
+class AudioStore(Protocol):
+    """Saves one job's audio and says where a caller can read it."""
+
+    def save(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        job_id: str,
+        content_type: str,
+        max_bytes: int,
+        deadline_monotonic: float,
+    ) -> StoredAudio:
+        """Store ``chunks`` as the audio of ``job_id``; raises project errors only."""
+        ...
+
+    def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
+        """A recorded ``audio`` object with a ``url`` good from now (for each webhook attempt)."""
+        ...
+
+
+class LocalStore:
+    """Files under one directory, named by :func:`tasks.storage.file_name`."""
+
+    def __init__(self, dest_dir: Path) -> None:
+        self.dest_dir = dest_dir
+
+    def save(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        job_id: str,
+        content_type: str,
+        max_bytes: int,
+        deadline_monotonic: float,
+    ) -> StoredAudio:
+        """Write the file atomically (temporary file, then rename)."""
+        return store_chunks(
+            chunks,
+            dest_dir=self.dest_dir,
+            name=file_name(job_id, content_type),
+            content_type=content_type,
+            max_bytes=max_bytes,
+            deadline_monotonic=deadline_monotonic,
+        )
+
+    def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
+        """A ``file://`` URL does not expire: the recorded object as it is."""
+        return audio

@@ -1,0 +1,314 @@
+"""Audio that outlives one machine: real workers store into S3 (moto's server on loopback).
+
+Two worker processes stand for two hosts: "host-a" submits and polls, "host-b" downloads,
+uploads and notifies. Each has its own TTS_AUDIO_DIR, which must stay empty; they share only the
+broker, Redis and the bucket. The webhook's presigned ``url`` is fetched here with plain
+``requests``, as the caller's web app would, never through a worker.
+
+They use their own Redis database, so the module-wide local-disk worker of the other integration
+tests never takes their messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from celery import Celery
+
+from tasks import names
+from tasks.jobs import JobStore
+from tests.integration.conftest import ELEVEN, Responder, wait_until
+from tests.support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoS3
+from tests.support.worker import WorkerProcess
+from workers.embedded_redis import EmbeddedRedis
+from workers.receiver import Receiver
+from workers.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+
+# A database of the shared test Redis that no other module uses.
+REDIS_DB = 7
+PREFIX = "tts/audio/"
+# Large enough for a multipart upload (8 MiB parts) of the "large" simulator audio.
+MAX_AUDIO_BYTES = 12_000_000
+
+
+@pytest.fixture(scope="module")
+def broker_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: MotoS3) -> str:
+    return s3_server.new_bucket()
+
+
+@pytest.fixture(scope="module")
+def host_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {host: tmp_path_factory.mktemp(f"audio-{host}") for host in ("host-a", "host-b")}
+
+
+@pytest.fixture(scope="module")
+def hosts(
+    worker_env: dict[str, str],
+    broker_url: str,
+    s3_server: MotoS3,
+    bucket: str,
+    host_dirs: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    receiver: Receiver,
+) -> Iterator[dict[str, WorkerProcess]]:
+    queues = {
+        "host-a": f"{names.SUBMIT_QUEUE},{names.POLL_QUEUE}",
+        "host-b": f"{names.DOWNLOAD_QUEUE},{names.NOTIFY_QUEUE}",
+    }
+    logs = tmp_path_factory.mktemp("s3-logs")
+    started: dict[str, WorkerProcess] = {}
+    try:
+        for host, dest in host_dirs.items():
+            env = {
+                **worker_env,
+                **s3_server.env(bucket, PREFIX),
+                "CELERY_BROKER_URL": broker_url,
+                "TTS_AUDIO_DIR": str(dest),
+                "TTS_MAX_AUDIO_BYTES": str(MAX_AUDIO_BYTES),
+                # Room for 12 MB through the simulator and into the bucket on a busy machine.
+                "TTS_DOWNLOAD_TIMEOUT": "30",
+                "TTS_HTTP_READ_TIMEOUT": "10",
+            }
+            proc = WorkerProcess(
+                env,
+                logs / f"{host}.log",
+                concurrency=2,
+                queues=queues[host],
+                name=f"tts-{uuid.uuid4().hex[:6]}@{host}",
+            )
+            started[host] = proc.start()
+        yield started
+    finally:
+        for proc in started.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def caller(broker_url: str) -> Iterator[Celery]:
+    app = Celery("s3-caller", broker=broker_url)
+    app.conf.task_serializer = "json"
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def jobs(broker_url: str) -> JobStore:
+    return JobStore(redis.Redis.from_url(broker_url, decode_responses=True), ttl_s=600)
+
+
+@pytest.fixture
+def submit(caller: Celery, hosts: dict[str, WorkerProcess], receiver: Receiver) -> Any:
+    def _submit(text: str, *, model: str = ELEVEN, notify_url: str | None = None) -> str:
+        jid = f"s3-{uuid.uuid4().hex}"
+        caller.send_task(
+            names.SUBMIT_TTS,
+            args=[text, model],
+            kwargs={"notify_url": notify_url or receiver.url, "job_id": jid},
+            queue=names.SUBMIT_QUEUE,
+        )
+        return jid
+
+    return _submit
+
+
+def objects(s3: MotoS3, bucket: str) -> dict[str, int]:
+    listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=PREFIX).get("Contents", [])
+    return {o["Key"]: o["Size"] for o in listed}
+
+
+def open_uploads(s3: MotoS3, bucket: str) -> list[Any]:
+    return list(s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def files_in(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()]
+
+
+def test_job_across_two_hosts_ends_in_one_object_and_a_working_url(
+    submit: Any,
+    receiver: Receiver,
+    simulator: Simulator,
+    jobs: JobStore,
+    s3_server: MotoS3,
+    bucket: str,
+    hosts: dict[str, WorkerProcess],
+    host_dirs: dict[str, Path],
+) -> None:
+    before = objects(s3_server, bucket)
+    jid = submit("Stored far away [[sim pending=2 queue=1]]")
+    delivery = receiver.wait_for(jid)
+    assert delivery.verified is True
+    body = delivery.json()
+    assert body["type"] == "tts.completed", body
+    audio = body["audio"]
+    assert set(audio) == {"bucket", "key", "url", "content_type", "bytes", "sha256"}
+    assert audio["bucket"] == bucket
+    assert audio["key"].startswith(PREFIX)
+    assert jid not in audio["key"]  # derived from a hash of the job id, never the raw id
+
+    # The caller's web app, on yet another machine: plain HTTP to the presigned URL.
+    fetched = requests.get(audio["url"], timeout=10)
+    assert fetched.status_code == 200
+    assert hashlib.sha256(fetched.content).hexdigest() == audio["sha256"]
+    assert fetched.content == simulator.audio_bytes(body["run_id"])
+    assert len(fetched.content) == audio["bytes"]
+    assert fetched.headers["Content-Type"] == audio["content_type"] == "audio/wav"
+
+    after = objects(s3_server, bucket)
+    assert after[audio["key"]] == audio["bytes"]
+    assert set(after) - set(before) == {audio["key"]}  # one job, one object
+    assert open_uploads(s3_server, bucket) == []
+    assert all(files_in(d) == [] for d in host_dirs.values())  # nothing on either host's disk
+
+    # Each host did its own half of the job.
+    assert f"{names.POLL_TTS}[" in hosts["host-a"].log
+    assert f"{names.DOWNLOAD_AUDIO}[" not in hosts["host-a"].log
+    assert f"{names.DOWNLOAD_AUDIO}[" in hosts["host-b"].log
+    assert f"{names.POLL_TTS}[" not in hosts["host-b"].log
+
+    job = wait_until(lambda: (j := jobs.get(jid)) and j.notify_state == "delivered" and j)
+    assert job.outcome["audio"]["key"] == audio["key"]
+    assert job.outcome["audio"]["sha256"] == audio["sha256"]
+
+
+def test_duplicate_download_writes_one_object(
+    caller: Celery,
+    submit: Any,
+    receiver: Receiver,
+    simulator: Simulator,
+    jobs: JobStore,
+    s3_server: MotoS3,
+    bucket: str,
+) -> None:
+    """A second delivery of the download step while the first still streams (as after a lost
+    ack): both fetch and upload, and the bucket still holds one object with the right bytes.
+    """
+    before = objects(s3_server, bucket)
+    jid = submit("Twice [[sim pending=0 audio=drip:0.01]]")  # ~2 s of dripping audio
+    wait_until(lambda: (j := jobs.get(jid)) and j.status == "downloading")
+    caller.send_task(names.DOWNLOAD_AUDIO, args=[jid], queue=names.DOWNLOAD_QUEUE)
+    body = receiver.wait_for(jid).json()
+    audio = body["audio"]
+    wait_until(lambda: (j := jobs.get(jid)) and j.notify_state == "delivered")
+    audio_gets = [r for r in simulator.requests if r.path == f"/audio/{body['run_id']}.wav"]
+    assert len(audio_gets) == 2  # both deliveries really downloaded and uploaded
+    assert set(objects(s3_server, bucket)) - set(before) == {audio["key"]}
+    fetched = requests.get(audio["url"], timeout=10)
+    assert fetched.content == simulator.audio_bytes(body["run_id"])
+    assert hashlib.sha256(fetched.content).hexdigest() == audio["sha256"]
+    assert len(receiver.for_job(jid)) == 1
+    assert open_uploads(s3_server, bucket) == []
+
+
+def test_inline_audio_goes_to_the_bucket_too(
+    submit: Any, receiver: Receiver, s3_server: MotoS3, bucket: str, host_dirs: dict[str, Path]
+) -> None:
+    """A submit answered with audio bytes is stored by the submitting host (host-a)."""
+    jid = submit("Right away [[sim mode=sync_bytes]]", model="tts-1")
+    audio = receiver.wait_for(jid).json()["audio"]
+    fetched = requests.get(audio["url"], timeout=10)
+    assert fetched.content[:4] == b"RIFF"
+    assert hashlib.sha256(fetched.content).hexdigest() == audio["sha256"]
+    assert audio["key"] in objects(s3_server, bucket)
+    assert all(files_in(d) == [] for d in host_dirs.values())
+
+
+def test_large_audio_goes_up_in_parts(
+    submit: Any, receiver: Receiver, simulator: Simulator, s3_server: MotoS3, bucket: str
+) -> None:
+    size = 9_000_000  # over one 8 MiB part: a multipart upload of two parts
+    jid = submit(f"Long read [[sim pending=0 audio=large:{size}]]")
+    body = receiver.wait_for(jid, timeout_s=60).json()
+    assert body["type"] == "tts.completed", body
+    audio = body["audio"]
+    assert audio["bytes"] == size
+    head = s3_server.client().head_object(Bucket=bucket, Key=audio["key"])
+    assert head["ETag"].strip('"').endswith("-2")
+    fetched = requests.get(audio["url"], timeout=30)
+    assert fetched.content == simulator.audio_bytes(body["run_id"])
+    assert hashlib.sha256(fetched.content).hexdigest() == audio["sha256"]
+    assert open_uploads(s3_server, bucket) == []
+
+
+def test_refused_audio_leaves_nothing_in_the_bucket(
+    submit: Any, receiver: Receiver, s3_server: MotoS3, bucket: str
+) -> None:
+    before = objects(s3_server, bucket)
+    jid = submit(f"Too big [[sim pending=0 audio=large:{MAX_AUDIO_BYTES + 1}]]")
+    body = receiver.wait_for(jid).json()
+    assert body["error"]["code"] == "AUDIO_TOO_LARGE"
+    assert objects(s3_server, bucket) == before
+    assert open_uploads(s3_server, bucket) == []
+
+
+def test_retried_webhook_still_carries_a_working_url(
+    submit: Any, receiver: Receiver, responder: Responder, jobs: JobStore
+) -> None:
+    """The first attempt is refused; the URL of the retry (signed at its send time) works."""
+    token = uuid.uuid4().hex
+    responder.plans[f"/hook/{token}"] = [503]
+    jid = submit("Try again [[sim pending=0]]", notify_url=f"{receiver.url}/{token}")
+    wait_until(lambda: (j := jobs.get(jid)) and j.notify_state == "delivered")
+    attempts = receiver.for_job(jid)
+    assert [d.answered for d in attempts] == [503, 200]
+    last = attempts[-1].json()["audio"]
+    assert requests.get(last["url"], timeout=10).status_code == 200
+
+
+def test_no_aws_secret_in_redis_logs_or_webhooks(
+    submit: Any,
+    receiver: Receiver,
+    broker_url: str,
+    hosts: dict[str, WorkerProcess],
+) -> None:
+    jid = submit("Keep the keys [[sim pending=1]]")
+    delivery = receiver.wait_for(jid)
+    client = redis.Redis.from_url(broker_url)
+    dump = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"hash":
+            dump.append(repr(client.hgetall(key)))
+        elif kind == b"list":
+            dump.append(repr(client.lrange(key, 0, -1)))
+        elif kind == b"zset":
+            dump.append(repr(client.zrange(key, 0, -1)))
+        elif kind == b"string":
+            dump.append(repr(client.get(key)))
+    everything = "\n".join(dump) + "".join(p.log for p in hosts.values()) + delivery.body.decode()
+    assert jid in everything  # the scan did see the job
+    assert SECRET_ACCESS_KEY not in everything
+    # The key id appears only where SigV4 puts it: inside a presigned URL's credential scope.
+    outside_urls = everything.replace(f"X-Amz-Credential={ACCESS_KEY_ID}", "")
+    assert ACCESS_KEY_ID not in outside_urls
+
+
+def test_cleanup_leaves_the_bucket_to_its_lifecycle_rule(
+    caller: Celery,
+    submit: Any,
+    receiver: Receiver,
+    hosts: dict[str, WorkerProcess],
+    s3_server: MotoS3,
+    bucket: str,
+) -> None:
+    receiver.wait_for(submit("Keep me [[sim pending=0]]"))
+    before = objects(s3_server, bucket)
+    sent = caller.send_task(names.CLEANUP_AUDIO, queue=names.QUEUES[names.CLEANUP_AUDIO])
+    wait_until(lambda: f"{names.CLEANUP_AUDIO}[{sent.id}] succeeded" in hosts["host-b"].log)
+    assert "clean-up skipped: s3 storage" in hosts["host-b"].log
+    assert before
+    assert objects(s3_server, bucket) == before
