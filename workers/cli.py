@@ -160,16 +160,22 @@ def status(
     if as_json:
         _print_json(job.public())
         return
-    fields = ("status", "model", "run_id", "polls", "queue_position", "last_status")
-    for name in fields:
-        value = getattr(job, name)
+    rows: list[tuple[str, object]] = [
+        ("status", job.status),
+        ("model", job.model),
+        ("run id", job.run_id),
+        ("polls", job.polls),
+    ]
+    if job.status == "polling" and job.queue_position is not None:
+        rows.append(("queue", job.queue_position))
+    for label, value in rows:
         if value is not None:
-            typer.echo(f"{name:<15}{value}")
+            typer.echo(f"{label:<9}{value}")
     if job.outcome is not None:
         for line in outcome_lines(job):
             typer.echo(line)
     if job.notify_url:
-        typer.echo(f"{'webhook':<15}{job.notify_state or 'pending'} ({job.notify_url})")
+        typer.echo(f"{'webhook':<9}{job.notify_state or 'pending'} ({job.notify_url})")
 
 
 @app.command()

@@ -65,7 +65,7 @@ def follow(
     with Live(console=console, auto_refresh=False) as live:
 
         def redraw(job: Job | None, elapsed_s: float) -> None:
-            live.update(Text(describe(job, elapsed_s)), refresh=True)
+            live.update(Text(f"  {describe(job, elapsed_s)}"), refresh=True)
 
         return _loop(read, timeout_s, clock, sleep, redraw)
 
