@@ -17,6 +17,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from tasks import names
 from tasks.jobs import Job, JobStore
+from tasks.redact import kwargs_repr, short
 from tasks.validation import PollRequest, SubmitRequest
 from workers.celery_config import celery_config
 from workers.settings import Settings
@@ -77,7 +78,15 @@ class Client:
     def _send(self, task: str, args: list[Any], kwargs: dict[str, Any], job_id: str) -> Enqueued:
         queue = names.QUEUES[task]
         try:
-            result = self._app.send_task(task, args=args, kwargs=kwargs, queue=queue)
+            result = self._app.send_task(
+                task,
+                args=args,
+                kwargs=kwargs,
+                queue=queue,
+                # What events and Flower show: text cut short, notify_url without its query.
+                argsrepr=repr([short(arg) for arg in args]),
+                kwargsrepr=kwargs_repr(kwargs),
+            )
         except (kombu.exceptions.OperationalError, OSError) as exc:
             raise Unreachable(f"cannot reach the broker at {self.broker}: {exc}") from exc
         return Enqueued(job_id, task, queue, str(result.id))

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from tasks import names
@@ -128,6 +129,24 @@ def test_wait_gives_up_when_no_worker_takes_the_job() -> None:
     line = assert_one_line(result.stderr)
     assert "gave up waiting after" in line
     assert "not picked up by any worker" in line
+
+
+def test_enqueued_message_shows_no_token_and_no_long_text() -> None:
+    """Events and Flower show argsrepr/kwargsrepr: redacted like the worker's own messages."""
+    url = "http://127.0.0.1:9/hook?token=s3cret"
+    with EmbeddedRedis() as idle:  # no worker: the message stays in its queue to be read
+        result = invoke(
+            ["speak", "x" * 100, "-m", ELEVEN, "--notify-url", url], {"CELERY_BROKER_URL": idle.url}
+        )
+        raw = redis.Redis.from_url(idle.url).lrange("tts.submit", 0, -1)
+
+    assert result.exit_code == 0, result.output
+    headers = json.loads(raw[0])["headers"]
+    assert headers["task"] == names.SUBMIT_TTS
+    assert "s3cret" not in headers["kwargsrepr"]
+    assert "http://127.0.0.1:9/hook?…" in headers["kwargsrepr"]
+    assert "x" * 61 not in headers["argsrepr"]
+    assert ELEVEN in headers["argsrepr"]
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
