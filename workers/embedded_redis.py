@@ -78,8 +78,14 @@ class EmbeddedRedis:
             "--loglevel",
             "warning",
         ]
+        # A session of its own: a Ctrl-C in the terminal must not stop Redis under a worker
+        # that is still shutting down; whoever started it stops it, in order.
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S

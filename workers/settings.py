@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -192,3 +194,12 @@ def _is_redis(url: str) -> bool:
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings()
+
+
+def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child process we start: ours, with ``overrides`` on top.
+
+    It lives here because this is the one module that reads ``os.environ``; callers (the demo,
+    the tests' worker) name every variable the child must see differently.
+    """
+    return {**os.environ, **overrides}
