@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = Field(60.0, gt=0, validation_alias="TTS_RETRY_MAX_DELAY")
     # How long job records stay readable after their outcome.
     job_ttl_s: int = Field(7 * 86_400, gt=0, validation_alias="TTS_JOB_TTL")
+    # On a cold shutdown (SIGQUIT, or SIGTERM when REMAP_SIGTERM=SIGQUIT as the Procfile sets),
+    # running tasks get this long to finish before they are cancelled and re-queued. Below the
+    # 30 s that Procfile platforms wait between SIGTERM and SIGKILL.
+    worker_soft_shutdown_timeout_s: float = Field(
+        20.0, ge=0, validation_alias="TTS_WORKER_SOFT_SHUTDOWN_TIMEOUT"
+    )
 
     @field_validator("trusted_hosts", mode="before")
     @classmethod
