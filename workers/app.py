@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from workers import control, signals
+from workers import control, liveness, signals
 from workers.celery_config import celery_config
 from workers.settings import get_settings
 
@@ -17,5 +17,6 @@ app = Celery("tts_worker", include=["tasks.tts"], task_cls="tasks.base:RedactedT
 app.config_from_object(celery_config(get_settings()))
 signals.connect()
 control.register()
+liveness.install(app)
 
 __all__ = ["app"]

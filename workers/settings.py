@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout_s: float = Field(
         20.0, ge=0, validation_alias="TTS_WORKER_SOFT_SHUTDOWN_TIMEOUT"
     )
+    # Touched by the consuming worker every few seconds, for a cheap liveness probe
+    # (workers/liveness.py); unset means no file.
+    liveness_file: Path | None = Field(None, validation_alias="TTS_LIVENESS_FILE")
 
     @field_validator("trusted_hosts", mode="before")
     @classmethod
@@ -92,9 +95,9 @@ class Settings(BaseSettings):
                 raise ValueError("TTS_WEBHOOK_SECRET decodes to an empty key")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "liveness_file", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("audio_dir", mode="after")

@@ -107,7 +107,16 @@ def test_sigterm_to_the_main_process_finishes_the_task_and_returns_held_ones(
     worker_env: dict[str, str], broker_url: str, caller: Celery, tmp_path: Path
 ) -> None:
     """Kubernetes, Docker, systemd KillMode=mixed: a warm shutdown."""
-    scene = start_scene(worker_env, broker_url, caller, tmp_path / "w.log", submit_s=2)
+    alive = tmp_path / "alive"
+    scene = start_scene(
+        worker_env,
+        broker_url,
+        caller,
+        tmp_path / "w.log",
+        submit_s=2,
+        extra={"TTS_LIVENESS_FILE": str(alive)},
+    )
+    assert alive.exists()  # the liveness file of a consuming worker
     assert scene.worker.process is not None
     scene.worker.process.send_signal(signal.SIGTERM)
 
@@ -118,6 +127,7 @@ def test_sigterm_to_the_main_process_finishes_the_task_and_returns_held_ones(
     assert scene.redis.llen(names.POLL_QUEUE) == 2
     assert "Warm shutdown" in scene.worker.log
     assert "WorkerLostError" not in scene.worker.log
+    assert not alive.exists()
 
 
 def test_group_sigterm_without_remap_kills_the_running_task(
