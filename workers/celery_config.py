@@ -54,6 +54,9 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
+        # The same variables the Procfile passes as flags, so a container needs no shell.
+        "worker_concurrency": s.worker_concurrency,
+        "beat_schedule_filename": str(s.beat_schedule_file),
         # SIGTERM is a warm shutdown: running tasks finish, reserved and countdown messages go
         # back to Redis, the worker exits (deploy/README.md, "Stopping workers"). The soft
         # shutdown only acts on the cold path (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT,

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout_s: float = Field(
         20.0, ge=0, validation_alias="TTS_WORKER_SOFT_SHUTDOWN_TIMEOUT"
     )
+    # Pool processes per worker; I/O-bound tasks, so more than the CPU count is fine.
+    worker_concurrency: int = Field(8, gt=0, validation_alias="TTS_WORKER_CONCURRENCY")
+    # Where beat keeps its last-run times (a file it rewrites; must be writable). /tmp suits a
+    # developer's machine and a container; deploy/ points it at a private directory elsewhere.
+    beat_schedule_file: Path = Field(
+        Path("/tmp/tts-beat-schedule"),  # noqa: S108
+        validation_alias="TTS_BEAT_SCHEDULE",
+    )
     # Touched by the consuming worker every few seconds, for a cheap liveness probe
     # (workers/liveness.py); unset means no file.
     liveness_file: Path | None = Field(None, validation_alias="TTS_LIVENESS_FILE")
