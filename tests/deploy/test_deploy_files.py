@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import flower.options  # noqa: F401  (defines Flower's options on tornado's registry)
 import pytest
 import yaml
 from celery.bin.base import CLIContext
@@ -31,7 +32,6 @@ from celery.bin.celery import celery as celery_cli
 from kubernetes.client import ApiClient, Configuration
 from tornado.options import options as tornado_options
 
-import flower.options  # noqa: F401  (defines Flower's options on tornado's registry)
 from tasks import names, tts
 from workers.app import app
 from workers.settings import Settings
@@ -424,9 +424,15 @@ def flower_guards() -> dict[str, str]:
 
 @pytest.mark.parametrize("where", ["Procfile", "compose", "kubernetes", "systemd"])
 @pytest.mark.parametrize("value", [None, ""])
-def test_flower_refuses_to_start_without_basic_auth(where: str, value: str | None) -> None:
+def test_flower_refuses_to_start_without_basic_auth(
+    where: str, value: str | None, tmp_path: Path
+) -> None:
+    # A stand-in `celery` first on PATH: were the guard missing, no real Flower would start.
+    fake = tmp_path / "celery"
+    fake.write_text("#!/bin/sh\necho celery ran\n")
+    fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PATH"] = str(tmp_path) + os.pathsep + env.get("PATH", "")
     if value is not None:
         env["FLOWER_BASIC_AUTH"] = value
     done = subprocess.run(
@@ -439,7 +445,7 @@ def test_flower_refuses_to_start_without_basic_auth(where: str, value: str | Non
     )
     assert done.returncode != 0
     assert "FLOWER_BASIC_AUTH" in done.stderr
-    assert "flower" not in done.stdout.lower()  # Flower itself never started
+    assert "celery ran" not in done.stdout
 
 
 def test_no_shipped_file_turns_flower_auth_off() -> None:
