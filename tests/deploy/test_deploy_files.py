@@ -127,7 +127,7 @@ def check_celery_command(argv: list[str]) -> str:
     ctx = celery_cli.commands[sub].make_context(sub, list(rest), obj=obj)
     if sub == "flower":  # Flower's own options pass through to tornado: check their names
         for arg in ctx.params["tornado_argv"]:
-            option = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
+            option = arg.lstrip("-").split("=", 1)[0].replace("_", "-")
             assert option in tornado_options._options, arg
     return sub
 

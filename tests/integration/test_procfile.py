@@ -43,8 +43,10 @@ class Flower:
         self.base = f"http://127.0.0.1:{port}"
         self.answers: list[tuple[str, str]] = []
 
-    def get(self, path: str, *, auth: tuple[str, str] | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(self.base + path)
+    def get(
+        self, path: str, *, auth: tuple[str, str] | None = None, data: bytes | None = None
+    ) -> tuple[int, str]:
+        request = urllib.request.Request(self.base + path, data=data)
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
@@ -181,6 +183,17 @@ def test_flower_needs_basic_auth_except_metrics_and_healthcheck(run: Run) -> Non
     # Documented exposure (deploy/README.md): these two answer anyone who reaches the port.
     assert run.flower.get("/healthcheck")[0] == 200
     assert run.flower.get("/metrics")[0] == 200
+
+
+def test_flower_is_read_only(run: Run) -> None:
+    """Logged-in users watch; they cannot send tasks (each submit spends API credit)."""
+    body = json.dumps({"args": ["nope"]}).encode()
+    status, text = run.flower.get(
+        f"/api/task/send-task/{names.NOTIFY}", auth=(FLOWER_USER, FLOWER_PASSWORD), data=body
+    )
+    assert status == 403
+    assert "Read only" in text
+    assert run.redis.llen(names.NOTIFY_QUEUE) == 0
 
 
 def test_flower_worker_view_hides_held_countdown_arguments(run: Run) -> None:
