@@ -448,6 +448,12 @@ def test_flower_refuses_to_start_without_basic_auth(
     assert "celery ran" not in done.stdout
 
 
+def test_every_flower_runs_read_only() -> None:
+    lines = [*flower_guards().values()][:3] + unit("tts-flower.service")["ExecStart"]
+    for line in lines:
+        assert "--read-only=true" in celery_argv(line), line
+
+
 def test_no_shipped_file_turns_flower_auth_off() -> None:
     for path in [PROCFILE, DOCKERFILE, COMPOSE, *K8S.glob("*"), *SYSTEMD.glob("*")]:
         text = path.read_text()
