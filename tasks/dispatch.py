@@ -7,7 +7,7 @@ from typing import Any
 from celery import current_app
 
 from tasks import names
-from tasks.redact import kwargs_repr
+from tasks.redact import args_repr, kwargs_repr
 
 
 def _send(
@@ -18,6 +18,7 @@ def _send(
         args=args,
         kwargs=kwargs or {},
         queue=names.QUEUES[name],
+        argsrepr=args_repr(args),
         kwargsrepr=kwargs_repr(kwargs or {}),
         **options,
     )

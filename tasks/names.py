@@ -16,6 +16,9 @@ POLL_QUEUE = "tts.poll"
 DOWNLOAD_QUEUE = "tts.download"
 NOTIFY_QUEUE = "tts.notify"
 
+#: The steps one job goes through, in order.
+PIPELINE = (SUBMIT_TTS, POLL_TTS, DOWNLOAD_AUDIO, NOTIFY)
+
 #: Where each task is routed; apps sending by name pass ``queue=QUEUES[name]``.
 QUEUES = {
     SUBMIT_TTS: SUBMIT_QUEUE,

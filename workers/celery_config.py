@@ -54,4 +54,17 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
+        # The same variables the Procfile passes as flags, so a container needs no shell.
+        "worker_concurrency": s.worker_concurrency,
+        "beat_schedule_filename": str(s.beat_schedule_file),
+        # SIGTERM is a warm shutdown: running tasks finish, reserved and countdown messages go
+        # back to Redis, the worker exits (deploy/README.md, "Stopping workers"). The soft
+        # shutdown only acts on the cold path (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT,
+        # which Procfile platforms need because they signal every process in the group): it
+        # gives running tasks a bounded time, then cancels and re-queues them (acks_late).
+        "worker_soft_shutdown_timeout": s.worker_soft_shutdown_timeout_s,
+        # Off: with Celery 5.7 and Redis the countdown messages a worker holds are restored on a
+        # cold shutdown without this wait (tests/integration/test_shutdown.py), and turning it on
+        # would make every idle worker sleep the whole timeout before exiting.
+        "worker_enable_soft_shutdown_on_idle": False,
     }

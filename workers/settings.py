@@ -123,6 +123,23 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(5, ge=1, validation_alias="TTS_MAX_DELIVERIES")
     # How long job records stay readable after their outcome.
     job_ttl_s: int = Field(7 * 86_400, gt=0, validation_alias="TTS_JOB_TTL")
+    # On a cold shutdown (SIGQUIT, or SIGTERM when REMAP_SIGTERM=SIGQUIT as the Procfile sets),
+    # running tasks get this long to finish before they are cancelled and re-queued. Below the
+    # 30 s that Procfile platforms wait between SIGTERM and SIGKILL.
+    worker_soft_shutdown_timeout_s: float = Field(
+        20.0, ge=0, validation_alias="TTS_WORKER_SOFT_SHUTDOWN_TIMEOUT"
+    )
+    # Pool processes per worker; I/O-bound tasks, so more than the CPU count is fine.
+    worker_concurrency: int = Field(8, gt=0, validation_alias="TTS_WORKER_CONCURRENCY")
+    # Where beat keeps its last-run times (a file it rewrites; must be writable). /tmp suits a
+    # developer's machine and a container; deploy/ points it at a private directory elsewhere.
+    beat_schedule_file: Path = Field(
+        Path("/tmp/tts-beat-schedule"),  # noqa: S108
+        validation_alias="TTS_BEAT_SCHEDULE",
+    )
+    # Touched by the consuming worker every few seconds, for a cheap liveness probe
+    # (workers/liveness.py); unset means no file.
+    liveness_file: Path | None = Field(None, validation_alias="TTS_LIVENESS_FILE")
 
     @field_validator("trusted_hosts", mode="before")
     @classmethod
@@ -148,6 +165,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "api_key",
+        "liveness_file",
         "audio_retention_days",
         "aws_access_key_id",
         "aws_secret_access_key",

@@ -1,4 +1,6 @@
-"""Worker life-cycle hooks: refuse to start misconfigured, reset per-process state after fork."""
+"""Worker life-cycle hooks: refuse to start misconfigured, reset per-process state after fork,
+and report received tasks to Flower without the secrets a caller may have put in them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 
 from celery import signals
 
-from tasks import runtime
+from tasks import redact, runtime
 from workers import log_redaction, reconciler
 from workers.settings import get_settings
 
@@ -44,6 +46,21 @@ def reset_process_state(**_: Any) -> None:
     runtime.reset()
 
 
+def redact_received(request: Any = None, **_: Any) -> None:
+    """Rewrite the argument text that the worker's ``task-received`` event carries.
+
+    An app that sends by name ships Celery's default ``argsrepr``/``kwargsrepr``: up to 1 KiB of
+    text and the whole ``notify_url``, query token included. The worker forwards that text in
+    its ``task-received`` event, which Flower stores and shows; this handler runs just before
+    the event is sent (celery/worker/strategy.py) and puts our redacted text in its place.
+    Celery offers no public setter, hence the private attributes.
+    """
+    if request is None:
+        return
+    request._argsrepr = redact.args_repr(request.args or ())
+    request._kwargsrepr = redact.kwargs_repr(request.kwargs or {})
+
+
 def connect() -> None:
     signals.worker_init.connect(check_worker_settings, weak=False)
     signals.worker_process_init.connect(reset_process_state, weak=False)
@@ -52,3 +69,4 @@ def connect() -> None:
     # The reconciler runs in the worker's main process, next to the consumer.
     signals.worker_ready.connect(reconciler.start, weak=False)
     signals.worker_shutdown.connect(reconciler.stop, weak=False)
+    signals.task_received.connect(redact_received, weak=False)
