@@ -9,6 +9,9 @@ import redis
 
 from workers.embedded_redis import EmbeddedRedis
 
+# The worker/simulator/receiver fixtures, shared by tests/integration and tests/examples.
+pytest_plugins = ["tests.support.stack"]
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
