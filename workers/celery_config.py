@@ -6,7 +6,7 @@ from typing import Any
 
 from kombu import Queue
 
-from tasks import names
+from tasks import logctx, names
 from workers.settings import Settings
 
 # Redis redelivers an unacked message after this long. It must exceed every countdown we set
@@ -54,4 +54,6 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
+        # Job and task ids on every line our code logs (tasks/logctx.py puts them on records).
+        "worker_log_format": logctx.TEXT_FORMAT,
     }

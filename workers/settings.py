@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     # How long job records stay readable after their outcome.
     job_ttl_s: int = Field(7 * 86_400, gt=0, validation_alias="TTS_JOB_TTL")
 
+    # Prometheus /metrics from the worker main process; unset = off, 0 = any free port (logged).
+    metrics_port: int | None = Field(None, ge=0, le=65_535, validation_alias="TTS_METRICS_PORT")
+    # Loopback by default: metrics name models and error rates, not for the open internet.
+    metrics_host: str = Field("127.0.0.1", validation_alias="TTS_METRICS_HOST")
+    # "text" (Celery's format plus job and task ids) or "json" (one object per line).
+    log_format: Literal["text", "json"] = Field("text", validation_alias="TTS_LOG_FORMAT")
+
     @field_validator("trusted_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -86,9 +93,9 @@ class Settings(BaseSettings):
                 raise ValueError("TTS_WEBHOOK_SECRET decodes to an empty key")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "metrics_port", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("audio_dir", mode="after")

@@ -10,8 +10,10 @@ production default. Callers enqueue through a bare Celery app that knows only th
 from __future__ import annotations
 
 import base64
+import itertools
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,46 @@ def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 30.0) -> Any:
             return value
         time.sleep(0.05)
     raise TimeoutError("condition not met in time")
+
+
+@dataclass
+class Lane:
+    """A broker and job store of their own (one Redis database) for tests that run their own
+    workers: no other worker takes their messages, and no other test's jobs are counted."""
+
+    url: str
+    base_env: dict[str, str]
+    caller: Celery = field(init=False)
+    store: JobStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.caller = Celery("lane-caller", broker=self.url)
+        self.caller.conf.task_serializer = "json"
+        self.store = JobStore(redis.Redis.from_url(self.url, decode_responses=True), ttl_s=600)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The worker environment on this lane's database, with ``overrides``."""
+        return {**self.base_env, "CELERY_BROKER_URL": self.url, **overrides}
+
+    def send(self, name: str, *args: Any, **kwargs: Any) -> str:
+        result = self.caller.send_task(name, args=list(args), kwargs=kwargs, queue=QUEUES[name])
+        return str(result.id)
+
+    def close(self) -> None:
+        self.caller.close()
+
+
+@pytest.fixture(scope="session")
+def lanes(redis_server: EmbeddedRedis, worker_env: dict[str, str]) -> Iterator[Callable[[], Lane]]:
+    """``lanes()`` opens a :class:`Lane` on the next unused database (1, 2, ...; 0 is shared)."""
+    numbers = itertools.count(1)
+    opened: list[Lane] = []
+
+    def _open() -> Lane:
+        lane = Lane(f"redis://127.0.0.1:{redis_server.port}/{next(numbers)}", worker_env)
+        opened.append(lane)
+        return lane
+
+    yield _open
+    for lane in opened:
+        lane.close()

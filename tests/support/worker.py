@@ -27,6 +27,7 @@ class WorkerProcess:
         pool: str = "prefork",
         queues: str | None = None,
         name: str | None = None,
+        extra_argv: tuple[str, ...] = (),
     ) -> None:
         self.env = env
         self.log_path = log_path
@@ -51,6 +52,7 @@ class WorkerProcess:
         ]
         if queues:
             self.argv += ["-Q", queues]
+        self.argv += extra_argv
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
