@@ -6,16 +6,21 @@ keep the deliveries it received so they can replay or tamper with them through t
 
 from __future__ import annotations
 
+import datetime
 import io
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from standardwebhooks.webhooks import Webhook
 from werkzeug.serving import BaseWSGIServer, make_server
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# Post a webhook body with headers through a framework's test client: (status, JSON answer).
+Post = Callable[[bytes, dict[str, str]], tuple[int, Any]]
 
 # Headers a Standard Webhooks delivery carries; the ones a replay must repeat.
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type")
@@ -98,3 +103,29 @@ class LoopbackServer:
         with self._lock:
             self._received.append(Received(environ["PATH_INFO"], headers, body, status[0], answer))
         return [answer]
+
+
+def check_replays_and_forgeries(post: Post, delivery: Received, *, secret: str) -> None:
+    """Send ``delivery`` again, re-signed with other content, tampered and unsigned; the app
+    must acknowledge the first two without applying them and refuse the last two."""
+    # The same delivery again (a retry after a lost answer): acknowledged, not applied.
+    assert post(delivery.body, delivery.webhook_headers()) == (200, {"status": "duplicate"})
+
+    # Same webhook-id, validly signed, saying something else: the first delivery still wins.
+    webhook_id = delivery.headers["webhook-id"]
+    now = datetime.datetime.now(tz=datetime.UTC)
+    other = json.dumps({**json.loads(delivery.body), "type": "tts.failed", "audio": None})
+    resigned = {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(webhook_id, now, other),
+        "content-type": "application/json",
+    }
+    assert post(other.encode(), resigned) == (200, {"status": "duplicate"})
+
+    # A changed body under the original signature, and no signature at all: refused.
+    tampered = delivery.body.replace(b"tts.completed", b"tts.failed")
+    assert tampered != delivery.body
+    assert post(tampered, delivery.webhook_headers())[0] == 401
+    unsigned = {k: v for k, v in delivery.webhook_headers().items() if k != "webhook-signature"}
+    assert post(delivery.body, unsigned)[0] == 401
