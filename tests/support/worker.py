@@ -80,12 +80,13 @@ class WorkerProcess:
             time.sleep(0.05)
         return self
 
-    def stop(self) -> int | None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Warm shutdown; the exit code, or None if it had to be killed after ``timeout_s``."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(STOP_TIMEOUT_S)
+            return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
             return None
