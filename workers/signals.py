@@ -89,5 +89,6 @@ def connect() -> None:
     signals.worker_process_init.connect(reset_process_state, weak=False)
     signals.worker_process_shutdown.connect(forget_process, weak=False)
     signals.after_setup_logger.connect(configure_logs, weak=False)
+    signals.after_setup_task_logger.connect(configure_logs, weak=False)
     signals.task_prerun.connect(task_started, weak=False)
     signals.task_postrun.connect(task_ended, weak=False)
