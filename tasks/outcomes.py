@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from tasks import dispatch, errors, storage
+from tasks import dispatch, errors, metrics, storage
 from tasks import runtime as rt
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def fail(job_id: str, exc: errors.TTSError, *, lease: tuple[str, int] | None = N
     outcome = {"type": "tts.failed", "error": exc.as_dict()}
     if rt.jobs().settle(job_id, outcome, lease=lease, check_at=check_at(0)):
         log.info("job %s failed: %s", job_id, exc.code)
+        metrics.job_finished(exc.code)
         dispatch.notify(job_id)
     return job_id
 
@@ -36,5 +37,6 @@ def succeed(job_id: str, audio: storage.StoredAudio) -> str:
     outcome = {"type": "tts.completed", "audio": audio.as_dict()}
     if rt.jobs().settle(job_id, outcome, check_at=check_at(0)):
         log.info("job %s completed: %d bytes", job_id, audio.bytes)
+        metrics.job_finished("completed")
         dispatch.notify(job_id)
     return job_id

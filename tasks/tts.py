@@ -16,7 +16,18 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from tasks import dispatch, errors, names, reconcile, schedule, storage, validation, webhooks
+from tasks import (
+    dispatch,
+    errors,
+    logctx,
+    metrics,
+    names,
+    reconcile,
+    schedule,
+    storage,
+    validation,
+    webhooks,
+)
 from tasks import runtime as rt
 from tasks.jobs import Job
 from tasks.nanogpt import InlineAudio
@@ -92,9 +103,15 @@ def _retry_or_fail(
         return fail(job_id, errors.DeadlineExceeded(f"deadline reached after: {exc}"), lease=lease)
     log.warning("job %s: %s; retry %d in %.1fs", job_id, exc, retries + 1, delay_s)
     # not_before: a re-sent step (reconciler) must not ask before the server allowed it either.
+    # A poll's retry is its next planned poll: poll lag is measured against next_poll_at.
+    retry_at = time.time() + delay_s
     rt.jobs().update(
         job_id,
-        {"last_error": exc.message, "not_before": time.time() + delay_s},
+        {
+            "last_error": exc.message,
+            "not_before": retry_at,
+            "next_poll_at": retry_at if lease is not None else None,
+        },
         check_at=check_at(delay_s),
     )
     raise task.retry(exc=exc, countdown=delay_s)
@@ -110,6 +127,7 @@ def _reject(job_id: object, exc: errors.InvalidInput, notify_url: object) -> str
         jid = _new_job_id(job_id)
     except errors.InvalidInput:
         jid = str(uuid.uuid4())
+    logctx.bind_job(jid)
     try:
         url = validation.notify_url(notify_url)
     except errors.InvalidInput:
@@ -139,6 +157,7 @@ def submit_tts(
     """Submit one text; the job continues by polling, downloading or storing. Returns the job id."""
     try:
         jid = _new_job_id(job_id)
+        logctx.bind_job(jid)
         request = validation.submit_request(
             text,
             model,
@@ -225,6 +244,7 @@ def _start_polling(job_id: str, ticket: Ticket, *, notify_url: str | None) -> No
 
 def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type: ignore[type-arg]
     s = rt.settings()
+    started_at = time.monotonic()
     try:
         stored = storage.store_response(
             answer.response,
@@ -239,6 +259,7 @@ def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type
     except errors.PermanentError as exc:
         fail(job_id, exc)
         return
+    metrics.downloaded(stored.bytes, time.monotonic() - started_at)
     succeed(job_id, stored)
 
 
@@ -263,6 +284,7 @@ def poll_tts(
     """
     try:
         jid = validation.job_id(run_id if job_id is None else job_id)
+        logctx.bind_job(jid)
         request = validation.poll_request(
             run_id, model, cost=cost, payment_source=payment_source, is_api_request=is_api_request
         )
@@ -303,6 +325,7 @@ def poll_tts(
     if _poisoned(self, jid, seq):
         return jid
     held = (lease, seq)
+    metrics.poll_lag(job.next_poll_at)
     deadline_at = job.deadline_at or time.time()
     if time.time() >= deadline_at:
         return fail(
@@ -312,15 +335,19 @@ def poll_tts(
     try:
         result = rt.nanogpt().status(request)
     except errors.TransientError as exc:
+        metrics.poll("retry")
         return _retry_or_fail(
             self, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at, lease=held
         )
     except errors.PermanentError as exc:
+        metrics.poll("failed")
         return fail(jid, exc, lease=held)
 
     if isinstance(result, Failed):
+        metrics.poll("failed")
         return fail(jid, result.error, lease=held)
     if isinstance(result, AudioLink):
+        metrics.poll("completed")
         if store.end_polling(
             jid,
             lease,
@@ -330,6 +357,7 @@ def poll_tts(
         ):
             dispatch.download(jid)
         return jid
+    metrics.poll("pending")
     return _requeue(job, result, request, url, held, deadline_at)
 
 
@@ -396,6 +424,7 @@ def _requeue(
 @shared_task(name=names.DOWNLOAD_AUDIO, **COMMON)
 def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """Stream the job's audio into the audio store, record the outcome, queue the webhook."""
+    logctx.bind_job(job_id)
     store = rt.jobs()
     job = store.get(job_id)
     if job is None:
@@ -411,6 +440,7 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     if not job.audio_url:
         return fail(job_id, errors.InvalidResponse("no audio URL recorded for the job"))
     s = rt.settings()
+    started_at = time.monotonic()
     try:
         stored = storage.download(
             rt.safe_http(),
@@ -424,12 +454,14 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         return _retry_or_fail(self, exc, job_id, max_retries=DOWNLOAD_MAX_RETRIES)
     except errors.PermanentError as exc:
         return fail(job_id, exc)
+    metrics.downloaded(stored.bytes, time.monotonic() - started_at)
     return succeed(job_id, stored)
 
 
 @shared_task(name=names.NOTIFY, time_limit=NOTIFY_TIME_LIMIT_S, **COMMON)
 def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """POST the job's outcome to its ``notify_url``, signed; retried until accepted or expired."""
+    logctx.bind_job(job_id)
     store = rt.jobs()
     job = store.get(job_id)
     if job is None or job.outcome is None or job.notify_state not in (None, "queued"):
@@ -465,6 +497,7 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         started_at = job.finished_at or time.time()
         if time.time() + delay_s - started_at > s.webhook_retry_period_s:
             log.error("job %s: webhook given up after %d attempts: %s", job_id, attempts, exc)
+            metrics.webhook("expired")
             store.finish_notify(
                 job_id, "expired", notify_attempts=attempts, notify_error=exc.message
             )
@@ -472,6 +505,7 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         log.warning(
             "job %s: webhook attempt %d failed (%s); next in %.1fs", job_id, attempts, exc, delay_s
         )
+        metrics.webhook("failed")
         store.update(
             job_id,
             {"notify_attempts": attempts, "notify_error": exc.message},
@@ -479,10 +513,12 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         )
         raise self.retry(exc=exc, countdown=delay_s) from None
     except errors.PermanentError as exc:
-        state = "gone" if isinstance(exc, errors.WebhookGone) else "refused"
+        state: metrics.WebhookResult = "gone" if isinstance(exc, errors.WebhookGone) else "refused"
         log.warning("job %s: webhook %s: %s", job_id, state, exc)
+        metrics.webhook(state)
         store.finish_notify(job_id, state, notify_attempts=attempts, notify_error=exc.message)
         return job_id
+    metrics.webhook("delivered")
     store.finish_notify(job_id, "delivered", notify_attempts=attempts, notified_at=time.time())
     return job_id
 

@@ -14,6 +14,8 @@ from workers.embedded_redis import EmbeddedRedis
 
 if TYPE_CHECKING:
     from tests.support.s3 import MotoS3
+# The worker/simulator/receiver fixtures, shared by tests/integration and tests/examples.
+pytest_plugins = ["tests.support.stack"]
 
 
 @pytest.fixture(scope="session")

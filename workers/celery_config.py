@@ -6,7 +6,7 @@ from typing import Any
 
 from kombu import Queue
 
-from tasks import names
+from tasks import logctx, names
 from workers.settings import Settings
 
 # Redis redelivers an unacked message after this long. It must exceed every countdown we set
@@ -67,4 +67,6 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # cold shutdown without this wait (tests/integration/test_shutdown.py), and turning it on
         # would make every idle worker sleep the whole timeout before exiting.
         "worker_enable_soft_shutdown_on_idle": False,
+        # Job and task ids on every line our code logs (tasks/logctx.py puts them on records).
+        "worker_log_format": logctx.TEXT_FORMAT,
     }

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     # (workers/liveness.py); unset means no file.
     liveness_file: Path | None = Field(None, validation_alias="TTS_LIVENESS_FILE")
 
+    # Prometheus /metrics from the worker main process; unset = off, 0 = any free port (logged).
+    metrics_port: int | None = Field(None, ge=0, le=65_535, validation_alias="TTS_METRICS_PORT")
+    # Loopback by default: metrics name models and error rates, not for the open internet.
+    metrics_host: str = Field("127.0.0.1", validation_alias="TTS_METRICS_HOST")
+    # "text" (Celery's format plus job and task ids) or "json" (one object per line).
+    log_format: Literal["text", "json"] = Field("text", validation_alias="TTS_LOG_FORMAT")
+
     @field_validator("trusted_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -166,6 +173,7 @@ class Settings(BaseSettings):
     @field_validator(
         "api_key",
         "liveness_file",
+        "metrics_port",
         "audio_retention_days",
         "aws_access_key_id",
         "aws_secret_access_key",

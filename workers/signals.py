@@ -1,5 +1,6 @@
 """Worker life-cycle hooks: refuse to start misconfigured, reset per-process state after fork,
-and report received tasks to Flower without the secrets a caller may have put in them.
+report received tasks to Flower without the secrets a caller may have put in them, serve
+metrics, put job and task ids on log lines, and run the reconciler.
 """
 
 from __future__ import annotations
@@ -7,13 +8,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import signals
+from celery import Task, signals
 
-from tasks import redact, runtime
-from workers import log_redaction, reconciler
+from tasks import logctx, redact, runtime
+from workers import log_redaction, metrics_server, reconciler
 from workers.settings import get_settings
 
 log = logging.getLogger("workers")
+
+# Set in the worker main process when TTS_METRICS_PORT is set; None otherwise.
+_metrics: metrics_server.MetricsEndpoint | None = None
 
 
 class ConfigurationError(SystemExit):
@@ -61,8 +65,54 @@ def redact_received(request: Any = None, **_: Any) -> None:
     request._kwargsrepr = redact.kwargs_repr(request.kwargs or {})
 
 
+def prepare_metrics(**_: Any) -> None:
+    """Before the pool forks: give this worker its own multiprocess metrics directory."""
+    global _metrics
+    if get_settings().metrics_port is not None and _metrics is None:
+        _metrics = metrics_server.prepare()
+
+
+def serve_metrics(**_: Any) -> None:
+    """Once the worker consumes: serve ``/metrics`` from the main process."""
+    s = get_settings()
+    if _metrics is not None and _metrics.server is None and s.metrics_port is not None:
+        _metrics.serve(s.metrics_host, s.metrics_port)
+
+
+def stop_metrics(**_: Any) -> None:
+    global _metrics
+    if _metrics is not None:
+        _metrics.close()
+        _metrics = None
+
+
+def forget_process(pid: int | None = None, **_: Any) -> None:
+    """A pool process exits: its live gauges go; its counters stay in the sum."""
+    if pid is not None:
+        metrics_server.mark_process_dead(pid)
+
+
+def configure_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Job and task ids on every record; one JSON object per line with TTS_LOG_FORMAT=json."""
+    logctx.install_record_factory()
+    if logger is not None and get_settings().log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(logctx.JsonFormatter())
+
+
+def task_started(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:  # type: ignore[type-arg]
+    logctx.start_task(task_id, task.name if task is not None else None)
+
+
+def task_ended(**_: Any) -> None:
+    logctx.clear()
+
+
 def connect() -> None:
     signals.worker_init.connect(check_worker_settings, weak=False)
+    signals.worker_init.connect(prepare_metrics, weak=False)
+    signals.worker_ready.connect(serve_metrics, weak=False)
+    signals.worker_shutdown.connect(stop_metrics, weak=False)
     signals.worker_process_init.connect(reset_process_state, weak=False)
     signals.after_setup_logger.connect(redact_logs, weak=False)
     signals.after_setup_task_logger.connect(redact_logs, weak=False)
@@ -70,3 +120,8 @@ def connect() -> None:
     signals.worker_ready.connect(reconciler.start, weak=False)
     signals.worker_shutdown.connect(reconciler.stop, weak=False)
     signals.task_received.connect(redact_received, weak=False)
+    signals.worker_process_shutdown.connect(forget_process, weak=False)
+    signals.after_setup_logger.connect(configure_logs, weak=False)
+    signals.after_setup_task_logger.connect(configure_logs, weak=False)
+    signals.task_prerun.connect(task_started, weak=False)
+    signals.task_postrun.connect(task_ended, weak=False)

@@ -37,6 +37,7 @@ class WorkerProcess:
         pool: str = "prefork",
         queues: str | None = None,
         name: str | None = None,
+        extra_argv: tuple[str, ...] = (),
     ) -> None:
         self.env = env
         self.log_path = log_path
@@ -61,6 +62,7 @@ class WorkerProcess:
         ]
         if queues:
             self.argv += ["-Q", queues]
+        self.argv += extra_argv
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,8 +95,8 @@ class WorkerProcess:
             time.sleep(0.05)
         return self
 
-    def stop(self) -> int | None:
-        """Warm shutdown (SIGTERM), SIGKILL after STOP_TIMEOUT_S; returns the exit code or None.
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Warm shutdown (SIGTERM), SIGKILL after ``timeout_s``; returns the exit code or None.
 
         Safe to call before :meth:`start` finished, and more than once.
         """
@@ -103,7 +105,7 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(STOP_TIMEOUT_S)
+                self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
                 return None

@@ -1,138 +1,15 @@
-"""One real worker process, the NanoGPT simulator and a webhook receiver, shared by the module.
-
-The worker runs with short intervals so the suite stays quick; every other setting is the
-production default. Callers enqueue through a bare Celery app that knows only the task names.
+"""The integration fixtures live in tests/support/stack.py, a plugin that tests/conftest.py loads
+for the whole suite; the helpers are re-exported here for the modules that import them from here.
 """
 
-from __future__ import annotations
+from tests.support.stack import (
+    API_KEY,
+    ELEVEN,
+    SECRET,
+    WORKER_ENV,
+    Responder,
+    Send,
+    wait_until,
+)
 
-import base64
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
-import pytest
-import redis
-from celery import Celery
-
-from tasks.jobs import JobStore
-from tasks.names import QUEUES
-from tests.support.worker import WorkerProcess
-from workers.embedded_redis import EmbeddedRedis
-from workers.receiver import Delivery, Receiver
-from workers.simulator import Simulator
-
-API_KEY = "itest-key-d41d8cd98f00"
-SECRET = "whsec_" + base64.b64encode(b"integration-test-secret-32bytes!").decode()
-ELEVEN = "Elevenlabs-Turbo-V2.5"
-
-WORKER_ENV = {
-    "NANOGPT_API_KEY": API_KEY,
-    "TTS_WEBHOOK_SECRET": SECRET,
-    "TTS_TRUSTED_HOSTS": "127.0.0.1",
-    "TTS_MAX_AUDIO_BYTES": "100000",
-    "TTS_POLL_INTERVAL": "0.1",
-    "TTS_POLL_MAX_INTERVAL": "0.4",
-    "TTS_POLL_TIMEOUT": "8",
-    "TTS_WEBHOOK_RETRY_DELAY": "0.2",
-    "TTS_WEBHOOK_MAX_RETRY_DELAY": "0.5",
-    "TTS_RETRY_BASE_DELAY": "0.1",
-    "TTS_RETRY_MAX_DELAY": "0.5",
-    "TTS_MAX_RETRIES": "3",
-    "TTS_HTTP_CONNECT_TIMEOUT": "1",
-    "TTS_HTTP_READ_TIMEOUT": "1",
-    "TTS_DOWNLOAD_TIMEOUT": "1.5",
-}
-
-
-class Responder:
-    """Webhook answers by path: a list of status codes to give, one per delivery, then 200."""
-
-    def __init__(self) -> None:
-        self.plans: dict[str, list[int]] = {}
-
-    def __call__(self, delivery: Delivery) -> int:
-        plan = self.plans.get(delivery.path)
-        return plan.pop(0) if plan else 200
-
-
-@pytest.fixture(scope="session")
-def simulator() -> Iterator[Simulator]:
-    with Simulator(api_key=API_KEY) as sim:
-        yield sim
-
-
-@pytest.fixture(scope="session")
-def responder() -> Responder:
-    return Responder()
-
-
-@pytest.fixture(scope="session")
-def receiver(responder: Responder) -> Iterator[Receiver]:
-    with Receiver(secret=SECRET, respond=responder) as rec:
-        yield rec
-
-
-@pytest.fixture(scope="session")
-def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("audio")
-
-
-@pytest.fixture(scope="session")
-def worker_env(
-    redis_server: EmbeddedRedis, simulator: Simulator, audio_dir: Path
-) -> dict[str, str]:
-    return {
-        **WORKER_ENV,
-        "CELERY_BROKER_URL": redis_server.url,
-        "NANOGPT_BASE_URL": simulator.base_url,
-        "TTS_AUDIO_DIR": str(audio_dir),
-    }
-
-
-@pytest.fixture(scope="session")
-def worker(
-    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, receiver: Receiver
-) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(worker_env, tmp_path_factory.mktemp("logs") / "worker.log").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="session")
-def caller(redis_server: EmbeddedRedis) -> Iterator[Celery]:
-    """An app that knows nothing of ours: broker URL and task names only."""
-    app = Celery("caller", broker=redis_server.url)
-    app.conf.task_serializer = "json"
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="session")
-def store(redis_server: EmbeddedRedis) -> JobStore:
-    return JobStore(redis.Redis.from_url(redis_server.url, decode_responses=True), ttl_s=600)
-
-
-Send = Callable[..., str]
-
-
-@pytest.fixture
-def send(caller: Celery, worker: WorkerProcess) -> Send:
-    """``send(task_name, *args, **kwargs)``: publish by name to the task's queue."""
-
-    def _send(name: str, *args: Any, **kwargs: Any) -> str:
-        result = caller.send_task(name, args=list(args), kwargs=kwargs, queue=QUEUES[name])
-        return str(result.id)
-
-    return _send
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met in time")
+__all__ = ["API_KEY", "ELEVEN", "SECRET", "WORKER_ENV", "Responder", "Send", "wait_until"]

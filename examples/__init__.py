@@ -1,0 +1,1 @@
+"""Example apps that use the worker through its public contract only (see each README.md)."""

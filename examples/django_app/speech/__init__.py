@@ -1,0 +1,1 @@
+"""Speech jobs: asked of the TTS worker, completed by its webhook."""

@@ -1,0 +1,1 @@
+"""A Flask app that sends text to the TTS worker by task name and takes its signed webhook."""

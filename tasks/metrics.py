@@ -1,0 +1,104 @@
+"""Prometheus metrics of the TTS pipeline: defined here, recorded by one call per outcome.
+
+Pool processes write their values to files under ``PROMETHEUS_MULTIPROC_DIR``, which the worker
+main process creates before the pool forks and reads when it serves ``/metrics``
+(``workers/metrics_server.py``). Generic Celery metrics (tasks sent/succeeded, queue lengths,
+workers up) are left to an exporter such as ``prometheus-exporter-celery``; these count what only
+our code knows.
+
+The metrics are built on first use, not at import: prometheus_client chooses between in-memory
+and per-process file storage when it is first imported, and Celery imports the task modules before
+the worker's init hook has set the directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+
+PollOutcome = Literal["pending", "completed", "failed", "retry"]
+WebhookResult = Literal["delivered", "failed", "expired", "gone", "refused"]
+
+# From "on time" to "a poll queue hours behind": the planned waits are 3-30 s by default.
+POLL_LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+# Audio downloads are capped by TTS_DOWNLOAD_TIMEOUT (120 s by default).
+DOWNLOAD_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    polls: Counter
+    poll_lag: Histogram
+    jobs: Counter
+    download_bytes: Counter
+    download_seconds: Histogram
+    webhooks: Counter
+
+
+@functools.cache
+def _metrics() -> _Metrics:
+    from prometheus_client import Counter, Histogram
+
+    return _Metrics(
+        polls=Counter(
+            "tts_polls",
+            "Status calls to NanoGPT, by what they found (retry: a transient fault).",
+            ["outcome"],
+        ),
+        poll_lag=Histogram(
+            "tts_poll_lag_seconds",
+            "How late a poll started: actual minus planned time (the job's next_poll_at).",
+            buckets=POLL_LAG_BUCKETS_S,
+        ),
+        jobs=Counter(
+            "tts_jobs_finished",
+            "Jobs that reached their outcome: 'completed' or the public error code.",
+            ["outcome"],
+        ),
+        download_bytes=Counter("tts_download_bytes", "Audio bytes stored."),
+        download_seconds=Histogram(
+            "tts_download_seconds",
+            "Duration of audio downloads that were stored.",
+            buckets=DOWNLOAD_BUCKETS_S,
+        ),
+        webhooks=Counter(
+            "tts_webhook_attempts",
+            "Webhook POSTs by result (failed: will be retried; expired: given up).",
+            ["result"],
+        ),
+    )
+
+
+def poll(outcome: PollOutcome) -> None:
+    """Count one status call by what it found."""
+    _metrics().polls.labels(outcome).inc()
+
+
+def poll_lag(planned_at: float | None, *, now: float | None = None) -> None:
+    """Record how late a poll started against the time its job planned it for."""
+    if planned_at is not None:
+        started_at = time.time() if now is None else now
+        # Clocks of two workers may disagree a little; early is "on time", not negative.
+        _metrics().poll_lag.observe(max(0.0, started_at - planned_at))
+
+
+def job_finished(outcome: str) -> None:
+    """Count a job's outcome once: ``completed`` or its error code."""
+    _metrics().jobs.labels(outcome).inc()
+
+
+def downloaded(n_bytes: int, seconds: float) -> None:
+    """Record one stored audio file: its size and how long fetching it took."""
+    m = _metrics()
+    m.download_bytes.inc(n_bytes)
+    m.download_seconds.observe(seconds)
+
+
+def webhook(result: WebhookResult) -> None:
+    """Count one webhook attempt by its result."""
+    _metrics().webhooks.labels(result).inc()
