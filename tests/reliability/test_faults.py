@@ -220,6 +220,7 @@ def test_stalled_audio_host(audio: str, rig: Rig, report: list[Figures]) -> None
     assert all(len(times) == 4 for times in attempts.values())
 
 
+@pytest.mark.timeout(WEBHOOK_OUTAGE_S + 300)
 def test_webhook_receiver_down(rig: Rig, report: list[Figures]) -> None:
     rig.start_worker()
     rig.respond_status = 503
