@@ -216,6 +216,18 @@ def _is_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://"))
 
 
+def env_names() -> frozenset[str]:
+    """Every environment variable :class:`Settings` reads (for docs and deploy-file checks)."""
+    names: set[str] = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif isinstance(alias, AliasChoices):
+            names |= {a for a in alias.choices if isinstance(a, str)}
+    return frozenset(names)
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""

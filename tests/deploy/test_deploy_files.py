@@ -30,12 +30,11 @@ import yaml
 from celery.bin.base import CLIContext
 from celery.bin.celery import celery as celery_cli
 from kubernetes.client import ApiClient, Configuration
-from pydantic import AliasChoices
 from tornado.options import options as tornado_options
 
 from tasks import names, tts
 from workers.app import app
-from workers.settings import Settings
+from workers.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -466,14 +465,7 @@ def test_no_shipped_file_turns_flower_auth_off() -> None:
 
 
 def known_env() -> set[str]:
-    names: set[str] = set()
-    for f in Settings.model_fields.values():
-        alias = f.validation_alias
-        if isinstance(alias, str):
-            names.add(alias)
-        elif isinstance(alias, AliasChoices):
-            names |= {a for a in alias.choices if isinstance(a, str)}
-    return names | STANDARD_ENV
+    return set(env_names()) | STANDARD_ENV
 
 
 def deploy_env_names() -> dict[str, set[str]]:
@@ -509,9 +501,9 @@ def deploy_env_names() -> dict[str, set[str]]:
 def test_every_env_var_in_the_deploy_files_is_a_known_one() -> None:
     known = known_env()
     found = deploy_env_names()
-    for where, env_names in found.items():
-        assert env_names, where
-        unknown = {n for n in env_names - known if not n.startswith(("FLOWER_", "AWS_"))}
+    for where, used in found.items():
+        assert used, where
+        unknown = {n for n in used - known if not n.startswith(("FLOWER_", "AWS_"))}
         assert unknown == set(), where
     assert "NANOGPT_API_KEY" in found["compose"]
     assert "TTS_WORKER_CONCURRENCY" in found["kubernetes"]

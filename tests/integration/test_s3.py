@@ -25,6 +25,7 @@ from celery import Celery
 from tasks import names
 from tasks.jobs import JobStore
 from tests.integration.conftest import ELEVEN, Responder, wait_until
+from tests.support import redis_dump
 from tests.support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoS3
 from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis
@@ -277,19 +278,11 @@ def test_no_aws_secret_in_redis_logs_or_webhooks(
 ) -> None:
     jid = submit("Keep the keys [[sim pending=1]]")
     delivery = receiver.wait_for(jid)
-    client = redis.Redis.from_url(broker_url)
-    dump = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == b"hash":
-            dump.append(repr(client.hgetall(key)))
-        elif kind == b"list":
-            dump.append(repr(client.lrange(key, 0, -1)))
-        elif kind == b"zset":
-            dump.append(repr(client.zrange(key, 0, -1)))
-        elif kind == b"string":
-            dump.append(repr(client.get(key)))
-    everything = "\n".join(dump) + "".join(p.log for p in hosts.values()) + delivery.body.decode()
+    everything = (
+        redis_dump.dump(broker_url)
+        + "".join(p.log for p in hosts.values())
+        + delivery.body.decode()
+    )
     assert jid in everything  # the scan did see the job
     assert SECRET_ACCESS_KEY not in everything
     # The key id appears only where SigV4 puts it: inside a presigned URL's credential scope.

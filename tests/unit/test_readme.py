@@ -4,23 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices
-
 from tasks import names
-from workers.settings import Settings
+from workers.settings import env_names
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
-
-
-def env_names() -> set[str]:
-    found: set[str] = set()
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        if isinstance(alias, str):
-            found.add(alias)
-        elif isinstance(alias, AliasChoices):
-            found |= {a for a in alias.choices if isinstance(a, str)}
-    return found
 
 
 def test_every_setting_is_documented() -> None:
