@@ -308,11 +308,16 @@ class JobStore:
         *,
         check_at: float,
         lease: tuple[str, int] | None = None,
+        polls: int | None = None,
     ) -> bool:
-        """Record the job's outcome if it has none yet; True for the one caller that did."""
+        """Record the job's outcome if it has none yet; True for the one caller that did.
+
+        ``polls``: the job's poll count including the one that ended it, when a poll did.
+        """
         now = time.time()
         status = "completed" if outcome["type"] == "tts.completed" else "failed"
         fields = {
+            "polls": polls,
             "outcome": outcome,
             "status": status,
             "finished_at": now,

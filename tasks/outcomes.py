@@ -22,10 +22,19 @@ def check_at(after_s: float) -> float:
     return time.time() + max(0.0, after_s) + budget_s
 
 
-def fail(job_id: str, exc: errors.TTSError, *, lease: tuple[str, int] | None = None) -> str:
-    """Record a failed outcome (first writer wins) and queue its webhook."""
+def fail(
+    job_id: str,
+    exc: errors.TTSError,
+    *,
+    lease: tuple[str, int] | None = None,
+    polls: int | None = None,
+) -> str:
+    """Record a failed outcome (first writer wins) and queue its webhook.
+
+    ``polls``: the poll count including the status call that found the failure, if one did.
+    """
     outcome = {"type": "tts.failed", "error": exc.as_dict()}
-    if rt.jobs().settle(job_id, outcome, lease=lease, check_at=check_at(0)):
+    if rt.jobs().settle(job_id, outcome, lease=lease, check_at=check_at(0), polls=polls):
         log.info("job %s failed: %s", job_id, exc.code)
         metrics.job_finished(exc.code)
         dispatch.notify(job_id)

@@ -45,6 +45,9 @@ NOTIFY_LEASE_SLACK_S = 120.0
 # have their own timeouts; these only catch the unforeseen.
 API_TIME_LIMIT_S = 120
 NOTIFY_TIME_LIMIT_S = 120
+# A download's own limits end it by about 185 s with the defaults (5 s connect, 30 s to the
+# headers, the 120 s wall clock, one last 30 s read); this only catches what they miss.
+DOWNLOAD_TIME_LIMIT_S = 200
 # Delivery counters outlive any redelivery loop, then vanish.
 DELIVERY_COUNT_TTL_S = 86_400
 
@@ -341,11 +344,11 @@ def poll_tts(
         )
     except errors.PermanentError as exc:
         metrics.poll("failed")
-        return fail(jid, exc, lease=held)
+        return fail(jid, exc, lease=held, polls=job.polls + 1)
 
     if isinstance(result, Failed):
         metrics.poll("failed")
-        return fail(jid, result.error, lease=held)
+        return fail(jid, result.error, lease=held, polls=job.polls + 1)
     if isinstance(result, AudioLink):
         metrics.poll("completed")
         if store.end_polling(
@@ -421,7 +424,7 @@ def _requeue(
     return job.job_id
 
 
-@shared_task(name=names.DOWNLOAD_AUDIO, **COMMON)
+@shared_task(name=names.DOWNLOAD_AUDIO, time_limit=DOWNLOAD_TIME_LIMIT_S, **COMMON)
 def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """Stream the job's audio into the audio store, record the outcome, queue the webhook."""
     logctx.bind_job(job_id)

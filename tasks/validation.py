@@ -51,6 +51,8 @@ def optional_number(
         or (low is not None and number < low)
         or (high is not None and number > high)
     ):
+        if high is None:
+            raise InvalidInput(f"{name} must be at least {low}")
         raise InvalidInput(f"{name} must be between {low} and {high}")
     return number
 

@@ -37,10 +37,15 @@ def polls_of(simulator: Simulator, body: dict) -> int:
     return len(simulator.status_polls(body["run_id"]))
 
 
-def test_content_policy_passes_upstream_code_and_message(send: Send, receiver: Receiver) -> None:
+def test_content_policy_passes_upstream_code_and_message(
+    send: Send, receiver: Receiver, simulator: Simulator, store: JobStore
+) -> None:
     body = failed(send, receiver, "Bad words [[sim pending=1 outcome=content_policy]]")
     assert body["error"]["code"] == "CONTENT_POLICY_VIOLATION"
     assert body["error"]["message"].startswith("Content rejected by provider")
+    job = store.get(body["job_id"])
+    assert job is not None
+    assert job.polls == polls_of(simulator, body) == 2  # the poll that found the error counts
 
 
 def test_generic_error_is_upstream_error(send: Send, receiver: Receiver) -> None:

@@ -31,7 +31,7 @@ def nowhere() -> dict[str, str]:
         (["speak", "Hello", "-m", ELEVEN, "--notify-url", "not a url"], "absolute http(s) URL"),
         (["speak", "Hello", "-m", ELEVEN, "--job-id", "has space"], "job_id may hold only"),
         (["poll", "run-1", "--model", ""], "model must be a non-empty string"),
-        (["poll", "run-1", "-m", ELEVEN, "--cost", "-1"], "cost must be between"),
+        (["poll", "run-1", "-m", ELEVEN, "--cost", "-1"], "cost must be at least"),
         (["poll", "run 1", "-m", ELEVEN], "the run id cannot be the job id"),
         (["poll", "run-1", "-m", ELEVEN, "--notify-url", "http://"], "absolute http(s) URL"),
         (["status", "no/slashes"], "job_id may hold only"),
