@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(3.0, gt=0, validation_alias="TTS_POLL_INTERVAL")
     poll_max_interval_s: float = Field(30.0, gt=0, validation_alias="TTS_POLL_MAX_INTERVAL")
     poll_timeout_s: float = Field(900.0, gt=0, validation_alias="TTS_POLL_TIMEOUT")
+    # Where a poll waits for its turn: "redis" parks it in a sorted set that the workers drain
+    # (nothing held in worker memory, nothing lost with a worker); "broker" sends a countdown
+    # message (RabbitMQ holds it with native delayed delivery; the Redis transport makes the
+    # worker hold it). "auto": "broker" on RabbitMQ, "redis" otherwise.
+    poll_wait: Literal["auto", "redis", "broker"] = Field("auto", validation_alias="TTS_POLL_WAIT")
 
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
     # How long a refused webhook keeps being retried before the delivery is given up.
@@ -205,6 +210,22 @@ class Settings(BaseSettings):
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
             raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
         return self
+
+    @property
+    def broker_kind(self) -> Literal["redis", "amqp", "other"]:
+        """The broker's family, from the scheme of ``CELERY_BROKER_URL``."""
+        if _is_redis(self.broker_url):
+            return "redis"
+        if self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+            return "amqp"
+        return "other"
+
+    @property
+    def polls_wait_in_redis(self) -> bool:
+        """Whether waiting polls are parked in Redis (``TTS_POLL_WAIT``) rather than the broker."""
+        if self.poll_wait == "auto":
+            return self.broker_kind != "amqp"
+        return self.poll_wait == "redis"
 
     @property
     def storage(self) -> StorageLocation:
