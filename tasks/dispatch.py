@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from celery import current_app
 
 from tasks import names
+from tasks import runtime as rt
+from tasks.jobs import Job
 from tasks.redact import args_repr, kwargs_repr
+
+
+def broker_countdown_s(countdown_s: float) -> float:
+    """The countdown to publish: whole seconds (at least 1) when RabbitMQ delays the message.
+
+    Celery's native delayed delivery routes a message by ``int(countdown)`` seconds; a fraction
+    would be dropped and the worker would hold the message for the rest. Rounding up keeps the
+    whole wait in the broker and never polls early (Retry-After).
+    """
+    if countdown_s <= 0:
+        return 0.0
+    if rt.settings().broker_kind == "amqp":
+        return float(max(1, math.ceil(countdown_s)))
+    return countdown_s
 
 
 def _send(
@@ -28,11 +45,30 @@ def poll(
     run_id: str, model: str, *, lease: str, seq: int, countdown_s: float, **kwargs: Any
 ) -> None:
     """The poll that holds lease ``(lease, seq)``, due in ``countdown_s`` seconds."""
+    countdown_s = broker_countdown_s(countdown_s)
     _send(
         names.POLL_TTS,
         (run_id, model),
         {**kwargs, "lease": lease, "seq": seq},
-        countdown=max(0.0, countdown_s),
+        countdown=countdown_s or None,
+    )
+
+
+def poll_job(job: Job, *, countdown_s: float = 0.0) -> None:
+    """The current poll of a stored job (re-sent by the reconciler, released from parking)."""
+    if not (job.run_id and job.model and job.token and job.seq):
+        return
+    poll(
+        job.run_id,
+        job.model,
+        lease=job.token,
+        seq=int(job.seq),
+        countdown_s=countdown_s,
+        cost=job.cost,
+        payment_source=job.payment_source,
+        is_api_request=job.is_api_request,
+        notify_url=job.notify_url,
+        job_id=job.job_id,
     )
 
 

@@ -24,6 +24,10 @@ KEY_PREFIX = "tts:job:"
 #: still in it past that time lost a message (worker killed, failed publish): the reconciler
 #: re-sends its current step. Every state change below moves the score in the same script.
 DUE_KEY = "tts:due"
+#: Sorted set of polling job ids scored by when their next poll is due (epoch seconds), when
+#: polls wait in Redis (``TTS_POLL_WAIT``): the workers release due ones (tasks/parking.py), so
+#: no worker holds a waiting poll in memory. The job hash holds everything the poll needs.
+WAIT_KEY = "tts:wait"
 # A poll chain that finished (or was superseded) moves ``seq`` here, which no message carries.
 SEQ_DONE = "-1"
 ACTIVE = frozenset({"submitting", "polling", "downloading"})
@@ -49,15 +53,17 @@ return 1
 """
 )
 
-# Compare-and-set on the poll lease: act only if token and seq match; then set seq and fields.
+# Compare-and-set on the poll lease: act only if token and seq match; then set seq and fields,
+# and park the next poll until ARGV[6] when it is not ''.
 _ADVANCE = (
     _DUE
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[3], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'seq', ARGV[3], unpack(ARGV, 7))
 redis.call('HINCRBY', KEYS[1], 'polls', 1)
 due(ARGV[5], ARGV[4])
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5]) end
 return 1
 """
 )
@@ -75,6 +81,7 @@ end
 redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 due(ARGV[5], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[5])
 return 1
 """
 )
@@ -206,7 +213,7 @@ class JobStore:
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
 
     def _keys(self, job_id: str) -> list[str]:
-        return [_key(job_id), DUE_KEY]
+        return [_key(job_id), DUE_KEY, WAIT_KEY]
 
     def get(self, job_id: str) -> Job | None:
         raw = self._redis.hgetall(_key(job_id))
@@ -271,10 +278,21 @@ class JobStore:
         return token
 
     def advance(
-        self, job_id: str, token: str, seq: int, fields: dict[str, Any], *, check_at: float
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        fields: dict[str, Any],
+        *,
+        check_at: float,
+        park_at: float | None = None,
     ) -> bool:
-        """Move the lease from poll ``seq`` to ``seq + 1``; False if this poll is not current."""
-        return self._cas(job_id, token, seq, str(seq + 1), fields, check_at)
+        """Move the lease from poll ``seq`` to ``seq + 1``; False if this poll is not current.
+
+        ``park_at``: park the next poll in Redis until then (in the same atomic step), rather
+        than the caller sending a countdown message.
+        """
+        return self._cas(job_id, token, seq, str(seq + 1), fields, check_at, park_at)
 
     def end_polling(
         self, job_id: str, token: str, seq: int, fields: dict[str, Any], *, check_at: float
@@ -290,6 +308,7 @@ class JobStore:
         new_seq: str,
         fields: dict[str, Any],
         check_at: float,
+        park_at: float | None = None,
     ) -> bool:
         argv = [
             token,
@@ -297,6 +316,7 @@ class JobStore:
             new_seq,
             _due_arg(check_at),
             job_id,
+            _due_arg(park_at),
             *_flatten({**fields, "updated_at": time.time()}),
         ]
         return bool(self._advance(keys=self._keys(job_id), args=argv))
@@ -353,6 +373,10 @@ class JobStore:
         """Job ids whose check time has passed, oldest first."""
         ids = self._redis.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)
         return [str(job_id) for job_id in ids]
+
+    def park(self, job_id: str, due_at: float) -> None:
+        """Park the job's current poll in Redis until ``due_at`` (epoch seconds)."""
+        self._redis.zadd(WAIT_KEY, {job_id: due_at})
 
     def recheck_at(self, job_id: str, check_at: float | None) -> None:
         """Move (or, with None, drop) one job's check time."""

@@ -37,23 +37,18 @@ def next_step(job: Job) -> str | None:
     return None
 
 
-def resend(job: Job, step: str, *, now: float) -> None:
-    """Publish ``step`` for ``job`` again, exactly as the pipeline would have."""
+def resend(job: Job, step: str, *, now: float, store: JobStore | None = None) -> None:
+    """Publish ``step`` for ``job`` again, exactly as the pipeline would have.
+
+    With ``store`` (polls wait in Redis), a poll that must not run before a later time
+    (Retry-After) is parked until then instead of sent with a countdown.
+    """
     if step == "poll":
-        if not (job.run_id and job.model and job.token and job.seq):
-            return
-        dispatch.poll(
-            job.run_id,
-            job.model,
-            lease=job.token,
-            seq=int(job.seq),
-            countdown_s=(job.not_before or now) - now,
-            cost=job.cost,
-            payment_source=job.payment_source,
-            is_api_request=job.is_api_request,
-            notify_url=job.notify_url,
-            job_id=job.job_id,
-        )
+        wait_s = (job.not_before or now) - now
+        if store is not None and wait_s > 0:
+            store.park(job.job_id, now + wait_s)
+        else:
+            dispatch.poll_job(job, countdown_s=wait_s)
     elif step == "download":
         dispatch.download(job.job_id)
     elif step == "notify":
@@ -64,8 +59,13 @@ def resend(job: Job, step: str, *, now: float) -> None:
         dispatch.submit(job.request, task_id=job.submit_owner)
 
 
-def scan(store: JobStore, *, recheck_after_s: float, now: float | None = None) -> Counter[str]:
-    """Re-send the lost step of every overdue job; returns how many of each kind."""
+def scan(
+    store: JobStore, *, recheck_after_s: float, park: bool = False, now: float | None = None
+) -> Counter[str]:
+    """Re-send the lost step of every overdue job; returns how many of each kind.
+
+    ``park``: polls wait in Redis (``TTS_POLL_WAIT``), so a delayed re-send is parked there.
+    """
     now = time.time() if now is None else now
     sent: Counter[str] = Counter()
     for job_id in store.overdue(now, limit=SCAN_LIMIT):
@@ -76,7 +76,7 @@ def scan(store: JobStore, *, recheck_after_s: float, now: float | None = None) -
             continue
         # Move the check first: if the publish below fails, the next scan tries again.
         store.recheck_at(job_id, now + recheck_after_s)
-        resend(job, step, now=now)
+        resend(job, step, now=now, store=store if park else None)
         sent[step] += 1
     if sent:
         log.warning("reconciler re-sent lost steps: %s", dict(sent))

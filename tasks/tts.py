@@ -117,7 +117,7 @@ def _retry_or_fail(
         },
         check_at=check_at(delay_s),
     )
-    raise task.retry(exc=exc, countdown=delay_s)
+    raise task.retry(exc=exc, countdown=dispatch.broker_countdown_s(delay_s))
 
 
 def _new_job_id(job_id: object) -> str:
@@ -397,6 +397,8 @@ def _requeue(
     if pending.status != "pending":
         log.info("job %s: status %r treated as pending", job.job_id, pending.status)
     lease, seq = held
+    # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves.
+    park_at = now + delay_s if s.polls_wait_in_redis else None
     if not rt.jobs().advance(
         job.job_id,
         lease,
@@ -407,7 +409,10 @@ def _requeue(
             "next_poll_at": now + delay_s,
         },
         check_at=check_at(delay_s),
+        park_at=park_at,
     ):
+        return job.job_id
+    if park_at is not None:
         return job.job_id
     dispatch.poll(
         request.run_id,
@@ -514,7 +519,7 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
             {"notify_attempts": attempts, "notify_error": exc.message},
             check_at=check_at(delay_s + NOTIFY_LEASE_SLACK_S),
         )
-        raise self.retry(exc=exc, countdown=delay_s) from None
+        raise self.retry(exc=exc, countdown=dispatch.broker_countdown_s(delay_s)) from None
     except errors.PermanentError as exc:
         state: metrics.WebhookResult = "gone" if isinstance(exc, errors.WebhookGone) else "refused"
         log.warning("job %s: webhook %s: %s", job_id, state, exc)

@@ -41,7 +41,8 @@ class ReconcilerThread(threading.Thread):
         lock_ms = max(1, int(self.interval_s * 900))  # expires before the next tick anywhere
         if not rt.redis_client().set(LOCK_KEY, self._owner, nx=True, px=lock_ms):
             return False
-        reconcile.scan(rt.jobs(), recheck_after_s=rt.settings().recovery_grace_s)
+        s = rt.settings()
+        reconcile.scan(rt.jobs(), recheck_after_s=s.recovery_grace_s, park=s.polls_wait_in_redis)
         return True
 
     def stop(self) -> None:

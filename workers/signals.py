@@ -1,6 +1,6 @@
 """Worker life-cycle hooks: refuse to start misconfigured, reset per-process state after fork,
 report received tasks to Flower without the secrets a caller may have put in them, serve
-metrics, put job and task ids on log lines, and run the reconciler.
+metrics, put job and task ids on log lines, and run the reconciler and the poll releaser.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from celery import Task, signals
 
 from tasks import logctx, redact, runtime
-from workers import log_redaction, metrics_server, reconciler
+from workers import log_redaction, metrics_server, poll_releaser, reconciler
 from workers.settings import get_settings
 
 log = logging.getLogger("workers")
@@ -119,6 +119,10 @@ def connect() -> None:
     # The reconciler runs in the worker's main process, next to the consumer.
     signals.worker_ready.connect(reconciler.start, weak=False)
     signals.worker_shutdown.connect(reconciler.stop, weak=False)
+    # So does the releaser of parked polls; it runs whatever TTS_POLL_WAIT says, so polls parked
+    # before a switch to "broker" are still released.
+    signals.worker_ready.connect(poll_releaser.start, weak=False)
+    signals.worker_shutdown.connect(poll_releaser.stop, weak=False)
     signals.task_received.connect(redact_received, weak=False)
     signals.worker_process_shutdown.connect(forget_process, weak=False)
     signals.after_setup_logger.connect(configure_logs, weak=False)

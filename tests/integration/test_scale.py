@@ -7,15 +7,13 @@ import collections
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tasks import names
-from tests.support.stack import ELEVEN, Lane, wait_until
+from tests.support.stack import ELEVEN, Lane, Spawn, wait_until
 from tests.support.worker import WorkerProcess
 from workers.receiver import Receiver
 from workers.simulator import Simulator
@@ -32,31 +30,6 @@ SCALE_ENV = {"TTS_POLL_TIMEOUT": "120"}
 WARM_STOP_TIMEOUT_S = 60.0
 TASK_DONE_RE = re.compile(r"Task (tts\.\w+)\[[0-9a-f-]{36}\] succeeded")
 TASK_RECEIVED_RE = re.compile(r"Task (tts\.\w+)\[[0-9a-f-]{36}\] received")
-
-Spawn = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """``spawn(env, **options)``: a worker with its own log and a distinct name; all are stopped
-    (warm, then killed) at the end of the test."""
-    started: list[WorkerProcess] = []
-
-    def _spawn(env: dict[str, str], **options: Any) -> WorkerProcess:
-        n = len(started)
-        proc = WorkerProcess(
-            env,
-            tmp_path / f"worker{n}.log",
-            name=f"scale{n}-{uuid.uuid4().hex[:6]}@%h",
-            **options,
-        )
-        started.append(proc)
-        return proc
-
-    yield _spawn
-    for proc in started:
-        proc.stop()
-        proc.kill()
 
 
 def start_all(workers: list[WorkerProcess]) -> None:

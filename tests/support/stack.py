@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,3 +185,29 @@ def lanes(redis_server: EmbeddedRedis, worker_env: dict[str, str]) -> Iterator[C
     yield _open
     for lane in opened:
         lane.close()
+
+
+Spawn = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """``spawn(env, **options)``: a worker with its own log and a distinct name; all are stopped
+    (warm, then killed) at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def _spawn(env: dict[str, str], **options: Any) -> WorkerProcess:
+        n = len(started)
+        proc = WorkerProcess(
+            env,
+            tmp_path / f"worker{n}.log",
+            name=f"scale{n}-{uuid.uuid4().hex[:6]}@%h",
+            **options,
+        )
+        started.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        proc.stop()
+        proc.kill()

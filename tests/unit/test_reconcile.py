@@ -61,7 +61,7 @@ def test_scan_resends_only_overdue(
         check_at=now - 5,
     )
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(reconcile, "resend", lambda j, step, now: sent.append((j.job_id, step)))
+    monkeypatch.setattr(reconcile, "resend", lambda j, step, **_: sent.append((j.job_id, step)))
 
     counts = reconcile.scan(store, recheck_after_s=30, now=now)
 

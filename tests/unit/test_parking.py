@@ -1,0 +1,114 @@
+"""Parked polls against a real Redis: parked with the lease move, released once, never lost."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from tasks import parking, reconcile
+from tasks.jobs import WAIT_KEY, Job, JobStore
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    redis_client.delete(WAIT_KEY)
+    return JobStore(redis_client, ttl_s=60)
+
+
+def polling_job(store: JobStore, **fields: object) -> tuple[str, str]:
+    """A job whose first poll ran and whose second is parked ``due_in`` seconds from now."""
+    due_in = float(fields.pop("due_in", 0.0))  # type: ignore[arg-type]
+    jid = f"p-{uuid.uuid4().hex}"
+    now = time.time()
+    token = store.start_chain(
+        jid, {"run_id": jid, "model": "m", **fields}, deadline_at=now + 60, check_at=now + 60
+    )
+    assert token is not None
+    assert store.advance(jid, token, 0, {}, check_at=now + 90, park_at=now + due_in)
+    return jid, token
+
+
+def test_advance_parks_the_next_poll_atomically(store: JobStore, redis_client: redis.Redis) -> None:
+    jid, token = polling_job(store, due_in=5)
+    assert redis_client.zscore(WAIT_KEY, jid) == pytest.approx(time.time() + 5, abs=1)
+    # A stale poll moves nothing, parks nothing.
+    other = f"p-{uuid.uuid4().hex}"
+    assert not store.advance(other, token, 0, {}, check_at=time.time(), park_at=time.time())
+    assert redis_client.zscore(WAIT_KEY, other) is None
+
+
+def test_only_due_polls_are_released_with_their_lease(store: JobStore) -> None:
+    due, token = polling_job(store, cost=0.25, payment_source="XNO", is_api_request=False)
+    polling_job(store, due_in=60)
+    releaser = parking.Releaser(store._redis)
+
+    released = releaser.due(time.time(), limit=10)
+
+    assert [j.job_id for j in released] == [due]
+    job = released[0]
+    assert job.holds(token, 1)
+    assert (job.run_id, job.model, job.cost, job.payment_source) == (due, "m", 0.25, "XNO")
+    assert job.is_api_request is False
+    assert releaser.due(time.time(), limit=10) == []  # popped: never released twice
+
+
+def test_concurrent_releasers_release_each_poll_once(store: JobStore) -> None:
+    ids = {polling_job(store)[0] for _ in range(200)}
+    releasers = [parking.Releaser(store._redis) for _ in range(4)]
+
+    def drain(r: parking.Releaser) -> list[str]:
+        got: list[str] = []
+        while batch := r.due(time.time(), limit=7):
+            got += [j.job_id for j in batch]
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [j for got in pool.map(drain, releasers) for j in got]
+    assert sorted(results) == sorted(ids)
+
+
+def test_an_ended_job_releases_nothing(store: JobStore, redis_client: redis.Redis) -> None:
+    jid, token = polling_job(store)
+    redis_client.zadd(WAIT_KEY, {"gone-job": 0})  # expired hash: nothing to poll
+    assert store.settle(jid, {"type": "tts.failed"}, check_at=time.time(), lease=(token, 1))
+    assert redis_client.zscore(WAIT_KEY, jid) is None  # settling unparks
+    redis_client.zadd(WAIT_KEY, {jid: 0})  # even if it were still parked
+    assert parking.Releaser(redis_client).due(time.time(), limit=10) == []
+
+
+def test_a_failed_publish_parks_the_rest_again(store: JobStore, redis_client: redis.Redis) -> None:
+    ids = [polling_job(store)[0] for _ in range(3)]
+    sent: list[str] = []
+
+    def send(job: Job) -> None:
+        if len(sent) == 1:
+            raise ConnectionError("broker gone")
+        sent.append(job.job_id)
+
+    releaser = parking.Releaser(redis_client)
+    with pytest.raises(ConnectionError):
+        parking.release(releaser, send, now=time.time(), limit=10)
+    parked = set(redis_client.zrange(WAIT_KEY, 0, -1))
+    assert len(sent) == 1
+    assert parked == set(ids) - set(sent)  # nothing lost, nothing sent twice
+
+    again = parking.release(releaser, lambda j: sent.append(j.job_id), now=time.time(), limit=10)
+    assert again == 2
+    assert sorted(sent) == sorted(ids)
+
+
+def test_reconciler_parks_a_poll_that_must_wait(store: JobStore, redis_client: redis.Redis) -> None:
+    jid, _ = polling_job(store, due_in=0)
+    redis_client.zrem(WAIT_KEY, jid)  # the release happened, the message was lost
+    later = time.time() + 20
+    store.update(jid, {"not_before": later})
+    job = store.get(jid)
+    assert job is not None
+
+    reconcile.resend(job, "poll", now=time.time(), store=store)
+
+    assert redis_client.zscore(WAIT_KEY, jid) == pytest.approx(later)

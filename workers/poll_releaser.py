@@ -1,0 +1,75 @@
+"""Every worker releases due parked polls (``tasks/parking.py``) from a thread of its own.
+
+The release is an atomic pop, so the threads of many workers never release one poll twice and
+need no lock; together they keep polls on time as long as any worker runs. A tick is short
+because a parked poll can be up to one tick late.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from tasks import dispatch, parking
+from tasks import runtime as rt
+
+log = logging.getLogger(__name__)
+
+# How often due polls are looked for: the most a parked poll runs late (polls are seconds apart).
+TICK_S = 0.2
+# Polls published per pop; a fuller batch is followed at once by the next pop.
+BATCH = 500
+# After a Redis or broker error, wait this long before trying again (and say so once per error).
+ERROR_PAUSE_S = 2.0
+
+
+class PollReleaser(threading.Thread):
+    """Publishes due parked polls until :meth:`stop`."""
+
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        super().__init__(name="tts-poll-releaser", daemon=True)
+        self.tick_s = tick_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        releaser = parking.Releaser(rt.redis_client())
+        pause_s = self.tick_s
+        while not self._stop_event.wait(pause_s):
+            try:
+                self.release_all(releaser)
+                pause_s = self.tick_s
+            except Exception:  # a broker or Redis blip must not end the thread
+                log.exception("releasing parked polls failed; trying again in %.0fs", ERROR_PAUSE_S)
+                pause_s = ERROR_PAUSE_S
+
+    def release_all(self, releaser: parking.Releaser) -> int:
+        """Publish every poll due now, batch after batch; returns how many."""
+        sent = 0
+        while not self._stop_event.is_set():
+            n = parking.release(releaser, dispatch.poll_job, now=time.time(), limit=BATCH)
+            sent += n
+            if n < BATCH:
+                break
+        return sent
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+_thread: PollReleaser | None = None
+
+
+def start(**_: Any) -> None:
+    global _thread
+    if _thread is None:
+        _thread = PollReleaser()
+        _thread.start()
+
+
+def stop(**_: Any) -> None:
+    global _thread
+    if _thread is not None:
+        _thread.stop()
+        _thread = None
