@@ -44,7 +44,11 @@ def _send(
 def poll(
     run_id: str, model: str, *, lease: str, seq: int, countdown_s: float, **kwargs: Any
 ) -> None:
-    """The poll that holds lease ``(lease, seq)``, due in ``countdown_s`` seconds."""
+    """The poll that holds lease ``(lease, seq)``, due in ``countdown_s`` seconds.
+
+    Only ids and the lease travel (``kwargs`` is ``job_id``): the poll reads the rest (cost,
+    payment source, notify URL) from the job record, so messages stay small and carry no URL.
+    """
     countdown_s = broker_countdown_s(countdown_s)
     _send(
         names.POLL_TTS,
@@ -64,10 +68,6 @@ def poll_job(job: Job, *, countdown_s: float = 0.0) -> None:
         lease=job.token,
         seq=int(job.seq),
         countdown_s=countdown_s,
-        cost=job.cost,
-        payment_source=job.payment_source,
-        is_api_request=job.is_api_request,
-        notify_url=job.notify_url,
         job_id=job.job_id,
     )
 

@@ -385,6 +385,16 @@ class JobStore:
         else:
             self._redis.zadd(DUE_KEY, {job_id: check_at})
 
+    def load(self, job_id: str, *, delivery: str, ttl_s: int) -> tuple[Job | None, int]:
+        """The job, and :meth:`count_delivery` of ``delivery``, in one round trip."""
+        key = f"tts:delivery:{delivery}"
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(_key(job_id))
+            pipe.incr(key)
+            pipe.expire(key, ttl_s)
+            raw, count, _ = pipe.execute()
+        return (Job.from_hash(raw) if raw else None), int(count)
+
     def count_delivery(self, step: str, *, ttl_s: int) -> int:
         """How many times this step of a job has started (1 the first time)."""
         key = f"tts:delivery:{step}"

@@ -61,15 +61,28 @@ COMMON: dict[str, Any] = {
 }
 
 
-def _poisoned(task: Task, job_id: str, seq: int = 0) -> bool:  # type: ignore[type-arg]
-    """Count this delivery; True (and the job parked as failed) once it crashed too often.
+def _step(task: Task, job_id: str, seq: int) -> str:  # type: ignore[type-arg]
+    """The delivery counter's name: per step of the job (task, poll number, retry), so a
+    re-sent copy counts with the original."""
+    return f"{job_id}:{task.name}:{seq}:{task.request.retries}"
+
+
+def _load(task: Task, job_id: str, seq: int = 0) -> tuple[Job | None, int]:  # type: ignore[type-arg]
+    """The job and this delivery's count, in one Redis round trip."""
+    step = _step(task, job_id, seq)
+    return rt.jobs().load(job_id, delivery=step, ttl_s=DELIVERY_COUNT_TTL_S)
+
+
+def _poisoned(task: Task, job_id: str, deliveries: int | None = None) -> bool:  # type: ignore[type-arg]
+    """True (and the job parked as failed) once this step's delivery crashed too often.
 
     A message that kills its worker process is re-queued by ``reject_on_worker_lost`` (or
-    re-sent by the reconciler); without this count it would crash workers forever. The count is
-    per step of the job (task, poll number, retry), so a re-sent copy counts with the original.
+    re-sent by the reconciler); without this count it would crash workers forever.
+    ``deliveries``: the count :func:`_load` took; None counts this delivery now.
     """
-    step = f"{job_id}:{task.name}:{seq}:{task.request.retries}"
-    deliveries = rt.jobs().count_delivery(step, ttl_s=DELIVERY_COUNT_TTL_S)
+    if deliveries is None:
+        step = _step(task, job_id, 0)
+        deliveries = rt.jobs().count_delivery(step, ttl_s=DELIVERY_COUNT_TTL_S)
     limit = rt.settings().max_deliveries
     if deliveries <= limit:
         return False
@@ -204,7 +217,7 @@ def submit_tts(
         return fail(jid, exc)
 
     if isinstance(answer, Ticket):
-        _start_polling(jid, answer, notify_url=url)
+        _start_polling(jid, answer)
     elif isinstance(answer, AudioLink):
         store.update(
             jid,
@@ -217,7 +230,7 @@ def submit_tts(
     return jid
 
 
-def _start_polling(job_id: str, ticket: Ticket, *, notify_url: str | None) -> None:
+def _start_polling(job_id: str, ticket: Ticket) -> None:
     s = rt.settings()
     now = time.time()
     token = rt.jobs().hand_over(
@@ -232,17 +245,7 @@ def _start_polling(job_id: str, ticket: Ticket, *, notify_url: str | None) -> No
         deadline_at=now + s.poll_timeout_s,
         check_at=check_at(0),
     )
-    dispatch.poll(
-        ticket.run_id,
-        ticket.model,
-        lease=token,
-        seq=0,
-        countdown_s=0,
-        cost=ticket.cost,
-        payment_source=ticket.payment_source,
-        notify_url=notify_url,
-        job_id=job_id,
-    )
+    dispatch.poll(ticket.run_id, ticket.model, lease=token, seq=0, countdown_s=0, job_id=job_id)
 
 
 def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type: ignore[type-arg]
@@ -321,13 +324,21 @@ def poll_tts(
                 return jid
         seq = 0
 
-    job = store.get(jid)
+    job, deliveries = _load(self, jid, seq)
     if job is None or not job.holds(lease, seq):
         log.info("job %s: poll %s is not the current one; exiting", jid, seq)
         return jid
-    if _poisoned(self, jid, seq):
+    if _poisoned(self, jid, deliveries):
         return jid
     held = (lease, seq)
+    # The job record is the truth: re-queued polls carry only ids and the lease.
+    request = validation.PollRequest(
+        run_id=job.run_id or request.run_id,
+        model=job.model or request.model,
+        cost=job.cost,
+        payment_source=job.payment_source,
+        is_api_request=job.is_api_request,
+    )
     metrics.poll_lag(job.next_poll_at)
     deadline_at = job.deadline_at or time.time()
     if time.time() >= deadline_at:
@@ -361,7 +372,7 @@ def poll_tts(
             dispatch.download(jid)
         return jid
     metrics.poll("pending")
-    return _requeue(job, result, request, url, held, deadline_at)
+    return _requeue(job, result, request, held, deadline_at)
 
 
 def _resumed_chain(job_id: str, task_id: str | None) -> str | None:
@@ -376,7 +387,6 @@ def _requeue(
     job: Job,
     pending: Pending,
     request: validation.PollRequest,
-    notify_url: str | None,
     held: tuple[str, int],
     deadline_at: float,
 ) -> str:
@@ -420,10 +430,6 @@ def _requeue(
         lease=lease,
         seq=seq + 1,
         countdown_s=delay_s,
-        cost=request.cost,
-        payment_source=request.payment_source,
-        is_api_request=request.is_api_request,
-        notify_url=notify_url,
         job_id=job.job_id,
     )
     return job.job_id
@@ -433,8 +439,7 @@ def _requeue(
 def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """Stream the job's audio into the audio store, record the outcome, queue the webhook."""
     logctx.bind_job(job_id)
-    store = rt.jobs()
-    job = store.get(job_id)
+    job, deliveries = _load(self, job_id)
     if job is None:
         log.error("download for unknown job %s dropped", job_id)
         return job_id
@@ -443,7 +448,7 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         if job.notify_state == "queued":
             dispatch.notify(job_id)
         return job_id
-    if _poisoned(self, job_id):
+    if _poisoned(self, job_id, deliveries):
         return job_id
     if not job.audio_url:
         return fail(job_id, errors.InvalidResponse("no audio URL recorded for the job"))
@@ -471,13 +476,13 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """POST the job's outcome to its ``notify_url``, signed; retried until accepted or expired."""
     logctx.bind_job(job_id)
     store = rt.jobs()
-    job = store.get(job_id)
+    job, deliveries = _load(self, job_id)
     if job is None or job.outcome is None or job.notify_state not in (None, "queued"):
         return job_id
     if not job.notify_url:
         store.finish_notify(job_id, "none")
         return job_id
-    if _poisoned(self, job_id):
+    if _poisoned(self, job_id, deliveries):
         return job_id
     s = rt.settings()
     retries = self.request.retries
