@@ -131,6 +131,9 @@ class Job:
     next_poll_at: float | None = None
     polls: int = 0
     queue_position: int | None = None
+    # When queue_position was reported, and since when the job has been at the head (schedule).
+    queue_seen_at: float | None = None
+    head_since: float | None = None
     last_status: str | None = None
     audio_url: str | None = None
     outcome: dict[str, Any] | None = None
@@ -167,6 +170,8 @@ class Job:
             next_poll_at=num("next_poll_at"),
             polls=int(raw.get("polls", "0")),
             queue_position=int(position) if position not in (None, "", "null") else None,
+            queue_seen_at=num("queue_seen_at"),
+            head_since=num("head_since"),
             last_status=raw.get("last_status"),
             audio_url=raw.get("audio_url"),
             outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,

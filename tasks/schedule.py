@@ -1,4 +1,4 @@
-"""When to look again: pure functions of (attempt, queue position, settings, clock).
+"""When to look again: pure functions of (progress upstream, retries, settings, clock).
 
 Nothing here sleeps or reads a clock; callers pass ``now`` and a random source, so the policy is
 unit-tested exactly and the tasks stay thin.
@@ -8,20 +8,53 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
-# Each unanswered poll stretches the next wait by this factor, so a long job costs few polls.
-POLL_GROWTH = 1.5
-# A queue position is a count of jobs ahead; this many first-interval waits per place ahead is
-# roughly how long NanoGPT takes to move one place (observed: a few seconds per short job).
-WAIT_PER_PLACE = 0.5
+# Once a job is at the head of the queue (generating), the next poll waits this fraction of the
+# time it has spent there: latency stays a bounded share of the job's age while a long job costs
+# few polls (each wait is 1.5x the last, as with a doubling-free exponential backoff).
+AGE_FRACTION = 0.5
+# Seconds per place ahead assumed before the queue has been seen to move: ElevenLabs-family
+# jobs take a second or two and NanoGPT serves its queue with several generators.
+PRIOR_S_PER_PLACE = 1.0
+# While queued, look again after this share of the estimated wait for the head, so the next
+# answer refines the estimate before the job starts rather than after it finished.
+ARRIVAL_FRACTION = 0.8
 # +-15 % spreads the polls of jobs submitted together, so they do not hit NanoGPT in bursts.
 JITTER = 0.15
 # Never schedule a poll sooner than this: a zero countdown is a busy loop.
 MIN_DELAY_S = 0.05
-# Growth past this many steps is beyond any cap (1.5**64 ~ 2e11) and would overflow floats.
+# Growth past this many steps is beyond any cap (2**64 ~ 2e19) and would overflow floats.
 MAX_GROWTH_STEPS = 64
 
 Random = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the polls so far have seen of a job upstream.
+
+    ``queue_position``: in the answer just received (None: not reported). ``previous_position``
+    and ``since_previous_s``: the position in the answer before it, and the seconds between the
+    two. ``at_head_s``: how long the job has been seen at the head (position 0, or none
+    reported); 0 while it is queued.
+    """
+
+    queue_position: int | None
+    previous_position: int | None = None
+    since_previous_s: float = 0.0
+    at_head_s: float = 0.0
+
+    def wanted_s(self) -> float:
+        """The wait this progress asks for, before the interval floor, cap and jitter."""
+        position = self.queue_position
+        if not position or position <= 0:
+            return AGE_FRACTION * max(0.0, self.at_head_s)
+        s_per_place = PRIOR_S_PER_PLACE
+        moved = (self.previous_position or 0) - position
+        if moved > 0 and self.since_previous_s > 0:
+            s_per_place = self.since_previous_s / moved  # the queue's measured speed
+        return ARRIVAL_FRACTION * position * s_per_place
 
 
 def _jitter(delay_s: float, rand: Random) -> float:
@@ -29,8 +62,7 @@ def _jitter(delay_s: float, rand: Random) -> float:
 
 
 def next_poll_delay_s(
-    attempt: int,
-    queue_position: int | None,
+    progress: Progress,
     *,
     interval_s: float,
     max_interval_s: float,
@@ -40,20 +72,17 @@ def next_poll_delay_s(
 ) -> float | None:
     """Seconds until the next status check, or None when the deadline leaves no room for one.
 
-    ``attempt`` counts the polls already made (0 before the second poll). The wait grows
-    geometrically from ``interval_s``; a queue position raises it to at least the time the jobs
-    ahead are likely to take. Always within ``[MIN_DELAY_S, max_interval_s]`` and never past
-    the deadline: the last poll is placed at the deadline itself.
+    Queued, the wait aims just short of when the jobs ahead will be done, at the queue's
+    measured speed (or :data:`PRIOR_S_PER_PLACE` until it has moved); at the head, it grows with
+    the time spent there (:data:`AGE_FRACTION`). Always within ``[interval_s, max_interval_s]``
+    up to jitter, at least :data:`MIN_DELAY_S`, and never past the deadline: the last poll is
+    placed at the deadline itself.
     """
     remaining_s = deadline_at - now
     if remaining_s <= 0:
         return None
-    grown_s = interval_s * POLL_GROWTH ** min(max(0, attempt), MAX_GROWTH_STEPS)
-    if queue_position is not None:
-        # Jobs ahead are a floor on the wait; they never shorten it, since a job at the head of
-        # the queue may still take a while to generate.
-        grown_s = max(grown_s, interval_s * (1.0 + WAIT_PER_PLACE * queue_position))
-    delay_s = min(_jitter(min(grown_s, max_interval_s), rand), max_interval_s)
+    wanted_s = min(max(interval_s, progress.wanted_s()), max_interval_s)
+    delay_s = min(_jitter(wanted_s, rand), max_interval_s)
     delay_s = max(delay_s, MIN_DELAY_S)
     return min(delay_s, remaining_s)
 

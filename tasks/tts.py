@@ -392,9 +392,17 @@ def _requeue(
 ) -> str:
     s = rt.settings()
     now = time.time()
+    position = pending.queue_position
+    # When the job was first seen at the head of the queue (position 0 or none reported).
+    head_since = job.head_since if job.head_since is not None else (None if position else now)
+    progress = schedule.Progress(
+        queue_position=position,
+        previous_position=job.queue_position,
+        since_previous_s=now - job.queue_seen_at if job.queue_seen_at else 0.0,
+        at_head_s=now - head_since if head_since is not None and not position else 0.0,
+    )
     delay_s = schedule.next_poll_delay_s(
-        job.polls,
-        pending.queue_position,
+        progress,
         interval_s=s.poll_interval_s,
         max_interval_s=s.poll_max_interval_s,
         now=now,
@@ -415,7 +423,10 @@ def _requeue(
         seq,
         {
             "last_status": pending.status,
-            "queue_position": pending.queue_position,
+            # "" rather than None, which would leave the previous position in place.
+            "queue_position": "" if position is None else position,
+            "queue_seen_at": now,
+            "head_since": head_since,
             "next_poll_at": now + delay_s,
         },
         check_at=check_at(delay_s),

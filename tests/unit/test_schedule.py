@@ -11,17 +11,24 @@ from tasks import schedule
 intervals = st.floats(min_value=0.05, max_value=60)
 
 
+positions = st.one_of(st.none(), st.integers(min_value=0, max_value=10_000))
+
+
 @given(
-    attempt=st.integers(min_value=0, max_value=10_000),
-    position=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)),
+    position=positions,
+    previous=positions,
+    since=st.floats(min_value=0, max_value=10_000),
+    at_head=st.floats(min_value=0, max_value=100_000),
     interval=intervals,
     extra=st.floats(min_value=0, max_value=600),
     remaining=st.floats(min_value=-100, max_value=10_000),
     rand=st.floats(min_value=0, max_value=1),
 )
 def test_poll_delay_bounds(
-    attempt: int,
     position: int | None,
+    previous: int | None,
+    since: float,
+    at_head: float,
     interval: float,
     extra: float,
     remaining: float,
@@ -30,9 +37,9 @@ def test_poll_delay_bounds(
     cap = interval + extra
     now, deadline_at = 1000.0, 1000.0 + remaining
     remaining = deadline_at - now  # what the policy sees, after float rounding
+    progress = schedule.Progress(position, previous, since_previous_s=since, at_head_s=at_head)
     delay = schedule.next_poll_delay_s(
-        attempt,
-        position,
+        progress,
         interval_s=interval,
         max_interval_s=cap,
         now=now,
@@ -45,54 +52,72 @@ def test_poll_delay_bounds(
     assert delay is not None
     assert 0 < delay <= cap
     assert delay <= remaining
+    if remaining >= cap:  # jitter aside, never below the first interval
+        assert delay >= min(interval, cap) * (1 - schedule.JITTER) - 1e-9
 
 
-def test_poll_delay_grows_from_interval_to_cap() -> None:
-    delays = [
-        schedule.next_poll_delay_s(
-            a, None, interval_s=3, max_interval_s=30, now=0, deadline_at=10_000, rand=lambda: 0.5
-        )
-        for a in range(10)
-    ]
-    assert delays[0] == pytest.approx(3.0)
-    assert delays == sorted(delays)
-    assert delays[-1] == pytest.approx(30.0)
+def delay(progress: schedule.Progress, *, interval: float = 3, cap: float = 30) -> float | None:
+    return schedule.next_poll_delay_s(
+        progress, interval_s=interval, max_interval_s=cap, now=0, deadline_at=10_000, rand=mid
+    )
 
 
-def test_queue_position_is_a_floor() -> None:
-    def at(attempt: int, position: int | None) -> float | None:
-        return schedule.next_poll_delay_s(
-            attempt,
-            position,
-            interval_s=2,
-            max_interval_s=30,
-            now=0,
-            deadline_at=10_000,
-            rand=lambda: 0.5,
-        )
+def mid() -> float:
+    return 0.5  # no jitter
 
-    assert at(0, 0) == pytest.approx(2.0)
-    assert at(0, 4) == pytest.approx(6.0)  # four jobs ahead: wait longer than the first interval
-    assert at(0, 1000) == pytest.approx(30.0)
-    assert at(5, 0) == at(5, None)  # at the head of the queue, growth still applies
+
+def test_at_the_head_the_wait_grows_with_the_time_spent_there() -> None:
+    # Polls placed by the policy itself: each wait is half the time spent so far, from 3 s to 30 s.
+    age, waits = 0.0, []
+    for _ in range(12):
+        wait = delay(schedule.Progress(None, at_head_s=age))
+        assert wait is not None
+        waits.append(wait)
+        age += wait
+    assert waits[:3] == [3.0, 3.0, 3.0]  # a short job is polled every first interval
+    assert waits == sorted(waits)
+    assert waits[4] == pytest.approx(1.5 * waits[3])
+    assert waits[-1] == 30.0
+    assert delay(schedule.Progress(0, at_head_s=40)) == delay(schedule.Progress(None, at_head_s=40))
+
+
+def test_queued_waits_aim_just_short_of_the_head() -> None:
+    # Before the queue has moved: the prior speed, one second per place.
+    assert delay(schedule.Progress(10)) == pytest.approx(8.0)
+    assert delay(schedule.Progress(2)) == 3.0  # never below the first interval
+    assert delay(schedule.Progress(1000)) == 30.0  # never above the cap
+    # Ten places in 5 s: half a second per place; twenty places ahead is about 10 s.
+    moved = schedule.Progress(20, previous_position=30, since_previous_s=5)
+    assert delay(moved) == pytest.approx(8.0)
+    # A queue that did not move says nothing about its speed: the prior holds.
+    assert delay(schedule.Progress(10, previous_position=10, since_previous_s=9)) == 8.0
 
 
 def test_jitter_spreads_but_stays_near() -> None:
-    low = schedule.next_poll_delay_s(
-        0, None, interval_s=10, max_interval_s=30, now=0, deadline_at=100, rand=lambda: 0.0
-    )
-    high = schedule.next_poll_delay_s(
-        0, None, interval_s=10, max_interval_s=30, now=0, deadline_at=100, rand=lambda: 1.0
-    )
-    assert low == pytest.approx(8.5)
-    assert high == pytest.approx(11.5)
+    def at(r: float) -> float | None:
+        return schedule.next_poll_delay_s(
+            schedule.Progress(None),
+            interval_s=10,
+            max_interval_s=30,
+            now=0,
+            deadline_at=100,
+            rand=lambda: r,
+        )
+
+    assert at(0.0) == pytest.approx(8.5)
+    assert at(1.0) == pytest.approx(11.5)
 
 
 def test_last_poll_lands_on_the_deadline() -> None:
-    delay = schedule.next_poll_delay_s(
-        5, None, interval_s=3, max_interval_s=30, now=100, deadline_at=101.5, rand=lambda: 0.5
+    wait = schedule.next_poll_delay_s(
+        schedule.Progress(None, at_head_s=60),
+        interval_s=3,
+        max_interval_s=30,
+        now=100,
+        deadline_at=101.5,
+        rand=mid,
     )
-    assert delay == pytest.approx(1.5)
+    assert wait == pytest.approx(1.5)
 
 
 @given(
