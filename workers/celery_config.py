@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from tasks import logctx, names
 from workers.settings import Settings
@@ -14,15 +15,79 @@ from workers.settings import Settings
 # default and is far above our waits unless the operator raises them.
 MIN_VISIBILITY_TIMEOUT_S = 3600
 
+# The exchange every queue is bound to on RabbitMQ. Topic, because Celery's native delayed
+# delivery hands a due message back by routing key ("#.<queue>") through the queue's exchange,
+# and skips queues on a direct exchange (their countdowns would then wait in the worker).
+AMQP_EXCHANGE = "tts"
+# On the native-delay path a delay is a whole number of seconds, at least this many: Celery
+# writes int(countdown) into the routing key (1.9 s would leave after 1 s and then wait in the
+# worker for its ETA) and refuses anything below one second with ValueError.
+MIN_NATIVE_DELAY_S = 1
+
 
 def longest_countdown_s(s: Settings) -> float:
     """The longest wait any task is ever re-queued with."""
     return max(s.poll_max_interval_s, s.retry_max_delay_s, s.webhook_max_retry_delay_s)
 
 
+def broker_countdown_s(delay_s: float, s: Settings) -> float:
+    """The countdown to publish for a wait of ``delay_s`` seconds on this broker.
+
+    On RabbitMQ (quorum queues, so Celery's native delayed delivery) a positive wait becomes
+    whole seconds, rounded up and at least :data:`MIN_NATIVE_DELAY_S`: the broker then holds the
+    message for exactly the countdown its ETA says, never less (a server's Retry-After stays a
+    floor). Zero or less means "now". Other brokers take the wait as it is.
+    """
+    if delay_s <= 0:
+        return 0
+    if s.broker_kind != "amqp":
+        return delay_s
+    return max(MIN_NATIVE_DELAY_S, math.ceil(delay_s))
+
+
+def task_queues(s: Settings) -> list[Queue]:
+    """One queue per step (tasks/names.py); on RabbitMQ quorum queues on a topic exchange."""
+    queue_names = dict.fromkeys(names.QUEUES.values())
+    if s.broker_kind != "amqp":
+        return [Queue(name) for name in queue_names]
+    # Quorum: replicated and durable, and what switches Celery to native delayed delivery
+    # (celery/utils/quorum_queues.py looks for x-queue-type=quorum among the task queues).
+    exchange = Exchange(AMQP_EXCHANGE, type="topic")
+    return [
+        Queue(name, exchange, routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+        for name in queue_names
+    ]
+
+
+def _broker_options(s: Settings) -> dict[str, Any]:
+    if s.broker_kind != "amqp":
+        return {
+            "broker_transport_options": {
+                "visibility_timeout": max(
+                    MIN_VISIBILITY_TIMEOUT_S, int(4 * longest_countdown_s(s))
+                ),
+            },
+        }
+    return {
+        # A publish returns once RabbitMQ has taken the message (on a quorum queue: once a
+        # majority of nodes has it), so a lost next step raises in the task that sent it.
+        # RabbitMQ has no visibility timeout: an unacked message returns when its channel dies.
+        "broker_transport_options": {"confirm_publish": True},
+        "task_default_exchange": AMQP_EXCHANGE,
+        "task_default_exchange_type": "topic",
+        "task_default_routing_key": names.SUBMIT_QUEUE,
+        # A queue created on the fly (a worker's -Q with a name not in task_queues) is made
+        # like ours, so its countdowns take the native-delay path too.
+        "task_create_missing_queue_type": "quorum",
+        "task_create_missing_queue_exchange_type": "topic",
+        # Celery's own delayed-delivery queues (celery_delayed_0..27) are quorum as well (its
+        # default, pinned here so that a change of default cannot change our topology).
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
+
+
 def celery_config(s: Settings) -> dict[str, Any]:
     """The ``app.conf`` mapping for these settings."""
-    queues = [Queue(name) for name in dict.fromkeys(names.QUEUES.values())]
     return {
         "broker_url": s.broker_url,
         "result_backend": s.result_backend,
@@ -35,7 +100,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "event_serializer": "json",
         # A worker started without -Q consumes every queue listed here.
-        "task_queues": queues,
+        "task_queues": task_queues(s),
         "task_default_queue": names.SUBMIT_QUEUE,
         "task_routes": {task: {"queue": queue} for task, queue in names.QUEUES.items()},
         # Ack after the task ran, and re-queue it if the worker process died: the job record
@@ -43,10 +108,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Polls are short and I/O bound; a small prefetch keeps work spread across workers.
+        # On quorum queues Celery applies it per consumer (RabbitMQ has no global QoS there) and
+        # cannot raise it for ETA messages it holds: why countdowns must wait in the broker.
         "worker_prefetch_multiplier": 4,
-        "broker_transport_options": {
-            "visibility_timeout": max(MIN_VISIBILITY_TIMEOUT_S, int(4 * longest_countdown_s(s))),
-        },
+        **_broker_options(s),
         # Keep trying the broker forever, at start and after a restart, instead of exiting.
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
