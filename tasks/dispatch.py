@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from celery import current_app
@@ -11,20 +10,12 @@ from tasks import names
 from tasks import runtime as rt
 from tasks.jobs import Job
 from tasks.redact import args_repr, kwargs_repr
+from workers import celery_config
 
 
 def broker_countdown_s(countdown_s: float) -> float:
-    """The countdown to publish: whole seconds (at least 1) when RabbitMQ delays the message.
-
-    Celery's native delayed delivery routes a message by ``int(countdown)`` seconds; a fraction
-    would be dropped and the worker would hold the message for the rest. Rounding up keeps the
-    whole wait in the broker and never polls early (Retry-After).
-    """
-    if countdown_s <= 0:
-        return 0.0
-    if rt.settings().broker_kind == "amqp":
-        return float(max(1, math.ceil(countdown_s)))
-    return countdown_s
+    """``countdown_s`` as this broker must be given it (whole seconds >= 1 on RabbitMQ)."""
+    return celery_config.broker_countdown_s(countdown_s, rt.settings())
 
 
 def _send(
