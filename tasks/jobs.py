@@ -261,9 +261,18 @@ class JobStore:
         return token if created else None
 
     def hand_over(
-        self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        deadline_at: float,
+        check_at: float,
+        park_at: float | None = None,
     ) -> str:
-        """Turn a job claimed by submit into a poll chain; returns the chain's token."""
+        """Turn a job claimed by submit into a poll chain; returns the chain's token.
+
+        ``park_at``: park the chain's first poll in Redis until then, in the same transaction.
+        """
         token = uuid.uuid4().hex
         flat = _flatten(
             {
@@ -279,6 +288,8 @@ class JobStore:
             pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
             pipe.expire(_key(job_id), int(deadline_at - time.time()) + self._ttl_s)
             pipe.zadd(DUE_KEY, {job_id: check_at})
+            if park_at is not None:
+                pipe.zadd(WAIT_KEY, {job_id: park_at})
             pipe.execute()
         return token
 

@@ -20,8 +20,9 @@ PRIOR_S_PER_PLACE = 1.0
 # While queued, look again after this share of the estimated wait for the head, so the next
 # answer refines the estimate before the job starts rather than after it finished.
 ARRIVAL_FRACTION = 0.8
-# +-15 % spreads the polls of jobs submitted together, so they do not hit NanoGPT in bursts.
-JITTER = 0.15
+# Up to 20 % off each wait spreads the polls of jobs submitted together, so they do not hit
+# NanoGPT in bursts. Only ever shorter: a poll never comes later than the schedule says.
+JITTER = 0.2
 # Never schedule a poll sooner than this: a zero countdown is a busy loop.
 MIN_DELAY_S = 0.05
 # Growth past this many steps is beyond any cap (2**64 ~ 2e19) and would overflow floats.
@@ -58,7 +59,7 @@ class Progress:
 
 
 def _jitter(delay_s: float, rand: Random) -> float:
-    return delay_s * (1.0 + JITTER * (2.0 * rand() - 1.0))
+    return delay_s * (1.0 - JITTER * rand())
 
 
 def next_poll_delay_s(
@@ -74,9 +75,9 @@ def next_poll_delay_s(
 
     Queued, the wait aims just short of when the jobs ahead will be done, at the queue's
     measured speed (or :data:`PRIOR_S_PER_PLACE` until it has moved); at the head, it grows with
-    the time spent there (:data:`AGE_FRACTION`). Always within ``[interval_s, max_interval_s]``
-    up to jitter, at least :data:`MIN_DELAY_S`, and never past the deadline: the last poll is
-    placed at the deadline itself.
+    the time spent there (:data:`AGE_FRACTION`). Within ``[interval_s, max_interval_s]`` before
+    the jitter, which only shortens it (:data:`JITTER`); at least :data:`MIN_DELAY_S`; never
+    past the deadline: the last poll is placed at the deadline itself.
     """
     remaining_s = deadline_at - now
     if remaining_s <= 0:

@@ -233,6 +233,18 @@ def submit_tts(
 def _start_polling(job_id: str, ticket: Ticket) -> None:
     s = rt.settings()
     now = time.time()
+    deadline_at = now + s.poll_timeout_s
+    # NanoGPT has only just accepted the job: a status check now would answer "pending", so the
+    # first one waits like every later one (an interval, jittered so a burst of submits spreads).
+    first_s = schedule.next_poll_delay_s(
+        schedule.Progress(None),
+        interval_s=s.poll_interval_s,
+        max_interval_s=s.poll_max_interval_s,
+        now=now,
+        deadline_at=deadline_at,
+    )
+    assert first_s is not None  # the deadline is a whole TTS_POLL_TIMEOUT away
+    park_at = now + first_s if s.polls_wait_in_redis else None
     token = rt.jobs().hand_over(
         job_id,
         {
@@ -240,12 +252,16 @@ def _start_polling(job_id: str, ticket: Ticket) -> None:
             "model": ticket.model,
             "cost": ticket.cost,
             "payment_source": ticket.payment_source,
-            "next_poll_at": now,
+            "next_poll_at": now + first_s,
         },
-        deadline_at=now + s.poll_timeout_s,
-        check_at=check_at(0),
+        deadline_at=deadline_at,
+        check_at=check_at(first_s),
+        park_at=park_at,
     )
-    dispatch.poll(ticket.run_id, ticket.model, lease=token, seq=0, countdown_s=0, job_id=job_id)
+    if park_at is None:
+        dispatch.poll(
+            ticket.run_id, ticket.model, lease=token, seq=0, countdown_s=first_s, job_id=job_id
+        )
 
 
 def _store_inline(task: Task, job_id: str, answer: InlineAudio) -> None:  # type: ignore[type-arg]
