@@ -131,8 +131,10 @@ class Job:
     next_poll_at: float | None = None
     polls: int = 0
     queue_position: int | None = None
-    # When queue_position was reported, and since when the job has been at the head (schedule).
-    queue_seen_at: float | None = None
+    # For the schedule: the first queued position seen and when, and since when the job has
+    # been at the head of the queue.
+    queue_first_position: int | None = None
+    queue_first_seen_at: float | None = None
     head_since: float | None = None
     last_status: str | None = None
     audio_url: str | None = None
@@ -170,7 +172,10 @@ class Job:
             next_poll_at=num("next_poll_at"),
             polls=int(raw.get("polls", "0")),
             queue_position=int(position) if position not in (None, "", "null") else None,
-            queue_seen_at=num("queue_seen_at"),
+            queue_first_position=(
+                int(raw["queue_first_position"]) if raw.get("queue_first_position") else None
+            ),
+            queue_first_seen_at=num("queue_first_seen_at"),
             head_since=num("head_since"),
             last_status=raw.get("last_status"),
             audio_url=raw.get("audio_url"),

@@ -10,9 +10,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Once a job is at the head of the queue (generating), the next poll waits this fraction of the
-# time it has spent there: latency stays a bounded share of the job's age while a long job costs
-# few polls (each wait is 1.5x the last, as with a doubling-free exponential backoff).
+# At the head of the queue (generating) a job is checked every interval for this long: most
+# TTS generations end within a minute, and the audio then waits at most one interval for us.
+STEADY_AT_HEAD_S = 60.0
+# Past that, the next poll waits this fraction of the extra time spent there: a job that runs
+# for many minutes costs few polls (each wait about 1.5x the last, up to the cap).
 AGE_FRACTION = 0.5
 # Seconds per place ahead assumed before the queue has been seen to move: ElevenLabs-family
 # jobs take a second or two and NanoGPT serves its queue with several generators.
@@ -35,27 +37,35 @@ Random = Callable[[], float]
 class Progress:
     """What the polls so far have seen of a job upstream.
 
-    ``queue_position``: in the answer just received (None: not reported). ``previous_position``
-    and ``since_previous_s``: the position in the answer before it, and the seconds between the
-    two. ``at_head_s``: how long the job has been seen at the head (position 0, or none
-    reported); 0 while it is queued.
+    ``queue_position``: in the answer just received (None: not reported). ``first_position``
+    and ``since_first_s``: the position in the first answer that showed the job queued, and the
+    seconds since that answer. ``at_head_s``: how long the job has been seen at the head
+    (position 0, or none reported); 0 while it is queued.
     """
 
     queue_position: int | None
-    previous_position: int | None = None
-    since_previous_s: float = 0.0
+    first_position: int | None = None
+    since_first_s: float = 0.0
     at_head_s: float = 0.0
+
+    def seconds_per_place(self) -> float:
+        """The queue's speed: measured since the first queued answer, else the prior.
+
+        A queue that has not moved at all in that time takes at least that long per place.
+        """
+        if self.first_position is None or self.since_first_s <= 0:
+            return PRIOR_S_PER_PLACE
+        moved = self.first_position - (self.queue_position or 0)
+        if moved > 0:
+            return self.since_first_s / moved
+        return max(PRIOR_S_PER_PLACE, self.since_first_s)
 
     def wanted_s(self) -> float:
         """The wait this progress asks for, before the interval floor, cap and jitter."""
         position = self.queue_position
         if not position or position <= 0:
-            return AGE_FRACTION * max(0.0, self.at_head_s)
-        s_per_place = PRIOR_S_PER_PLACE
-        moved = (self.previous_position or 0) - position
-        if moved > 0 and self.since_previous_s > 0:
-            s_per_place = self.since_previous_s / moved  # the queue's measured speed
-        return ARRIVAL_FRACTION * position * s_per_place
+            return AGE_FRACTION * max(0.0, self.at_head_s - STEADY_AT_HEAD_S)
+        return ARRIVAL_FRACTION * position * self.seconds_per_place()
 
 
 def _jitter(delay_s: float, rand: Random) -> float:
@@ -74,8 +84,9 @@ def next_poll_delay_s(
     """Seconds until the next status check, or None when the deadline leaves no room for one.
 
     Queued, the wait aims just short of when the jobs ahead will be done, at the queue's
-    measured speed (or :data:`PRIOR_S_PER_PLACE` until it has moved); at the head, it grows with
-    the time spent there (:data:`AGE_FRACTION`). Within ``[interval_s, max_interval_s]`` before
+    measured speed (or :data:`PRIOR_S_PER_PLACE` until it has moved); at the head, it is the
+    interval for :data:`STEADY_AT_HEAD_S`, then grows with the time spent there
+    (:data:`AGE_FRACTION`). Within ``[interval_s, max_interval_s]`` before
     the jitter, which only shortens it (:data:`JITTER`); at least :data:`MIN_DELAY_S`; never
     past the deadline: the last poll is placed at the deadline itself.
     """

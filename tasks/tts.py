@@ -409,12 +409,16 @@ def _requeue(
     s = rt.settings()
     now = time.time()
     position = pending.queue_position
-    # When the job was first seen at the head of the queue (position 0 or none reported).
+    # When the job was first seen at the head of the queue (position 0 or none reported), and
+    # first seen queued (where, when): the schedule measures the queue's speed from there.
     head_since = job.head_since if job.head_since is not None else (None if position else now)
+    first_queued = (job.queue_first_position, job.queue_first_seen_at)
+    if first_queued[1] is None and position:
+        first_queued = (position, now)
     progress = schedule.Progress(
         queue_position=position,
-        previous_position=job.queue_position,
-        since_previous_s=now - job.queue_seen_at if job.queue_seen_at else 0.0,
+        first_position=first_queued[0],
+        since_first_s=now - first_queued[1] if first_queued[1] is not None else 0.0,
         at_head_s=now - head_since if head_since is not None and not position else 0.0,
     )
     delay_s = schedule.next_poll_delay_s(
@@ -441,7 +445,8 @@ def _requeue(
             "last_status": pending.status,
             # "" rather than None, which would leave the previous position in place.
             "queue_position": "" if position is None else position,
-            "queue_seen_at": now,
+            "queue_first_position": first_queued[0],
+            "queue_first_seen_at": first_queued[1],
             "head_since": head_since,
             "next_poll_at": now + delay_s,
         },

@@ -16,7 +16,7 @@ positions = st.one_of(st.none(), st.integers(min_value=0, max_value=10_000))
 
 @given(
     position=positions,
-    previous=positions,
+    first=positions,
     since=st.floats(min_value=0, max_value=10_000),
     at_head=st.floats(min_value=0, max_value=100_000),
     interval=intervals,
@@ -26,7 +26,7 @@ positions = st.one_of(st.none(), st.integers(min_value=0, max_value=10_000))
 )
 def test_poll_delay_bounds(
     position: int | None,
-    previous: int | None,
+    first: int | None,
     since: float,
     at_head: float,
     interval: float,
@@ -37,7 +37,7 @@ def test_poll_delay_bounds(
     cap = interval + extra
     now, deadline_at = 1000.0, 1000.0 + remaining
     remaining = deadline_at - now  # what the policy sees, after float rounding
-    progress = schedule.Progress(position, previous, since_previous_s=since, at_head_s=at_head)
+    progress = schedule.Progress(position, first, since_first_s=since, at_head_s=at_head)
     delay = schedule.next_poll_delay_s(
         progress,
         interval_s=interval,
@@ -66,31 +66,34 @@ def no_jitter() -> float:
     return 0.0  # the draw that shortens nothing
 
 
-def test_at_the_head_the_wait_grows_with_the_time_spent_there() -> None:
-    # Polls placed by the policy itself: each wait is half the time spent so far, from 3 s to 30 s.
+def test_at_the_head_polls_are_steady_for_a_minute_then_grow() -> None:
+    # Polls placed by the policy itself, from the moment the job reached the head.
     age, waits = 0.0, []
-    for _ in range(12):
+    while age < 600:
         wait = delay(schedule.Progress(None, at_head_s=age))
         assert wait is not None
         waits.append(wait)
         age += wait
-    assert waits[:3] == [3.0, 3.0, 3.0]  # a short job is polled every first interval
+    steady = [w for w in waits if w == 3.0]
+    assert len(steady) == 23  # every 3 s through the first minute (and up to 66 s)
     assert waits == sorted(waits)
-    assert waits[4] == pytest.approx(1.5 * waits[3])
+    grown = waits[len(steady) :]
+    assert grown[1] == pytest.approx(1.5 * grown[0])
     assert waits[-1] == 30.0
-    assert delay(schedule.Progress(0, at_head_s=40)) == delay(schedule.Progress(None, at_head_s=40))
+    assert len(waits) < 45  # ten minutes at the head cost about 40 polls, not 200
+    assert delay(schedule.Progress(0, at_head_s=90)) == delay(schedule.Progress(None, at_head_s=90))
 
 
 def test_queued_waits_aim_just_short_of_the_head() -> None:
-    # Before the queue has moved: the prior speed, one second per place.
+    # Before the queue has been watched: the prior speed, one second per place.
     assert delay(schedule.Progress(10)) == pytest.approx(8.0)
     assert delay(schedule.Progress(2)) == 3.0  # never below the first interval
     assert delay(schedule.Progress(1000)) == 30.0  # never above the cap
-    # Ten places in 5 s: half a second per place; twenty places ahead is about 10 s.
-    moved = schedule.Progress(20, previous_position=30, since_previous_s=5)
-    assert delay(moved) == pytest.approx(8.0)
-    # A queue that did not move says nothing about its speed: the prior holds.
-    assert delay(schedule.Progress(10, previous_position=10, since_previous_s=9)) == 8.0
+    # Ten places in 20 s since first seen queued: 2 s per place; six ahead is about 12 s.
+    moved = schedule.Progress(6, first_position=16, since_first_s=20)
+    assert delay(moved) == pytest.approx(0.8 * 12)
+    # A queue that has not moved in 9 s takes at least 9 s per place.
+    assert delay(schedule.Progress(2, first_position=2, since_first_s=9)) == pytest.approx(14.4)
 
 
 def test_jitter_only_shortens() -> None:
