@@ -323,6 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
             error = f"Model {model!r} does not match the run's model"
             self._send(json_answer(400, {"error": error}))
         else:
+            if run.scenario.status_latency_s and self.sim._stopping.wait(
+                run.scenario.status_latency_s
+            ):
+                return  # stopping: the client sees the connection close
             failure = self.sim.outage or self.sim._take_status_failure(run)
             if failure is None or not self._fail(failure):
                 self._send(json_answer(200, self.sim._status_body(run)))

@@ -18,7 +18,7 @@ Audio vocabulary (``audio``)::
 waits behind earlier runs for a free generator, reports its place in that line as
 ``queuePosition`` (so positions move as the jobs ahead finish; 0 while it generates), and
 completes ``gen_s`` after it started. The benchmarks use it for workloads where queue positions
-mean something.
+mean something. ``latency=<seconds>`` delays every status answer of the run by that long.
 
 :class:`Run` is one job's state machine (injected failures, then pending polls, then the outcome);
 :mod:`workers.simulator` only carries its answers over HTTP.
@@ -86,6 +86,9 @@ class Scenario:
     # Seconds of generation in the shared upstream queue; None: pending_polls, pending_s and
     # queue_position decide, as for a run of its own.
     gen_s: float | None = None
+    # Seconds every status request waits before its answer: an internet round trip, for
+    # measuring how a worker pool copes with an upstream that is slow to answer, not to finish.
+    status_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
@@ -106,6 +109,7 @@ class Scenario:
             raise ValueError("payment_source must not be empty")
         if self.gen_s is not None:
             _check_seconds("gen_s", self.gen_s)
+        _check_seconds("status_latency_s", self.status_latency_s)
 
 
 def validate_failure(spec: str) -> None:
@@ -398,4 +402,5 @@ _KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "cost": ("cost", _float),
     "payment_source": ("payment_source", _text),
     "gen_s": ("gen_s", _float),
+    "latency": ("status_latency_s", _float),
 }

@@ -105,7 +105,7 @@ def test_parse_directives_overrides_every_key() -> None:
         "Hi [[sim mode=sync_json pending=5 pending_s=1.5 queue=none pending_status=processing"
         " outcome=error status_fail=503,429:2,slow:0.5 submit_fail=500 audio=drip:0.01"
         " audio_url={base}/x.wav redirect=http://127.0.0.2:1/y cost=0.2 payment_source=XNO"
-        " gen_s=2.5]] there"
+        " gen_s=2.5 latency=0.1]] there"
     )
     assert parse_directives(text, Scenario()) == Scenario(
         mode="sync_json",
@@ -122,6 +122,7 @@ def test_parse_directives_overrides_every_key() -> None:
         cost=0.2,
         payment_source="XNO",
         gen_s=2.5,
+        status_latency_s=0.1,
     )
 
 
@@ -611,3 +612,11 @@ def test_gen_s_runs_wait_in_the_shared_queue(http: requests.Session) -> None:
         time.sleep(max(0.0, finished_second - time.time()) + 0.05)
         assert poll_json(http, sim, second)["status"] == "completed"
         assert sim.finished_at(sim.create_run()) is None  # a run of its own has no such time
+
+
+def test_latency_delays_every_status_answer(sim: Simulator, http: requests.Session) -> None:
+    run_id = submit(http, sim, "Far away [[sim latency=0.3 pending=1]]").json()["runId"]
+    for expected in ("pending", "completed"):
+        started = time.monotonic()
+        assert poll_json(http, sim, run_id)["status"] == expected
+        assert time.monotonic() - started >= 0.3
