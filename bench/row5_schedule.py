@@ -39,6 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from bench import schedule_model
 from bench.report import Row
 from bench.rig import ELEVEN, BenchError, Caller, Stack, directive, percentile, status_calls
 from tasks import names
@@ -185,15 +186,20 @@ def run(size_name: str) -> Row:
     matched = interpolate(fixed, schedule.p95)
     rows = [
         "| lane | `TTS_POLL_INTERVAL` / `MAX` | status calls / job | completion→webhook p50"
-        " | p95 | max |",
-        "|---|---|---|---|---|---|",
+        " | p95 | max | model: calls / job, p95 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lane in lanes:
+        model = schedule_model.replay(
+            work, size.slots, interval_s=lane.interval_s, max_interval_s=lane.max_interval_s
+        )
         rows.append(
             f"| {lane.label} | {lane.interval_s:g} s / {lane.max_interval_s:g} s |"
             f" {lane.calls_per_job:.2f} | {lane.p50:.2f} s | {lane.p95:.2f} s |"
-            f" {max(lane.latencies_s):.2f} s |"
+            f" {max(lane.latencies_s):.2f} s | {model.calls_per_job:.2f},"
+            f" {percentile(model.latencies_s, 95):.2f} s |"
         )
+    queued_s, generating_s = schedule_model.queued_share(work, size.slots)
     vs3 = schedule.calls_per_job / fixed3.calls_per_job
     gens = [g for _, g in work]
     details = [
@@ -201,9 +207,15 @@ def run(size_name: str) -> Row:
         f" average), generation {min(gens):.1f}-{max(gens):.1f} s (mean"
         f" {statistics.mean(gens):.1f} s) through a first-in-first-out upstream queue with"
         f" {size.slots} generators; time compressed × {size.scale:g} (figures below are"
-        f" uncompressed); one worker per lane (prefork × {CONCURRENCY}), `TTS_POLL_WAIT=broker`.",
+        f" uncompressed); one worker per lane (prefork × {CONCURRENCY}), `TTS_POLL_WAIT=broker`."
+        f" A job waits {queued_s:.1f} s for a generator and generates {generating_s:.1f} s on"
+        " average (from the upstream model).",
         "",
         *rows,
+        "",
+        "The model column replays the same workload through `bench/schedule_model.py` (the"
+        " upstream queue and `tasks/schedule.py`, no worker): it should match the measurement"
+        " less the worker's processing time.",
         "",
         f"Against fixed 3 s: the schedule makes {vs3:.2f}× the calls, with p95"
         f" {schedule.p95:.1f} s vs {fixed3.p95:.1f} s.",
