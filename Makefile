@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration worker clean
+.PHONY: install demo test lint unit integration worker bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ integration: install
 
 worker: install
 	$(BIN)/celery -A workers.app worker -l INFO
+
+# Issue 5's benchmarks (~12 min on 2 cores): writes BENCHMARKS.md and BENCHMARKS.json.
+# `make bench ROWS=1,3` reruns some rows and keeps the others' last figures.
+ROWS ?= 1,2,3,4,5
+bench: install
+	$(BIN)/python -m bench --rows $(ROWS) --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache audio

@@ -28,6 +28,7 @@ from workers.simulator_scenario import (
     Answer,
     Run,
     Scenario,
+    UpstreamQueue,
     audio_body,
     failure_answer,
     json_answer,
@@ -39,6 +40,8 @@ __all__ = ["RecordedRequest", "Scenario", "Simulator", "parse_directives", "serv
 DEFAULT_API_KEY = "sim-key"
 DEFAULT_MODEL = "Elevenlabs-Turbo-V2.5"
 DEFAULT_SCENARIO = Scenario()
+# Generators behind the shared upstream queue that ``gen_s`` runs wait in.
+DEFAULT_UPSTREAM_SLOTS = 4
 _SHUTDOWN_POLL_S = 0.05  # how often serve_forever looks for stop(); keeps stop() far below 2 s
 _SOCKET_TIMEOUT_S = 30.0  # a silent client frees its handler thread after this long
 _LARGE_CHUNK_BYTES = 65_536  # "large" bodies are streamed in chunks, never built in memory
@@ -67,6 +70,7 @@ class Simulator:
         port: int = 0,
         api_key: str | None = DEFAULT_API_KEY,
         scenario: Scenario = DEFAULT_SCENARIO,
+        upstream_slots: int = DEFAULT_UPSTREAM_SLOTS,
     ) -> None:
         self.default_scenario = scenario  # for submits whose text carries no directive
         # A failure spec ("500", "429:2", ...) answered to every status request while set: an
@@ -77,6 +81,7 @@ class Simulator:
         self._api_key = api_key
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
+        self._upstream = UpstreamQueue(upstream_slots)  # runs whose scenario sets gen_s
         self._submits_by_text: dict[str, int] = {}
         self._requests: list[RecordedRequest] = []
         self._stopping = threading.Event()  # wakes hang/drip/slow handlers so stop() is prompt
@@ -156,6 +161,15 @@ class Simulator:
         with self._lock:
             self._requests.clear()
 
+    def finished_at(self, run_id: str) -> float | None:
+        """Epoch seconds when a ``gen_s`` run's generation ends (None for other runs).
+
+        Raises KeyError for an unknown run.
+        """
+        with self._lock:
+            ends_at = self._runs[run_id].ends_at
+        return None if ends_at is None else time.time() + (ends_at - time.monotonic())
+
     def audio_bytes(self, run_id: str) -> bytes:
         """The exact bytes served as `run_id`'s audio. Raises KeyError for an unknown run."""
         with self._lock:
@@ -166,6 +180,9 @@ class Simulator:
     def _add_run(self, scenario: Scenario, model: str) -> Run:
         run = Run(str(uuid.uuid4()), model, scenario, time.monotonic())
         with self._lock:
+            if scenario.gen_s is not None:
+                slot = self._upstream.admit(run.created_at, scenario.gen_s)
+                run.queue_index, run.ends_at = slot.index, slot.ends_at
             self._runs[run.run_id] = run
         return run
 
@@ -193,7 +210,11 @@ class Simulator:
 
     def _status_body(self, run: Run) -> dict[str, Any]:
         with self._lock:
-            return run.status_body(time.monotonic(), self._audio_url(run))
+            now = time.monotonic()
+            position = None
+            if run.queue_index is not None:
+                position = self._upstream.position(run.queue_index, now)
+            return run.status_body(now, self._audio_url(run), position=position)
 
     def _audio_url(self, run: Run) -> str:
         if run.scenario.audio_url is None:
@@ -302,6 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
             error = f"Model {model!r} does not match the run's model"
             self._send(json_answer(400, {"error": error}))
         else:
+            if run.scenario.status_latency_s and self.sim._stopping.wait(
+                run.scenario.status_latency_s
+            ):
+                return  # stopping: the client sees the connection close
             failure = self.sim.outage or self.sim._take_status_failure(run)
             if failure is None or not self._fail(failure):
                 self._send(json_answer(200, self.sim._status_body(run)))

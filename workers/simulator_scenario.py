@@ -14,13 +14,21 @@ Audio vocabulary (``audio``)::
 
     wav  not_audio  hang  large:<n_bytes>  drip:<seconds_per_chunk>
 
+``gen_s=<seconds>`` puts the run in the simulator's shared :class:`UpstreamQueue` instead: it
+waits behind earlier runs for a free generator, reports its place in that line as
+``queuePosition`` (so positions move as the jobs ahead finish; 0 while it generates), and
+completes ``gen_s`` after it started. The benchmarks use it for workloads where queue positions
+mean something. ``latency=<seconds>`` delays every status answer of the run by that long.
+
 :class:`Run` is one job's state machine (injected failures, then pending polls, then the outcome);
 :mod:`workers.simulator` only carries its answers over HTTP.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import heapq
 import json
 import math
 import re
@@ -75,6 +83,12 @@ class Scenario:
     audio_redirect_to: str | None = None
     cost: float = 0.05
     payment_source: str = "USD"
+    # Seconds of generation in the shared upstream queue; None: pending_polls, pending_s and
+    # queue_position decide, as for a run of its own.
+    gen_s: float | None = None
+    # Seconds every status request waits before its answer: an internet round trip, for
+    # measuring how a worker pool copes with an upstream that is slow to answer, not to finish.
+    status_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
@@ -93,6 +107,9 @@ class Scenario:
             raise ValueError(f"cost must be a finite number >= 0, got {self.cost!r}")
         if not self.payment_source:
             raise ValueError("payment_source must not be empty")
+        if self.gen_s is not None:
+            _check_seconds("gen_s", self.gen_s)
+        _check_seconds("status_latency_s", self.status_latency_s)
 
 
 def validate_failure(spec: str) -> None:
@@ -203,6 +220,10 @@ class Run:
     status_requests: int = 0  # every status request, failures included
     pending_answers: int = 0  # pending answers given so far; drives queuePosition
     finished: bool = False  # once the outcome is given it never changes
+    # For a run in the shared upstream queue (Scenario.gen_s): its place in arrival order and
+    # when its generation ends (on the created_at clock). None otherwise.
+    queue_index: int | None = None
+    ends_at: float | None = None
 
     def ticket(self) -> dict[str, Any]:
         """The 202 answer of an async submit."""
@@ -236,14 +257,26 @@ class Run:
         failures = self.scenario.status_failures
         return failures[index] if index < len(failures) else None
 
-    def status_body(self, now: float, audio_url: str) -> dict[str, Any]:
-        """The JSON for a normal status answer at monotonic time `now`."""
+    def status_body(
+        self, now: float, audio_url: str, *, position: int | None = None
+    ) -> dict[str, Any]:
+        """The JSON for a normal status answer at monotonic time `now`.
+
+        ``position``: for a run in the shared upstream queue, its place in the waiting line.
+        """
         scenario = self.scenario
         if not self.finished:
-            waited_s = now - self.created_at
-            if self.pending_answers < scenario.pending_polls or waited_s < scenario.pending_s:
+            if self.ends_at is not None:
+                pending = now < self.ends_at
+            else:
+                waited_s = now - self.created_at
+                pending = self.pending_answers < scenario.pending_polls
+                pending = pending or waited_s < scenario.pending_s
+            if pending:
                 body: dict[str, Any] = {"status": scenario.pending_status, "runId": self.run_id}
-                if scenario.queue_position is not None:
+                if position is not None:
+                    body["queuePosition"] = position
+                elif scenario.queue_position is not None:
                     body["queuePosition"] = max(0, scenario.queue_position - self.pending_answers)
                 self.pending_answers += 1
                 return body
@@ -257,6 +290,47 @@ class Run:
         if scenario.outcome == "completed":
             body["audioUrl"] = audio_url
         return body
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a run landed in the upstream queue: its arrival index and its generation window."""
+
+    index: int
+    starts_at: float
+    ends_at: float
+
+
+class UpstreamQueue:
+    """NanoGPT's own queue, modelled: one first-in-first-out line in front of ``slots`` generators.
+
+    A run joins at the back when it is submitted, starts when a generator is free and every run
+    ahead of it has started, and completes its ``gen_s`` later. Its queue position is its place
+    in the waiting line (1: it starts next), 0 once it generates. Pure: callers pass the clock
+    (any monotonic one, the same for every call); the simulator calls it under its lock.
+    """
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"upstream slots must be >= 1, got {slots!r}")
+        self.slots = slots
+        self._free_at: list[float] = []  # heap: when each busy generator becomes free
+        self._starts: list[float] = []  # start of every run in arrival order (non-decreasing)
+
+    def admit(self, now: float, gen_s: float) -> Slot:
+        """Queue a run submitted at ``now`` that needs ``gen_s`` seconds of generation."""
+        starts_at = now
+        if len(self._free_at) >= self.slots:
+            starts_at = max(now, heapq.heappop(self._free_at))
+        if self._starts:
+            starts_at = max(starts_at, self._starts[-1])  # nobody overtakes the line
+        heapq.heappush(self._free_at, starts_at + gen_s)
+        self._starts.append(starts_at)
+        return Slot(len(self._starts) - 1, starts_at, starts_at + gen_s)
+
+    def position(self, index: int, now: float) -> int:
+        """Run ``index``'s place in the waiting line at ``now``; 0 once it has started."""
+        return index + 1 - bisect.bisect_right(self._starts, now, 0, index + 1)
 
 
 def audio_body(spec: str) -> bytes:
@@ -327,4 +401,6 @@ _KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "redirect": ("audio_redirect_to", _text),
     "cost": ("cost", _float),
     "payment_source": ("payment_source", _text),
+    "gen_s": ("gen_s", _float),
+    "latency": ("status_latency_s", _float),
 }

@@ -18,7 +18,7 @@ import requests
 
 from workers.sample_audio import WAV_HEADER_BYTES, make_wav, wav_header
 from workers.simulator import RecordedRequest, Scenario, Simulator, parse_directives
-from workers.simulator_scenario import CONTENT_POLICY_ERROR, GENERIC_ERROR
+from workers.simulator_scenario import CONTENT_POLICY_ERROR, GENERIC_ERROR, UpstreamQueue
 
 KEY = "sim-key"
 MODEL = "Elevenlabs-Turbo-V2.5"
@@ -104,7 +104,8 @@ def test_parse_directives_overrides_every_key() -> None:
     text = (
         "Hi [[sim mode=sync_json pending=5 pending_s=1.5 queue=none pending_status=processing"
         " outcome=error status_fail=503,429:2,slow:0.5 submit_fail=500 audio=drip:0.01"
-        " audio_url={base}/x.wav redirect=http://127.0.0.2:1/y cost=0.2 payment_source=XNO]] there"
+        " audio_url={base}/x.wav redirect=http://127.0.0.2:1/y cost=0.2 payment_source=XNO"
+        " gen_s=2.5 latency=0.1]] there"
     )
     assert parse_directives(text, Scenario()) == Scenario(
         mode="sync_json",
@@ -120,6 +121,8 @@ def test_parse_directives_overrides_every_key() -> None:
         audio_redirect_to="http://127.0.0.2:1/y",
         cost=0.2,
         payment_source="XNO",
+        gen_s=2.5,
+        status_latency_s=0.1,
     )
 
 
@@ -562,3 +565,58 @@ def test_stop_is_prompt_while_a_download_hangs(sim: Simulator, http: requests.Se
 def test_port_is_unknown_before_start() -> None:
     with pytest.raises(RuntimeError):
         _ = Simulator().port
+
+
+# --- the shared upstream queue (gen_s) ------------------------------------------------------
+
+
+def test_upstream_queue_is_first_in_first_out_over_its_slots() -> None:
+    queue = UpstreamQueue(2)
+    a, b, c, d = (queue.admit(0.0, g) for g in (4.0, 1.0, 2.0, 1.0))
+    assert (a.starts_at, a.ends_at) == (0.0, 4.0)
+    assert (b.starts_at, b.ends_at) == (0.0, 1.0)
+    assert (c.starts_at, c.ends_at) == (1.0, 3.0)  # takes b's generator when it frees
+    assert (d.starts_at, d.ends_at) == (3.0, 4.0)  # c's, which frees before a's
+    late = queue.admit(10.0, 1.0)
+    assert (late.starts_at, late.ends_at) == (10.0, 11.0)  # idle generators start at once
+
+
+def test_upstream_queue_position_is_the_place_in_the_waiting_line() -> None:
+    queue = UpstreamQueue(1)
+    slots = [queue.admit(0.0, 2.0) for _ in range(4)]  # start at 0, 2, 4, 6
+    assert [queue.position(s.index, 0.5) for s in slots] == [0, 1, 2, 3]
+    assert [queue.position(s.index, 4.5) for s in slots] == [0, 0, 0, 1]
+    assert queue.position(slots[3].index, 2.0) == 2  # run 1 started at 2.0 exactly
+
+
+def test_upstream_queue_needs_a_slot() -> None:
+    with pytest.raises(ValueError, match="slots"):
+        UpstreamQueue(0)
+
+
+def test_gen_s_runs_wait_in_the_shared_queue(http: requests.Session) -> None:
+    with Simulator(api_key=KEY, upstream_slots=1) as sim:
+        first = submit(http, sim, "A [[sim gen_s=0.6]]").json()["runId"]
+        second = submit(http, sim, "B [[sim gen_s=0.2]]").json()["runId"]
+        pending = {"status": "pending", "runId": first, "queuePosition": 0}  # generating
+        assert poll_json(http, sim, first) == pending
+        assert poll_json(http, sim, second)["queuePosition"] == 1  # next in line
+        finished_second = sim.finished_at(second)
+        finished_first = sim.finished_at(first)
+        assert finished_first is not None
+        assert finished_second is not None
+        assert finished_second == pytest.approx(finished_first + 0.2, abs=0.05)
+        time.sleep(max(0.0, finished_first - time.time()) + 0.05)
+        assert poll_json(http, sim, first)["status"] == "completed"
+        assert poll_json(http, sim, second)["queuePosition"] == 0  # generating now
+        time.sleep(max(0.0, finished_second - time.time()) + 0.05)
+        assert poll_json(http, sim, second)["status"] == "completed"
+        assert sim.finished_at(sim.create_run()) is None  # a run of its own has no such time
+
+
+def test_latency_delays_every_status_answer(sim: Simulator, http: requests.Session) -> None:
+    run_id = submit(http, sim, "Far away [[sim latency=0.3 pending=1]]").json()["runId"]
+    for expected in ("pending", "completed"):
+        started = time.monotonic()
+        assert poll_json(http, sim, run_id)["status"] == expected
+        assert time.monotonic() - started >= 0.3

@@ -1,0 +1,276 @@
+"""Row 2: steady-state status polls per second of one worker, vs no-op tasks per second.
+
+For each pool (the Procfile's ``prefork`` with ``TTS_WORKER_CONCURRENCY=8`` first, then threads
+and gevent) one worker runs two phases on a fresh Redis database:
+
+* no-ops: a backlog of ``bench.noop`` messages is published while the worker is told not to
+  consume their queue, then it is told to; the rate is the backlog over the time to drain it;
+* polls: ``jobs`` poll chains whose runs never finish, each re-polled every ``interval_s``, so
+  demand (``jobs / interval_s``) is far above what one worker can do; after ``warm_s`` the
+  simulator counts the status requests that arrive during ``window_s``.
+
+Polls are measured with the simulator answering at once (loopback: the CPU-bound ceiling the
+target is about) and with ``latency`` added to each answer (an internet round trip), where the
+number of slots, not the CPU, limits a pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import time
+import uuid
+from dataclasses import dataclass
+
+import psutil
+
+from bench import baselines
+from bench.report import Row
+from bench.rig import (
+    ELEVEN,
+    BenchError,
+    Stack,
+    Worker,
+    caller,
+    redis_drained,
+    status_calls_between,
+    wait_for,
+)
+from tasks import names
+from tasks.jobs import WAIT_KEY
+from workers.simulator import Scenario
+
+TITLE = (
+    "Steady-state status polls/s of one worker (Procfile: prefork, concurrency 8) ÷ no-op tasks/s"
+)
+TARGET = "≥ 0.5"
+TARGET_RATIO = 0.5
+# A poll chain must outlive the run; nothing here is about deadlines.
+POLL_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class Pool:
+    pool: str
+    concurrency: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool} × {self.concurrency}"
+
+
+@dataclass(frozen=True)
+class Size:
+    noops: int
+    jobs: int
+    interval_s: float
+    warm_s: float
+    window_s: float
+    pools: tuple[Pool, ...]
+    latencies_s: tuple[float, ...]
+
+
+PROCFILE = Pool("prefork", 8)
+SIZES = {
+    "full": Size(
+        noops=6000,
+        jobs=2000,
+        interval_s=1.0,
+        warm_s=4.0,
+        window_s=8.0,
+        pools=(
+            PROCFILE,
+            Pool("threads", 8),
+            Pool("gevent", 8),
+            Pool("threads", 64),
+            Pool("gevent", 64),
+        ),
+        latencies_s=(0.0, 0.15),
+    ),
+    "mini": Size(
+        noops=300,
+        jobs=100,
+        interval_s=0.5,
+        warm_s=0.5,
+        window_s=1.5,
+        pools=(Pool("prefork", 2), Pool("threads", 4)),
+        latencies_s=(0.0,),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    pool: Pool
+    latency_s: float
+    noops_per_s: float | None
+    polls_per_s: float
+    worker_cores: float  # CPU seconds per second used by the worker's processes
+    redis_cores: float
+    bench_cores: float  # the simulator and receiver (this process)
+    backlog: int  # polls due but not yet taken, at the end of the window
+    parked: int  # polls waiting in tts:wait at the end of the window
+
+    @property
+    def polls_per_core_s(self) -> float:
+        return self.polls_per_s / self.worker_cores if self.worker_cores else 0.0
+
+
+def noop_rate(stack: Stack, db: int, worker: Worker, count: int) -> float:
+    """No-op tasks per second: a backlog of ``count`` drained by ``worker``."""
+    client = stack.redis(db)
+    with caller(stack.url(db)) as c:
+        c.pause(worker, baselines.NOOP_QUEUE)
+        c.send_many((baselines.NOOP, [], {}) for _ in range(count))
+        started = time.monotonic()
+        c.resume(worker, baselines.NOOP_QUEUE)
+        wait_for(
+            "the no-op backlog to drain",
+            lambda: redis_drained(client, baselines.NOOP_QUEUE),
+            timeout_s=60 + count / 50,
+        )
+        return count / (time.monotonic() - started)
+
+
+def cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    with contextlib.suppress(psutil.Error):
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+    return 0.0
+
+
+def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, noops: bool) -> Phase:
+    env = stack.env(
+        stack.url(db),
+        TTS_POLL_INTERVAL=str(size.interval_s),
+        TTS_POLL_MAX_INTERVAL=str(size.interval_s),
+        TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S),
+        TTS_WORKER_CONCURRENCY=str(pool.concurrency),
+    )
+    worker = stack.worker(env, pool=pool.pool, concurrency=pool.concurrency)
+    try:
+        noops_per_s = noop_rate(stack, db, worker, size.noops) if noops else None
+        scenario = Scenario(pending_polls=10**9, queue_position=None, status_latency_s=latency_s)
+        run_ids = [stack.sim.create_run(scenario, model=ELEVEN) for _ in range(size.jobs)]
+        with caller(stack.url(db)) as c:
+            tag = uuid.uuid4().hex[:6]
+            c.send_many(
+                (names.POLL_TTS, [rid, ELEVEN], {"job_id": f"r2-{tag}-{rid}"}) for rid in run_ids
+            )
+        time.sleep(size.warm_s)
+        redis_pid = stack.redis_server.process.pid if stack.redis_server.process else None
+        started = time.time()
+        before = (worker.cpu_s(), cpu_s(redis_pid), cpu_s(psutil.Process().pid))
+        time.sleep(size.window_s)
+        ended = time.time()
+        after = (worker.cpu_s(), cpu_s(redis_pid), cpu_s(psutil.Process().pid))
+        client = stack.redis(db)
+        backlog = int(client.llen(names.POLL_QUEUE))
+        parked = int(client.zcard(WAIT_KEY))
+    finally:
+        worker.process.kill()
+    elapsed_s = ended - started
+    polls = status_calls_between(stack.sim, started, ended)
+    if polls == 0:
+        raise BenchError(f"{pool.label}: no status request in {elapsed_s:.1f}s")
+    worker_cores, redis_cores, bench_cores = (
+        (a - b) / elapsed_s for a, b in zip(after, before, strict=True)
+    )
+    return Phase(
+        pool,
+        latency_s,
+        noops_per_s,
+        polls / elapsed_s,
+        worker_cores,
+        redis_cores,
+        bench_cores,
+        backlog,
+        parked,
+    )
+
+
+def available(pool: Pool) -> bool:
+    return pool.pool != "gevent" or importlib.util.find_spec("gevent") is not None
+
+
+def run(size_name: str) -> Row:
+    size = SIZES[size_name]
+    phases: list[Phase] = []
+    skipped = [p.label for p in size.pools if not available(p)]
+    db = 0
+    with Stack() as stack:
+        for pool in (p for p in size.pools if available(p)):
+            for n, latency_s in enumerate(size.latencies_s):
+                db += 1
+                phases.append(phase(stack, db, pool, latency_s, size, noops=n == 0))
+    head = phases[0]  # the Procfile's pool at zero latency
+    assert head.noops_per_s is not None
+    ratio = head.polls_per_s / head.noops_per_s
+    noops = {p.pool: p.noops_per_s for p in phases if p.noops_per_s is not None}
+    table = [
+        "| pool × slots | upstream answer | polls/s | no-ops/s (same worker) | polls ÷ no-ops"
+        " | worker CPU (cores) | polls per worker CPU-second | redis-server CPU | simulator +"
+        " receiver CPU | due polls queued at end |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in phases:
+        noop = noops[p.pool]
+        table.append(
+            f"| {p.pool.label} | {p.latency_s * 1000:.0f} ms | {p.polls_per_s:.0f} |"
+            f" {noop:.0f} | {p.polls_per_s / noop:.2f} | {p.worker_cores:.2f} |"
+            f" {p.polls_per_core_s:.0f} | {p.redis_cores:.2f} | {p.bench_cores:.2f} | {p.backlog} |"
+        )
+    winners = []
+    for latency_s in size.latencies_s:
+        at = [p for p in phases if p.latency_s == latency_s]
+        best = max(at, key=lambda p: p.polls_per_s)
+        winners.append(
+            f"{latency_s * 1000:.0f} ms: **{best.pool.label}** ({best.polls_per_s:.0f}/s)"
+        )
+    details = [
+        f"{size.jobs} poll chains whose runs never finish, `TTS_POLL_INTERVAL ="
+        f" TTS_POLL_MAX_INTERVAL = {size.interval_s:g}` (demand {size.jobs / size.interval_s:.0f}"
+        f" polls/s), `TTS_POLL_WAIT=auto` (parked in `tts:wait` on Redis), window"
+        f" {size.window_s:g} s after {size.warm_s:g} s of warm-up; no-ops: a backlog of"
+        f" {size.noops} drained by the same worker before its polls start. A fresh worker and Redis"
+        " database per line; the simulator and receiver share the 2 cores with the worker.",
+        "",
+        *table,
+        "",
+        "Winner by polls/s at each upstream answer time: " + "; ".join(winners) + ".",
+    ]
+    if skipped:
+        details.append(f"Not measured (gevent not installed): {', '.join(skipped)}.")
+    if head.backlog == 0:
+        details.append("Warning: no backlog at the end: demand may not have exceeded capacity.")
+    return Row(
+        number=2,
+        title=TITLE,
+        target=TARGET,
+        figure=(
+            f"{ratio:.2f} ({head.polls_per_s:.0f} polls/s vs {head.noops_per_s:.0f} no-ops/s,"
+            f" {head.pool.label})"
+        ),
+        passed=ratio >= TARGET_RATIO,
+        details=details,
+        values={
+            "ratio": ratio,
+            "phases": [
+                {
+                    "pool": p.pool.pool,
+                    "concurrency": p.pool.concurrency,
+                    "latency_s": p.latency_s,
+                    "polls_per_s": p.polls_per_s,
+                    "noops_per_s": noops[p.pool],
+                    "worker_cores": p.worker_cores,
+                    "polls_per_core_s": p.polls_per_core_s,
+                    "redis_cores": p.redis_cores,
+                    "backlog": p.backlog,
+                    "parked": p.parked,
+                }
+                for p in phases
+            ],
+        },
+    )

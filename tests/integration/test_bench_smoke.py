@@ -1,0 +1,67 @@
+"""``make bench`` at a miniature size, so the harness cannot rot unnoticed.
+
+Every row runs for real (private Redis, simulator, real worker processes, the RabbitMQ case when
+a RabbitMQ answers); only the sizes shrink. Figures are not judged here (no timed assertions):
+the test checks that each row measured what it set out to and wrote it down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def finite_numbers(value: object) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in finite_numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in finite_numbers(v)]
+    return []
+
+
+def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "mini", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(rows) == ["1", "2", "3", "4", "5"]
+    text = out.read_text()
+    for number, row in rows.items():
+        assert row["figure"], number
+        assert f"| {number} | {row['title']} | {row['figure']} |" in text
+        numbers = finite_numbers(row["values"])
+        assert numbers, number
+        assert all(math.isfinite(n) for n in numbers), (number, row["values"])
+    # Each row saw its work done: every job of row 1 was timed, row 2 counted polls, ...
+    assert rows["1"]["values"]["blocking_s"] > 0
+    assert rows["1"]["values"]["project_calls_per_job"] >= 2  # one pending answer, one completed
+    assert all(p["polls_per_s"] > 0 for p in rows["2"]["values"]["phases"])
+    parked = rows["3"]["values"]["redis:redis"]
+    held = rows["3"]["values"]["redis:broker"]
+    assert parked["parked"] >= 150
+    assert parked["held_by_worker"] == 0
+    assert held["held_by_worker"] >= 150
+    assert rows["4"]["values"]["jobs_per_s"] > 0
+    lanes = rows["5"]["values"].get("lanes")
+    assert rows["5"]["values"]["vs_fixed3"] > 0
+    assert lanes is None or all(lane["calls_per_job"] >= 1 for lane in lanes)
