@@ -1,6 +1,6 @@
 """Row 5's workload replayed on paper: the same upstream queue, polls placed by the schedule.
 
-No worker, no HTTP: each job is polled at its submit time and then after each delay that
+No worker, no HTTP: each job is polled one interval after its submit and then after each delay that
 :func:`tasks.schedule.next_poll_delay_s` returns for what the job record has seen (built as
 ``tasks/tts.py``'s ``_requeue`` builds it), until a poll lands after its generation ended. It
 predicts what the real lanes should measure (less the worker's processing time), so a
@@ -37,32 +37,15 @@ def upstream(work: list[tuple[float, float]], slots: int) -> tuple[UpstreamQueue
     return queue, [queue.admit(arrival_s, gen_s) for arrival_s, gen_s in work]
 
 
-@dataclass
-class _Seen:
-    """What a job record keeps for the schedule (``tasks/tts.py``'s ``_requeue``)."""
-
-    queue_position: int | None = None
-    queue_seen_at: float | None = None
-    head_since: float | None = None
-
-
 def _next_delay_s(
-    seen: _Seen,
-    position: int | None,
+    progress: schedule.Progress,
     now: float,
     *,
     interval_s: float,
     max_interval_s: float,
     rng: random.Random,
 ) -> float:
-    """The wait ``_requeue`` computes after a pending answer at ``now``; updates ``seen``."""
-    head_since = seen.head_since if seen.head_since is not None else (None if position else now)
-    progress = schedule.Progress(
-        queue_position=position,
-        previous_position=seen.queue_position,
-        since_previous_s=now - seen.queue_seen_at if seen.queue_seen_at else 0.0,
-        at_head_s=now - head_since if head_since is not None and not position else 0.0,
-    )
+    """The wait the worker computes for ``progress`` at ``now`` (no deadline here)."""
     delay_s = schedule.next_poll_delay_s(
         progress,
         interval_s=interval_s,
@@ -72,7 +55,6 @@ def _next_delay_s(
         rand=rng.random,
     )
     assert delay_s is not None  # no deadline
-    seen.queue_position, seen.queue_seen_at, seen.head_since = position, now, head_since
     return delay_s
 
 
@@ -87,20 +69,17 @@ def replay(
     """Poll every job of ``work`` from its arrival as the project's schedule would."""
     queue, placed = upstream(work, slots)
     rng = random.Random(seed)
+    limits = {"interval_s": interval_s, "max_interval_s": max_interval_s}
     calls: list[int] = []
     latencies: list[float] = []
     for (arrival_s, _), slot in zip(work, placed, strict=True):
-        at, polls, seen = arrival_s, 1, _Seen()
+        # The first poll waits one interval after the submit (``_start_polling``).
+        first = schedule.Progress(None)
+        at = arrival_s + _next_delay_s(first, arrival_s, **limits, rng=rng)
+        polls, seen = 1, schedule.Seen()
         while at < slot.ends_at:
-            position = queue.position(slot.index, at)
-            at += _next_delay_s(
-                seen,
-                position,
-                at,
-                interval_s=interval_s,
-                max_interval_s=max_interval_s,
-                rng=rng,
-            )
+            progress, seen = seen.after(queue.position(slot.index, at), at)
+            at += _next_delay_s(progress, at, **limits, rng=rng)
             polls += 1
         calls.append(polls)
         latencies.append(at - slot.ends_at)

@@ -409,18 +409,8 @@ def _requeue(
     s = rt.settings()
     now = time.time()
     position = pending.queue_position
-    # When the job was first seen at the head of the queue (position 0 or none reported), and
-    # first seen queued (where, when): the schedule measures the queue's speed from there.
-    head_since = job.head_since if job.head_since is not None else (None if position else now)
-    first_queued = (job.queue_first_position, job.queue_first_seen_at)
-    if first_queued[1] is None and position:
-        first_queued = (position, now)
-    progress = schedule.Progress(
-        queue_position=position,
-        first_position=first_queued[0],
-        since_first_s=now - first_queued[1] if first_queued[1] is not None else 0.0,
-        at_head_s=now - head_since if head_since is not None and not position else 0.0,
-    )
+    before = schedule.Seen(job.queue_first_position, job.queue_first_seen_at, job.head_since)
+    progress, seen = before.after(position, now)
     delay_s = schedule.next_poll_delay_s(
         progress,
         interval_s=s.poll_interval_s,
@@ -445,9 +435,9 @@ def _requeue(
             "last_status": pending.status,
             # "" rather than None, which would leave the previous position in place.
             "queue_position": "" if position is None else position,
-            "queue_first_position": first_queued[0],
-            "queue_first_seen_at": first_queued[1],
-            "head_since": head_since,
+            "queue_first_position": seen.first_position,
+            "queue_first_seen_at": seen.first_seen_at,
+            "head_since": seen.head_since,
             "next_poll_at": now + delay_s,
         },
         check_at=check_at(delay_s),
