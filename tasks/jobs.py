@@ -98,6 +98,21 @@ return 1
 """
 
 
+# Count a delivery of step ARGV[1] in the job's own hash and return {count, the hash}. One
+# counter per job: steps run one after another, so a new step starts it again at 1, and it
+# disappears with the job (a key per step would pile up for a day at hundreds of polls/s).
+_DELIVERED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
+local n = 1
+if redis.call('HGET', KEYS[1], 'delivery_step') == ARGV[1] then
+  n = redis.call('HINCRBY', KEYS[1], 'delivery_count', 1)
+else
+  redis.call('HSET', KEYS[1], 'delivery_step', ARGV[1], 'delivery_count', 1)
+end
+return {n, redis.call('HGETALL', KEYS[1])}
+"""
+
+
 def _key(job_id: str) -> str:
     return KEY_PREFIX + job_id
 
@@ -221,6 +236,7 @@ class JobStore:
         self._advance = client.register_script(_ADVANCE)
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
+        self._delivered = client.register_script(_DELIVERED)
 
     def _keys(self, job_id: str) -> list[str]:
         return [_key(job_id), DUE_KEY, WAIT_KEY]
@@ -406,21 +422,15 @@ class JobStore:
         else:
             self._redis.zadd(DUE_KEY, {job_id: check_at})
 
-    def load(self, job_id: str, *, delivery: str, ttl_s: int) -> tuple[Job | None, int]:
-        """The job, and :meth:`count_delivery` of ``delivery``, in one round trip."""
-        key = f"tts:delivery:{delivery}"
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(_key(job_id))
-            pipe.incr(key)
-            pipe.expire(key, ttl_s)
-            raw, count, _ = pipe.execute()
-        return (Job.from_hash(raw) if raw else None), int(count)
+    def load(self, job_id: str, *, delivery: str) -> tuple[Job | None, int]:
+        """The job, and how many times its step ``delivery`` has started (1 the first time),
+        in one round trip. (None, 0) when there is no such job."""
+        count, flat = self._delivered(keys=[_key(job_id)], args=[delivery])
+        if not flat:
+            return None, 0
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Job.from_hash(raw), int(count)
 
-    def count_delivery(self, step: str, *, ttl_s: int) -> int:
-        """How many times this step of a job has started (1 the first time)."""
-        key = f"tts:delivery:{step}"
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, ttl_s)
-            count, _ = pipe.execute()
-        return int(count)
+    def count_delivery(self, job_id: str, delivery: str) -> int:
+        """:meth:`load` without the job: the count alone (0 when there is no such job)."""
+        return self.load(job_id, delivery=delivery)[1]

@@ -48,8 +48,6 @@ NOTIFY_TIME_LIMIT_S = 120
 # A download's own limits end it by about 185 s with the defaults (5 s connect, 30 s to the
 # headers, the 120 s wall clock, one last 30 s read); this only catches what they miss.
 DOWNLOAD_TIME_LIMIT_S = 200
-# Delivery counters outlive any redelivery loop, then vanish.
-DELIVERY_COUNT_TTL_S = 86_400
 
 COMMON: dict[str, Any] = {
     "bind": True,
@@ -62,15 +60,15 @@ COMMON: dict[str, Any] = {
 
 
 def _step(task: Task, job_id: str, seq: int) -> str:  # type: ignore[type-arg]
-    """The delivery counter's name: per step of the job (task, poll number, retry), so a
-    re-sent copy counts with the original."""
-    return f"{job_id}:{task.name}:{seq}:{task.request.retries}"
+    """The step a delivery counts for (task, poll number, retry): a re-sent copy counts with
+    the original."""
+    return f"{task.name}:{seq}:{task.request.retries}"
 
 
 def _load(task: Task, job_id: str, seq: int = 0) -> tuple[Job | None, int]:  # type: ignore[type-arg]
     """The job and this delivery's count, in one Redis round trip."""
     step = _step(task, job_id, seq)
-    return rt.jobs().load(job_id, delivery=step, ttl_s=DELIVERY_COUNT_TTL_S)
+    return rt.jobs().load(job_id, delivery=step)
 
 
 def _poisoned(task: Task, job_id: str, deliveries: int | None = None) -> bool:  # type: ignore[type-arg]
@@ -82,7 +80,7 @@ def _poisoned(task: Task, job_id: str, deliveries: int | None = None) -> bool:  
     """
     if deliveries is None:
         step = _step(task, job_id, 0)
-        deliveries = rt.jobs().count_delivery(step, ttl_s=DELIVERY_COUNT_TTL_S)
+        deliveries = rt.jobs().count_delivery(job_id, step)
     limit = rt.settings().max_deliveries
     if deliveries <= limit:
         return False
