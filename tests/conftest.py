@@ -26,9 +26,20 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def quiet_redis_server() -> Iterator[EmbeddedRedis]:
+    """A redis-server no worker ever uses: the shared worker's releaser and reconciler would
+    take what a unit test parks or marks due in ``redis_server`` (when integration tests ran
+    first, that worker is still running)."""
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def redis_client(quiet_redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """A client of :func:`quiet_redis_server`, for the unit tests of the job store."""
+    client = redis.Redis.from_url(quiet_redis_server.url, decode_responses=True)
     yield client
     client.close()
 
