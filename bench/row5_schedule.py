@@ -12,7 +12,7 @@ and simulator (so the lanes' upstream queues are identical and independent):
 * ``schedule``: ``tasks/schedule.py`` as it is, with the default ``TTS_POLL_INTERVAL=3`` and
   ``TTS_POLL_MAX_INTERVAL=30`` (it uses the queue positions and the time at the head);
 * ``fixed F``: the same code with ``TTS_POLL_INTERVAL = TTS_POLL_MAX_INTERVAL = F``: a fixed
-  interval (with the same ±15 % jitter), for F in a grid that starts at 3 s.
+  interval (with the same jitter), for F in a grid that starts at 3 s.
 
 Per lane: status calls per job (the simulator counts them) and the time from each job's
 completion upstream to its webhook at the receiver (p50, p95). "Equal p95": the fixed interval
