@@ -60,8 +60,9 @@ DEFAULT_ENV = {
     # The worker imports bench.baselines from the checkout, wherever it is started from.
     "PYTHONPATH": str(REPO),
 }
-# Seconds a control command waits for the worker's reply.
-CONTROL_TIMEOUT_S = 10.0
+# Seconds a control command may take in all, and one attempt waits for the worker's reply.
+CONTROL_TIMEOUT_S = 30.0
+CONTROL_REPLY_S = 2.0
 # How often the rows look at a queue or a counter while they wait: small next to what they time.
 LOOK_EVERY_S = 0.01
 
@@ -259,16 +260,23 @@ class Caller:
                 chain(*(link.clone() for _ in range(length))).apply_async(producer=producer)
 
     def _control(self, command: str, worker: Worker, **arguments: Any) -> list[dict[str, Any]]:
-        replies = self.app.control.broadcast(
-            command,
-            arguments=arguments,
-            destination=[worker.name],
-            reply=True,
-            timeout=CONTROL_TIMEOUT_S,
-        )
-        if not replies:
-            raise BenchError(f"worker {worker.name} did not answer {command!r}")
-        return replies
+        """Send a control command and wait for the reply, sending again if none comes.
+
+        On Redis, commands travel by pub/sub: one published before the worker's subscription is
+        in place (just after it said "ready") is lost. Every command used here is idempotent.
+        """
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
+        while time.monotonic() < deadline:
+            replies = self.app.control.broadcast(
+                command,
+                arguments=arguments,
+                destination=[worker.name],
+                reply=True,
+                timeout=CONTROL_REPLY_S,
+            )
+            if replies:
+                return replies
+        raise BenchError(f"worker {worker.name} did not answer {command!r}")
 
     def pause(self, worker: Worker, queue: str) -> None:
         """Stop ``worker`` taking messages from ``queue`` (those already taken still run)."""

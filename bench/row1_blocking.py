@@ -125,10 +125,9 @@ def run(size_name: str) -> Row:
         f"With queue positions the project is {queued_speedup:.1f}× faster ({queued_verdict}"
         " against the 8× target): the same jobs, but each pending answer carries a queue"
         " position (3, then 2, 1, 0), and `tasks/schedule.py` places the next poll from it.",
-        f"Each project job makes {project.calls_per_job:.2f} status calls: the first right after"
-        " submit (pending), the next one interval later; a job's time is that interval"
-        " ±15 % jitter, plus up to one 0.2 s tick of the releaser, plus the download and the"
-        " webhook, so the last of the jobs lands near the top of the jitter range.",
+        f"Each project job makes {project.calls_per_job:.2f} status calls, placed by"
+        " `tasks/schedule.py` from `TTS_POLL_INTERVAL`; a job's time is those waits, plus up to"
+        " one 0.2 s tick of the releaser for each, plus the download and the webhook.",
     ]
     return Row(
         number=1,

@@ -34,6 +34,7 @@ from bench.rig import (
     caller,
     redis_drained,
     status_calls_between,
+    used_memory,
     wait_for,
 )
 from tasks import names
@@ -110,6 +111,7 @@ class Phase:
     bench_cores: float  # the simulator and receiver (this process)
     backlog: int  # polls due but not yet taken, at the end of the window
     parked: int  # polls waiting in tts:wait at the end of the window
+    redis_bytes_per_poll: float  # Redis used_memory growth over the window, per poll
 
     @property
     def polls_per_core_s(self) -> float:
@@ -161,12 +163,14 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
             )
         time.sleep(size.warm_s)
         redis_pid = stack.redis_server.process.pid if stack.redis_server.process else None
+        client = stack.redis(db)
+        memory_before = used_memory(client)
         started = time.time()
         before = (worker.cpu_s(), cpu_s(redis_pid), cpu_s(psutil.Process().pid))
         time.sleep(size.window_s)
         ended = time.time()
         after = (worker.cpu_s(), cpu_s(redis_pid), cpu_s(psutil.Process().pid))
-        client = stack.redis(db)
+        memory_after = used_memory(client)
         backlog = int(client.llen(names.POLL_QUEUE))
         parked = int(client.zcard(WAIT_KEY))
     finally:
@@ -188,6 +192,7 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
         bench_cores,
         backlog,
         parked,
+        (memory_after - memory_before) / polls,
     )
 
 
@@ -212,8 +217,8 @@ def run(size_name: str) -> Row:
     table = [
         "| pool × slots | upstream answer | polls/s | no-ops/s (same worker) | polls ÷ no-ops"
         " | worker CPU (cores) | polls per worker CPU-second | redis-server CPU | simulator +"
-        " receiver CPU | due polls queued at end |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " receiver CPU | due polls queued at end | Redis memory growth per poll |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in phases:
         noop = noops[p.pool]
@@ -221,6 +226,7 @@ def run(size_name: str) -> Row:
             f"| {p.pool.label} | {p.latency_s * 1000:.0f} ms | {p.polls_per_s:.0f} |"
             f" {noop:.0f} | {p.polls_per_s / noop:.2f} | {p.worker_cores:.2f} |"
             f" {p.polls_per_core_s:.0f} | {p.redis_cores:.2f} | {p.bench_cores:.2f} | {p.backlog} |"
+            f" {p.redis_bytes_per_poll:.0f} B |"
         )
     winners = []
     for latency_s in size.latencies_s:
@@ -240,6 +246,11 @@ def run(size_name: str) -> Row:
         *table,
         "",
         "Winner by polls/s at each upstream answer time: " + "; ".join(winners) + ".",
+        "",
+        "Redis memory growth per poll: the job records do not grow; it is mostly the delivery"
+        " counter every task execution leaves for 24 h (`tts:delivery:<job>:<task>:<poll>:<retry>`,"
+        " `DELIVERY_COUNT_TTL_S` in `tasks/tts.py`), so Redis holds that much per poll of the"
+        " last day.",
     ]
     if skipped:
         details.append(f"Not measured (gevent not installed): {', '.join(skipped)}.")
@@ -269,6 +280,7 @@ def run(size_name: str) -> Row:
                     "redis_cores": p.redis_cores,
                     "backlog": p.backlog,
                     "parked": p.parked,
+                    "redis_bytes_per_poll": p.redis_bytes_per_poll,
                 }
                 for p in phases
             ],

@@ -60,8 +60,6 @@ from workers.simulator import Scenario
 TITLE = "Worker resident memory per waiting poll, 5,000 pending jobs"
 TARGET = "≤ 0.5 KB each, Redis and RabbitMQ"
 TARGET_BYTES = 512
-CONCURRENCY = 8  # the Procfile's
-WARM_JOBS = 16
 POLL_TIMEOUT_S = 7200
 KIB = 1024
 
@@ -73,6 +71,9 @@ class Size:
     samples: int  # RSS samples per median
     settle_s: float  # quiet time before sampling
     expiry_s: float  # pause after the first half: its tasks' time-limit timers expire
+    concurrency: int = 8  # the Procfile's
+    warm_jobs: int = 16
+    sample_pause_s: float = 0.3  # between two RSS samples
 
 
 SIZES = {
@@ -80,7 +81,16 @@ SIZES = {
         jobs=5000, interval_s=3600, samples=7, settle_s=1.0, expiry_s=API_TIME_LIMIT_S + 5
     ),
     # No pause: the marginal figure then includes the first half's timers.
-    "mini": Size(jobs=150, interval_s=600, samples=3, settle_s=0.2, expiry_s=0.0),
+    "mini": Size(
+        jobs=150,
+        interval_s=600,
+        samples=2,
+        settle_s=0.1,
+        expiry_s=0.0,
+        concurrency=2,
+        warm_jobs=4,
+        sample_pause_s=0.1,
+    ),
 }
 
 
@@ -132,9 +142,9 @@ class Run:
             TTS_POLL_INTERVAL=str(self.size.interval_s),
             TTS_POLL_MAX_INTERVAL=str(self.size.interval_s),
             TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S),
-            TTS_WORKER_CONCURRENCY=str(CONCURRENCY),
+            TTS_WORKER_CONCURRENCY=str(self.size.concurrency),
         )
-        self.worker = self.stack.worker(env, concurrency=CONCURRENCY)
+        self.worker = self.stack.worker(env, concurrency=self.size.concurrency)
         self.caller = Caller(self.broker_url)
 
     def warm_up(self) -> None:
@@ -142,7 +152,9 @@ class Run:
         # Poll chains started by name, as the measured ones are: the first poll runs at once
         # (a submit's first poll waits TTS_POLL_INTERVAL, far longer than this row).
         scenario = Scenario(pending_polls=0, queue_position=None)
-        run_ids = [self.stack.sim.create_run(scenario, model=ELEVEN) for _ in range(WARM_JOBS)]
+        run_ids = [
+            self.stack.sim.create_run(scenario, model=ELEVEN) for _ in range(self.size.warm_jobs)
+        ]
         warm = [f"r3-warm-{rid}" for rid in run_ids]
         url = self.stack.receiver.url
         self.caller.send_many(
@@ -155,7 +167,9 @@ class Run:
         assert self.caller is not None
         assert self.worker is not None
         time.sleep(self.size.settle_s)
-        return settled_rss(self.caller, self.worker, samples=self.size.samples)
+        return settled_rss(
+            self.caller, self.worker, samples=self.size.samples, pause_s=self.size.sample_pause_s
+        )
 
     def baseline(self) -> None:
         self.broker_before = self._broker_memory()
@@ -310,10 +324,10 @@ def _row(runs: list[Run], size: Size, unavailable: list[str]) -> Row:
         parts.append(f"Redis with countdowns {_size(countdowns.marginal())}")
     details = [
         f"{size.jobs} poll chains on runs that stay pending, each waiting {size.interval_s:g} s"
-        f" after its first poll; one worker per case, prefork × {CONCURRENCY}, all started"
+        f" after its first poll; one worker per case, prefork × {size.concurrency}, all started"
         " together. RSS = psutil RSS of the main process + pool children, median of"
         f" {size.samples} samples, each after `gc.collect()` in the main process (`bench_gc`"
-        f" control command). Baseline after {WARM_JOBS} warm-up jobs; half the polls; a pause"
+        f" control command). Baseline after {size.warm_jobs} warm-up jobs; half the polls; a pause"
         f" of {size.expiry_s:g} s (the prefork pool's per-task time-limit timers, 120 s for a"
         " poll, expire); middle; the other half; after. Each case has a private `redis-server`"
         " for its job state (and its broker on Redis), so `used_memory` counts that case alone.",

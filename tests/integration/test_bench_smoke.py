@@ -54,7 +54,7 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
         assert all(math.isfinite(n) for n in numbers), (number, row["values"])
     # Each row saw its work done: every job of row 1 was timed, row 2 counted polls, ...
     assert rows["1"]["values"]["blocking_s"] > 0
-    assert rows["1"]["values"]["project_calls_per_job"] >= 2  # one pending answer, one completed
+    assert rows["1"]["values"]["project_calls_per_job"] >= 1  # at least the completed answer
     assert all(p["polls_per_s"] > 0 for p in rows["2"]["values"]["phases"])
     parked = rows["3"]["values"]["redis:redis"]
     held = rows["3"]["values"]["redis:broker"]
