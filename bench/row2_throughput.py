@@ -46,6 +46,9 @@ TITLE = (
 )
 TARGET = "≥ 0.5"
 TARGET_RATIO = 0.5
+# Long enough for polls in flight (a slot's worth) to finish and re-park, so that clearing the
+# keys after it leaves none behind.
+SETTLE_S = 1.0
 # A poll chain must outlive the run; nothing here is about deadlines.
 POLL_TIMEOUT_S = 3600
 
@@ -104,7 +107,7 @@ SIZES = {
 class Phase:
     pool: Pool
     latency_s: float
-    noops_per_s: float | None
+    noops_s: tuple[float, float] | None  # no-ops/s drained before and after the polls
     polls_per_s: float
     worker_cores: float  # CPU seconds per second used by the worker's processes
     redis_cores: float
@@ -112,6 +115,11 @@ class Phase:
     backlog: int  # polls due but not yet taken, at the end of the window
     parked: int  # polls waiting in tts:wait at the end of the window
     redis_bytes_per_poll: float  # Redis used_memory growth over the window, per poll
+
+    @property
+    def noops_per_s(self) -> float | None:
+        """The mean of the two no-op rates: the polls ran between them, so drift cancels."""
+        return sum(self.noops_s) / 2 if self.noops_s else None
 
     @property
     def polls_per_core_s(self) -> float:
@@ -143,7 +151,18 @@ def cpu_s(pid: int | None) -> float:
     return 0.0
 
 
+def stop_polls(stack: Stack, db: int, worker: Worker) -> None:
+    """End every poll chain: no more polls taken, none parked or queued, none in flight."""
+    client = stack.redis(db)
+    with caller(stack.url(db)) as c:
+        c.pause(worker, names.POLL_QUEUE)
+    for _ in range(2):  # polls in flight when the keys go re-park: clear those too
+        time.sleep(SETTLE_S)
+        client.delete(WAIT_KEY, names.POLL_QUEUE)
+
+
 def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, noops: bool) -> Phase:
+    """One line of the table; with ``noops``, no-op backlogs drained before and after the polls."""
     env = stack.env(
         stack.url(db),
         TTS_POLL_INTERVAL=str(size.interval_s),
@@ -153,7 +172,7 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
     )
     worker = stack.worker(env, pool=pool.pool, concurrency=pool.concurrency)
     try:
-        noops_per_s = noop_rate(stack, db, worker, size.noops) if noops else None
+        noops_before = noop_rate(stack, db, worker, size.noops) if noops else None
         scenario = Scenario(pending_polls=10**9, queue_position=None, status_latency_s=latency_s)
         run_ids = [stack.sim.create_run(scenario, model=ELEVEN) for _ in range(size.jobs)]
         with caller(stack.url(db)) as c:
@@ -173,6 +192,10 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
         memory_after = used_memory(client)
         backlog = int(client.llen(names.POLL_QUEUE))
         parked = int(client.zcard(WAIT_KEY))
+        noops_after = None
+        if noops:
+            stop_polls(stack, db, worker)
+            noops_after = noop_rate(stack, db, worker, size.noops)
     finally:
         worker.process.kill()
     elapsed_s = ended - started
@@ -185,7 +208,7 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
     return Phase(
         pool,
         latency_s,
-        noops_per_s,
+        (noops_before, noops_after) if noops_before and noops_after else None,
         polls / elapsed_s,
         worker_cores,
         redis_cores,
@@ -214,17 +237,21 @@ def run(size_name: str) -> Row:
     assert head.noops_per_s is not None
     ratio = head.polls_per_s / head.noops_per_s
     noops = {p.pool: p.noops_per_s for p in phases if p.noops_per_s is not None}
+    pairs = {p.pool: p.noops_s for p in phases if p.noops_s is not None}
     table = [
-        "| pool × slots | upstream answer | polls/s | no-ops/s (same worker) | polls ÷ no-ops"
+        "| pool × slots | upstream answer | polls/s | no-ops/s (same worker: before / after)"
+        " | polls ÷ no-ops"
         " | worker CPU (cores) | polls per worker CPU-second | redis-server CPU | simulator +"
         " receiver CPU | due polls queued at end | Redis memory growth per poll |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in phases:
         noop = noops[p.pool]
+        first, last = pairs[p.pool]
         table.append(
             f"| {p.pool.label} | {p.latency_s * 1000:.0f} ms | {p.polls_per_s:.0f} |"
-            f" {noop:.0f} | {p.polls_per_s / noop:.2f} | {p.worker_cores:.2f} |"
+            f" {noop:.0f} ({first:.0f} / {last:.0f}) | {p.polls_per_s / noop:.2f} |"
+            f" {p.worker_cores:.2f} |"
             f" {p.polls_per_core_s:.0f} | {p.redis_cores:.2f} | {p.bench_cores:.2f} | {p.backlog} |"
             f" {p.redis_bytes_per_poll:.0f} B |"
         )
@@ -240,8 +267,10 @@ def run(size_name: str) -> Row:
         f" TTS_POLL_MAX_INTERVAL = {size.interval_s:g}` (demand {size.jobs / size.interval_s:.0f}"
         f" polls/s), `TTS_POLL_WAIT=auto` (parked in `tts:wait` on Redis), window"
         f" {size.window_s:g} s after {size.warm_s:g} s of warm-up; no-ops: a backlog of"
-        f" {size.noops} drained by the same worker before its polls start. A fresh worker and Redis"
-        " database per line; the simulator and receiver share the 2 cores with the worker.",
+        f" {size.noops} drained by the same worker before its polls start, and another after they"
+        " stop (their mean is the rate: drift of the shared machine between the phases cancels)."
+        " A fresh worker and Redis database per line; the simulator (HTTP/1.1 keep-alive, as"
+        " NanoGPT's front end) and receiver share the 2 cores with the worker.",
         "",
         *table,
         "",

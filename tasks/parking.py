@@ -58,9 +58,14 @@ class Releaser:
         self._release = client.register_script(_RELEASE)
 
     def due(self, now: float, *, limit: int) -> list[Job]:
-        """Take up to ``limit`` polls due by ``now`` off the wait set, as the jobs they poll.
+        """Take up to ``limit`` polls due by ``now`` off the wait set, as the jobs they poll."""
+        return self.pop(now, limit=limit)[1]
+
+    def pop(self, now: float, *, limit: int) -> tuple[int, list[Job]]:
+        """Like :meth:`due`, with how many entries it took off the wait set.
 
         Jobs that ended meanwhile (or expired) are dropped here: their poll has nothing to do.
+        They count as taken, so a caller that pops batch after batch stops on a short one.
         """
         rows = self._release(keys=[WAIT_KEY], args=[repr(now), limit, KEY_PREFIX, *_FIELDS])
         jobs = []
@@ -70,7 +75,7 @@ class Releaser:
             job = Job.from_hash(raw)
             if job.run_id and job.model and job.token and job.seq not in (None, "-1"):
                 jobs.append(job)
-        return jobs
+        return len(rows), jobs
 
     def put_back(self, jobs: list[Job], due_at: float) -> None:
         """Park ``jobs`` again (their publish failed); the next tick retries them."""
@@ -79,16 +84,17 @@ class Releaser:
 
 
 def release(releaser: Releaser, send: Callable[[Job], None], *, now: float, limit: int) -> int:
-    """Publish every poll due by ``now`` (at most ``limit``); returns how many were sent.
+    """Publish every poll due by ``now`` (at most ``limit``); returns how many were taken off
+    the wait set (those of ended jobs are taken but not sent): below ``limit``, none is left.
 
     If publishing fails part way, the polls not yet sent are parked again before the error
     propagates, so a broker blip delays them by a tick instead of a recovery grace.
     """
-    jobs = releaser.due(now, limit=limit)
+    popped, jobs = releaser.pop(now, limit=limit)
     for i, job in enumerate(jobs):
         try:
             send(job)
         except Exception:
             releaser.put_back(jobs[i:], now)
             raise
-    return len(jobs)
+    return popped

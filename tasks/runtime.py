@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import redis
 import requests
+from requests.adapters import HTTPAdapter
 
 from tasks.audio_store import AudioStore, LocalStore
 from tasks.jobs import JobStore
@@ -53,6 +54,12 @@ def timeout_s() -> tuple[float, float]:
     return (s.http_connect_timeout_s, s.http_read_timeout_s)
 
 
+# Idle connections to NanoGPT kept per process: one per slot of a poll-only gevent worker with 64
+# (README, "Capacity model"); with requests' default of 10 most of its polls would open and throw
+# away a connection. More slots still work: the extra connections are just not kept.
+NANOGPT_CONNECTIONS = 64
+
+
 @functools.cache
 def nanogpt() -> NanoGPTClient:
     s = settings()
@@ -60,6 +67,9 @@ def nanogpt() -> NanoGPTClient:
         raise RuntimeError("NANOGPT_API_KEY is not set")
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
+    adapter = HTTPAdapter(pool_maxsize=NANOGPT_CONNECTIONS)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return NanoGPTClient(
         session, base_url=s.base_url, api_key=s.api_key.get_secret_value(), timeout_s=timeout_s()
     )

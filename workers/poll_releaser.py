@@ -45,14 +45,14 @@ class PollReleaser(threading.Thread):
                 pause_s = ERROR_PAUSE_S
 
     def release_all(self, releaser: parking.Releaser) -> int:
-        """Publish every poll due now, batch after batch; returns how many."""
-        sent = 0
+        """Publish every poll due now, batch after batch; returns how many were taken."""
+        taken = 0
         while not self._stop_event.is_set():
             n = parking.release(releaser, dispatch.poll_job, now=time.time(), limit=BATCH)
-            sent += n
-            if n < BATCH:
+            taken += n
+            if n < BATCH:  # a short batch emptied what was due
                 break
-        return sent
+        return taken
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -236,9 +236,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.0: one request per connection, so a body without Content-Length (drip, hang) ends
-    # when the connection closes, as it does behind many real gateways.
-    protocol_version = "HTTP/1.0"
+    # HTTP/1.1 keeps connections open between requests, as NanoGPT's front end does, so a
+    # client's pooled session is measured as it behaves for real. A body without Content-Length
+    # (drip, hang) is sent with "Connection: close" and ends when the connection closes, as it
+    # does behind many real gateways.
+    protocol_version = "HTTP/1.1"
+    # The head and the body go out in separate writes: with Nagle's algorithm on, the body of a
+    # kept-alive answer would wait for the client's delayed ACK (40 ms on Linux).
+    disable_nagle_algorithm = True
     server_version = "NanoGPT-Simulator/1.0"
     timeout = _SOCKET_TIMEOUT_S
 
@@ -390,6 +395,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         for name, value in headers:
             self.send_header(name, value)
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
 
 

@@ -101,6 +101,21 @@ def test_a_failed_publish_parks_the_rest_again(store: JobStore, redis_client: re
     assert sorted(sent) == sorted(ids)
 
 
+def test_release_counts_what_it_took_not_only_what_it_sent(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    """A full batch of ended jobs must not read as "nothing more is due" to the batch loop."""
+    live = polling_job(store)[0]
+    redis_client.zadd(WAIT_KEY, {"gone-1": 0, "gone-2": 0})  # before the live one, expired
+    releaser = parking.Releaser(redis_client)
+    sent: list[str] = []
+
+    assert parking.release(releaser, lambda j: sent.append(j.job_id), now=time.time(), limit=2) == 2
+    assert sent == []  # a full batch, nothing in it to send: the caller must pop again
+    assert parking.release(releaser, lambda j: sent.append(j.job_id), now=time.time(), limit=2) == 1
+    assert sent == [live]
+
+
 def test_reconciler_parks_a_poll_that_must_wait(store: JobStore, redis_client: redis.Redis) -> None:
     jid, _ = polling_job(store, due_in=0)
     redis_client.zrem(WAIT_KEY, jid)  # the release happened, the message was lost

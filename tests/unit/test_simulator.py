@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import math
 import threading
 import time
 import uuid
 import wave
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from typing import Any
 
 import pytest
@@ -620,3 +622,40 @@ def test_latency_delays_every_status_answer(sim: Simulator, http: requests.Sessi
         started = time.monotonic()
         assert poll_json(http, sim, run_id)["status"] == expected
         assert time.monotonic() - started >= 0.3
+
+
+def test_answers_keep_the_connection_open(sim: Simulator) -> None:
+    """HTTP/1.1 keep-alive, as a real front end: a pooled client reuses one connection."""
+    run_id = sim.create_run(Scenario(pending_polls=5))
+    connection = HTTPConnection("127.0.0.1", sim.port, timeout=5)
+    sockets = []
+    try:
+        for _ in range(2):
+            connection.request(
+                "GET", f"/api/tts/status?runId={run_id}&model={MODEL}", headers={"x-api-key": KEY}
+            )
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.getheader("Connection") is None
+            assert json.loads(response.read())["status"] == "pending"
+            assert not response.will_close
+            sockets.append(connection.sock)
+        # http.client reconnects silently after a close: the same socket proves there was none.
+        assert sockets[0] is not None
+        assert sockets[0] is sockets[1]
+        assert len(sim.status_polls(run_id)) == 2
+    finally:
+        connection.close()
+
+
+def test_a_body_without_length_closes_the_connection(sim: Simulator) -> None:
+    run_id = sim.create_run(Scenario(audio="drip:0.0001"))
+    connection = HTTPConnection("127.0.0.1", sim.port, timeout=5)
+    try:
+        connection.request("GET", f"/audio/{run_id}.wav")
+        response = connection.getresponse()
+        assert response.getheader("Connection") == "close"
+        assert response.read() == make_wav()  # read to the close: the body's only end
+        assert response.will_close
+    finally:
+        connection.close()
