@@ -220,7 +220,9 @@ class Run:
             poll_ready = int(state.llen(names.POLL_QUEUE))
             held = int(state.hlen("unacked"))
             in_broker = 0
-        if poll_ready == 0 and held + parked + in_broker >= self.sent:
+        # Exactly: a poll that has parked its successor but not yet been acked counts twice
+        # (unacked and parked) for a moment, and must not be read as one held by the worker.
+        if poll_ready == 0 and held + parked + in_broker == self.sent:
             return held, parked, in_broker
         return None
 
