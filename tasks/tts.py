@@ -59,7 +59,7 @@ COMMON: dict[str, Any] = {
 }
 
 
-def _step(task: Task, job_id: str, seq: int) -> str:  # type: ignore[type-arg]
+def _step(task: Task, seq: int) -> str:  # type: ignore[type-arg]
     """The step a delivery counts for (task, poll number, retry): a re-sent copy counts with
     the original."""
     return f"{task.name}:{seq}:{task.request.retries}"
@@ -67,7 +67,7 @@ def _step(task: Task, job_id: str, seq: int) -> str:  # type: ignore[type-arg]
 
 def _load(task: Task, job_id: str, seq: int = 0) -> tuple[Job | None, int]:  # type: ignore[type-arg]
     """The job and this delivery's count, in one Redis round trip."""
-    step = _step(task, job_id, seq)
+    step = _step(task, seq)
     return rt.jobs().load(job_id, delivery=step)
 
 
@@ -79,7 +79,7 @@ def _poisoned(task: Task, job_id: str, deliveries: int | None = None) -> bool:  
     ``deliveries``: the count :func:`_load` took; None counts this delivery now.
     """
     if deliveries is None:
-        step = _step(task, job_id, 0)
+        step = _step(task, 0)
         deliveries = rt.jobs().count_delivery(job_id, step)
     limit = rt.settings().max_deliveries
     if deliveries <= limit:
