@@ -236,8 +236,8 @@ def run(size_name: str) -> Row:
     head = phases[0]  # the Procfile's pool at zero latency
     assert head.noops_per_s is not None
     ratio = head.polls_per_s / head.noops_per_s
-    noops = {p.pool: p.noops_per_s for p in phases if p.noops_per_s is not None}
-    pairs = {p.pool: p.noops_s for p in phases if p.noops_s is not None}
+    # Each pool's no-op rates were measured on its first line (zero latency).
+    noop_line = {p.pool: p for p in phases if p.noops_s is not None}
     table = [
         "| pool × slots | upstream answer | polls/s | no-ops/s (same worker: before / after)"
         " | polls ÷ no-ops"
@@ -246,8 +246,11 @@ def run(size_name: str) -> Row:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in phases:
-        noop = noops[p.pool]
-        first, last = pairs[p.pool]
+        noop_phase = noop_line[p.pool]
+        assert noop_phase.noops_per_s is not None
+        assert noop_phase.noops_s is not None
+        noop = noop_phase.noops_per_s
+        first, last = noop_phase.noops_s
         table.append(
             f"| {p.pool.label} | {p.latency_s * 1000:.0f} ms | {p.polls_per_s:.0f} |"
             f" {noop:.0f} ({first:.0f} / {last:.0f}) | {p.polls_per_s / noop:.2f} |"
@@ -302,7 +305,7 @@ def run(size_name: str) -> Row:
                     "concurrency": p.pool.concurrency,
                     "latency_s": p.latency_s,
                     "polls_per_s": p.polls_per_s,
-                    "noops_per_s": noops[p.pool],
+                    "noops_per_s": noop_line[p.pool].noops_per_s,
                     "worker_cores": p.worker_cores,
                     "polls_per_core_s": p.polls_per_core_s,
                     "redis_cores": p.redis_cores,
