@@ -13,6 +13,7 @@
     │   ├── AudioTooLarge             AUDIO_TOO_LARGE
     │   ├── NotAudio                  NOT_AUDIO
     │   ├── DeadlineExceeded          TIMEOUT
+    │   ├── SubmitUnconfirmed         SUBMIT_UNCONFIRMED (the paid POST's fate is unknown)
     │   ├── WorkerLost                WORKER_LOST (a step crashed its worker too many times)
     │   ├── StorageFailed             STORAGE_FAILED   (access denied, no such bucket)
     │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
@@ -95,6 +96,14 @@ class DeadlineExceeded(PermanentError):
     code = "TIMEOUT"
 
 
+class SubmitUnconfirmed(PermanentError):
+    """The POST may have been accepted (and billed) but no answer proves it: a read timeout or
+    a connection cut after it was sent, 500/502/504, or a worker that died while sending it.
+    NanoGPT takes no idempotency key, so sending it again could bill twice: the job ends."""
+
+    code = "SUBMIT_UNCONFIRMED"
+
+
 class WorkerLost(PermanentError):
     """A poison message: the step killed its worker process on every delivery; parked."""
 
@@ -157,6 +166,7 @@ OUTCOME_CODES = frozenset(
         "DOWNLOAD_FAILED",
         "WORKER_LOST",
         "STORAGE_FAILED",
+        "SUBMIT_UNCONFIRMED",
     }
 )
 

@@ -69,6 +69,18 @@ def raise_for_status(response: requests.Response, *, what: str) -> None:
     raise errors.UpstreamFailed(message)
 
 
+def never_sent(exc: BaseException) -> bool:
+    """Whether a failed request provably never reached the server: no connection was made
+    (refused, unresolvable, connect timeout, TLS handshake failed). A read timeout or a
+    connection cut after the request went out may have been acted on."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    if isinstance(exc, requests.ConnectionError) and exc.args:
+        reason = getattr(exc.args[0], "reason", None)  # urllib3's MaxRetryError
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
 @contextlib.contextmanager
 def mapped(what: str, *, transient: type[errors.TransientError]) -> Iterator[None]:
     """Turn ``requests`` exceptions raised inside the block into project errors.

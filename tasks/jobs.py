@@ -1,25 +1,50 @@
 """Job state in Redis: one hash per job, changed only by small atomic scripts.
 
-Two guards make redelivered or duplicated messages harmless:
+This module owns every transition of a job (:mod:`tasks.states` names the states). Each method
+below is one transition; it acts only if the job is in the state it expects, so a stale,
+duplicated or crafted message meets a transition that refuses it. The guards:
 
+* a **post claim** (``post_attempt`` and ``post_lease_until``): one execution of a submit at a
+  time may send the paid POST; the claim is taken before the POST and settled after it;
 * a **lease** per chain of polls: ``token`` (random, set when the chain starts) and ``seq`` (the
   number of the poll that is due). A poll message carries both; it may act only while they match,
   and acting moves ``seq`` on, so a stale or doubled poll finds a mismatch and exits;
 * a **first-writer-wins outcome**: ``settle`` writes the outcome only if none exists, and the
   notify step claims the right to send with an owner and a lease.
+
+Times are epoch seconds from the store's ``clock`` (``time.time`` in a worker; the simulation's
+fake clock in tests/sim): the scripts never read Redis' own clock.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from tasks.states import ACTIVE, FINAL, SEQ_DONE, NotifyState, Status
+
+__all__ = [
+    "ACTIVE",
+    "DUE_KEY",
+    "FINAL",
+    "KEY_PREFIX",
+    "SEQ_DONE",
+    "SPOOL_PREFIX",
+    "WAIT_KEY",
+    "Job",
+    "JobStore",
+]
+
 KEY_PREFIX = "tts:job:"
+#: Audio that arrived in a submit's answer, kept until it is stored (base64 text, with a TTL).
+SPOOL_PREFIX = "tts:spool:"
 #: Sorted set of job ids scored by when each job must next show progress (epoch seconds). A job
 #: still in it past that time lost a message (worker killed, failed publish): the reconciler
 #: re-sends its current step. Every state change below moves the score in the same script.
@@ -28,63 +53,55 @@ DUE_KEY = "tts:due"
 #: polls wait in Redis (``TTS_POLL_WAIT``): the workers release due ones (tasks/parking.py), so
 #: no worker holds a waiting poll in memory. The job hash holds everything the poll needs.
 WAIT_KEY = "tts:wait"
-# A poll chain that finished (or was superseded) moves ``seq`` here, which no message carries.
-SEQ_DONE = "-1"
-ACTIVE = frozenset({"submitting", "polling", "downloading"})
-FINAL = frozenset({"completed", "failed"})
+# ARGV value for "leave the job's check time as it is".
+_KEEP = "-"
 
-# Shared tail of every script: move the job in the due set (ARGV[n] == '' removes it).
-_DUE = """
-local function due(job_id, check_at)
-  if check_at == '' then redis.call('ZREM', KEYS[2], job_id)
-  else redis.call('ZADD', KEYS[2], check_at, job_id) end
-end
-"""
-
-# Create the record only if the job id is new. Returns 1 when this call created it.
-_CREATE = (
-    _DUE
-    + """
+# Accept a job: create the record only if the job id is new. Returns 1 when this call created it.
+_ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-due(ARGV[3], ARGV[2])
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
 return 1
 """
-)
 
-# Compare-and-set on the poll lease: act only if token and seq match; then set seq and fields,
-# and park the next poll until ARGV[6] when it is not ''.
-_ADVANCE = (
-    _DUE
-    + """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[3], unpack(ARGV, 7))
-redis.call('HINCRBY', KEYS[1], 'polls', 1)
-due(ARGV[5], ARGV[4])
-if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5]) end
+# Every guarded transition: act only if each guard field holds its expected value ('' = unset);
+# then set the fields, count a poll, renew the TTL, move the check time and park the next poll.
+# ARGV: [1] guards, [2] check_at ('' drops it, '-' keeps it), [3] job id, [4] park_at ('' none),
+# [5] polls to add, [6] TTL seconds ('' keeps it), then guard pairs, then field pairs.
+_TRANSITION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  if (redis.call('HGET', KEYS[1], ARGV[7 + 2 * i]) or '') ~= ARGV[8 + 2 * i] then return 0 end
+end
+local first = 7 + 2 * n
+if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
+if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], 'polls', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[3])
+elseif ARGV[2] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
 return 1
 """
-)
 
-# First outcome wins. With a lease (ARGV[2] ~= ''), only the current poll may settle.
-_SETTLE = (
-    _DUE
-    + """
+# Settle: the first outcome wins (and, with guards, only from the state they name). The poll
+# chain closes, the parked poll and the spooled audio go, the record lives TTL more seconds.
+# ARGV: [1] TTL, [2] guards, [3] check_at, [4] job id, then guard pairs, then field pairs.
+_SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then return 0 end
-if ARGV[2] ~= '' then
-  if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
-  if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[3] then return 0 end
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  if (redis.call('HGET', KEYS[1], ARGV[5 + 2 * i]) or '') ~= ARGV[6 + 2 * i] then return 0 end
 end
-redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 5 + 2 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-due(ARGV[5], ARGV[4])
-redis.call('ZREM', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[4])
 return 1
 """
-)
 
 # The right to send the webhook: free, already ours, or left by an owner whose lease ran out.
 _CLAIM_NOTIFY = """
@@ -97,11 +114,10 @@ redis.call('HSET', KEYS[1], 'notify_owner', ARGV[1], 'notify_lease_until', ARGV[
 return 1
 """
 
-
 # Count a delivery of step ARGV[1] in the job's own hash and return {count, the hash}. One
 # counter per job: steps run one after another, so a new step starts it again at 1, and it
 # disappears with the job (a key per step would pile up for a day at hundreds of polls/s).
-_DELIVERED = """
+_COUNT_DELIVERY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
 local n = 1
 if redis.call('HGET', KEYS[1], 'delivery_step') == ARGV[1] then
@@ -128,6 +144,10 @@ def _flatten(fields: dict[str, Any]) -> list[str]:
     return flat
 
 
+def _time_arg(at: float | None) -> str:
+    return "" if at is None else repr(at)
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as stored; ``outcome`` is the webhook's ``type``/``audio``/``error`` part."""
@@ -145,6 +165,9 @@ class Job:
     deadline_at: float | None = None
     next_poll_at: float | None = None
     polls: int = 0
+    # POSTs sent for this job (at most one accepted: see tasks/states.py) and the last claim.
+    posts: int = 0
+    post_lease_until: float | None = None
     queue_position: int | None = None
     # For the schedule: the first queued position seen and when, and since when the job has
     # been at the head of the queue.
@@ -153,6 +176,9 @@ class Job:
     head_since: float | None = None
     last_status: str | None = None
     audio_url: str | None = None
+    # The audio came in the submit's answer and waits in the spool (SPOOL_PREFIX + job id).
+    spooled: bool = False
+    content_type: str | None = None
     outcome: dict[str, Any] | None = None
     finished_at: float | None = None
     notify_state: str | None = None
@@ -164,6 +190,7 @@ class Job:
     token: str | None = field(default=None, repr=False)
     seq: str | None = field(default=None, repr=False)
     submit_owner: str | None = field(default=None, repr=False)
+    post_attempt: str | None = field(default=None, repr=False)
     chain_owner: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -171,7 +198,9 @@ class Job:
         def num(name: str) -> float | None:
             return float(raw[name]) if raw.get(name) not in (None, "") else None
 
-        position = raw.get("queue_position")
+        def whole(name: str) -> int | None:
+            return int(raw[name]) if raw.get(name) not in (None, "", "null") else None
+
         return cls(
             job_id=raw["job_id"],
             status=raw.get("status", "unknown"),
@@ -186,14 +215,16 @@ class Job:
             deadline_at=num("deadline_at"),
             next_poll_at=num("next_poll_at"),
             polls=int(raw.get("polls", "0")),
-            queue_position=int(position) if position not in (None, "", "null") else None,
-            queue_first_position=(
-                int(raw["queue_first_position"]) if raw.get("queue_first_position") else None
-            ),
+            posts=int(raw.get("posts", "0")),
+            post_lease_until=num("post_lease_until"),
+            queue_position=whole("queue_position"),
+            queue_first_position=whole("queue_first_position"),
             queue_first_seen_at=num("queue_first_seen_at"),
             head_since=num("head_since"),
             last_status=raw.get("last_status"),
             audio_url=raw.get("audio_url"),
+            spooled=raw.get("spooled") == "1",
+            content_type=raw.get("content_type"),
             outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
             finished_at=num("finished_at"),
             notify_state=raw.get("notify_state"),
@@ -205,21 +236,18 @@ class Job:
             token=raw.get("token"),
             seq=raw.get("seq"),
             submit_owner=raw.get("submit_owner"),
+            post_attempt=raw.get("post_attempt"),
             chain_owner=raw.get("chain_owner"),
         )
 
     def holds(self, token: str, seq: int) -> bool:
         """Whether a poll message carrying this lease is the one that is due."""
-        return self.token == token and self.seq == str(seq)
+        return self.status == Status.POLLING and self.token == token and self.seq == str(seq)
 
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {"token", "seq", "submit_owner", "chain_owner", "request"}
+        hidden = {"token", "seq", "submit_owner", "chain_owner", "request", "post_attempt"}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
-
-
-def _due_arg(check_at: float | None) -> str:
-    return "" if check_at is None else repr(check_at)
 
 
 class JobStore:
@@ -229,90 +257,202 @@ class JobStore:
     it off the reconciler's watch (the job needs nothing more from us).
     """
 
-    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, ttl_s: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self._create = client.register_script(_CREATE)
-        self._advance = client.register_script(_ADVANCE)
+        self._clock = clock
+        self._accept = client.register_script(_ACCEPT)
+        self._transition = client.register_script(_TRANSITION)
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
-        self._delivered = client.register_script(_DELIVERED)
+        self._count_delivery = client.register_script(_COUNT_DELIVERY)
 
     def _keys(self, job_id: str) -> list[str]:
         return [_key(job_id), DUE_KEY, WAIT_KEY]
+
+    # --- reading -----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         raw = self._redis.hgetall(_key(job_id))
         return Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
 
+    def load(self, job_id: str, *, delivery: str) -> tuple[Job | None, int]:
+        """The job, and how many times its step ``delivery`` has started (1 the first time),
+        in one round trip. (None, 0) when there is no such job."""
+        count, flat = self._count_delivery(keys=[_key(job_id)], args=[delivery])
+        if not flat:
+            return None, 0
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Job.from_hash(raw), int(count)
+
+    def count_delivery(self, job_id: str, delivery: str) -> int:
+        """:meth:`load` without the job: the count alone (0 when there is no such job)."""
+        return self.load(job_id, delivery=delivery)[1]
+
+    def overdue(self, now: float, *, limit: int) -> list[str]:
+        """Job ids whose check time has passed, oldest first."""
+        ids = self._redis.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)
+        return [str(job_id) for job_id in ids]
+
+    def spooled_audio(self, job_id: str) -> bytes | None:
+        """The audio a submit's answer carried, if it is still in the spool."""
+        text = self._redis.get(SPOOL_PREFIX + job_id)
+        return None if text is None else base64.b64decode(str(text))
+
+    # --- transitions -------------------------------------------------------------------------
+
     def create(
         self, job_id: str, fields: dict[str, Any], *, ttl_s: float, check_at: float | None
     ) -> bool:
-        """Create the record if the job id is new; False if it exists (a duplicate enqueue)."""
-        now = time.time()
+        """Accept a job: create the record if the job id is new; False if it exists."""
+        now = self._clock()
         record = {"job_id": job_id, "created_at": now, "updated_at": now, **fields}
         argv: list[str | int] = [
-            int(ttl_s) + self._ttl_s,
-            _due_arg(check_at),
+            max(1, int(ttl_s) + self._ttl_s),
+            _time_arg(check_at),
             job_id,
             *_flatten(record),
         ]
-        return bool(self._create(keys=self._keys(job_id), args=argv))
+        return bool(self._accept(keys=self._keys(job_id), args=argv))
+
+    def _move(
+        self,
+        job_id: str,
+        guards: Mapping[str, str],
+        fields: dict[str, Any],
+        *,
+        check_at: float | str | None = _KEEP,
+        park_at: float | None = None,
+        polls: int = 0,
+        ttl_s: float | None = None,
+    ) -> bool:
+        check = check_at if isinstance(check_at, str) else _time_arg(check_at)
+        argv: list[str | int] = [
+            len(guards),
+            check,
+            job_id,
+            _time_arg(park_at),
+            polls,
+            "" if ttl_s is None else max(1, int(ttl_s) + self._ttl_s),
+        ]
+        for name, expected in guards.items():
+            argv += [name, expected]
+        argv += _flatten({**fields, "updated_at": self._clock()})
+        return bool(self._transition(keys=self._keys(job_id), args=argv))
 
     def update(self, job_id: str, fields: dict[str, Any], *, check_at: float | None = None) -> None:
         """Unguarded write of informational fields, and optionally a new check time."""
-        flat = _flatten({**fields, "updated_at": time.time()})
+        flat = _flatten({**fields, "updated_at": self._clock()})
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
             if check_at is not None:
                 pipe.zadd(DUE_KEY, {job_id: check_at}, xx=True)
             pipe.execute()
 
-    def start_chain(
-        self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
-    ) -> str | None:
-        """Start a poll chain for a new job; returns its token, or None for a duplicate."""
-        token = uuid.uuid4().hex
-        created = self.create(
-            job_id,
-            {**fields, "status": "polling", "token": token, "seq": "0", "deadline_at": deadline_at},
-            ttl_s=deadline_at - time.time(),
-            check_at=check_at,
-        )
-        return token if created else None
-
-    def hand_over(
+    def begin_post(
         self,
         job_id: str,
+        owner: str,
+        attempt: str,
+        *,
+        posts: int,
+        lease_until: float,
+        check_at: float,
+    ) -> bool:
+        """submitting → posting: this execution (``attempt``) of the submit message ``owner``
+        alone may send the POST, the job's ``posts``-th; the claim runs out at ``lease_until``."""
+        return self._move(
+            job_id,
+            {"status": Status.SUBMITTING, "submit_owner": owner},
+            {
+                "status": Status.POSTING,
+                "post_attempt": attempt,
+                "post_lease_until": lease_until,
+                "posts": posts,
+            },
+            check_at=check_at,
+        )
+
+    def post_refused(
+        self, job_id: str, attempt: str, fields: dict[str, Any], *, check_at: float
+    ) -> bool:
+        """posting → submitting: the POST provably was not accepted; it may be sent again."""
+        return self._move(
+            job_id,
+            {"status": Status.POSTING, "post_attempt": attempt},
+            {**fields, "status": Status.SUBMITTING},
+            check_at=check_at,
+        )
+
+    def post_accepted(
+        self,
+        job_id: str,
+        attempt: str,
         fields: dict[str, Any],
         *,
         deadline_at: float,
         check_at: float,
         park_at: float | None = None,
-    ) -> str:
-        """Turn a job claimed by submit into a poll chain; returns the chain's token.
-
-        ``park_at``: park the chain's first poll in Redis until then, in the same transaction.
-        """
+    ) -> str | None:
+        """posting → polling: the ticket starts a poll chain; returns its token (None if this
+        attempt no longer holds the claim). ``park_at``: park the first poll in Redis."""
         token = uuid.uuid4().hex
-        flat = _flatten(
+        moved = self._move(
+            job_id,
+            {"status": Status.POSTING, "post_attempt": attempt},
             {
                 **fields,
-                "status": "polling",
+                "status": Status.POLLING,
                 "token": token,
                 "seq": "0",
                 "deadline_at": deadline_at,
-                "updated_at": time.time(),
-            }
+            },
+            check_at=check_at,
+            park_at=park_at,
+            ttl_s=deadline_at - self._clock(),
         )
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
-            pipe.expire(_key(job_id), int(deadline_at - time.time()) + self._ttl_s)
-            pipe.zadd(DUE_KEY, {job_id: check_at})
-            if park_at is not None:
-                pipe.zadd(WAIT_KEY, {job_id: park_at})
-            pipe.execute()
-        return token
+        return token if moved else None
+
+    def audio_ready(
+        self, job_id: str, attempt: str, fields: dict[str, Any], *, check_at: float
+    ) -> bool:
+        """posting → downloading: the submit answered with the audio (a link, or spooled)."""
+        return self._move(
+            job_id,
+            {"status": Status.POSTING, "post_attempt": attempt},
+            {**fields, "status": Status.DOWNLOADING},
+            check_at=check_at,
+        )
+
+    def spool(self, job_id: str, audio: bytes, *, ttl_s: float) -> None:
+        """Keep audio that arrived in a submit's answer until it is stored (settle drops it)."""
+        self._redis.set(
+            SPOOL_PREFIX + job_id, base64.b64encode(audio).decode(), ex=max(1, int(ttl_s))
+        )
+
+    def drop_spool(self, job_id: str) -> None:
+        self._redis.delete(SPOOL_PREFIX + job_id)
+
+    def start_chain(
+        self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
+    ) -> str | None:
+        """Accept a poll chain started by name; returns its token, or None for a duplicate."""
+        token = uuid.uuid4().hex
+        created = self.create(
+            job_id,
+            {
+                **fields,
+                "status": Status.POLLING,
+                "token": token,
+                "seq": "0",
+                "deadline_at": deadline_at,
+            },
+            ttl_s=deadline_at - self._clock(),
+            check_at=check_at,
+        )
+        return token if created else None
 
     def advance(
         self,
@@ -324,39 +464,28 @@ class JobStore:
         check_at: float,
         park_at: float | None = None,
     ) -> bool:
-        """Move the lease from poll ``seq`` to ``seq + 1``; False if this poll is not current.
-
-        ``park_at``: park the next poll in Redis until then (in the same atomic step), rather
-        than the caller sending a countdown message.
-        """
-        return self._cas(job_id, token, seq, str(seq + 1), fields, check_at, park_at)
+        """Next poll: move the lease from poll ``seq`` to ``seq + 1``; False if this poll is
+        not current. ``park_at``: park the next poll in Redis until then, in the same step."""
+        return self._move(
+            job_id,
+            {"status": Status.POLLING, "token": token, "seq": str(seq)},
+            {**fields, "seq": str(seq + 1)},
+            check_at=check_at,
+            park_at=park_at,
+            polls=1,
+        )
 
     def end_polling(
         self, job_id: str, token: str, seq: int, fields: dict[str, Any], *, check_at: float
     ) -> bool:
-        """Close the poll chain (completed: the download takes over); False if not current."""
-        return self._cas(job_id, token, seq, SEQ_DONE, fields, check_at)
-
-    def _cas(
-        self,
-        job_id: str,
-        token: str,
-        seq: int,
-        new_seq: str,
-        fields: dict[str, Any],
-        check_at: float,
-        park_at: float | None = None,
-    ) -> bool:
-        argv = [
-            token,
-            str(seq),
-            new_seq,
-            _due_arg(check_at),
+        """polling → downloading (the audio is ready); False if this poll is not current."""
+        return self._move(
             job_id,
-            _due_arg(park_at),
-            *_flatten({**fields, "updated_at": time.time()}),
-        ]
-        return bool(self._advance(keys=self._keys(job_id), args=argv))
+            {"status": Status.POLLING, "token": token, "seq": str(seq)},
+            {**fields, "status": Status.DOWNLOADING, "seq": SEQ_DONE},
+            check_at=check_at,
+            polls=1,
+        )
 
     def settle(
         self,
@@ -365,51 +494,46 @@ class JobStore:
         *,
         check_at: float,
         lease: tuple[str, int] | None = None,
+        guards: Mapping[str, str] | None = None,
         polls: int | None = None,
     ) -> bool:
-        """Record the job's outcome if it has none yet; True for the one caller that did.
-
-        ``polls``: the job's poll count including the one that ended it, when a poll did.
-        """
-        now = time.time()
-        status = "completed" if outcome["type"] == "tts.completed" else "failed"
+        """→ completed / failed: record the job's outcome if it has none yet; True for the one
+        caller that did. ``lease``: only the current poll may settle; ``guards``: only while
+        these fields hold these values. ``polls``: the poll count including the one that
+        ended the job, when a poll did."""
+        now = self._clock()
+        status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
             "polls": polls,
             "outcome": outcome,
             "status": status,
             "finished_at": now,
             "updated_at": now,
-            "notify_state": "queued",
+            "notify_state": NotifyState.QUEUED,
         }
-        token, seq = lease if lease else ("", 0)
-        argv: list[str | int] = [
-            self._ttl_s,
-            token,
-            str(seq),
-            _due_arg(check_at),
-            job_id,
-            *_flatten(fields),
-        ]
-        return bool(self._settle(keys=self._keys(job_id), args=argv))
+        expected = dict(guards or {})
+        if lease is not None:
+            expected |= {"token": lease[0], "seq": str(lease[1])}
+        argv: list[str | int] = [self._ttl_s, len(expected), _time_arg(check_at), job_id]
+        for name, value in expected.items():
+            argv += [name, value]
+        argv += _flatten(fields)
+        keys = [*self._keys(job_id), SPOOL_PREFIX + job_id]
+        return bool(self._settle(keys=keys, args=argv))
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
         """Take the right to send this job's webhook (re-entrant for the same task id)."""
-        now = time.time()
-        argv = [owner, str(now), str(now + lease_s)]
+        now = self._clock()
+        argv = [owner, repr(now), repr(now + lease_s)]
         return bool(self._claim_notify(keys=[_key(job_id)], args=argv))
 
     def finish_notify(self, job_id: str, state: str, **fields: Any) -> None:
         """Record how delivery ended (delivered, gone, refused, expired, none): nothing is due."""
-        flat = _flatten({"notify_state": state, "updated_at": time.time(), **fields})
+        flat = _flatten({"notify_state": state, "updated_at": self._clock(), **fields})
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
             pipe.zrem(DUE_KEY, job_id)
             pipe.execute()
-
-    def overdue(self, now: float, *, limit: int) -> list[str]:
-        """Job ids whose check time has passed, oldest first."""
-        ids = self._redis.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)
-        return [str(job_id) for job_id in ids]
 
     def park(self, job_id: str, due_at: float) -> None:
         """Park the job's current poll in Redis until ``due_at`` (epoch seconds)."""
@@ -421,16 +545,3 @@ class JobStore:
             self._redis.zrem(DUE_KEY, job_id)
         else:
             self._redis.zadd(DUE_KEY, {job_id: check_at})
-
-    def load(self, job_id: str, *, delivery: str) -> tuple[Job | None, int]:
-        """The job, and how many times its step ``delivery`` has started (1 the first time),
-        in one round trip. (None, 0) when there is no such job."""
-        count, flat = self._delivered(keys=[_key(job_id)], args=[delivery])
-        if not flat:
-            return None, 0
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Job.from_hash(raw), int(count)
-
-    def count_delivery(self, job_id: str, delivery: str) -> int:
-        """:meth:`load` without the job: the count alone (0 when there is no such job)."""
-        return self.load(job_id, delivery=delivery)[1]

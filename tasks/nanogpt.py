@@ -2,25 +2,38 @@
 
 Every answer becomes a value from :mod:`tasks.parsing` or a project error from
 :mod:`tasks.errors`; deciding what to do next is the tasks' business.
+
+A submit is paid and NanoGPT takes no idempotency key, so its failures are told apart by what
+they prove: a :class:`errors.TransientError` only when the POST provably was not accepted (no
+connection was made, 429, 503, 408, 425), and may be sent again; :class:`errors.SubmitUnconfirmed`
+when it may have been (a read timeout or a connection cut after the request went out, 500, 502,
+504), never sent again; and once NanoGPT answered 2xx, any failure to read the answer is
+permanent, since the request was accepted (and billed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
 
-from tasks import errors, parsing
-from tasks.http_errors import mapped, raise_for_status
+from tasks import errors, parsing, storage
+from tasks.http_errors import mapped, never_sent, raise_for_status
 from tasks.validation import PollRequest, SubmitRequest
+
+# Statuses that say the server did not act on the request: it may be sent again.
+NOT_ACCEPTED_STATUSES = frozenset({408, 425, 429, 503})
 
 
 @dataclass(frozen=True)
 class InlineAudio:
-    """A synchronous submit that answered with the audio bytes themselves (still streaming)."""
+    """A synchronous submit that answered with the audio bytes themselves, read in full (at
+    most ``TTS_MAX_AUDIO_BYTES``): they are spooled before anything else can fail."""
 
-    response: requests.Response
+    audio: bytes
     content_type: str
 
 
@@ -37,15 +50,19 @@ class NanoGPTClient:
         base_url: str,
         api_key: str,
         timeout_s: tuple[float, float],
+        max_audio_bytes: int = 52_428_800,
+        audio_timeout_s: float = 120.0,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._headers = {"x-api-key": api_key, "Accept": "application/json, audio/*"}
         self._timeout_s = timeout_s
+        self._max_audio_bytes = max_audio_bytes
+        self._audio_timeout_s = audio_timeout_s
 
     def submit(self, request: SubmitRequest) -> SubmitResult:
         """One ``POST /tts``: a ticket (202), an audio link or inline audio (200)."""
-        with mapped("submit", transient=errors.UpstreamUnavailable):
+        try:
             response = self._session.post(
                 f"{self._base_url}/tts",
                 json=request.body(),
@@ -53,18 +70,41 @@ class NanoGPTClient:
                 timeout=self._timeout_s,
                 stream=True,
             )
-        if response.status_code != 200 and response.status_code != 202:
+        except requests.RequestException as exc:
+            if not never_sent(exc):
+                raise errors.SubmitUnconfirmed(
+                    f"submit: {type(exc).__name__} after the request was sent"
+                ) from None
+            with mapped("submit", transient=errors.UpstreamUnavailable):
+                raise
+        status = response.status_code
+        if status not in (200, 202):
             with response:
+                if status >= 500 and status not in NOT_ACCEPTED_STATUSES:
+                    raise errors.SubmitUnconfirmed(f"submit: HTTP {status}")
                 raise_for_status(response, what="submit")
-                raise errors.InvalidResponse(f"submit: unexpected HTTP {response.status_code}")
-        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if response.status_code == 200 and content_type.startswith("audio/"):
-            return InlineAudio(response, content_type)
+                raise errors.InvalidResponse(f"submit: unexpected HTTP {status}")
+        with _accepted():
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if status == 200 and content_type.startswith("audio/"):
+                return InlineAudio(self._read_audio(response), content_type)
+            with response:
+                payload = self._json(response, what="submit")
+            if status == 202:
+                return parsing.parse_ticket(payload, fallback_model=request.model)
+            return parsing.parse_sync_answer(payload)
+
+    def _read_audio(self, response: requests.Response) -> bytes:
         with response:
-            payload = self._json(response, what="submit")
-        if response.status_code == 202:
-            return parsing.parse_ticket(payload, fallback_model=request.model)
-        return parsing.parse_sync_answer(payload)
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self._max_audio_bytes:
+                raise errors.AudioTooLarge(
+                    f"audio declares {declared} bytes, over {self._max_audio_bytes}"
+                )
+            with mapped("submit", transient=errors.DownloadInterrupted):
+                return storage.read_all(
+                    response, max_bytes=self._max_audio_bytes, timeout_s=self._audio_timeout_s
+                )
 
     def status(self, poll: PollRequest) -> parsing.StatusResult:
         """One ``GET /tts/status``, passing the ticket's cost and payment source for refunds."""
@@ -94,3 +134,15 @@ class NanoGPTClient:
         except ValueError as exc:
             kind = response.headers.get("Content-Type", "?")
             raise errors.InvalidResponse(f"{what}: body is not valid JSON ({kind})") from exc
+
+
+@contextlib.contextmanager
+def _accepted() -> Iterator[None]:
+    """NanoGPT answered 2xx: it accepted (and billed) the request, so a failure from here on
+    is not retried by sending it again; its public code is kept."""
+    try:
+        yield
+    except errors.TransientError as exc:
+        raise errors.UpstreamFailed(
+            f"{exc.message} (after NanoGPT accepted it)", code=exc.code
+        ) from None

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import redis
 
 from tasks.jobs import KEY_PREFIX, WAIT_KEY, Job
+from tasks.states import Status, has_live_poll
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ _FIELDS = (
     "payment_source",
     "is_api_request",
     "notify_url",
+    "status",
 )
 
 # Pop up to ARGV[2] ids due by ARGV[1]; return each with its job's poll fields (false = unset).
@@ -70,10 +72,10 @@ class Releaser:
         rows = self._release(keys=[WAIT_KEY], args=[repr(now), limit, KEY_PREFIX, *_FIELDS])
         jobs = []
         for job_id, *values in rows:
-            raw = {"job_id": job_id, "status": "polling"}
+            raw = {"job_id": job_id, "status": Status.FAILED}  # an expired job: nothing to do
             raw |= {k: v for k, v in zip(_FIELDS, values, strict=True) if v is not None}
             job = Job.from_hash(raw)
-            if job.run_id and job.model and job.token and job.seq not in (None, "-1"):
+            if has_live_poll(job):
                 jobs.append(job)
         return len(rows), jobs
 

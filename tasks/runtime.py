@@ -7,16 +7,23 @@ socket is shared between processes) and dropped by :func:`reset` after a fork.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import redis
 import requests
 from requests.adapters import HTTPAdapter
 
+from tasks import storage, webhooks
 from tasks.audio_store import AudioStore, LocalStore
+from tasks.context import Ctx
+from tasks.dispatch import Dispatcher, celery_send
 from tasks.jobs import JobStore
-from tasks.nanogpt import NanoGPTClient
+from tasks.nanogpt import NanoGPTClient, SubmitResult
+from tasks.parsing import StatusResult
 from tasks.safe_http import SafeHttp
+from tasks.validation import PollRequest, SubmitRequest
 from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -71,7 +78,12 @@ def nanogpt() -> NanoGPTClient:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return NanoGPTClient(
-        session, base_url=s.base_url, api_key=s.api_key.get_secret_value(), timeout_s=timeout_s()
+        session,
+        base_url=s.base_url,
+        api_key=s.api_key.get_secret_value(),
+        timeout_s=timeout_s(),
+        max_audio_bytes=s.max_audio_bytes,
+        audio_timeout_s=s.download_timeout_s,
     )
 
 
@@ -105,7 +117,76 @@ def audio_store() -> AudioStore:
     return LocalStore(where.path)
 
 
+class _Upstream:
+    """NanoGPT, built on first use (the worker's main process, which only records received
+    messages, never needs the API key's session)."""
+
+    def submit(self, request: SubmitRequest) -> SubmitResult:
+        return nanogpt().submit(request)
+
+    def status(self, poll: PollRequest) -> StatusResult:
+        return nanogpt().status(poll)
+
+
+class _AudioStore:
+    """The audio store, built on first use (boto3 loads only where audio is stored)."""
+
+    def save(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        job_id: str,
+        content_type: str,
+        max_bytes: int,
+        deadline_monotonic: float,
+    ) -> storage.StoredAudio:
+        return audio_store().save(
+            chunks,
+            job_id=job_id,
+            content_type=content_type,
+            max_bytes=max_bytes,
+            deadline_monotonic=deadline_monotonic,
+        )
+
+    def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
+        return audio_store().fresh(audio)
+
+
+def _fetch(
+    url: str, *, store: AudioStore, job_id: str, max_bytes: int, timeout_s: float
+) -> storage.StoredAudio:
+    return storage.download(
+        safe_http(), url, store=store, job_id=job_id, max_bytes=max_bytes, timeout_s=timeout_s
+    )
+
+
+def _webhook(url: str, body: dict[str, Any], *, msg_id: str) -> int:
+    secret = settings().webhook_secret
+    return webhooks.deliver(
+        safe_http(),
+        url,
+        body,
+        msg_id=msg_id,
+        secret=secret.get_secret_value() if secret else None,
+    )
+
+
+@functools.cache
+def context() -> Ctx:
+    """This process's :class:`Ctx`: the real Redis, NanoGPT, audio store, webhooks and clock."""
+    return Ctx(
+        settings=settings(),
+        jobs=jobs(),
+        upstream=_Upstream(),
+        fetch=_fetch,
+        audio_store=_AudioStore(),
+        webhook=_webhook,
+        dispatch=Dispatcher(celery_send, settings),
+        clock=time.time,
+    )
+
+
 def reset() -> None:
     """Forget every cached object (after a fork, or in tests that change the environment)."""
-    for cached in (redis_client, jobs, nanogpt, safe_http, s3_client, audio_store):
+    for cached in (redis_client, jobs, nanogpt, safe_http, s3_client, audio_store, context):
         cached.cache_clear()

@@ -170,6 +170,33 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
         yield chunk
 
 
+def read_all(response: requests.Response, *, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body of a streaming response, refused past ``max_bytes`` or ``timeout_s``."""
+    meter = Meter(
+        _chunks(response), max_bytes=max_bytes, deadline_monotonic=time.monotonic() + timeout_s
+    )
+    return b"".join(meter)
+
+
+def store_bytes(
+    audio: bytes,
+    *,
+    store: AudioStore,
+    job_id: str,
+    content_type: str,
+    max_bytes: int,
+    timeout_s: float,
+) -> StoredAudio:
+    """Store audio held in memory (a spooled submit answer) like a download."""
+    return store.save(
+        iter((audio,)),
+        job_id=job_id,
+        content_type=audio_type(content_type),
+        max_bytes=max_bytes,
+        deadline_monotonic=time.monotonic() + timeout_s,
+    )
+
+
 def store_response(
     response: requests.Response,
     *,

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
-from tasks import dispatch, parking
+from tasks import parking
 from tasks import runtime as rt
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,8 @@ class PollReleaser(threading.Thread):
         """Publish every poll due now, batch after batch; returns how many were taken."""
         taken = 0
         while not self._stop_event.is_set():
-            n = parking.release(releaser, dispatch.poll_job, now=time.time(), limit=BATCH)
+            ctx = rt.context()
+            n = parking.release(releaser, ctx.dispatch.poll_job, now=ctx.clock(), limit=BATCH)
             taken += n
             if n < BATCH:  # a short batch emptied what was due
                 break

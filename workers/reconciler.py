@@ -41,8 +41,7 @@ class ReconcilerThread(threading.Thread):
         lock_ms = max(1, int(self.interval_s * 900))  # expires before the next tick anywhere
         if not rt.redis_client().set(LOCK_KEY, self._owner, nx=True, px=lock_ms):
             return False
-        s = rt.settings()
-        reconcile.scan(rt.jobs(), recheck_after_s=s.recovery_grace_s, park=s.polls_wait_in_redis)
+        reconcile.scan(rt.context())
         return True
 
     def stop(self) -> None:

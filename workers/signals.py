@@ -5,12 +5,13 @@ metrics, put job and task ids on log lines, and run the reconciler and the poll 
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any
 
 from celery import Task, signals
 
-from tasks import logctx, redact, runtime
+from tasks import logctx, received, redact, runtime
 from workers import log_redaction, metrics_server, poll_releaser, reconciler
 from workers.settings import get_settings
 
@@ -63,6 +64,33 @@ def redact_received(request: Any = None, **_: Any) -> None:
         return
     request._argsrepr = redact.args_repr(request.args or ())
     request._kwargsrepr = redact.kwargs_repr(request.kwargs or {})
+
+
+def record_received(request: Any = None, **_: Any) -> None:
+    """Give the job a caller's message starts a record as soon as the worker holds it
+    (:mod:`tasks.received`), so a worker that dies before running it loses nothing."""
+    if request is None:
+        return
+    try:
+        start_at = _eta_s(request.eta)
+        received.on_received(
+            runtime.context(),
+            request.name,
+            request.id,
+            request.args or (),
+            request.kwargs or {},
+            start_at=start_at,
+        )
+    except Exception:  # the consumer must go on; the task records the job when it runs
+        log.exception("recording received task %s failed", request.id)
+
+
+def _eta_s(eta: object) -> float | None:
+    if isinstance(eta, datetime.datetime):
+        return eta.timestamp()
+    if isinstance(eta, str) and eta:
+        return datetime.datetime.fromisoformat(eta).timestamp()
+    return None
 
 
 def prepare_metrics(**_: Any) -> None:
@@ -124,6 +152,7 @@ def connect() -> None:
     signals.worker_ready.connect(poll_releaser.start, weak=False)
     signals.worker_shutdown.connect(poll_releaser.stop, weak=False)
     signals.task_received.connect(redact_received, weak=False)
+    signals.task_received.connect(record_received, weak=False)
     signals.worker_process_shutdown.connect(forget_process, weak=False)
     signals.after_setup_logger.connect(configure_logs, weak=False)
     signals.after_setup_task_logger.connect(configure_logs, weak=False)

@@ -11,6 +11,8 @@ import redis
 
 from tasks import parking, reconcile
 from tasks.jobs import WAIT_KEY, Job, JobStore
+from tasks.states import Step
+from tests.support.ctx import make_ctx
 
 
 @pytest.fixture
@@ -124,6 +126,9 @@ def test_reconciler_parks_a_poll_that_must_wait(store: JobStore, redis_client: r
     job = store.get(jid)
     assert job is not None
 
-    reconcile.resend(job, "poll", now=time.time(), store=store)
+    ctx, outbox = make_ctx(redis_client, env={"TTS_POLL_WAIT": "redis"})
+    reconcile.resend(ctx, job, Step.POLL, now=time.time())
+
+    assert outbox.sent == []  # parked, not sent with a countdown
 
     assert redis_client.zscore(WAIT_KEY, jid) == pytest.approx(later)

@@ -10,7 +10,9 @@ import pytest
 import redis
 
 from tasks import reconcile
-from tasks.jobs import DUE_KEY, Job, JobStore
+from tasks.jobs import DUE_KEY, Job
+from tasks.states import next_step
+from tests.support.ctx import make_ctx
 
 
 def job(**fields: Any) -> Job:
@@ -40,14 +42,15 @@ def job(**fields: Any) -> Job:
     ],
 )
 def test_next_step(fields: dict[str, Any], step: str | None) -> None:
-    assert reconcile.next_step(job(**fields)) == step
+    assert next_step(job(**fields)) == step
 
 
 def test_scan_resends_only_overdue(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     redis_client.delete(DUE_KEY)
-    store = JobStore(redis_client, ttl_s=60)
+    ctx, _ = make_ctx(redis_client, env={"TTS_RECOVERY_GRACE": "30"})
+    store = ctx.jobs
     now = time.time()
     late, early, done = (f"r-{uuid.uuid4().hex}" for _ in range(3))
     for jid, check_at in ((late, now - 5), (early, now + 60)):
@@ -61,12 +64,14 @@ def test_scan_resends_only_overdue(
         check_at=now - 5,
     )
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(reconcile, "resend", lambda j, step, **_: sent.append((j.job_id, step)))
+    monkeypatch.setattr(
+        reconcile, "resend", lambda _ctx, j, step, **_: sent.append((j.job_id, step))
+    )
 
-    counts = reconcile.scan(store, recheck_after_s=30, now=now)
+    counts = reconcile.scan(ctx, now=now)
 
     assert sent == [(late, "poll")]
     assert counts == {"poll": 1}
     assert redis_client.zscore(DUE_KEY, late) == pytest.approx(now + 30)
     assert redis_client.zscore(DUE_KEY, done) is None  # nothing more is due: dropped
-    assert reconcile.scan(store, recheck_after_s=30, now=now) == {}  # not re-sent twice
+    assert reconcile.scan(ctx, now=now) == {}  # not re-sent twice

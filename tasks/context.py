@@ -1,0 +1,60 @@
+"""What a step needs from the world, handed in: arq's worker ``ctx``, typed.
+
+Every step function (:mod:`tasks.steps`) takes a :class:`Ctx` as its first argument and reaches
+the outside only through it: the job store, NanoGPT, the audio fetcher and store, the webhook
+sender, the dispatcher of next steps and the clock. A worker builds one per process
+(:func:`tasks.runtime.context`); the simulation (tests/sim) builds one from fakes, a fake clock
+and a fake broker, and runs the very same step code in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tasks.audio_store import AudioStore
+from tasks.dispatch import Dispatcher
+from tasks.jobs import JobStore
+from tasks.nanogpt import SubmitResult
+from tasks.parsing import StatusResult
+from tasks.storage import StoredAudio
+from tasks.validation import PollRequest, SubmitRequest
+from workers.settings import Settings
+
+
+class Upstream(Protocol):
+    """NanoGPT: one submit, one status check (:class:`tasks.nanogpt.NanoGPTClient`)."""
+
+    def submit(self, request: SubmitRequest) -> SubmitResult: ...
+
+    def status(self, poll: PollRequest) -> StatusResult: ...
+
+
+class Fetcher(Protocol):
+    """Fetch the audio at ``url`` into ``store`` (:func:`tasks.storage.download`)."""
+
+    def __call__(
+        self, url: str, *, store: AudioStore, job_id: str, max_bytes: int, timeout_s: float
+    ) -> StoredAudio: ...
+
+
+class WebhookSender(Protocol):
+    """POST one signed webhook (:func:`tasks.webhooks.deliver`); raises project errors."""
+
+    def __call__(self, url: str, body: dict[str, Any], *, msg_id: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """The per-process objects steps use. Build it once per process; never share a socket
+    across a fork (:func:`tasks.runtime.reset`)."""
+
+    settings: Settings
+    jobs: JobStore
+    upstream: Upstream
+    fetch: Fetcher
+    audio_store: AudioStore
+    webhook: WebhookSender
+    dispatch: Dispatcher
+    clock: Callable[[], float]

@@ -1,0 +1,85 @@
+"""A :class:`tasks.context.Ctx` for in-process tests: the real job store on a test Redis, a
+dispatcher that records what it would publish, and whatever else the test hands in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from tasks.context import Ctx
+from tasks.dispatch import Dispatcher
+from tasks.jobs import JobStore
+from workers.settings import Settings
+
+# A key the settings accept; no test sends it anywhere but a loopback simulator.
+TEST_KEY = "test-key-0c1d"
+
+
+@dataclass
+class Sent:
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    countdown_s: float = 0.0
+    task_id: str | None = None
+
+
+@dataclass
+class Outbox:
+    """What a step published, in order."""
+
+    sent: list[Sent] = field(default_factory=list)
+
+    def __call__(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        countdown_s: float = 0.0,
+        task_id: str | None = None,
+    ) -> None:
+        self.sent.append(Sent(name, tuple(args), dict(kwargs), countdown_s, task_id))
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.sent]
+
+
+def _unused(*_: Any, **__: Any) -> Any:
+    raise AssertionError("this test's context has no such part")
+
+
+def settings(**env: str) -> Settings:
+    """Settings from variables given here only (the process environment still applies to
+    variables not named; tests name what they rely on)."""
+    return Settings(**{"NANOGPT_API_KEY": TEST_KEY, "TTS_POLL_WAIT": "redis", **env})  # type: ignore[arg-type]
+
+
+def make_ctx(
+    client: redis.Redis,
+    *,
+    env: dict[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+    upstream: Any = None,
+    fetch: Any = None,
+    audio_store: Any = None,
+    webhook: Any = None,
+    outbox: Outbox | None = None,
+) -> tuple[Ctx, Outbox]:
+    s = settings(**(env or {}))
+    box = outbox or Outbox()
+    ctx = Ctx(
+        settings=s,
+        jobs=JobStore(client, ttl_s=s.job_ttl_s, clock=clock),
+        upstream=upstream or _unused,
+        fetch=fetch or _unused,
+        audio_store=audio_store or _unused,
+        webhook=webhook or _unused,
+        dispatch=Dispatcher(box, lambda: s),
+        clock=clock,
+    )
+    return ctx, box
