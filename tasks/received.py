@@ -112,7 +112,7 @@ def on_received(
     try:
         url = validation.notify_url(given["notify_url"])
         if name == names.SUBMIT_TTS:
-            jid = validation.job_id(task_id if given["job_id"] is None else given["job_id"])
+            jid = steps.job_identity(d, given["job_id"])
             request = validation.submit_request(given["text"], given["model"], **given["options"])
             steps.accept_submit(ctx, jid, request, url, owner=task_id, start_at=start_at)
         else:

@@ -134,6 +134,13 @@ def _retry_or_fail(
 # --- accepting a job (also when a worker receives its message: tasks/received.py) ----------
 
 
+def job_identity(d: Delivery, job_id: object) -> str:
+    """The id of the job a submit starts: the caller's ``job_id``, else the message's task id,
+    which Celery keeps across ``retry()`` and redelivery, and the reconciler re-sends under.
+    Raises :class:`errors.InvalidInput` for a bad ``job_id``."""
+    return validation.job_id(d.task_id if job_id is None else job_id)
+
+
 def usable_job_id(d: Delivery, job_id: object) -> str:
     """The id a job is known by: the caller's ``job_id``, else the message's task id, which
     Celery keeps across ``retry()`` and redelivery (a random id would make every retry a new
@@ -246,7 +253,7 @@ def submit(
 ) -> Result:
     """Submit one text once; the job goes on by polling, downloading or storing."""
     try:
-        jid = validation.job_id(d.task_id if job_id is None else job_id)
+        jid = job_identity(d, job_id)
         request = validation.submit_request(
             text,
             model,

