@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration worker bench clean
+.PHONY: install demo test check lint unit integration worker bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The quick loop while editing: lint and the unit tests, under a minute (test: ~25 min).
+check: lint
+	$(BIN)/python -m pytest tests/unit
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

@@ -19,7 +19,7 @@
     │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
     └── TransientError                                           with backoff, bounded
         ├── UpstreamUnavailable       UPSTREAM_ERROR   (5xx, gateway pages, timeouts, resets)
-        ├── RateLimited               UPSTREAM_ERROR   (429; waits at least Retry-After)
+        ├── RateLimited               UPSTREAM_ERROR   (429; waits Retry-After, up to the cap)
         ├── InvalidResponse           INVALID_RESPONSE (truncated JSON, completed without audioUrl)
         ├── DownloadInterrupted       DOWNLOAD_FAILED  (audio host slow, down or cut short)
         ├── StorageUnavailable        STORAGE_FAILED   (object store 5xx, throttled, unreachable)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import math
 import time
 from collections.abc import Iterator
 
@@ -15,24 +16,38 @@ from tasks import errors
 
 # Upstream messages are echoed into outcomes and logs; cap them so a gateway page stays readable.
 MAX_MESSAGE_CHARS = 300
+# A day: no real server asks a client to wait longer; a larger Retry-After is a bug or an attack.
+MAX_RETRY_AFTER_S = 86_400.0
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None.
+
+    A time already past means 0. A value that is no number or date, is not finite (``inf``,
+    ``nan``, ``1e400``) or asks for more than :data:`MAX_RETRY_AFTER_S` counts as absent, so
+    no job is ever given an infinite or absurd due time.
+    """
     if not value:
         return None
     value = value.strip()
+    seconds: float | None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = _seconds_until_date(value, now=now)
+    if seconds is None or not math.isfinite(seconds) or seconds > MAX_RETRY_AFTER_S:
+        return None
+    return max(0.0, seconds)
+
+
+def _seconds_until_date(value: str, *, now: float | None) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return when.timestamp() - (time.time() if now is None else now)
 
 
 def upstream_message(response: requests.Response) -> str:

@@ -6,6 +6,7 @@ unit-tested exactly and the tasks stay thin.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,12 +137,22 @@ def retry_delay_s(
 ) -> float:
     """Backoff before retry number ``retries + 1`` after a transient fault.
 
-    Exponential from ``base_s`` with "full jitter" over its upper half, capped at ``max_s``; a
-    server's ``Retry-After`` is a floor that the cap does not lower (asking earlier would only be
-    refused again).
+    Exponential from ``base_s`` with "full jitter" over its upper half, at least
+    :data:`MIN_DELAY_S`. A server's ``Retry-After`` is a floor (asking earlier would only be
+    refused again), but the cap ``max_s`` wins over every floor, a larger ``Retry-After``
+    included: the Redis broker's visibility timeout is sized from it
+    (``workers.celery_config.longest_countdown_s``), so a longer countdown could be delivered
+    twice. Whether even the capped wait is worth it is the caller's deadline check. A non-finite
+    ``retry_after_s`` counts as absent; ``base_s`` and ``max_s`` must be finite and positive
+    (ValueError otherwise), so no inf or NaN ever comes out.
     """
+    if not (0 < base_s < math.inf and 0 < max_s < math.inf):
+        raise ValueError(f"retry delays need finite positive base_s, max_s: {base_s}, {max_s}")
     ceiling_s = min(max_s, base_s * 2.0 ** min(max(0, retries), MAX_GROWTH_STEPS))
-    delay_s = ceiling_s * (0.5 + 0.5 * rand())
-    if retry_after_s is not None:
+    draw = rand()
+    if not 0.0 <= draw <= 1.0:  # never from random.random; a NaN draw must not become the wait
+        draw = 1.0
+    delay_s = ceiling_s * (0.5 + 0.5 * draw)
+    if retry_after_s is not None and math.isfinite(retry_after_s):
         delay_s = max(delay_s, retry_after_s)
-    return max(delay_s, MIN_DELAY_S)
+    return min(max(delay_s, MIN_DELAY_S), max_s)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import email.utils
+import math
 
 import pytest
 import requests
 import urllib3
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tasks import errors
-from tasks.http_errors import mapped, parse_retry_after, raise_for_status
+from tasks.http_errors import MAX_RETRY_AFTER_S, mapped, parse_retry_after, raise_for_status
 
 
 def response(
@@ -70,6 +73,64 @@ def test_retry_after_seconds_and_date() -> None:
     with pytest.raises(errors.RateLimited) as caught:
         raise_for_status(response(429, headers={"Retry-After": "12"}), what="status")
     assert caught.value.retry_after_s == 12
+
+
+NOW = 1_000_000.0
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "1e400",
+        "inf",
+        "-inf",
+        "Infinity",
+        "nan",
+        "-nan",
+        str(MAX_RETRY_AFTER_S + 1),
+        pytest.param("9" * 400, id="400-digits"),
+    ],
+)
+def test_retry_after_non_finite_or_absurd_is_absent(header: str) -> None:
+    assert parse_retry_after(header, now=NOW) is None
+    with pytest.raises(errors.RateLimited) as caught:
+        raise_for_status(response(429, headers={"Retry-After": header}), what="status")
+    assert caught.value.retry_after_s is None
+
+
+def test_retry_after_limits() -> None:
+    assert parse_retry_after(str(MAX_RETRY_AFTER_S), now=NOW) == MAX_RETRY_AFTER_S
+    assert parse_retry_after("-5", now=NOW) == 0  # a negative wait is "now", as before
+    a_day_on = email.utils.formatdate(NOW + MAX_RETRY_AFTER_S, usegmt=True)
+    assert parse_retry_after(a_day_on, now=NOW) == pytest.approx(MAX_RETRY_AFTER_S)
+    far_future = email.utils.formatdate(NOW + MAX_RETRY_AFTER_S + 1, usegmt=True)
+    assert parse_retry_after(far_future, now=NOW) is None
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now=NOW) is None
+    assert parse_retry_after(email.utils.formatdate(NOW - 60, usegmt=True), now=NOW) == 0
+
+
+# Anything a server could send: text, numbers in every float spelling, and HTTP-dates from
+# year 1970 to 9999 (the last second datetime can hold).
+headers = st.one_of(
+    st.text(),
+    st.floats().map(str),
+    st.floats().map(repr),
+    st.integers().map(str),
+    st.floats(min_value=0, max_value=253_402_300_799).map(
+        lambda t: email.utils.formatdate(t, usegmt=True)
+    ),
+)
+
+
+@given(header=headers, now=st.floats(min_value=0, max_value=4e9))
+@example(header="1e400", now=NOW)  # each of these gave inf, nan or a year before the fix
+@example(header="nan", now=NOW)
+@example(header="Fri, 31 Dec 9999 23:59:59 GMT", now=NOW)
+def test_retry_after_is_absent_or_a_bounded_wait(header: str, now: float) -> None:
+    seconds = parse_retry_after(header, now=now)
+    if seconds is not None:
+        assert math.isfinite(seconds)
+        assert 0 <= seconds <= MAX_RETRY_AFTER_S
 
 
 @pytest.mark.parametrize(

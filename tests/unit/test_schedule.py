@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tasks import schedule
@@ -138,10 +140,58 @@ def test_retry_delay_bounds(
     delay = schedule.retry_delay_s(
         retries, base_s=base, max_s=cap, retry_after_s=retry_after, rand=lambda: rand
     )
-    assert delay > 0
-    assert delay <= max(cap, retry_after or 0, schedule.MIN_DELAY_S)
-    if retry_after is not None:
-        assert delay >= retry_after
+    assert 0 < delay <= cap
+    if retry_after is not None:  # a floor, up to the cap
+        assert delay >= min(retry_after, cap)
+
+
+@given(
+    retries=st.integers(),
+    base=st.floats(min_value=1e-9, max_value=1e300),
+    cap=st.floats(min_value=1e-9, max_value=1e300),
+    retry_after=st.one_of(st.none(), st.floats()),  # any float: inf, -inf and NaN included
+    rand=st.floats(),
+)
+# Random draws find these only sometimes; every run tries them.
+@example(retries=0, base=1.0, cap=60.0, retry_after=math.nan, rand=0.5)
+@example(retries=0, base=1.0, cap=60.0, retry_after=math.inf, rand=0.5)
+@example(retries=0, base=1.0, cap=60.0, retry_after=None, rand=math.nan)
+def test_retry_delay_is_always_finite_and_capped(
+    retries: int, base: float, cap: float, retry_after: float | None, rand: float
+) -> None:
+    delay = schedule.retry_delay_s(
+        retries, base_s=base, max_s=cap, retry_after_s=retry_after, rand=lambda: rand
+    )
+    assert math.isfinite(delay)
+    assert 0 < delay <= cap
+
+
+def test_retry_after_beyond_the_cap_waits_the_cap() -> None:
+    for draw in (0.0, 1.0):
+        delay = schedule.retry_delay_s(
+            0, base_s=1, max_s=60, retry_after_s=3600, rand=lambda d=draw: d
+        )
+        assert delay == 60
+    # Below the cap it is still a floor over the backoff.
+    assert schedule.retry_delay_s(0, base_s=1, max_s=60, retry_after_s=12, rand=no_jitter) == 12
+
+
+@pytest.mark.parametrize("retry_after", [math.inf, -math.inf, math.nan])
+def test_non_finite_retry_after_counts_as_absent(retry_after: float) -> None:
+    expected = [schedule.retry_delay_s(n, base_s=1, max_s=60, rand=no_jitter) for n in range(8)]
+    got = [
+        schedule.retry_delay_s(n, base_s=1, max_s=60, retry_after_s=retry_after, rand=no_jitter)
+        for n in range(8)
+    ]
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("base", "cap"), [(math.inf, 60), (1, math.inf), (math.nan, 60), (1, math.nan), (1, 0)]
+)
+def test_retry_delay_refuses_a_non_finite_or_empty_range(base: float, cap: float) -> None:
+    with pytest.raises(ValueError, match="finite positive"):
+        schedule.retry_delay_s(3, base_s=base, max_s=cap)
 
 
 def test_retry_delay_is_exponential_then_capped() -> None:
