@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="one seed")
     parser.add_argument("--seeds", type=_seeds, help="a range, e.g. 0-1999")
     parser.add_argument("-v", "--verbose", action="store_true", help="a line for every seed")
+    parser.add_argument("--trace", action="store_true", help="print every side effect")
     args = parser.parse_args(argv)
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds or range(100)
     server = EmbeddedRedis().start()
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
         for seed in seeds:
-            report = run_seed(seed, client)
+            trace: list[str] | None = [] if args.trace else None
+            report = run_seed(seed, client, trace=trace)
+            for line in trace or []:
+                print(line)
             if report.violations or args.verbose or args.seed is not None:
                 print(
                     f"seed {seed}: {report.jobs} jobs, {report.executions} executions, "

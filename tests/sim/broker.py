@@ -65,7 +65,9 @@ class Worker:
     def counted(self, now: float) -> int:
         """What counts against the prefetch: all but messages still waiting for their ETA."""
         return sum(
-            1 for h in self.held.values() if h.message.eta is None or h.message.eta <= now or h.running
+            1
+            for h in self.held.values()
+            if h.message.eta is None or h.message.eta <= now or h.running
         )
 
 
@@ -84,7 +86,9 @@ class Broker:
         self.p_duplicate = p_duplicate
         self.p_reorder = p_reorder
         self.p_publish_fail = p_publish_fail
-        self.queues: dict[str, list[Message]] = {q: [] for q in dict.fromkeys(names.QUEUES.values())}
+        self.queues: dict[str, list[Message]] = {
+            q: [] for q in dict.fromkeys(names.QUEUES.values())
+        }
         # tag -> (message, taken at, worker id): kombu's unacked hash and its index.
         self.unacked: dict[int, tuple[Message, float, int]] = {}
         self._tags = 0

@@ -16,11 +16,12 @@ timeout); a message taken and received is one event here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,7 +248,13 @@ class Sim:
             upstream=Gated(self, upstream, "upstream"),
             fetch=Gated(self, lambda url, **kw: download(self.http, url, **kw), "fetch"),  # type: ignore[arg-type]
             audio_store=Gated(self, self.store, "store"),  # type: ignore[arg-type]
-            webhook=Gated(self, lambda url, body, *, msg_id: deliver(self.http, url, body, msg_id=msg_id, secret=None), "webhook"),  # type: ignore[arg-type]
+            webhook=Gated(
+                self,
+                lambda url, body, *, msg_id: deliver(
+                    self.http, url, body, msg_id=msg_id, secret=None
+                ),
+                "webhook",
+            ),  # type: ignore[arg-type]
             dispatch=Dispatcher(self._send, lambda: s),
             clock=self.clock,
         )
@@ -262,8 +269,9 @@ class Sim:
         self.status_calls: dict[str, list[int]] = {}
         self.loaded_at = 0
         self.report = Report(seed, len(self.plans))
-        self.trace: list[str] | None = None
+        self.trace: list[str] | None = None  # every side effect, for replaying a seed by eye
         self.running = ""
+        self.start = self.clock()
 
     # --- identities -------------------------------------------------------------------------
 
@@ -279,7 +287,8 @@ class Sim:
         """A side effect is about to happen: let the scheduler decide what comes first."""
         self.transport.events += 1
         if self.trace is not None:
-            self.trace.append(f"{self.transport.events} t={self.clock() - 1_800_000_000:.2f} {label} {self.running}")
+            at_s = self.clock() - self.start
+            self.trace.append(f"{self.transport.events} t={at_s:.2f} {label} {self.running}")
         if greenlet.getcurrent() is self.main:
             return
         self.main.switch(label)
@@ -417,10 +426,8 @@ class Sim:
                 pass
         if now >= next_at["reconcile"]:
             next_at["reconcile"] = now + self.settings.reconcile_interval_s
-            try:
+            with contextlib.suppress(PublishFailed):
                 reconcile.scan(self.ctx)
-            except PublishFailed:
-                pass
         if now >= next_at["restore"]:
             next_at["restore"] = now + RESTORE_EVERY_S
             self.broker.restore_visible(now)
@@ -516,9 +523,11 @@ def check(sim: Sim) -> None:
         sim.report.outcomes[error.get("code", "completed")] += 1
         if job.notify_state in (None, NotifyState.QUEUED):
             bad.append(f"job {jid}: webhook still queued at the end")
-        if job.outcome["type"] == "tts.completed":
-            if sim.store.saved.get(jid) is None or job.outcome["audio"]["sha256"] != AUDIO_SHA256:
-                bad.append(f"job {jid}: completed without its audio stored")
+        stored = sim.store.saved.get(jid)
+        if job.outcome["type"] == "tts.completed" and (
+            stored is None or job.outcome["audio"]["sha256"] != AUDIO_SHA256
+        ):
+            bad.append(f"job {jid}: completed without its audio stored")
         hooks = [h for h in sim.ledger.hooks if h.job_id == jid]
         if not plan.notify and hooks:
             bad.append(f"job {jid}: webhook sent without a notify_url")
@@ -540,14 +549,20 @@ def check(sim: Sim) -> None:
 
 
 def run_seed(
-    seed: int, client: redis.Redis, *, shape: Callable[[Sim], None] | None = None
+    seed: int,
+    client: redis.Redis,
+    *,
+    shape: Callable[[Sim], None] | None = None,
+    trace: list[str] | None = None,
 ) -> Report:
     """Play one seed against ``client`` (a Redis database the simulation may flush).
 
     ``shape``: change the drawn world before it runs (knobs, plans), for the hand-made cases.
+    ``trace``: filled with one line per side effect (``python -m tests.sim --seed N --trace``).
     """
     logging.getLogger("tasks").setLevel(logging.CRITICAL)
     sim = Sim(seed, client)
+    sim.trace = trace
     if shape is not None:
         shape(sim)
     return sim.run()

@@ -43,9 +43,7 @@ def test_seeds_keep_every_promise(sim_server: EmbeddedRedis) -> None:
     chunks = [list(range(SEEDS))[i::PROCESSES] for i in range(PROCESSES)]
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(PROCESSES, mp_context=context) as pool:
-        futures = [
-            pool.submit(_chunk, sim_server.port, i, chunk) for i, chunk in enumerate(chunks)
-        ]
+        futures = [pool.submit(_chunk, sim_server.port, i, chunk) for i, chunk in enumerate(chunks)]
         failed = sorted(f for future in futures for f in future.result())
     elapsed_s = time.monotonic() - started
     print(f"\nsimulation: {SEEDS} seeds in {elapsed_s:.1f} s on {PROCESSES} processes")

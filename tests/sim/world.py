@@ -2,11 +2,12 @@
 webhook receivers and the audio store.
 
 NanoGPT, the audio host and the receivers sit behind a ``requests`` transport adapter
-(:class:`Transport`), so the real :class:`tasks.nanogpt.NanoGPTClient`, :func:`tasks.storage.download`
-and :func:`tasks.webhooks.deliver` run unchanged, request building, status mapping and parsing
-included (httpx's habit: tests inject a transport). Answers come from the simulator's own scenario
-engine (:mod:`workers.simulator_scenario`), without HTTP. Faults are plain lists per job, taken
-one per request. No socket is ever opened: the loopback URLs below only route inside the adapter.
+(:class:`Transport`), so the real :class:`tasks.nanogpt.NanoGPTClient`,
+:func:`tasks.storage.download` and :func:`tasks.webhooks.deliver` run unchanged, request
+building, status mapping and parsing included (httpx's habit: tests inject a transport).
+Answers come from the simulator's own scenario engine (:mod:`workers.simulator_scenario`),
+without HTTP. Faults are plain lists per job, taken one per request. No socket is ever opened:
+the loopback URLs below only route inside the adapter.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from requests.adapters import HTTPAdapter
 
 from tasks import errors
 from tasks.storage import Meter, StoredAudio
-from workers.simulator_scenario import Run, Scenario, failure_answer, json_answer
 from workers.sample_audio import make_wav
+from workers.simulator_scenario import Run, Scenario, failure_answer, json_answer
 
 API_BASE = "http://127.0.0.1:1/api"
 AUDIO_BASE = "http://127.0.0.1:2/audio/"
@@ -150,7 +151,9 @@ class Transport(HTTPAdapter):
         if fault not in (None, "lost"):
             answer = failure_answer(fault)
             assert answer is not None
-            return self._answer(request, answer.status, answer.body, answer.content_type, answer.headers)
+            return self._answer(
+                request, answer.status, answer.body, answer.content_type, answer.headers
+            )
         self.ledger.accepted[text] = self.ledger.accepted.get(text, 0) + 1
         run_id = f"run-{plan.index}-{self.ledger.accepted[text]}"
         run = Run(run_id, body["model"], plan.scenario(), created_at=self.clock())
@@ -164,7 +167,9 @@ class Transport(HTTPAdapter):
             return self._json(request, 200, sync)
         return self._json(request, 202, run.ticket())
 
-    def _status(self, request: requests.PreparedRequest, query: dict[str, str]) -> requests.Response:
+    def _status(
+        self, request: requests.PreparedRequest, query: dict[str, str]
+    ) -> requests.Response:
         run_id = query["runId"]
         run, plan = self._runs[run_id]
         fault = plan.status_faults.pop(0) if plan.status_faults else None
@@ -175,7 +180,9 @@ class Transport(HTTPAdapter):
         if fault is not None:
             answer = failure_answer(fault)
             assert answer is not None
-            return self._answer(request, answer.status, answer.body, answer.content_type, answer.headers)
+            return self._answer(
+                request, answer.status, answer.body, answer.content_type, answer.headers
+            )
         return self._json(request, 200, run.status_body(self.clock(), AUDIO_BASE + run_id))
 
     # --- audio host and receivers ---------------------------------------------------------
@@ -202,7 +209,9 @@ class Transport(HTTPAdapter):
 
     # --- answers -------------------------------------------------------------------------
 
-    def _json(self, request: requests.PreparedRequest, status: int, obj: object) -> requests.Response:
+    def _json(
+        self, request: requests.PreparedRequest, status: int, obj: object
+    ) -> requests.Response:
         answer = json_answer(status, obj)
         return self._answer(request, answer.status, answer.body, answer.content_type)
 
@@ -216,7 +225,11 @@ class Transport(HTTPAdapter):
     ) -> requests.Response:
         raw = urllib3.HTTPResponse(
             body=io.BytesIO(body),
-            headers={"Content-Type": content_type, "Content-Length": str(len(body)), **dict(headers)},
+            headers={
+                "Content-Type": content_type,
+                "Content-Length": str(len(body)),
+                **dict(headers),
+            },
             status=status,
             reason="SIM",
             preload_content=False,
