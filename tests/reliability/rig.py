@@ -6,12 +6,13 @@ Each test gets its own rig, injects one fault, and reports figures through :clas
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis, free_port
 from workers.receiver import Delivery, Receiver
 from workers.simulator import Simulator
+
+# Where NanoGPT's submit endpoint sits on the simulator (NANOGPT_BASE_URL is its root + "/api").
+SUBMIT_PATH = "/api/tts"
+# kombu's Redis transport keeps every message a worker has taken but not acked in this hash.
+UNACKED_KEY = "unacked"
 
 API_KEY = "rel-key-5f2b8c"
 SECRET = "whsec_" + base64.b64encode(b"reliability-suite-secret-32bytes").decode()
@@ -175,6 +181,70 @@ class Rig:
                 queue=QUEUES["tts.submit_tts"],
             )
             ids.append(jid)
+        return ids
+
+    def send_by_name(self, n: int, directive: str, *, prefix: str = "Job") -> dict[str, str]:
+        """Send ``n`` submits as another app would: by name, with no ``job_id``.
+
+        Such a caller knows its job only by the task id ``send_task`` returns, so that is the id
+        the jobs are tracked (and tallied) by. Returns {task id: text}; every text is distinct.
+        """
+        sent = {}
+        for i in range(n):
+            text = f"{prefix} {i} [[sim {directive}]]"
+            result = self.caller.send_task(
+                "tts.submit_tts",
+                args=[text, MODEL],
+                kwargs={"notify_url": self.notify_url},
+                queue=QUEUES["tts.submit_tts"],
+            )
+            sent[result.id] = text
+        return sent
+
+    def posts(self, *, since: float = 0.0, before: float = float("inf")) -> Counter[str]:
+        """POST /api/tts requests the simulator received per text, arrived in [since, before).
+
+        The simulator records a request when it arrives, before it answers: a POST whose caller
+        died waiting for the answer counts too.
+        """
+        return Counter(
+            r.body["text"]
+            for r in self.sim.requests
+            if r.method == "POST"
+            and r.path == SUBMIT_PATH
+            and r.body is not None
+            and since <= r.at < before
+        )
+
+    def outcome_ids_by_text(self) -> dict[str, set[str]]:
+        """The job ids with an accepted webhook, per submitted text (read from each job's record).
+
+        Independent of which id the worker chose for a job: two job ids under one text are two
+        outcomes for what the caller sent once.
+        """
+        by_text: dict[str, set[str]] = defaultdict(set)
+        for delivery in self.deliveries():
+            if delivery.answered != 200:
+                continue
+            jid = delivery.json()["job_id"]
+            job = self.store.get(jid)
+            text = job.request["text"] if job is not None and job.request else f"<no record {jid}>"
+            by_text[text].add(jid)
+        return dict(by_text)
+
+    def unacked(self, task_name: str) -> set[str]:
+        """Task ids of ``task_name`` messages taken by a worker and not acked (prefetched or
+        running), read from the broker's own bookkeeping."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            raw = client.hvals(UNACKED_KEY)
+        finally:
+            client.close()
+        ids = set()
+        for value in raw:
+            headers = json.loads(value)[0]["headers"]
+            if headers.get("task") == task_name:
+                ids.add(headers["id"])
         return ids
 
     def jobs(self, ids: list[str]) -> dict[str, Job | None]:
