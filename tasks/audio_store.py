@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from tasks import errors
 from tasks.storage import StoredAudio, file_name, store_chunks
 
 
@@ -52,15 +53,24 @@ class LocalStore:
         max_bytes: int,
         deadline_monotonic: float,
     ) -> StoredAudio:
-        """Write the file atomically (temporary file, then rename)."""
-        return store_chunks(
-            chunks,
-            dest_dir=self.dest_dir,
-            name=file_name(job_id, content_type),
-            content_type=content_type,
-            max_bytes=max_bytes,
-            deadline_monotonic=deadline_monotonic,
-        )
+        """Write the file atomically (temporary file, then rename).
+
+        A disk that refuses (full, read-only, a directory missing or replaced, no permission)
+        is :class:`errors.StorageUnavailable`: retried within bounds, then ``STORAGE_FAILED``.
+        """
+        try:
+            return store_chunks(
+                chunks,
+                dest_dir=self.dest_dir,
+                name=file_name(job_id, content_type),
+                content_type=content_type,
+                max_bytes=max_bytes,
+                deadline_monotonic=deadline_monotonic,
+            )
+        except OSError as exc:
+            raise errors.StorageUnavailable(
+                f"local audio store: {exc.strerror or type(exc).__name__}"
+            ) from None
 
     def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
         """A ``file://`` URL does not expire: the recorded object as it is."""
