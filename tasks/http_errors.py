@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import math
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -86,13 +87,18 @@ def raise_for_status(response: requests.Response, *, what: str) -> None:
 
 def never_sent(exc: BaseException) -> bool:
     """Whether a failed request provably never reached the server: no connection was made
-    (refused, unresolvable, connect timeout, TLS handshake failed). A read timeout or a
-    connection cut after the request went out may have been acted on."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+    (refused, unresolvable, connect timeout) or the server's certificate was refused. A read
+    timeout, a connection cut or any other TLS error (urllib3 raises the same ``SSLError`` for
+    a broken record in the answer, after the server has the whole request) may have been acted
+    on."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
-    if isinstance(exc, requests.ConnectionError) and exc.args:
-        reason = getattr(exc.args[0], "reason", None)  # urllib3's MaxRetryError
-        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    if not isinstance(exc, requests.ConnectionError) or not exc.args:
+        return False
+    reason = getattr(exc.args[0], "reason", None)  # urllib3's MaxRetryError
+    if isinstance(reason, urllib3.exceptions.SSLError):
+        return any(isinstance(a, ssl.SSLCertVerificationError) for a in reason.args)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
     return False
 
 

@@ -82,8 +82,12 @@ class NanoGPTClient:
             with response:
                 if status >= 500 and status not in NOT_ACCEPTED_STATUSES:
                     raise errors.SubmitUnconfirmed(f"submit: HTTP {status}")
+                if 200 <= status < 300:  # accepted, in a shape we do not know: never again
+                    raise errors.UpstreamFailed(
+                        f"submit: unexpected HTTP {status}", code=errors.InvalidResponse.code
+                    )
                 raise_for_status(response, what="submit")
-                raise errors.InvalidResponse(f"submit: unexpected HTTP {status}")
+                raise errors.UpstreamFailed(f"submit: unexpected HTTP {status}")
         with _accepted():
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if status == 200 and content_type.startswith("audio/"):

@@ -272,12 +272,6 @@ def test_202_body_cut_short_is_permanent(upstream: FakeNanoGPT) -> None:
     assert not isinstance(caught.value, errors.TransientError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG tasks/nanogpt.py:86: a 2xx other than 200/202 raises InvalidResponse (transient) "
-    "outside _accepted(), so an accepted (billed) POST would be sent again",
-)
 @pytest.mark.parametrize("status", [201, 204])
 def test_other_2xx_is_never_sent_again(upstream: FakeNanoGPT, status: int) -> None:
     with pytest.raises(errors.TTSError) as caught:
@@ -324,13 +318,6 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG tasks/http_errors.py:76: never_sent() counts every requests SSLError as 'never "
-    "sent', but urllib3 also raises it for a TLS error while reading the answer, after the "
-    "server has the whole request: submit() then raises a TransientError and the POST is re-sent",
-)
 def test_tls_error_after_the_request_arrived_is_unconfirmed(tmp_path: Path) -> None:
     cert_path, key_path = _self_signed(tmp_path)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
