@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 
 from tasks import validation
 from tasks.errors import InvalidInput
+from tasks.states import Status
 from workers import demo as demo_module
 from workers import simulator
 from workers.client import Client, Enqueued, Unreachable
@@ -166,7 +167,7 @@ def status(
         ("run id", job.run_id),
         ("polls", job.polls),
     ]
-    if job.status == "polling" and job.queue_position is not None:
+    if job.status == Status.POLLING and job.queue_position is not None:
         rows.append(("queue", job.queue_position))
     for label, value in rows:
         if value is not None:
@@ -237,7 +238,7 @@ def _finish(
     else:
         for line in outcome_lines(job):
             typer.echo(line)
-    if job.status != "completed":
+    if job.status != Status.COMPLETED:
         raise typer.Exit(EXIT_FAILED)
 
 

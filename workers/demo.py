@@ -31,6 +31,7 @@ from rich.console import Console
 
 from tasks import validation
 from tasks.jobs import Job
+from tasks.states import Status
 from workers import demo_redis, loopback
 from workers.client import Client, Unreachable
 from workers.progress import WAIT_SLACK_S, WaitTimeout, error_text, follow, outcome_lines
@@ -148,7 +149,7 @@ def _run(stack: ExitStack, out: Console, log_path: Path, *, embedded_redis: bool
         f"(webhook-id {delivery.headers.get('webhook-id')})"
     )
     out.print(json.dumps(delivery.json(), indent=2))
-    if job.status != "completed":
+    if job.status != Status.COMPLETED:
         raise DemoFailed(f"the job failed with {error_text(job)}")
     _check_audio(job)
 

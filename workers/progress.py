@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from tasks.jobs import FINAL, Job
+from tasks.jobs import Job
+from tasks.states import FINAL, Status
 
 # How often the job record is read: fast enough for a smooth clock, a trivial load on Redis.
 REFRESH_S = 0.2
@@ -34,9 +35,11 @@ class WaitTimeout(Exception):
 def describe(job: Job | None, elapsed_s: float) -> str:
     """One line for the job as it stands, e.g. ``polling · queue position 2 · 3 polls · 4.1 s``."""
     parts = ["queued · waiting for a worker"] if job is None else [job.status]
-    if job is not None and job.status == "polling" and job.queue_position is not None:
+    if job is not None and job.status == Status.POLLING and job.queue_position is not None:
         parts.append(f"queue position {job.queue_position}")
-    if job is not None and (job.polls or job.status in ("polling", "downloading", *FINAL)):
+    if job is not None and (
+        job.polls or job.status in (Status.POLLING, Status.DOWNLOADING, *FINAL)
+    ):
         parts.append(f"{job.polls} poll" + ("" if job.polls == 1 else "s"))
     parts.append(f"{elapsed_s:.1f} s")
     return " · ".join(parts)
@@ -73,7 +76,7 @@ def follow(
 def outcome_lines(job: Job) -> list[str]:
     """What a finished job produced, as ``label  value`` lines for people."""
     outcome = job.outcome or {}
-    if job.status == "completed" and "audio" in outcome:
+    if job.status == Status.COMPLETED and "audio" in outcome:
         audio = outcome["audio"]
         return [
             f"audio    {audio['path']}",
