@@ -12,8 +12,9 @@ tests never takes their messages.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tasks.jobs import JobStore
 from tests.integration.conftest import ELEVEN, Responder, wait_until
 from tests.support import redis_dump
 from tests.support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoS3
+from tests.support.stack import Lane, Spawn
 from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Receiver
@@ -39,6 +41,15 @@ REDIS_DB = 7
 PREFIX = "tts/audio/"
 # Large enough for a multipart upload (8 MiB parts) of the "large" simulator audio.
 MAX_AUDIO_BYTES = 12_000_000
+# Where NanoGPT's submit endpoint sits on the simulator.
+SUBMIT_PATH = "/api/tts"
+# How long S3 stays down after the paid POST reached NanoGPT: "a few seconds", several store
+# attempts from the spool.
+S3_OUTAGE_S = 4.0
+# How long to watch after the webhook for a second POST or webhook: the outage test's worker
+# scans for lost steps every second with a 2 s grace, so it would have re-sent any step it still
+# thought lost several times over.
+WATCH_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +237,99 @@ def test_inline_audio_goes_to_the_bucket_too(
     assert hashlib.sha256(fetched.content).hexdigest() == audio["sha256"]
     assert audio["key"] in objects(s3_server, bucket)
     assert all(files_in(d) == [] for d in host_dirs.values())
+
+
+@pytest.fixture
+def own_s3() -> Iterator[MotoS3]:
+    """An S3 server of one test's own, which it may take down; stopped at the end."""
+    server = MotoS3().start()
+    yield server
+    server.stop()
+
+
+def test_inline_audio_s3_outage_never_reposts(
+    lanes: Callable[[], Lane],
+    spawn: Spawn,
+    own_s3: MotoS3,
+    receiver: Receiver,
+    simulator: Simulator,
+    tmp_path: Path,
+) -> None:
+    """Sent by name with no job id, a tts-1 style submit answers 200 with the audio while S3 is
+    down. The bytes wait in the Redis spool and are stored once S3 is back: one paid POST, one
+    webhook under the task id, one object.
+    """
+    bucket = own_s3.new_bucket()
+    lane = lanes()  # a broker database of its own: no other worker takes these messages
+    audio_dir = tmp_path / "audio"  # stays empty: the audio goes to the bucket
+    audio_dir.mkdir()
+    env = lane.env(
+        **own_s3.env(bucket, PREFIX),
+        TTS_AUDIO_DIR=str(audio_dir),
+        # The spooled audio's store is retried with the API's budget: enough to outlast the
+        # outage (each attempt also takes up to ~3 s of botocore's own retries).
+        TTS_MAX_RETRIES="10",
+        TTS_RETRY_BASE_DELAY="0.5",
+        TTS_RETRY_MAX_DELAY="1",
+        # The spool keeps the audio for the poll timeout: far longer than the outage.
+        TTS_POLL_TIMEOUT="60",
+        TTS_RECOVERY_GRACE="2",
+        TTS_RECONCILE_INTERVAL="1",
+    )
+    own_s3.stop()  # down before the worker ever connects: every store attempt is refused
+    worker = spawn(env, concurrency=2).start()
+    text = f"Kept through an S3 outage {uuid.uuid4().hex} [[sim mode=sync_bytes]]"
+    task_id = lane.send(names.SUBMIT_TTS, text, "tts-1", notify_url=receiver.url)
+
+    def posts() -> list[float]:
+        return [
+            r.at
+            for r in simulator.requests
+            if r.method == "POST"
+            and r.path == SUBMIT_PATH
+            and r.body is not None
+            and r.body.get("text") == text
+        ]
+
+    (posted_at,) = wait_until(posts)
+    # The outage is real: the worker's store raised, and the step was retried from the spool.
+    job = wait_until(
+        lambda: (j := lane.store.get(task_id)) and "storage" in (j.last_error or "") and j,
+        timeout_s=15,
+    )
+    assert job.outcome is None, job
+    assert job.spooled is True, job
+    time.sleep(max(0.0, posted_at + S3_OUTAGE_S - time.time()))
+    assert lane.store.get(task_id).outcome is None  # still waiting, not given up
+    retried = [ln for ln in worker.log.splitlines() if "storage upload" in ln and "; retry " in ln]
+    assert len(retried) >= 2, worker.log  # several store attempts refused, not one
+    own_s3.start()
+
+    delivery = receiver.wait_for(task_id, timeout_s=30)
+    time.sleep(WATCH_S)
+    accepted = [d for d in receiver.for_job(task_id) if 200 <= d.answered < 300]
+    bodies = [d.json() for d in accepted]
+    assert {
+        "POSTs": len(posts()),
+        "accepted webhooks": len(accepted),
+        "their job ids": [b["job_id"] for b in bodies],
+        "outcomes": [b["type"] for b in bodies],
+    } == {
+        "POSTs": 1,
+        "accepted webhooks": 1,
+        "their job ids": [task_id],
+        "outcomes": ["tts.completed"],
+    }, (bodies, job.last_error)
+    assert delivery.verified is True
+    audio = bodies[0]["audio"]
+    assert audio["bucket"] == bucket
+    head = own_s3.client().head_object(Bucket=bucket, Key=audio["key"])
+    assert head["ContentLength"] == audio["bytes"] > 0
+    fetched = requests.get(audio["url"], timeout=10)
+    assert fetched.content[:4] == b"RIFF"
+    assert hashlib.sha256(fetched.content).hexdigest() == audio["sha256"]
+    assert objects(own_s3, bucket) == {audio["key"]: audio["bytes"]}
+    assert files_in(audio_dir) == []
 
 
 def test_large_audio_goes_up_in_parts(
