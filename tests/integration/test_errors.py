@@ -115,6 +115,23 @@ def test_submit_5xx_is_retried(send: Send, receiver: Receiver, simulator: Simula
     assert len(posts) == 2
 
 
+def test_submit_500_is_unconfirmed_and_not_sent_again(
+    send: Send, receiver: Receiver, simulator: Simulator
+) -> None:
+    """A 500 to the paid POST may hide an accepted request: the job ends, nothing is re-sent."""
+    jid = job_id()
+    text = f"Submit broken {jid} [[sim submit_fail=500]]"
+    send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+    body = receiver.wait_for(jid).json()
+    assert body["error"]["code"] == "SUBMIT_UNCONFIRMED"
+    posts = [
+        r
+        for r in simulator.requests
+        if r.path == "/api/tts" and r.body and r.body.get("text") == text
+    ]
+    assert len(posts) == 1
+
+
 def test_5xx_past_the_retry_budget_fails(
     send: Send, receiver: Receiver, simulator: Simulator
 ) -> None:
@@ -131,7 +148,11 @@ def test_unusable_answers_fail_as_invalid_response(
     assert polls_of(simulator, body) == 6  # two pending, then 1 + 3 retries of the bad answer
 
 
-def test_429_waits_for_retry_after(send: Send, receiver: Receiver, simulator: Simulator) -> None:
+def test_429_waits_for_retry_after_up_to_the_cap(
+    send: Send, receiver: Receiver, simulator: Simulator
+) -> None:
+    """Retry-After: 1 against TTS_RETRY_MAX_DELAY=0.5 (tests/support/stack.py): the cap wins,
+    so no wait outlives the visibility timeout sized from it."""
     jid = job_id()
     send(
         names.SUBMIT_TTS,
@@ -144,7 +165,7 @@ def test_429_waits_for_retry_after(send: Send, receiver: Receiver, simulator: Si
     assert body["type"] == "tts.completed"
     polls = simulator.status_polls(body["run_id"])
     assert len(polls) == 2
-    assert polls[1].at - polls[0].at >= 1.0
+    assert polls[1].at - polls[0].at >= 0.5
 
 
 def test_deadline_gives_timeout(send: Send, receiver: Receiver, simulator: Simulator) -> None:

@@ -88,7 +88,8 @@ def start_scene(
         queue=names.SUBMIT_QUEUE,
     )
     scene = Scene(worker, client, job_id)
-    wait_until(lambda: scene.status() == "submitting", timeout_s=20)
+    # "posting": the submit claimed the paid POST and is waiting for its slow answer.
+    wait_until(lambda: scene.status() == "posting", timeout_s=20)
     # Both messages are now the worker's: taken off their lists, not yet acknowledged.
     wait_until(lambda: client.hlen("unacked") == 2, timeout_s=20)
     assert client.llen(names.POLL_QUEUE) == 0
@@ -139,7 +140,9 @@ def test_group_sigterm_without_remap_kills_the_running_task(
 
     wait_exit(scene.worker)
     assert "WorkerLostError" in scene.worker.log
-    assert scene.status() == "submitting"  # cut off mid-request
+    # Cut off mid-request: the POST's fate is unknown, so its redelivery will not send it again
+    # (the job ends as SUBMIT_UNCONFIRMED once the claim runs out).
+    assert scene.status() == "posting"
     assert scene.redis.llen(names.SUBMIT_QUEUE) == 1  # re-queued (reject_on_worker_lost)
     assert scene.redis.llen(names.POLL_QUEUE) == 1
     assert scene.redis.hlen("unacked") == 0
@@ -172,7 +175,7 @@ def test_soft_shutdown_requeues_a_task_that_outlasts_it(
 
     wait_exit(scene.worker)
     assert "Initiating Soft Shutdown" in scene.worker.log
-    assert scene.status() == "submitting"
+    assert scene.status() == "posting"  # cancelled mid-POST: never sent again
     assert scene.redis.llen(names.SUBMIT_QUEUE) == 1  # cancelled, back on its list
     assert scene.redis.llen(names.POLL_QUEUE) == 1
     assert scene.redis.hlen("unacked") == 0
