@@ -62,6 +62,8 @@ TARGET = "≤ 0.5 KB each, Redis and RabbitMQ"
 TARGET_BYTES = 512
 POLL_TIMEOUT_S = 7200
 KIB = 1024
+# Pause between the two readings of where the polls wait that must agree (see Run._placed).
+STABLE_READ_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,16 @@ class Run:
         return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
 
     def _placed(self) -> tuple[int, int, int] | None:
+        """Where the waiting polls are, once two readings half a second apart agree: a poll
+        whose status call has been made but whose lease has not moved yet (still unacked, not
+        parked) adds up like one held by the worker, for a moment."""
+        first = self._placed_now()
+        if first is None:
+            return None
+        time.sleep(STABLE_READ_S)
+        return first if self._placed_now() == first else None
+
+    def _placed_now(self) -> tuple[int, int, int] | None:
         state = self.state
         parked = int(state.zcard(WAIT_KEY))
         if self.amqp:
