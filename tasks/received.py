@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks import errors, names, steps, validation
 from tasks.context import Ctx
+from tasks.steps import accept
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def on_received(
     try:
         url = validation.notify_url(given["notify_url"])
         if name == names.SUBMIT_TTS:
-            jid = steps.job_identity(d, given["job_id"])
+            jid = accept.job_identity(d, given["job_id"])
             request = validation.submit_request(given["text"], given["model"], **given["options"])
             steps.accept_submit(ctx, jid, request, url, owner=task_id, start_at=start_at)
         else:

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tasks import received, steps, validation
+from tasks.steps import accept
 from tests.sim.run import Report, Sim, run_seed
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
@@ -79,7 +80,7 @@ def test_submit_without_job_id_meeting_a_503_is_billed_once(sim_redis: redis.Red
 def test_the_old_identity_bug_is_caught(
     sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(steps, "job_identity", _old_identity)
+    monkeypatch.setattr(accept, "job_identity", _old_identity)
     report = run_seed(1, sim_redis, shape=_one_submit_meeting_a_503)
     assert any("accepted its request" in v for v in report.violations), report.violations
 

@@ -1,0 +1,48 @@
+"""The steps of a job as plain functions: submit, poll, download, notify.
+
+Each takes a :class:`tasks.context.Ctx` (everything it touches outside) and a :class:`Delivery`
+(which message this is), and returns the job id when the message is done with, or a
+:class:`Retry` when this very message must run again later (Celery's ``Task.retry``: same task
+id, ``retries + 1``). The Celery tasks in :mod:`tasks.tts` only unpack and translate; the
+simulation (tests/sim) calls these functions directly with fakes and a fake broker.
+
+Retry policy by class: :class:`errors.TransientError` is retried with backoff, bounded by
+``TTS_MAX_RETRIES`` and the job's deadline; :class:`errors.PermanentError` fails the job at once.
+Anything else is a bug: it propagates (Celery logs it and acks the message) and the reconciler
+re-sends the job's step once it is overdue; the delivery count parks a step that keeps crashing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks import names
+from tasks.steps.accept import accept_poll, accept_submit, job_identity, reject
+from tasks.steps.base import Delivery, Result, Retry
+from tasks.steps.download import download
+from tasks.steps.notify import notify
+from tasks.steps.poll import poll
+from tasks.steps.submit import submit
+
+__all__ = [
+    "STEPS",
+    "Delivery",
+    "Result",
+    "Retry",
+    "accept_poll",
+    "accept_submit",
+    "download",
+    "job_identity",
+    "notify",
+    "poll",
+    "reject",
+    "submit",
+]
+
+#: The step function for each task name (the simulation's fake Celery looks them up here).
+STEPS: dict[str, Any] = {
+    names.SUBMIT_TTS: submit,
+    names.POLL_TTS: poll,
+    names.DOWNLOAD_AUDIO: download,
+    names.NOTIFY: notify,
+}

@@ -1,0 +1,113 @@
+"""A job's identity and its first record: made by the step, or earlier, when a worker receives
+the message (:mod:`tasks.received`), by the same functions."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from tasks import errors, logctx, validation
+from tasks.context import Ctx
+from tasks.outcomes import fail
+from tasks.states import Status
+from tasks.steps.base import Delivery
+
+log = logging.getLogger(__name__)
+
+
+def job_identity(d: Delivery, job_id: object) -> str:
+    """The id of the job a submit starts: the caller's ``job_id``, else the message's task id,
+    which Celery keeps across ``retry()`` and redelivery, and the reconciler re-sends under.
+    Raises :class:`errors.InvalidInput` for a bad ``job_id``."""
+    return validation.job_id(d.task_id if job_id is None else job_id)
+
+
+def usable_job_id(d: Delivery, job_id: object) -> str:
+    """The id a job is known by: the caller's ``job_id``, else the message's task id, which
+    Celery keeps across ``retry()`` and redelivery (a random id would make every retry a new
+    job). A task id that is no usable job id (a crafted message) gets a fresh uuid."""
+    try:
+        return validation.job_id(d.task_id if job_id is None else job_id)
+    except errors.InvalidInput:
+        try:
+            return validation.job_id(d.task_id)
+        except errors.InvalidInput:
+            return str(uuid.uuid4())
+
+
+def reject(
+    ctx: Ctx, d: Delivery, job_id: object, exc: errors.InvalidInput, notify_url: object
+) -> str:
+    """Bad arguments: record an INVALID_INPUT outcome under a usable job id, lose nothing."""
+    jid = usable_job_id(d, job_id)
+    logctx.bind_job(jid)
+    try:
+        url = validation.notify_url(notify_url)
+    except errors.InvalidInput:
+        url = None
+    if ctx.jobs.create(jid, {"status": Status.FAILED, "notify_url": url}, ttl_s=0, check_at=None):
+        log.warning("job %s rejected: %s", jid, exc.message)
+        fail(ctx, jid, exc)
+    return jid
+
+
+def received_check_at(ctx: Ctx, start_at: float | None) -> float:
+    """When a message accepted but not yet started counts as lost (its worker died holding it)."""
+    now = ctx.clock()
+    return max(now, start_at or now) + ctx.settings.recovery_grace_s
+
+
+def accept_submit(
+    ctx: Ctx,
+    job_id: str,
+    request: validation.SubmitRequest,
+    notify_url: str | None,
+    *,
+    owner: str,
+    start_at: float | None = None,
+) -> bool:
+    """Make the job's record (``submitting``) if it is new; True if this call made it.
+
+    The request is kept, so the reconciler can re-send a submit whose message was lost, and the
+    job gets a deadline like a poll chain, so nothing can wait outside the reconciler's sight.
+    """
+    s = ctx.settings
+    fields = {
+        "status": Status.SUBMITTING,
+        "model": request.model,
+        "notify_url": notify_url,
+        "submit_owner": owner,
+        "request": {**request.body(), "notify_url": notify_url, "job_id": job_id},
+        "deadline_at": ctx.clock() + s.poll_timeout_s,
+    }
+    return ctx.jobs.create(
+        job_id, fields, ttl_s=s.poll_timeout_s, check_at=received_check_at(ctx, start_at)
+    )
+
+
+def accept_poll(
+    ctx: Ctx,
+    job_id: str,
+    request: validation.PollRequest,
+    notify_url: str | None,
+    *,
+    owner: str,
+    start_at: float | None = None,
+) -> str | None:
+    """Start the poll chain of a run sent by name if the job is new; returns its token."""
+    now = ctx.clock()
+    return ctx.jobs.start_chain(
+        job_id,
+        {
+            "run_id": request.run_id,
+            "model": request.model,
+            "cost": request.cost,
+            "payment_source": request.payment_source,
+            "is_api_request": request.is_api_request,
+            "notify_url": notify_url,
+            "next_poll_at": max(now, start_at or now),
+            "chain_owner": owner,
+        },
+        deadline_at=now + ctx.settings.poll_timeout_s,
+        check_at=received_check_at(ctx, start_at),
+    )

@@ -1,0 +1,120 @@
+"""What every step shares: the message it runs for, the retry it may ask for, and the two
+guards every step applies (a delivery count against poison messages; bounded retries)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tasks import errors, names, schedule
+from tasks.context import Ctx
+from tasks.outcomes import check_at, fail
+from tasks.states import NotifyState
+
+log = logging.getLogger(__name__)
+
+
+# A download is retried less than an API call: each attempt may hold a slot for minutes.
+DOWNLOAD_MAX_RETRIES = 3
+
+
+# Seconds a webhook sender holds its claim beyond the wait before its next attempt; a sender
+# that died is replaced once this runs out.
+NOTIFY_LEASE_SLACK_S = 120.0
+
+
+# Beyond the HTTP timeouts and the audio wall clock, how long a POST's claim lasts: the time
+# between the claim and the POST, and between the answer and recording it.
+POST_LEASE_SLACK_S = 5.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The message a step runs for: its task name, task id, and Celery's retry count."""
+
+    name: str
+    task_id: str
+    retries: int = 0
+
+    def step(self, seq: int = 0) -> str:
+        """What a delivery counts for (task, poll number, retry): a re-sent copy counts with
+        the original."""
+        return f"{self.name}:{seq}:{self.retries}"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Run this very message again in ``wait_s`` seconds, because of ``error``."""
+
+    wait_s: float
+    error: errors.TransientError
+
+
+Result = str | Retry
+
+
+def post_lease_s(ctx: Ctx) -> float:
+    """How long one POST (and reading a 200 answer's audio) can take, at most."""
+    s = ctx.settings
+    return (
+        s.http_connect_timeout_s + s.http_read_timeout_s + s.download_timeout_s + POST_LEASE_SLACK_S
+    )
+
+
+def poisoned(ctx: Ctx, d: Delivery, job_id: str, deliveries: int) -> bool:
+    """True (and the job parked as failed) once this step's delivery crashed too often.
+
+    A message that kills its worker process is re-queued by ``reject_on_worker_lost`` (or
+    re-sent by the reconciler); without this count it would crash workers forever.
+    """
+    limit = ctx.settings.max_deliveries
+    if deliveries <= limit:
+        return False
+    log.error("job %s: %s delivered %d times; parked", job_id, d.name, deliveries)
+    lost = errors.WorkerLost(f"{d.name} crashed its worker {limit} times")
+    if d.name == names.NOTIFY:
+        ctx.jobs.finish_notify(job_id, NotifyState.EXPIRED, notify_error=lost.message)
+    else:
+        fail(ctx, job_id, lost)
+    return True
+
+
+def retry_or_fail(
+    ctx: Ctx,
+    d: Delivery,
+    exc: errors.TransientError,
+    job_id: str,
+    *,
+    max_retries: int,
+    deadline_at: float | None = None,
+    lease: tuple[str, int] | None = None,
+) -> Result:
+    """Run this message again after a backoff, or fail the job once retries or time run out."""
+    s = ctx.settings
+    if d.retries >= max_retries:
+        return fail(ctx, job_id, exc, lease=lease)
+    delay_s = schedule.retry_delay_s(
+        d.retries,
+        base_s=s.retry_base_delay_s,
+        max_s=s.retry_max_delay_s,
+        retry_after_s=exc.retry_after_s,
+    )
+    now = ctx.clock()
+    if deadline_at is not None and now + delay_s > deadline_at:
+        return fail(
+            ctx, job_id, errors.DeadlineExceeded(f"deadline reached after: {exc}"), lease=lease
+        )
+    log.warning("job %s: %s; retry %d in %.1fs", job_id, exc, d.retries + 1, delay_s)
+    # not_before: a re-sent step (reconciler) must not ask before the server allowed it either.
+    # A poll's retry is its next planned poll: poll lag is measured against next_poll_at.
+    retry_at = now + delay_s
+    ctx.jobs.update(
+        job_id,
+        {
+            "last_error": exc.message,
+            "not_before": retry_at,
+            "next_poll_at": retry_at if lease is not None else None,
+        },
+        check_at=check_at(ctx, delay_s),
+    )
+    return Retry(delay_s, exc)

@@ -1,0 +1,84 @@
+"""The download step: the audio into the audio store, from its URL or from the spool."""
+
+from __future__ import annotations
+
+import logging
+
+from tasks import errors, logctx, metrics, storage
+from tasks.context import Ctx
+from tasks.jobs import Job
+from tasks.outcomes import fail, succeed
+from tasks.states import Status, notify_pending
+from tasks.steps.base import DOWNLOAD_MAX_RETRIES, Delivery, Result, poisoned, retry_or_fail
+
+log = logging.getLogger(__name__)
+
+
+def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
+    """Store the job's audio (fetched from its URL, or from the spool), record the outcome."""
+    if not isinstance(job_id, str):
+        log.error("download with a job id that is not a string dropped")
+        return str(job_id)
+    logctx.bind_job(job_id)
+    job, deliveries = ctx.jobs.load(job_id, delivery=d.step())
+    if job is None:
+        log.error("download for unknown job %s dropped", job_id)
+        return job_id
+    if job.outcome is not None:
+        # A redelivery after the outcome was recorded: make sure the webhook is on its way.
+        if notify_pending(job):
+            ctx.dispatch.notify(job_id)
+        return job_id
+    if job.status != Status.DOWNLOADING:
+        log.warning(
+            "job %s: download while %s (stale or crafted message); ignored", job_id, job.status
+        )
+        return job_id
+    if poisoned(ctx, d, job_id, deliveries):
+        return job_id
+    s = ctx.settings
+    downloading = {"status": Status.DOWNLOADING}
+    started_at = ctx.clock()
+    try:
+        if job.spooled:
+            stored = _store_spooled(ctx, job)
+        elif job.audio_url:
+            stored = ctx.fetch(
+                job.audio_url,
+                store=ctx.audio_store,
+                job_id=job_id,
+                max_bytes=s.max_audio_bytes,
+                timeout_s=s.download_timeout_s,
+            )
+        else:
+            return fail(
+                ctx,
+                job_id,
+                errors.InvalidResponse("no audio URL recorded for the job"),
+                guards=downloading,
+            )
+    except errors.TransientError as exc:
+        # Spooled audio costs nothing upstream to try again: it gets the API's retry budget.
+        limit = s.max_retries if job.spooled else DOWNLOAD_MAX_RETRIES
+        return retry_or_fail(ctx, d, exc, job_id, max_retries=limit)
+    except errors.PermanentError as exc:
+        return fail(ctx, job_id, exc, guards=downloading)
+    metrics.downloaded(stored.bytes, max(0.0, ctx.clock() - started_at))
+    return succeed(ctx, job_id, stored)
+
+
+def _store_spooled(ctx: Ctx, job: Job) -> storage.StoredAudio:
+    audio = ctx.jobs.spooled_audio(job.job_id)
+    if audio is None:
+        raise errors.StorageFailed(
+            "the audio NanoGPT answered with expired before it could be stored"
+        )
+    s = ctx.settings
+    return storage.store_bytes(
+        audio,
+        store=ctx.audio_store,
+        job_id=job.job_id,
+        content_type=job.content_type or "",
+        max_bytes=s.max_audio_bytes,
+        timeout_s=s.download_timeout_s,
+    )

@@ -1,0 +1,169 @@
+"""The poll step: one status call per execution; while pending, the next poll is parked (or
+sent with a countdown), never waited for."""
+
+from __future__ import annotations
+
+import logging
+
+from tasks import errors, logctx, metrics, schedule, validation
+from tasks.context import Ctx
+from tasks.jobs import Job
+from tasks.outcomes import check_at, fail
+from tasks.parsing import AudioLink, Failed, Pending
+from tasks.steps import accept
+from tasks.steps.base import Delivery, Result, poisoned, retry_or_fail
+
+log = logging.getLogger(__name__)
+
+
+def poll(
+    ctx: Ctx,
+    d: Delivery,
+    run_id: object,
+    model: object,
+    *,
+    cost: object = None,
+    payment_source: object = None,
+    is_api_request: object = True,
+    notify_url: object = None,
+    job_id: object = None,
+    lease: object = None,
+    seq: object = 0,
+) -> Result:
+    """Check a run's status once; re-queue while pending. ``lease`` and ``seq`` are internal
+    (the chain's token and this poll's number): a call without them starts a chain, unless the
+    job id (``job_id``, else the run id) is already known."""
+    try:
+        jid = validation.job_id(run_id if job_id is None else job_id)
+        request = validation.poll_request(
+            run_id, model, cost=cost, payment_source=payment_source, is_api_request=is_api_request
+        )
+        url = validation.notify_url(notify_url)
+        if lease is not None and (not isinstance(lease, str) or not isinstance(seq, int)):
+            raise errors.InvalidInput("lease and seq are internal: leave them out")
+    except errors.InvalidInput as exc:
+        return accept.reject(ctx, d, job_id, exc, notify_url)
+    logctx.bind_job(jid)
+    if lease is None:
+        token = accept.accept_poll(ctx, jid, request, url, owner=d.task_id)
+        if token is None:
+            known = ctx.jobs.get(jid)
+            # This very message may have started the chain before it was redelivered.
+            if (
+                known is None
+                or known.chain_owner != d.task_id
+                or known.seq != "0"
+                or not known.token
+            ):
+                log.info("job %s already exists; duplicate poll chain ignored", jid)
+                return jid
+            token = known.token
+        lease, seq = token, 0
+    assert isinstance(lease, str)
+    assert isinstance(seq, int)
+
+    job, deliveries = ctx.jobs.load(jid, delivery=d.step(seq))
+    if job is None or not job.holds(lease, seq):
+        log.info("job %s: poll %s is not the current one; exiting", jid, seq)
+        return jid
+    if poisoned(ctx, d, jid, deliveries):
+        return jid
+    held = (lease, seq)
+    # The job record is the truth: re-queued polls carry only ids and the lease.
+    request = validation.PollRequest(
+        run_id=job.run_id or request.run_id,
+        model=job.model or request.model,
+        cost=job.cost,
+        payment_source=job.payment_source,
+        is_api_request=job.is_api_request,
+    )
+    now = ctx.clock()
+    metrics.poll_lag(job.next_poll_at, now=now)
+    deadline_at = job.deadline_at or now
+    if now >= deadline_at:
+        return fail(
+            ctx,
+            jid,
+            errors.DeadlineExceeded("the job did not finish before its deadline"),
+            lease=held,
+        )
+
+    s = ctx.settings
+    try:
+        result = ctx.upstream.status(request)
+    except errors.TransientError as exc:
+        metrics.poll("retry")
+        return retry_or_fail(
+            ctx, d, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at, lease=held
+        )
+    except errors.PermanentError as exc:
+        metrics.poll("failed")
+        return fail(ctx, jid, exc, lease=held, polls=job.polls + 1)
+
+    if isinstance(result, Failed):
+        metrics.poll("failed")
+        return fail(ctx, jid, result.error, lease=held, polls=job.polls + 1)
+    if isinstance(result, AudioLink):
+        metrics.poll("completed")
+        fields = {
+            "last_status": "completed",
+            "audio_url": result.audio_url,
+            "content_type": result.content_type,
+        }
+        if ctx.jobs.end_polling(
+            jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s)
+        ):
+            ctx.dispatch.download(jid)
+        return jid
+    metrics.poll("pending")
+    return _requeue(ctx, job, result, held, deadline_at)
+
+
+def _requeue(
+    ctx: Ctx, job: Job, pending: Pending, held: tuple[str, int], deadline_at: float
+) -> str:
+    s = ctx.settings
+    now = ctx.clock()
+    position = pending.queue_position
+    before = schedule.Seen(job.queue_first_position, job.queue_first_seen_at, job.head_since)
+    progress, seen = before.after(position, now)
+    delay_s = schedule.next_poll_delay_s(
+        progress,
+        interval_s=s.poll_interval_s,
+        max_interval_s=s.poll_max_interval_s,
+        now=now,
+        deadline_at=deadline_at,
+    )
+    if delay_s is None:
+        return fail(
+            ctx, job.job_id, errors.DeadlineExceeded("still pending at the deadline"), lease=held
+        )
+    if pending.status != "pending":
+        log.info("job %s: status %r treated as pending", job.job_id, pending.status)
+    lease, seq = held
+    # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves.
+    park_at = now + delay_s if s.polls_wait_in_redis else None
+    if not ctx.jobs.advance(
+        job.job_id,
+        lease,
+        seq,
+        {
+            "last_status": pending.status,
+            # "" rather than None, which would leave the previous position in place.
+            "queue_position": "" if position is None else position,
+            "queue_first_position": seen.first_position,
+            "queue_first_seen_at": seen.first_seen_at,
+            "head_since": seen.head_since,
+            "next_poll_at": now + delay_s,
+        },
+        check_at=check_at(ctx, delay_s),
+        park_at=park_at,
+    ):
+        return job.job_id
+    if park_at is None:
+        assert job.run_id
+        assert job.model
+        ctx.dispatch.poll(
+            job.run_id, job.model, job_id=job.job_id, lease=lease, seq=seq + 1, wait_s=delay_s
+        )
+    return job.job_id
