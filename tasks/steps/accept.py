@@ -72,16 +72,19 @@ def accept_submit(
     job gets a deadline like a poll chain, so nothing can wait outside the reconciler's sight.
     """
     s = ctx.settings
+    now = ctx.clock()
+    # From when it may start: a caller's countdown does not eat into the deadline.
+    deadline_at = max(now, start_at or now) + s.poll_timeout_s
     fields = {
         "status": Status.SUBMITTING,
         "model": request.model,
         "notify_url": notify_url,
         "submit_owner": owner,
         "request": {**request.body(), "notify_url": notify_url, "job_id": job_id},
-        "deadline_at": ctx.clock() + s.poll_timeout_s,
+        "deadline_at": deadline_at,
     }
     return ctx.jobs.create(
-        job_id, fields, ttl_s=s.poll_timeout_s, check_at=received_check_at(ctx, start_at)
+        job_id, fields, ttl_s=deadline_at - now, check_at=received_check_at(ctx, start_at)
     )
 
 
@@ -108,6 +111,6 @@ def accept_poll(
             "next_poll_at": max(now, start_at or now),
             "chain_owner": owner,
         },
-        deadline_at=now + ctx.settings.poll_timeout_s,
+        deadline_at=max(now, start_at or now) + ctx.settings.poll_timeout_s,
         check_at=received_check_at(ctx, start_at),
     )

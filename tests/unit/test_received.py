@@ -126,6 +126,23 @@ def test_submit_with_an_eta_is_watched_from_its_eta(
     assert redis_client.zscore(DUE_KEY, earlier) == clock.now + GRACE_S  # overdue ETAs: now
 
 
+def test_a_countdown_does_not_eat_into_the_deadline(
+    received: Receive, redis_client: redis.Redis, clock: Clock, ids: Callable[[str], str]
+) -> None:
+    """A submit sent with a countdown longer than TTS_POLL_TIMEOUT must not time out before it
+    may even start: its deadline counts from its ETA."""
+    receive, _ = received
+    submit, poll = task_id(ids), task_id(ids)
+    eta = clock.now + 3 * POLL_TIMEOUT_S
+    receive(names.SUBMIT_TTS, submit, ["Hi", MODEL], {}, start_at=eta)
+    receive(names.POLL_TTS, poll, [f"run-{poll}", MODEL], {"job_id": poll}, start_at=eta)
+    for jid in (submit, poll):
+        job = record(redis_client, jid)
+        assert job is not None
+        assert job.deadline_at == eta + POLL_TIMEOUT_S
+        assert redis_client.ttl(KEY_PREFIX + jid) > 3 * POLL_TIMEOUT_S
+
+
 def test_submit_with_a_job_id_is_recorded_under_it(
     received: Receive, redis_client: redis.Redis, ids: Callable[[str], str]
 ) -> None:
