@@ -461,7 +461,9 @@ class Sim:
                 kwargs["notify_url"] = plan.notify_url
             if plan.job_id:
                 kwargs["job_id"] = plan.job_id
-            eta = start + self.rng.uniform(0, 3)
+            # Now-ish, or (a caller's countdown) longer than the poll timeout.
+            later = self.rng.random() < 0.1
+            eta = start + self.rng.uniform(0, 1.5 * self.settings.poll_timeout_s if later else 3)
             self.broker.publish(
                 Message(plan.task_id, "tts.submit_tts", (plan.text, MODEL), kwargs, eta=eta),
                 fail_ok=False,
