@@ -20,22 +20,44 @@ MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 128
 # Browsers and most proxies stop at about this length.
 MAX_URL_CHARS = 2_048
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+# C0 and C1 control characters and DEL: refused in names and ids, which terminals (the CLI's
+# status lines), logs and headers print as they are.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def require_str(name: str, value: object, *, max_chars: int = MAX_ID_CHARS) -> str:
-    """A non-empty string of at most ``max_chars`` characters."""
+    """A non-empty string of at most ``max_chars`` characters that UTF-8 can encode (Redis,
+    JSON and HTTP all need it: a lone surrogate would fail there, after the job was taken)."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{name} must be a non-empty string")
     if len(value) > max_chars:
         raise InvalidInput(f"{name} is longer than {max_chars} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{name} is not valid Unicode text") from None
     return value
+
+
+def require_name(name: str, value: object, *, max_chars: int = MAX_ID_CHARS) -> str:
+    """Like :func:`require_str`, and without control characters (models, voices, ids)."""
+    text = require_str(name, value, max_chars=max_chars)
+    if CONTROL.search(text):
+        raise InvalidInput(f"{name} must not contain control characters")
+    return text
 
 
 def optional_str(name: str, value: object, *, max_chars: int = 1_000) -> str | None:
     if value is None:
         return None
     return require_str(name, value, max_chars=max_chars)
+
+
+def optional_name(name: str, value: object, *, max_chars: int = 200) -> str | None:
+    if value is None:
+        return None
+    return require_name(name, value, max_chars=max_chars)
 
 
 def optional_number(
@@ -45,7 +67,10 @@ def optional_number(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{name} must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float, e.g. 10**400
+        raise InvalidInput(f"{name} is out of range") from None
     if (
         number != number
         or (low is not None and number < low)
@@ -60,7 +85,7 @@ def optional_number(
 def job_id(value: object) -> str:
     """A caller-chosen job id: letters, digits and ``._:-``, at most 128 characters."""
     text = require_str("job_id", value)
-    if not JOB_ID_PATTERN.match(text):
+    if not JOB_ID_PATTERN.fullmatch(text):  # fullmatch: "$" would let a final newline through
         raise InvalidInput("job_id may hold only letters, digits and . _ : -")
     return text
 
@@ -69,9 +94,13 @@ def notify_url(value: object) -> str | None:
     """An absolute http(s) URL; whether its host is allowed is decided when it is called."""
     if value is None:
         return None
-    url = require_str("notify_url", value, max_chars=MAX_URL_CHARS)
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    url = require_name("notify_url", value, max_chars=MAX_URL_CHARS)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _port = parts.hostname, parts.port  # .port raises for a bad one
+    except ValueError:  # "https://[::1/": an unclosed IPv6 bracket, a port that is no number
+        raise InvalidInput("notify_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise InvalidInput("notify_url must be an absolute http(s) URL")
     return url
 
@@ -110,10 +139,10 @@ def submit_request(
     """Validate ``tts.submit_tts`` arguments."""
     return SubmitRequest(
         text=require_str("text", text, max_chars=MAX_TEXT_CHARS),
-        model=require_str("model", model),
-        voice=optional_str("voice", voice, max_chars=200),
+        model=require_name("model", model),
+        voice=optional_name("voice", voice, max_chars=200),
         speed=optional_number("speed", speed, low=0.25, high=4.0),
-        response_format=optional_str("response_format", response_format, max_chars=20),
+        response_format=optional_name("response_format", response_format, max_chars=20),
         instructions=optional_str("instructions", instructions, max_chars=MAX_TEXT_CHARS),
         stability=optional_number("stability", stability, low=0.0, high=1.0),
         similarity_boost=optional_number("similarity_boost", similarity_boost, low=0.0, high=1.0),
@@ -139,9 +168,9 @@ def poll_request(
     if not isinstance(is_api_request, bool):
         raise InvalidInput("is_api_request must be true or false")
     return PollRequest(
-        run_id=require_str("run_id", run_id),
-        model=require_str("model", model),
+        run_id=require_name("run_id", run_id),
+        model=require_name("model", model),
         cost=optional_number("cost", cost, low=0.0),
-        payment_source=optional_str("payment_source", payment_source, max_chars=50),
+        payment_source=optional_name("payment_source", payment_source, max_chars=50),
         is_api_request=is_api_request,
     )

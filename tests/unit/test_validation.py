@@ -85,3 +85,64 @@ def test_job_id_refuses_unsafe(bad: object) -> None:
 def test_notify_url_refuses_non_http(bad: object) -> None:
     with pytest.raises(errors.InvalidInput):
         validation.notify_url(bad)
+
+
+# Issue 13's malformed arguments, each of which crashed submit_tts before any record existed.
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: validation.submit_request("hi", "m", speed=10**400), "speed"),
+        (lambda: validation.notify_url("https://[::1/"), "notify_url"),
+        (lambda: validation.notify_url("https://host:notaport/x"), "notify_url"),
+        (lambda: validation.submit_request("hi", "Kokoro\ud800"), "model"),
+        (lambda: validation.submit_request("hi\ud800", "m"), "text"),
+        (lambda: validation.job_id("abc\n"), "job_id"),
+        (lambda: validation.submit_request("hi", "\x1b[31mred\x1b[0m"), "model"),
+        (lambda: validation.submit_request("hi", "m", voice="a\x07b"), "voice"),
+        (
+            lambda: validation.poll_request(
+                "r\x00", "m", cost=None, payment_source=None, is_api_request=True
+            ),
+            "run_id",
+        ),
+    ],
+)
+def test_malformed_arguments_are_invalid_input(call: object, fragment: str) -> None:
+    with pytest.raises(errors.InvalidInput) as caught:
+        call()  # type: ignore[operator]
+    assert fragment in caught.value.message
+
+
+hostile = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**500), max_value=10**500)
+    | st.floats()
+    | st.text(alphabet=st.characters(codec=None))  # control characters and lone surrogates
+    | st.lists(st.integers(), max_size=3)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+
+
+@given(
+    text=hostile,
+    model=hostile,
+    voice=hostile,
+    speed=hostile,
+    notify_url=hostile,
+    job_id=hostile,
+)
+def test_any_json_value_is_a_typed_outcome(
+    text: object, model: object, voice: object, speed: object, notify_url: object, job_id: object
+) -> None:
+    """Whatever a caller sends, validation answers with values or INVALID_INPUT, nothing else;
+    and what it accepts can be stored (UTF-8) and printed (no control characters in names)."""
+    try:
+        request = validation.submit_request(text, model, voice=voice, speed=speed)
+        url = validation.notify_url(notify_url)
+        jid = validation.job_id(job_id)
+    except errors.InvalidInput:
+        return
+    for value in (request.text, request.model, request.voice or "", url or "", jid):
+        value.encode("utf-8")
+    assert not validation.CONTROL.search(request.model + (request.voice or "") + jid)
