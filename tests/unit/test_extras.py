@@ -3,7 +3,7 @@ start, in one line, instead of raising ImportError in the middle of a job.
 
 "Lacks it" is simulated by ``sys.modules[name] = None``, which makes ``import name`` raise
 ImportError exactly as it would where the package is not installed. The real thing, a venv with
-no extras, is tests/deploy/test_worker_only_install.py.
+no extras, is tests/integration/test_worker_only_install.py.
 """
 
 from __future__ import annotations
