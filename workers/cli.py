@@ -46,7 +46,7 @@ class _OneLineErrors(TyperGroup):
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
-        except typer.TyperException as exc:  # Click's exceptions, vendored by typer >= 0.26
+        except typer.TyperException as exc:  # Click's errors; typer exports it from 0.27.2
             ctx = getattr(exc, "ctx", None)
             where = ctx.command_path if ctx is not None else "tts-worker"
             hint = f" (see {where} --help)" if ctx is not None else ""

