@@ -71,6 +71,10 @@ def raise_for_status(response: requests.Response, *, what: str) -> None:
     if 200 <= status < 300:
         return
     message = f"{what}: HTTP {status}: {upstream_message(response)}"
+    if 300 <= status < 400:  # never followed (tasks/nanogpt.py): the key stays with NanoGPT
+        raise errors.UpstreamFailed(
+            f"{what}: HTTP {status} redirect, not followed", code=errors.InvalidResponse.code
+        )
     if status in (401, 403):
         raise errors.AuthFailed(message)
     if status == 404:

@@ -69,6 +69,9 @@ class NanoGPTClient:
                 headers=self._headers,
                 timeout=self._timeout_s,
                 stream=True,
+                # requests would carry x-api-key to wherever a redirect points (it strips only
+                # Authorization), and turn the POST into a GET: a 3xx is an answer, not a hop.
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             if not never_sent(exc):
@@ -125,6 +128,7 @@ class NanoGPTClient:
                 params=params,
                 headers=self._headers,
                 timeout=self._timeout_s,
+                allow_redirects=False,
             )
         raise_for_status(response, what="status")
         return parsing.parse_status(self._json(response, what="status"))

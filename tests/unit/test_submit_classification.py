@@ -354,3 +354,32 @@ def test_tls_error_after_the_request_arrived_is_unconfirmed(tmp_path: Path) -> N
     if len(received) != 1:  # not the case under test (e.g. the handshake failed): a real failure
         pytest.fail(f"the request never reached the server: {caught.value!r}")
     assert isinstance(caught.value, errors.SubmitUnconfirmed), repr(caught.value)
+
+
+# --- redirects: never followed, so the API key never leaves NanoGPT -------------------------------
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[FakeNanoGPT]:
+    """A second loopback server a redirect points at: it must never hear from the client."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    host, port = server.server_address[:2]
+    server.fake = FakeNanoGPT(url=f"http://{host!s}:{port}/steal")
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield server.fake
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_an_invalid_response_and_not_followed(
+    upstream: FakeNanoGPT, elsewhere: FakeNanoGPT, status: int
+) -> None:
+    redirect = Answer(status, b"", {"Location": elsewhere.url, "Content-Type": "text/plain"})
+    with pytest.raises(errors.PermanentError) as caught:
+        submit(upstream, redirect)
+    assert caught.value.code == "INVALID_RESPONSE"
+    assert len(upstream.received) == 1
+    assert elsewhere.received == []  # nothing (and no x-api-key) went where it pointed
