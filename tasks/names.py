@@ -15,6 +15,9 @@ SUBMIT_QUEUE = "tts.submit"
 POLL_QUEUE = "tts.poll"
 DOWNLOAD_QUEUE = "tts.download"
 NOTIFY_QUEUE = "tts.notify"
+# Celery's own default queue: where a bare client's ``send_task`` lands without ``queue=``.
+# Workers consume it too unless TTS_CONSUME_DEFAULT_QUEUE is off (workers/celery_config.py).
+CELERY_DEFAULT_QUEUE = "celery"
 
 #: The steps one job goes through, in order.
 PIPELINE = (SUBMIT_TTS, POLL_TTS, DOWNLOAD_AUDIO, NOTIFY)

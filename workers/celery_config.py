@@ -46,17 +46,33 @@ def broker_countdown_s(delay_s: float, s: Settings) -> float:
 
 
 def task_queues(s: Settings) -> list[Queue]:
-    """One queue per step (tasks/names.py); on RabbitMQ quorum queues on a topic exchange."""
+    """One queue per step (tasks/names.py); on RabbitMQ quorum queues on a topic exchange.
+
+    Plus Celery's default queue when ``TTS_CONSUME_DEFAULT_QUEUE`` is on (:func:`default_queue`).
+    """
     queue_names = dict.fromkeys(names.QUEUES.values())
+    extra = [default_queue()] if s.consume_default_queue else []
     if s.broker_kind != "amqp":
-        return [Queue(name) for name in queue_names]
+        return [Queue(name) for name in queue_names] + extra
     # Quorum: replicated and durable, and what switches Celery to native delayed delivery
     # (celery/utils/quorum_queues.py looks for x-queue-type=quorum among the task queues).
     exchange = Exchange(AMQP_EXCHANGE, type="topic")
     return [
         Queue(name, exchange, routing_key=name, queue_arguments={"x-queue-type": "quorum"})
         for name in queue_names
-    ]
+    ] + extra
+
+
+def default_queue() -> Queue:
+    """Celery's default queue, declared exactly as a client with no configuration declares it:
+    durable, on a direct exchange of its own name.
+
+    On RabbitMQ both sides must declare it alike (a second declaration with other arguments is
+    refused), so it stays a classic queue on a direct exchange, unlike ours: a countdown re-sent
+    to it (a retry of a task that came this way) waits in the worker, not in RabbitMQ.
+    """
+    name = names.CELERY_DEFAULT_QUEUE
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def _broker_options(s: Settings) -> dict[str, Any]:
