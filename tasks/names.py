@@ -6,7 +6,6 @@ SUBMIT_TTS = "tts.submit_tts"
 POLL_TTS = "tts.poll_tts"
 DOWNLOAD_AUDIO = "tts.download_audio"
 NOTIFY = "tts.notify"
-RECONCILE = "tts.reconcile"
 # Scheduled (celery beat), not sent by callers: retention for the local audio directory.
 CLEANUP_AUDIO = "tts.cleanup_audio"
 
@@ -28,7 +27,6 @@ QUEUES = {
     POLL_TTS: POLL_QUEUE,
     DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
     NOTIFY: NOTIFY_QUEUE,
-    RECONCILE: POLL_QUEUE,
     # Workers that download are the ones with the audio directory mounted.
     CLEANUP_AUDIO: DOWNLOAD_QUEUE,
 }
