@@ -75,6 +75,25 @@ def default_queue() -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
+def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
+    """What celery beat sends: the audio clean-up every ``TTS_CLEANUP_INTERVAL`` while
+    ``TTS_AUDIO_RETENTION`` is set; nothing otherwise (beat then need not run).
+
+    Recovery is not here: every worker runs the reconciler on a timer (workers/reconciler.py).
+    """
+    if s.audio_retention_days is None:
+        return {}
+    return {
+        names.CLEANUP_AUDIO: {
+            "task": names.CLEANUP_AUDIO,
+            "schedule": s.cleanup_interval_s,
+            # The workers that download mount the audio directory. A sweep that waited in the
+            # queue and runs just before the next one costs a directory scan and removes nothing.
+            "options": {"queue": names.QUEUES[names.CLEANUP_AUDIO]},
+        }
+    }
+
+
 def _broker_options(s: Settings) -> dict[str, Any]:
     if s.broker_kind != "amqp":
         return {
@@ -142,6 +161,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # The same variables the Procfile passes as flags, so a container needs no shell.
         "worker_concurrency": s.worker_concurrency,
         "beat_schedule_filename": str(s.beat_schedule_file),
+        "beat_schedule": beat_schedule(s),
         # SIGTERM is a warm shutdown: running tasks finish, reserved and countdown messages go
         # back to Redis, the worker exits (deploy/README.md, "Stopping workers"). The soft
         # shutdown only acts on the cold path (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT,

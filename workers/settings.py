@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     )
     # Days a local audio file is kept by ``tts.cleanup_audio``; unset keeps files forever.
     audio_retention_days: float | None = Field(None, gt=0, validation_alias="TTS_AUDIO_RETENTION")
+    # How often celery beat sends ``tts.cleanup_audio`` (only while a retention is set). An hour
+    # keeps files at most that much past their retention, for one directory scan per hour.
+    cleanup_interval_s: float = Field(3600.0, gt=0, validation_alias="TTS_CLEANUP_INTERVAL")
     # The usual AWS environment, for TTS_STORAGE_URL=s3://... Unset keys leave boto3's own
     # credential chain in charge (instance profile, web identity, ~/.aws).
     aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import redis
@@ -14,19 +13,11 @@ from celery import Celery
 from tasks import names
 from tests.integration.conftest import ELEVEN
 from tests.support.stack import Lane, Spawn
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, assert_runs_this_tree
 from workers.receiver import Receiver
 from workers.simulator import Simulator
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def assert_runs_this_tree(worker: WorkerProcess) -> None:
-    """The worker imports this checkout (``python -m celery`` puts its cwd first on sys.path)."""
-    assert worker.pid is not None
-    assert Path(f"/proc/{worker.pid}/cwd").resolve() == ROOT
 
 
 def send_bare(broker_url: str, run_id: str, notify_url: str) -> None:
