@@ -6,7 +6,6 @@ SUBMIT_TTS = "tts.submit_tts"
 POLL_TTS = "tts.poll_tts"
 DOWNLOAD_AUDIO = "tts.download_audio"
 NOTIFY = "tts.notify"
-RECONCILE = "tts.reconcile"
 # Scheduled (celery beat), not sent by callers: retention for the local audio directory.
 CLEANUP_AUDIO = "tts.cleanup_audio"
 
@@ -15,6 +14,9 @@ SUBMIT_QUEUE = "tts.submit"
 POLL_QUEUE = "tts.poll"
 DOWNLOAD_QUEUE = "tts.download"
 NOTIFY_QUEUE = "tts.notify"
+# Celery's own default queue: where a bare client's ``send_task`` lands without ``queue=``.
+# Workers consume it too unless TTS_CONSUME_DEFAULT_QUEUE is off (workers/celery_config.py).
+CELERY_DEFAULT_QUEUE = "celery"
 
 #: The steps one job goes through, in order.
 PIPELINE = (SUBMIT_TTS, POLL_TTS, DOWNLOAD_AUDIO, NOTIFY)
@@ -25,7 +27,6 @@ QUEUES = {
     POLL_TTS: POLL_QUEUE,
     DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
     NOTIFY: NOTIFY_QUEUE,
-    RECONCILE: POLL_QUEUE,
     # Workers that download are the ones with the audio directory mounted.
     CLEANUP_AUDIO: DOWNLOAD_QUEUE,
 }

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from tasks import names, reconcile, steps
+from tasks import names, steps
 from tasks import runtime as rt
 
 # Hard ceilings on one execution (Celery kills the process past these). Generous: HTTP calls
@@ -121,9 +121,3 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
 def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """POST the job's outcome to its ``notify_url``, signed; retried until accepted or expired."""
     return _run(self, steps.notify, job_id)
-
-
-@shared_task(name=names.RECONCILE)
-def reconcile_jobs() -> dict[str, int]:
-    """Re-send the lost step of every overdue job (also run by every worker on a timer)."""
-    return dict(reconcile.scan(rt.context()))

@@ -46,17 +46,52 @@ def broker_countdown_s(delay_s: float, s: Settings) -> float:
 
 
 def task_queues(s: Settings) -> list[Queue]:
-    """One queue per step (tasks/names.py); on RabbitMQ quorum queues on a topic exchange."""
+    """One queue per step (tasks/names.py); on RabbitMQ quorum queues on a topic exchange.
+
+    Plus Celery's default queue when ``TTS_CONSUME_DEFAULT_QUEUE`` is on (:func:`default_queue`).
+    """
     queue_names = dict.fromkeys(names.QUEUES.values())
+    extra = [default_queue()] if s.consume_default_queue else []
     if s.broker_kind != "amqp":
-        return [Queue(name) for name in queue_names]
+        return [Queue(name) for name in queue_names] + extra
     # Quorum: replicated and durable, and what switches Celery to native delayed delivery
     # (celery/utils/quorum_queues.py looks for x-queue-type=quorum among the task queues).
     exchange = Exchange(AMQP_EXCHANGE, type="topic")
     return [
         Queue(name, exchange, routing_key=name, queue_arguments={"x-queue-type": "quorum"})
         for name in queue_names
-    ]
+    ] + extra
+
+
+def default_queue() -> Queue:
+    """Celery's default queue, declared exactly as a client with no configuration declares it:
+    durable, on a direct exchange of its own name.
+
+    On RabbitMQ both sides must declare it alike (a second declaration with other arguments is
+    refused), so it stays a classic queue on a direct exchange, unlike ours: a countdown re-sent
+    to it (a retry of a task that came this way) waits in the worker, not in RabbitMQ.
+    """
+    name = names.CELERY_DEFAULT_QUEUE
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
+    """What celery beat sends: the audio clean-up every ``TTS_CLEANUP_INTERVAL`` while
+    ``TTS_AUDIO_RETENTION`` is set; nothing otherwise (beat then need not run).
+
+    Recovery is not here: every worker runs the reconciler on a timer (workers/reconciler.py).
+    """
+    if s.audio_retention_days is None:
+        return {}
+    return {
+        names.CLEANUP_AUDIO: {
+            "task": names.CLEANUP_AUDIO,
+            "schedule": s.cleanup_interval_s,
+            # The workers that download mount the audio directory. A sweep that waited in the
+            # queue and runs just before the next one costs a directory scan and removes nothing.
+            "options": {"queue": names.QUEUES[names.CLEANUP_AUDIO]},
+        }
+    }
 
 
 def _broker_options(s: Settings) -> dict[str, Any]:
@@ -126,6 +161,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # The same variables the Procfile passes as flags, so a container needs no shell.
         "worker_concurrency": s.worker_concurrency,
         "beat_schedule_filename": str(s.beat_schedule_file),
+        "beat_schedule": beat_schedule(s),
         # SIGTERM is a warm shutdown: running tasks finish, reserved and countdown messages go
         # back to Redis, the worker exits (deploy/README.md, "Stopping workers"). The soft
         # shutdown only acts on the cold path (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT,

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     )
     # Days a local audio file is kept by ``tts.cleanup_audio``; unset keeps files forever.
     audio_retention_days: float | None = Field(None, gt=0, validation_alias="TTS_AUDIO_RETENTION")
+    # How often celery beat sends ``tts.cleanup_audio`` (only while a retention is set). An hour
+    # keeps files at most that much past their retention, for one directory scan per hour.
+    cleanup_interval_s: float = Field(3600.0, gt=0, validation_alias="TTS_CLEANUP_INTERVAL")
     # The usual AWS environment, for TTS_STORAGE_URL=s3://... Unset keys leave boto3's own
     # credential chain in charge (instance profile, web identity, ~/.aws).
     aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
@@ -134,6 +137,10 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout_s: float = Field(
         20.0, ge=0, validation_alias="TTS_WORKER_SOFT_SHUTDOWN_TIMEOUT"
     )
+    # Also consume Celery's default queue ``celery``, where an app's ``send_task`` without
+    # ``queue=`` lands: otherwise such a job silently never runs. Turn off on a broker (or
+    # virtual host) whose ``celery`` queue belongs to another app.
+    consume_default_queue: bool = Field(True, validation_alias="TTS_CONSUME_DEFAULT_QUEUE")
     # Pool processes per worker; I/O-bound tasks, so more than the CPU count is fine.
     worker_concurrency: int = Field(8, gt=0, validation_alias="TTS_WORKER_CONCURRENCY")
     # Where beat keeps its last-run times (a file it rewrites; must be writable). /tmp suits a

@@ -371,3 +371,20 @@ def test_the_minimal_caller_set_up_works(
     )
     assert answer == "sent"
     assert receiver.wait_for(jid).json()["type"] == "tts.completed"
+
+
+def test_a_send_without_queue_runs_from_the_classic_default_queue(
+    vhost: str,
+    amqp_url: str,
+    rabbit_worker: WorkerProcess,
+    receiver: Receiver,
+    simulator: Simulator,
+) -> None:
+    """A client with no configuration sends to `celery`, declared classic on a direct exchange;
+    the worker declares it the same way (no PreconditionFailed on either side) and runs it."""
+    run_id = simulator.create_run(model=ELEVEN)
+    with contextlib.closing(Celery(broker=amqp_url)) as bare:
+        bare.send_task(names.POLL_TTS, args=[run_id, ELEVEN], kwargs={"notify_url": receiver.url})
+    assert receiver.wait_for(run_id, timeout_s=JOB_TIMEOUT_S).json()["type"] == "tts.completed"
+    queues = _table("list_queues", "-p", vhost, "name", "type", "durable")
+    assert queues[names.CELERY_DEFAULT_QUEUE] == ("classic", "true")

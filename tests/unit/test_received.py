@@ -266,7 +266,6 @@ def test_the_received_poll_then_runs_as_poll_zero(
         (names.POLL_TTS, ["RUN", MODEL], {"lease": "tok", "seq": 0}),
         (names.DOWNLOAD_AUDIO, ["JOB"], {}),
         (names.NOTIFY, ["JOB"], {}),
-        (names.RECONCILE, [], {}),
         (names.CLEANUP_AUDIO, [], {}),
         ("some.other_task", ["JOB", MODEL], {}),
     ],

@@ -1,0 +1,43 @@
+"""Celery's default queue ``celery``: consumed unless TTS_CONSUME_DEFAULT_QUEUE is off, and
+declared exactly as a client with no configuration declares it (RabbitMQ refuses a mismatch)."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery
+
+from tasks import names
+from workers.celery_config import celery_config
+from workers.settings import Settings
+
+BROKERS = ["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"]
+
+
+def conf_for(broker_url: str, **env: str) -> dict[str, object]:
+    s = Settings(CELERY_BROKER_URL=broker_url, TTS_REDIS_URL=BROKERS[0], **env)  # type: ignore[call-arg]
+    return celery_config(s)
+
+
+def queue_names(conf: dict[str, object]) -> set[str]:
+    return {q.name for q in conf["task_queues"]}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("url", BROKERS)
+def test_default_queue_is_consumed_unless_turned_off(url: str) -> None:
+    ours = set(names.QUEUES.values())
+    assert queue_names(conf_for(url)) == ours | {"celery"}
+    assert queue_names(conf_for(url, TTS_CONSUME_DEFAULT_QUEUE="false")) == ours
+
+
+@pytest.mark.parametrize("url", BROKERS)
+def test_default_queue_is_declared_as_a_bare_client_declares_it(url: str) -> None:
+    [ours] = [q for q in conf_for(url)["task_queues"] if q.name == "celery"]  # type: ignore[attr-defined]
+    bare = Celery("bare", broker=url, set_as_current=False).amqp.default_queue
+    assert bare.name == names.CELERY_DEFAULT_QUEUE
+    for attr in ("routing_key", "durable", "exclusive", "auto_delete", "queue_arguments"):
+        assert getattr(ours, attr) == getattr(bare, attr), attr
+    assert (ours.exchange.name, ours.exchange.type, ours.exchange.durable) == (
+        bare.exchange.name,
+        bare.exchange.type,
+        bare.exchange.durable,
+    )
