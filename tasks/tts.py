@@ -123,6 +123,13 @@ def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     return _run(self, steps.notify, job_id)
 
 
+@shared_task(name=names.CANCEL, time_limit=API_TIME_LIMIT_S, **COMMON)
+def cancel(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
+    """End a job that has not ended as failed (``CANCELLED``); returns ``cancelled``,
+    ``already ended: <status>`` or ``unknown job``. NanoGPT may still finish (and bill) it."""
+    return _run(self, steps.cancel, job_id)
+
+
 @shared_task(name=names.RECONCILE)
 def reconcile_jobs() -> dict[str, int]:
     """Re-send the lost step of every overdue job (also run by every worker on a timer)."""

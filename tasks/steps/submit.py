@@ -173,7 +173,14 @@ def _accepted(
         else:
             ctx.jobs.drop_spool(job_id)
     if not moved:
-        log.error("job %s: NanoGPT accepted the submit after the job had been given up", job_id)
+        # Cancelled (or given up) while the POST was in flight: NanoGPT has billed it anyway.
+        run = f" as run {answer.run_id}" if isinstance(answer, Ticket) else ""
+        log.error(
+            "job %s: NanoGPT accepted (and billed) the submit%s after the job had ended; "
+            "its answer is not used",
+            job_id,
+            run,
+        )
 
 
 def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
