@@ -1,7 +1,8 @@
 """The cancel step (tasks/steps/cancel.py) in every state a job can be in, against a real Redis:
 it ends an open job once as CANCELLED and queues its webhook, and afterwards no POST, status
 call, download or store starts; an ended or unknown job is left exactly as it was. The in-flight
-cases cancel from inside the fake NanoGPT or audio fetch, the moment the request is out."""
+cases cancel from inside the fake NanoGPT or audio fetch, the moment the request is out. Then
+the cost a submit's answer states: kept in the job record, counted once, never after a cancel."""
 
 from __future__ import annotations
 
@@ -282,3 +283,55 @@ def test_rejected_job_is_already_ended(w: World, jid: str) -> None:
     w.ctx.jobs.create(jid, {"status": Status.FAILED}, ttl_s=0, check_at=None)
     assert w.cancel(jid) == "already ended: failed"
     assert w.job(jid).outcome is None
+
+
+# --- what the job records of the cost, and counts once --------------------------------------
+
+
+def spend(model: str, source: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return (
+        REGISTRY.get_sample_value("tts_spend_total", {"model": model, "payment_source": source})
+        or 0.0
+    )
+
+
+def test_ticket_cost_is_recorded_and_counted_once(w: World, jid: str) -> None:
+    before = spend(MODEL, "USD")
+    to_polling(w, jid)
+    job = w.job(jid)
+    assert (job.cost, job.payment_source, job.currency) == (0.0006, "USD", None)
+    public = job.public()
+    assert (public["cost"], public["payment_source"], public["currency"]) == (0.0006, "USD", None)
+    w.submit(jid)  # the same submit delivered again: nothing more is recorded or counted
+    assert spend(MODEL, "USD") == pytest.approx(before + 0.0006)
+
+
+def test_sync_answer_cost_is_kept_at_audio_ready(w: World, jid: str) -> None:
+    before = spend(MODEL, "EUR")
+    w.upstream.submit_answer = AudioLink("https://cdn.example.com/a.wav", "audio/wav", 0.25, "EUR")
+    accept(w, jid)
+    w.submit(jid)
+    job = w.job(jid)
+    assert job.status == Status.DOWNLOADING
+    assert (job.cost, job.payment_source, job.currency) == (0.25, None, "EUR")
+    assert spend(MODEL, "EUR") == pytest.approx(before + 0.25)
+
+
+def test_inline_audio_has_no_cost(w: World, jid: str) -> None:
+    from tasks.nanogpt import InlineAudio
+
+    w.upstream.submit_answer = InlineAudio(b"RIFF", "audio/wav")
+    accept(w, jid)
+    w.submit(jid)
+    assert (w.job(jid).cost, w.job(jid).currency) == (None, None)
+
+
+def test_answer_after_a_cancel_is_not_recorded_or_counted(w: World, jid: str) -> None:
+    before = spend(MODEL, "USD")
+    accept(w, jid)
+    w.upstream.during = lambda: w.cancel(jid)
+    w.submit(jid)
+    assert w.job(jid).cost is None
+    assert spend(MODEL, "USD") == before
