@@ -21,7 +21,9 @@ from tasks.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
 from tasks.parsing import AudioLink, Pending, StatusResult, Ticket
 from tasks.states import SEQ_DONE, Status
 from tasks.storage import StoredAudio
-from tests.support.ctx import Outbox, make_ctx
+from tests.support.ctx import Outbox, make_ctx, settings
+from workers.client import CancelNotTaken, Client
+from workers.embedded_redis import EmbeddedRedis
 
 MODEL = "Elevenlabs-Turbo-V2.5"
 HOOK = "https://hooks.example.com/tts"
@@ -335,3 +337,37 @@ def test_answer_after_a_cancel_is_not_recorded_or_counted(w: World, jid: str) ->
     w.submit(jid)
     assert w.job(jid).cost is None
     assert spend(MODEL, "USD") == before
+
+
+# --- the caller's side: tasks.cancel_job and tts-worker cancel, through workers.client ---------
+
+
+@pytest.fixture
+def client(quiet_redis_server: EmbeddedRedis, redis_client: redis.Redis) -> Iterator[Client]:
+    """A client whose broker no worker consumes: what it sends stays in the tts.poll list."""
+    queue = names.QUEUES[names.CANCEL]
+    redis_client.delete(queue)
+    with Client(settings(CELERY_BROKER_URL=quiet_redis_server.url)) as made:
+        yield made
+    redis_client.delete(queue)
+
+
+def test_client_answers_ended_and_unknown_jobs_without_sending(
+    w: World, jid: str, client: Client
+) -> None:
+    to_downloading(w, jid)
+    w.download(jid)
+
+    assert client.cancel(jid) == "already ended: completed"
+    assert client.cancel("never-made") == "unknown job"
+    assert w.client.llen(names.QUEUES[names.CANCEL]) == 0
+
+
+def test_client_says_so_when_no_worker_takes_the_cancel(
+    w: World, jid: str, client: Client
+) -> None:
+    to_polling(w, jid)
+    with pytest.raises(CancelNotTaken, match=r"no worker ran it within 0\.2 s"):
+        client.cancel(jid, timeout_s=0.2)
+    assert w.client.llen(names.QUEUES[names.CANCEL]) == 1  # it still acts once a worker comes
+    assert w.job(jid).status == Status.POLLING
