@@ -363,9 +363,7 @@ def test_client_answers_ended_and_unknown_jobs_without_sending(
     assert w.client.llen(names.QUEUES[names.CANCEL]) == 0
 
 
-def test_client_says_so_when_no_worker_takes_the_cancel(
-    w: World, jid: str, client: Client
-) -> None:
+def test_client_says_so_when_no_worker_takes_the_cancel(w: World, jid: str, client: Client) -> None:
     to_polling(w, jid)
     with pytest.raises(CancelNotTaken, match=r"no worker ran it within 0\.2 s"):
         client.cancel(jid, timeout_s=0.2)
