@@ -15,6 +15,7 @@
     │   ├── DeadlineExceeded          TIMEOUT
     │   ├── SubmitUnconfirmed         SUBMIT_UNCONFIRMED (the paid POST's fate is unknown)
     │   ├── WorkerLost                WORKER_LOST (a step crashed its worker too many times)
+    │   ├── Cancelled                 CANCELLED (tts.cancel ended the job)
     │   ├── StorageFailed             STORAGE_FAILED   (access denied, no such bucket)
     │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
     └── TransientError                                           with backoff, bounded
@@ -110,6 +111,13 @@ class WorkerLost(PermanentError):
     code = "WORKER_LOST"
 
 
+class Cancelled(PermanentError):
+    """A caller cancelled the job (``tts.cancel``). NanoGPT has no cancel endpoint: a run it
+    already accepted may still finish upstream, and is billed."""
+
+    code = "CANCELLED"
+
+
 class StorageFailed(PermanentError):
     """The object store refused the audio for good (access denied, no such bucket, no keys)."""
 
@@ -167,6 +175,7 @@ OUTCOME_CODES = frozenset(
         "WORKER_LOST",
         "STORAGE_FAILED",
         "SUBMIT_UNCONFIRMED",
+        "CANCELLED",
     }
 )
 

@@ -156,8 +156,11 @@ class Job:
     status: str
     model: str | None = None
     run_id: str | None = None
+    # What NanoGPT said the generation cost: with the ticket's paymentSource (202), or with the
+    # currency of a synchronous 200 JSON answer; None when it did not say (inline audio).
     cost: float | None = None
     payment_source: str | None = None
+    currency: str | None = None
     is_api_request: bool = True
     notify_url: str | None = None
     created_at: float | None = None
@@ -208,6 +211,7 @@ class Job:
             run_id=raw.get("run_id"),
             cost=num("cost"),
             payment_source=raw.get("payment_source"),
+            currency=raw.get("currency"),
             is_api_request=raw.get("is_api_request", "1") == "1",
             notify_url=raw.get("notify_url"),
             created_at=num("created_at"),

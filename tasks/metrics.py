@@ -38,6 +38,7 @@ class _Metrics:
     download_bytes: Counter
     download_seconds: Histogram
     webhooks: Counter
+    spend: Counter
 
 
 @functools.cache
@@ -71,6 +72,11 @@ def _metrics() -> _Metrics:
             "Webhook POSTs by result (failed: will be retried; expired: given up).",
             ["result"],
         ),
+        spend=Counter(
+            "tts_spend",
+            "What NanoGPT said accepted submits cost, in the unit of their payment source.",
+            ["model", "payment_source"],
+        ),
     )
 
 
@@ -102,3 +108,10 @@ def downloaded(n_bytes: int, seconds: float) -> None:
 def webhook(result: WebhookResult) -> None:
     """Count one webhook attempt by its result."""
     _metrics().webhooks.labels(result).inc()
+
+
+def spent(model: str, payment_source: str | None, cost: float | None) -> None:
+    """Count what one accepted submit cost; call it once per job (a transition that returned
+    True). Nothing is counted when NanoGPT did not say (inline audio)."""
+    if cost is not None and cost >= 0:
+        _metrics().spend.labels(model, payment_source or "unknown").inc(cost)

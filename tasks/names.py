@@ -6,6 +6,8 @@ SUBMIT_TTS = "tts.submit_tts"
 POLL_TTS = "tts.poll_tts"
 DOWNLOAD_AUDIO = "tts.download_audio"
 NOTIFY = "tts.notify"
+# Sent by callers: end a job that has not ended (CANCELLED).
+CANCEL = "tts.cancel"
 # Scheduled (celery beat), not sent by callers: retention for the local audio directory.
 CLEANUP_AUDIO = "tts.cleanup_audio"
 
@@ -27,6 +29,8 @@ QUEUES = {
     POLL_TTS: POLL_QUEUE,
     DOWNLOAD_AUDIO: DOWNLOAD_QUEUE,
     NOTIFY: NOTIFY_QUEUE,
+    # A cancel is one Redis script, quick like a poll: never stuck behind a slow download.
+    CANCEL: POLL_QUEUE,
     # Workers that download are the ones with the audio directory mounted.
     CLEANUP_AUDIO: DOWNLOAD_QUEUE,
 }

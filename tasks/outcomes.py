@@ -35,19 +35,34 @@ def fail(
     guards: Mapping[str, str] | None = None,
     polls: int | None = None,
 ) -> str:
-    """Record a failed outcome (first writer wins) and queue its webhook.
+    """Record a failed outcome (first writer wins) and queue its webhook; returns the job id.
 
     ``lease``/``guards``: only while the job is in that state (see :meth:`JobStore.settle`).
     ``polls``: the poll count including the status call that found the failure, if one did.
     """
+    failed(ctx, job_id, exc, lease=lease, guards=guards, polls=polls)
+    return job_id
+
+
+def failed(
+    ctx: Ctx,
+    job_id: str,
+    exc: errors.TTSError,
+    *,
+    lease: tuple[str, int] | None = None,
+    guards: Mapping[str, str] | None = None,
+    polls: int | None = None,
+) -> bool:
+    """:func:`fail`, saying whether this call recorded the outcome (True once per job)."""
     outcome = {"type": "tts.failed", "error": exc.as_dict()}
-    if ctx.jobs.settle(
+    if not ctx.jobs.settle(
         job_id, outcome, lease=lease, guards=guards, check_at=check_at(ctx, 0), polls=polls
     ):
-        log.info("job %s failed: %s", job_id, exc.code)
-        metrics.job_finished(exc.code)
-        ctx.dispatch.notify(job_id)
-    return job_id
+        return False
+    log.info("job %s failed: %s", job_id, exc.code)
+    metrics.job_finished(exc.code)
+    ctx.dispatch.notify(job_id)
+    return True
 
 
 def succeed(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> str:

@@ -23,10 +23,15 @@ class Ticket:
 
 @dataclass(frozen=True)
 class AudioLink:
-    """A synchronous submit, or a completed status: the audio waits at ``audio_url``."""
+    """A synchronous submit, or a completed status: the audio waits at ``audio_url``.
+
+    A synchronous ``200`` also says what it cost, and in which ``currency``; None if not.
+    """
 
     audio_url: str
     content_type: str | None
+    cost: float | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,12 @@ def parse_sync_answer(payload: object) -> AudioLink:
     """Read a synchronous ``200`` JSON body, which must carry ``audioUrl``."""
     if not isinstance(payload, dict) or _str(payload.get("audioUrl")) is None:
         raise errors.InvalidResponse("submit: 200 JSON body has no audioUrl")
-    return AudioLink(str(payload["audioUrl"]), _str(payload.get("contentType")))
+    return AudioLink(
+        str(payload["audioUrl"]),
+        _str(payload.get("contentType")),
+        cost=_number(payload.get("cost")),
+        currency=_str(payload.get("currency")),
+    )
 
 
 def parse_status(payload: object) -> StatusResult:

@@ -60,6 +60,17 @@ ACTIVE = frozenset({Status.SUBMITTING, Status.POSTING, Status.POLLING, Status.DO
 FINAL = frozenset({Status.COMPLETED, Status.FAILED})
 
 
+#: What ``tts.cancel`` answers (and ``tts-worker cancel`` prints): it ended the job, the job
+#: had already ended (:func:`already_ended`), or there is no such job.
+CANCELLED = "cancelled"
+UNKNOWN_JOB = "unknown job"
+
+
+def already_ended(status: str) -> str:
+    """A cancel's answer for a job that had ended before it (``already ended: completed``)."""
+    return f"already ended: {status}"
+
+
 def has_live_poll(job: Job) -> bool:
     """Whether the job's poll chain is open: a poll message (or a parked poll) is due."""
     return (

@@ -121,3 +121,10 @@ def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
 def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """POST the job's outcome to its ``notify_url``, signed; retried until accepted or expired."""
     return _run(self, steps.notify, job_id)
+
+
+@shared_task(name=names.CANCEL, time_limit=API_TIME_LIMIT_S, **COMMON)
+def cancel(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
+    """End a job that has not ended as failed (``CANCELLED``); returns ``cancelled``,
+    ``already ended: <status>`` or ``unknown job``. NanoGPT may still finish (and bill) it."""
+    return _run(self, steps.cancel, job_id)

@@ -27,14 +27,26 @@ def message_id(job_id: str) -> str:
 
 
 def outcome_body(
-    job_id: str, run_id: str | None, model: str | None, outcome: dict[str, Any]
+    job_id: str,
+    run_id: str | None,
+    model: str | None,
+    outcome: dict[str, Any],
+    *,
+    cost: float | None = None,
+    payment_source: str | None = None,
+    currency: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON body: ``type``, ids, and ``audio`` (completed) or ``error`` (failed)."""
+    """The JSON body: ``type``, ids, what NanoGPT said it cost (``cost`` with the ticket's
+    ``payment_source``, or with a synchronous answer's ``currency``; null when it did not say),
+    and ``audio`` (completed) or ``error`` (failed)."""
     body: dict[str, Any] = {
         "type": outcome["type"],
         "job_id": job_id,
         "run_id": run_id,
         "model": model,
+        "cost": cost,
+        "payment_source": payment_source,
+        "currency": currency,
     }
     for part in ("audio", "error"):
         if part in outcome:

@@ -1,4 +1,5 @@
-"""The ``tts-worker`` command line: enqueue jobs, follow them, read them, simulate, demo.
+"""The ``tts-worker`` command line: enqueue jobs, follow them, read them, cancel them, simulate,
+demo.
 
 Commands only: enqueueing and job state live in :mod:`workers.client`, the live view in
 :mod:`workers.progress`, the demo in :mod:`workers.demo`. Arguments are checked with the same
@@ -25,10 +26,10 @@ from typer.core import TyperGroup
 
 from tasks import validation
 from tasks.errors import InvalidInput
-from tasks.states import Status
+from tasks.states import UNKNOWN_JOB, Status
 from workers import demo as demo_module
 from workers import simulator
-from workers.client import Client, Enqueued, Unreachable
+from workers.client import CancelNotTaken, Client, Enqueued, Unreachable
 from workers.progress import WAIT_SLACK_S, WaitTimeout, follow, outcome_lines
 from workers.settings import Settings, get_settings
 
@@ -177,6 +178,26 @@ def status(
             typer.echo(line)
     if job.notify_url:
         typer.echo(f"{'webhook':<9}{job.notify_state or 'pending'} ({job.notify_url})")
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job id speak or poll printed.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for a worker to take it.", min=0)
+    ] = 10.0,
+) -> None:
+    """Cancel a job that has not ended (it fails with CANCELLED; its webhook goes out). Prints
+    cancelled, already ended: <status>, or unknown job (exit code 1)."""
+    jid = _valid(lambda: validation.job_id(job_id))
+    with _client() as client:
+        try:
+            said = _reach(lambda: client.cancel(jid, timeout_s=timeout))
+        except CancelNotTaken as exc:
+            _fail(str(exc), EXIT_FAILED)
+    typer.echo(said)
+    if said == UNKNOWN_JOB:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

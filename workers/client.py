@@ -7,6 +7,7 @@ Broker or Redis trouble surfaces as :class:`Unreachable`, with a message fit for
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,16 +19,26 @@ from kombu.utils.url import maybe_sanitize_url
 from tasks import names
 from tasks.jobs import Job, JobStore
 from tasks.redact import kwargs_repr, short
+from tasks.states import CANCELLED, UNKNOWN_JOB, already_ended
 from tasks.validation import PollRequest, SubmitRequest
 from workers.celery_config import celery_config
 from workers.settings import Settings
 
 # Redis answers in microseconds on a healthy host; a second of silence means it is not there.
 REDIS_TIMEOUT_S = 2.0
+# How long :meth:`Client.cancel` waits for a worker to take the cancel: a cancel queues behind
+# the polls on tts.poll, which a healthy worker drains in well under a second.
+CANCEL_WAIT_S = 10.0
+# How often it reads the job while it waits: a cancel lands in milliseconds.
+CANCEL_CHECK_S = 0.1
 
 
 class Unreachable(Exception):
     """The broker or the job-state Redis did not answer."""
+
+
+class CancelNotTaken(TimeoutError):
+    """``tts.cancel`` was sent, but no worker had run it when the wait ran out."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,36 @@ class Client:
             "job_id": job_id,
         }
         return self._send(names.POLL_TTS, [request.run_id, request.model], kwargs, job_id)
+
+    def cancel(self, job_id: str, *, timeout_s: float = CANCEL_WAIT_S) -> str:
+        """Cancel a job that has not ended; returns ``cancelled``, ``already ended: <status>``
+        or ``unknown job``, as ``tts.cancel`` does.
+
+        A job that has ended, or is unknown, is answered from its record and nothing is sent.
+        Otherwise ``tts.cancel`` goes to a worker (which alone changes the job) and this waits
+        for the job's outcome. Raises :class:`CancelNotTaken` if none came within ``timeout_s``
+        (the cancel stays queued and still acts when a worker takes it).
+        """
+        job = self.get_job(job_id)
+        if job is None:
+            return UNKNOWN_JOB
+        if job.outcome is not None:
+            return already_ended(job.status)
+        self._send(names.CANCEL, [job_id], {}, job_id)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get_job(job_id)
+            if job is None:  # its record expired meanwhile
+                return UNKNOWN_JOB
+            if job.outcome is not None:
+                code = (job.outcome.get("error") or {}).get("code")
+                return CANCELLED if code == "CANCELLED" else already_ended(job.status)
+            if time.monotonic() >= deadline:
+                raise CancelNotTaken(
+                    f"tts.cancel for {job_id} sent, but no worker ran it within {timeout_s:g} s "
+                    f"(is one consuming {names.QUEUES[names.CANCEL]}?)"
+                )
+            time.sleep(CANCEL_CHECK_S)
 
     def _send(self, task: str, args: list[Any], kwargs: dict[str, Any], job_id: str) -> Enqueued:
         queue = names.QUEUES[task]

@@ -1,4 +1,4 @@
-"""The steps of a job as plain functions: submit, poll, download, notify.
+"""The steps of a job as plain functions: submit, poll, download, notify (and cancel).
 
 Each takes a :class:`tasks.context.Ctx` (everything it touches outside) and a :class:`Delivery`
 (which message this is), and returns the job id when the message is done with, or a
@@ -19,6 +19,7 @@ from typing import Any
 from tasks import names
 from tasks.steps.accept import accept_poll, accept_submit, job_identity, reject
 from tasks.steps.base import Delivery, Result, Retry
+from tasks.steps.cancel import cancel
 from tasks.steps.download import download
 from tasks.steps.notify import notify
 from tasks.steps.poll import poll
@@ -31,6 +32,7 @@ __all__ = [
     "Retry",
     "accept_poll",
     "accept_submit",
+    "cancel",
     "download",
     "job_identity",
     "notify",
@@ -45,4 +47,5 @@ STEPS: dict[str, Any] = {
     names.POLL_TTS: poll,
     names.DOWNLOAD_AUDIO: download,
     names.NOTIFY: notify,
+    names.CANCEL: cancel,
 }

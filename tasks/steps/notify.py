@@ -36,7 +36,15 @@ def notify(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     if not store.claim_notify(job_id, d.task_id, lease_s=delay_s + NOTIFY_LEASE_SLACK_S):
         return job_id
     assert job.outcome is not None  # notify_pending says so
-    body = webhooks.outcome_body(job_id, job.run_id, job.model, job.outcome)
+    body = webhooks.outcome_body(
+        job_id,
+        job.run_id,
+        job.model,
+        job.outcome,
+        cost=job.cost,
+        payment_source=job.payment_source,
+        currency=job.currency,
+    )
     if "audio" in body:
         # A presigned URL expires: each attempt carries one signed now, not at download time.
         body["audio"] = ctx.audio_store.fresh(body["audio"])

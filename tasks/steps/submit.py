@@ -7,7 +7,7 @@ import logging
 import uuid
 from typing import Any
 
-from tasks import errors, logctx, schedule, validation
+from tasks import errors, logctx, metrics, schedule, validation
 from tasks.context import Ctx
 from tasks.jobs import Job
 from tasks.nanogpt import InlineAudio
@@ -92,7 +92,7 @@ def submit(
         if isinstance(exc, errors.SubmitUnconfirmed):
             log.error("job %s: %s; NanoGPT may have accepted it; not sent again", jid, exc)
         return fail(ctx, jid, exc, guards=posting)
-    _accepted(ctx, jid, attempt, answer)
+    _accepted(ctx, jid, attempt, answer, model=request.model)
     return jid
 
 
@@ -145,21 +145,27 @@ def _post_refused(
 
 
 def _accepted(
-    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio
+    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio, *, model: str
 ) -> None:
-    """NanoGPT took the POST: hand the job to polling, or to storing the audio it answered."""
+    """NanoGPT took the POST: hand the job to polling, or to storing the audio it answered.
+    What it said the POST cost is recorded with the answer, and counted once per job."""
     s = ctx.settings
     if isinstance(answer, Ticket):
         moved = _start_polling(ctx, job_id, attempt, answer)
+        if moved:
+            metrics.spent(answer.model, answer.payment_source, answer.cost)
     elif isinstance(answer, AudioLink):
         fields: dict[str, Any] = {
             "audio_url": answer.audio_url,
             "content_type": answer.content_type,
+            "cost": answer.cost,
+            "currency": answer.currency,
         }
         moved = ctx.jobs.audio_ready(
             job_id, attempt, fields, check_at=check_at(ctx, s.download_timeout_s)
         )
         if moved:
+            metrics.spent(model, answer.currency, answer.cost)
             ctx.dispatch.download(job_id)
     else:
         # Spooled first: a storage outage is then retried from the spool, never by a new POST.
@@ -173,8 +179,14 @@ def _accepted(
         else:
             ctx.jobs.drop_spool(job_id)
     if not moved:
-        run = f" (run {answer.run_id})" if isinstance(answer, Ticket) else ""
-        log.error("job %s: NanoGPT accepted the submit%s after the job had ended", job_id, run)
+        # Cancelled (or given up) while the POST was in flight: NanoGPT has billed it anyway.
+        run = f" as run {answer.run_id}" if isinstance(answer, Ticket) else ""
+        log.error(
+            "job %s: NanoGPT accepted (and billed) the submit%s after the job had ended; "
+            "its answer is not used",
+            job_id,
+            run,
+        )
 
 
 def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"seed {seed}: {report.jobs} jobs, {report.executions} executions, "
                     f"{report.sim_s:.0f} s simulated, crashes {dict(report.crashes)}, "
+                    f"cancels {report.cancels}, "
                     f"outcomes {dict(report.outcomes)}"
                 )
             for line in report.violations:

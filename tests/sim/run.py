@@ -28,7 +28,7 @@ from typing import Any
 import greenlet
 import redis
 
-from tasks import received, reconcile, steps
+from tasks import names, received, reconcile, steps
 from tasks.context import Ctx
 from tasks.dispatch import Dispatcher
 from tasks.jobs import DUE_KEY, WAIT_KEY, JobStore
@@ -124,6 +124,11 @@ class Knobs:
         )
 
 
+# Share of plans whose caller sends tts.cancel, and by when (seconds after the first submits):
+# late enough to find a job in any state, from not yet received to long finished.
+P_CANCEL = 0.15
+CANCEL_WITHIN_S = 20.0
+
 SUBMIT_FAULTS = ("refused", "refused", "503", "429:1", "429:3", "500", "502html", "lost", "400")
 STATUS_FAULTS = ("refused", "timeout", "503", "500", "429:1", "malformed")
 
@@ -184,6 +189,10 @@ class Gated:
             if label == "upstream.status":
                 # When this execution last read the job: a poll must have seen it open.
                 sim.status_calls.setdefault(args[0].run_id, []).append(sim.loaded_at)
+            if label == "upstream.submit":
+                sim.post_calls.setdefault(args[0].text, []).append(sim.loaded_at)
+            if label == "store.save":
+                sim.store_calls.setdefault(kwargs["job_id"], []).append(sim.loaded_at)
             result = value(*args, **kwargs)
             if label == "jobs.load":
                 sim.loaded_at = sim.transport.events
@@ -207,6 +216,7 @@ class Report:
     sim_s: float = 0.0
     executions: int = 0
     crashes: Counter[str] = field(default_factory=Counter)
+    cancels: int = 0  # tts.cancel messages callers sent
 
 
 class Sim:
@@ -267,6 +277,9 @@ class Sim:
         self.settled: dict[str, int] = {}
         # Per run id, for each status call: the event at which its execution read the job.
         self.status_calls: dict[str, list[int]] = {}
+        # The same for every POST (per caller text) and every store (per job id).
+        self.post_calls: dict[str, list[int]] = {}
+        self.store_calls: dict[str, list[int]] = {}
         self.loaded_at = 0
         self.report = Report(seed, len(self.plans))
         self.trace: list[str] | None = None  # every side effect, for replaying a seed by eye
@@ -447,6 +460,22 @@ class Sim:
                 return False
         return True
 
+    def _cancel_some(self, start: float) -> None:
+        """Callers that send ``tts.cancel`` for their job at a random time (or the plan's own
+        ``cancel_after_s``). Drawn from a generator of their own, so every seed keeps the
+        schedule it had before cancels."""
+        rng = random.Random(f"cancel-{self.seed}")
+        for plan in self.plans:
+            if plan.cancel_after_s is None and rng.random() < P_CANCEL:
+                plan.cancel_after_s = rng.uniform(0, CANCEL_WITHIN_S)
+            if plan.cancel_after_s is None:
+                continue
+            task_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            eta = start + plan.cancel_after_s
+            message = Message(task_id, names.CANCEL, (self.job_id(plan),), {}, eta=eta)
+            self.broker.publish(message, fail_ok=False)
+            self.report.cancels += 1
+
     def run(self) -> Report:
         self.client.flushdb()
         self.transport.know(self.plans)
@@ -471,6 +500,7 @@ class Sim:
             # Stores that are down for a while from the start: the inline audio must wait.
             if self.rng.random() < 0.2:
                 plan.store_down_until = start + self.rng.uniform(0, 20)
+        self._cancel_some(start)
         horizon = start + 4 * self.settings.poll_timeout_s + self.settings.webhook_retry_period_s
         next_at = {"release": start, "reconcile": start, "restore": start + RESTORE_EVERY_S}
         while self.clock() <= horizon:
@@ -545,6 +575,15 @@ def check(sim: Sim) -> None:
             late = [e for e in sim.status_calls.get(job.run_id, []) if e > settled_at]
             if late:
                 bad.append(f"job {jid}: {len(late)} status calls after its outcome")
+        if settled_at is not None:
+            # Likewise a download (a submit) already in flight may finish its one store (POST);
+            # one that read the job after it ended (a cancel, say) must not start one.
+            late = [e for e in sim.store_calls.get(jid, []) if e > settled_at]
+            if late:
+                bad.append(f"job {jid}: {len(late)} stores after its outcome")
+            late = [e for e in sim.post_calls.get(plan.text, []) if e > settled_at]
+            if late:
+                bad.append(f"job {jid}: {len(late)} POSTs after its outcome")
     for key in sim.client.scan_iter(count=1000):
         if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
             bad.append(f"key {key} has no TTL")

@@ -3,6 +3,7 @@ show it catches what it is for (each fails with the bug it is named after put ba
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -13,10 +14,12 @@ import pytest
 import redis
 
 from tasks import received, steps, validation
+from tasks.jobs import Job
 from tasks.steps import accept
-from tests.sim.run import Report, Sim, run_seed
+from tests.sim.run import SIM_ENV, Report, Sim, run_seed
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
+from workers.settings import Settings
 
 # Seeds per run of the suite (README, "Testing"); SIM_SEEDS=20000 for a longer hunt.
 SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
@@ -39,7 +42,8 @@ def _chunk(port: int, db: int, seeds: list[int]) -> list[tuple[int, list[str]]]:
 
 def test_seeds_keep_every_promise(sim_server: EmbeddedRedis) -> None:
     """Each caller request accepted upstream at most once; one outcome, one webhook-id per job;
-    no status call after the outcome; no job open at the end; no key without a TTL."""
+    no status call, POST or store after the outcome (some callers cancel); no job open at the
+    end; no key without a TTL."""
     started = time.monotonic()
     chunks = [list(range(SEEDS))[i::PROCESSES] for i in range(PROCESSES)]
     context = multiprocessing.get_context("forkserver")
@@ -111,6 +115,34 @@ def test_losing_prefetched_messages_is_caught(
     assert report.crashes["worker"] == 1
     lost = [v for v in report.violations if "no outcome by the end" in v]
     assert len(lost) >= 7, report.violations
+
+
+def _one_job_cancelled_while_it_polls(sim: Sim) -> None:
+    """Pending for six polls (3 s apart), each waiting as a countdown message in the broker
+    (``TTS_POLL_WAIT=broker``), so one is there when the caller cancels, 8 s in."""
+    sim.plans[:] = [Plan(0, sim.new_task_id(), pending_polls=6, cancel_after_s=8.0)]
+    sim.knobs.p_crash = sim.knobs.p_duplicate = sim.knobs.p_publish_fail = 0.0
+    broker = Settings(**{**SIM_ENV, "TTS_POLL_WAIT": "broker"})  # type: ignore[arg-type]
+    sim.ctx = dataclasses.replace(sim.ctx, settings=broker)
+
+
+def test_a_cancel_ends_a_polling_job_and_its_polls(sim_redis: redis.Redis) -> None:
+    report = run_seed(3, sim_redis, shape=_one_job_cancelled_while_it_polls)
+    assert report.violations == []
+    assert dict(report.outcomes) == {"CANCELLED": 1}
+
+
+def _polls_that_ignore_their_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug: a poll message acts on any polling-or-ended job it finds."""
+    monkeypatch.setattr(Job, "holds", lambda self, token, seq: True)
+
+
+def test_polls_after_a_cancel_are_caught(
+    sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _polls_that_ignore_their_lease(monkeypatch)
+    report = run_seed(3, sim_redis, shape=_one_job_cancelled_while_it_polls)
+    assert any("status calls after its outcome" in v for v in report.violations), report
 
 
 def test_a_seed_replays_the_same(sim_redis: redis.Redis) -> None:

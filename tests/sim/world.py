@@ -63,6 +63,8 @@ class Plan:
     audio_faults: list[str] = field(default_factory=list)
     hook_faults: list[str] = field(default_factory=list)
     store_down_until: float = 0.0
+    # The caller sends tts.cancel this long after the first submits (None: it does not).
+    cancel_after_s: float | None = None
 
     @property
     def text(self) -> str:

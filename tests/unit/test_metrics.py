@@ -49,3 +49,14 @@ def test_jobs_downloads_and_webhooks() -> None:
     assert value("tts_download_bytes_total") == size + 1234
     assert value("tts_download_seconds_count") == n + 1
     assert value("tts_webhook_attempts_total", result="gone") == gone + 1
+
+
+def test_spend_by_model_and_payment_source() -> None:
+    usd = value("tts_spend_total", model="m1", payment_source="USD")
+    unknown = value("tts_spend_total", model="m1", payment_source="unknown")
+    metrics.spent("m1", "USD", 0.0006)
+    metrics.spent("m1", "USD", 0.0004)
+    metrics.spent("m1", None, 0.5)
+    metrics.spent("m1", "USD", None)  # NanoGPT did not say: nothing to count
+    assert value("tts_spend_total", model="m1", payment_source="USD") == pytest.approx(usd + 0.001)
+    assert value("tts_spend_total", model="m1", payment_source="unknown") == unknown + 0.5

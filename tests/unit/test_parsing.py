@@ -95,3 +95,24 @@ def test_ticket() -> None:
     with pytest.raises(errors.InvalidResponse):
         parsing.parse_ticket({"status": "pending"}, fallback_model="x")
     assert parsing.parse_ticket({"runId": "r"}, fallback_model="m").model == "m"
+
+
+def test_sync_answer_carries_its_cost_and_currency() -> None:
+    """NanoGPT's documented 200 JSON answer: the cost and the currency it is in."""
+    answer = parsing.parse_sync_answer(
+        {
+            "audioUrl": "https://x/f.mp3",
+            "contentType": "audio/mpeg",
+            "model": "tts-1",
+            "duration": 1.2,
+            "cost": 0.0006,
+            "currency": "USD",
+        }
+    )
+    assert answer == parsing.AudioLink("https://x/f.mp3", "audio/mpeg", 0.0006, "USD")
+
+
+@pytest.mark.parametrize("cost", [None, "free", True, [1]])
+def test_sync_answer_without_a_usable_cost(cost: object) -> None:
+    answer = parsing.parse_sync_answer({"audioUrl": "https://x/f.mp3", "cost": cost})
+    assert (answer.cost, answer.currency) == (None, None)

@@ -54,5 +54,19 @@ def test_body_shapes() -> None:
         "job_id": "j",
         "run_id": "r",
         "model": "m",
+        "cost": None,
+        "payment_source": None,
+        "currency": None,
         "audio": audio,
     }
+
+
+def test_body_carries_the_cost_it_is_given() -> None:
+    error = {"code": "CANCELLED", "message": "m"}
+    failed = webhooks.outcome_body(
+        "j", "r", "m", {"type": "tts.failed", "error": error}, cost=0.0006, payment_source="USD"
+    )
+    assert (failed["cost"], failed["payment_source"], failed["currency"]) == (0.0006, "USD", None)
+    assert failed["error"] == error
+    sync = webhooks.outcome_body("j", None, "m", {"type": "tts.failed"}, cost=0.1, currency="EUR")
+    assert (sync["cost"], sync["payment_source"], sync["currency"]) == (0.1, None, "EUR")

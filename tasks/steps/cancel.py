@@ -1,0 +1,55 @@
+"""The cancel step: end a job that has not ended, as ``failed`` with ``CANCELLED``.
+
+It is one first-writer-wins :meth:`JobStore.settle`, from whatever state the job is in; what
+stops the job's other messages are the guards they already meet:
+
+* ``submitting``: the submit's ``begin_post`` needs ``submitting``, so no POST is sent;
+* ``posting``: the POST in flight cannot be called back. Its answer meets a refused
+  ``post_accepted``/``audio_ready`` (the submit logs that NanoGPT billed it anyway);
+* ``polling``: settle closes the poll chain (``seq`` = done) and removes the parked poll; a
+  poll already past its check makes its one status call, and its next transition is refused;
+* ``downloading``: a download acts only in ``downloading`` with no outcome, so one that reads
+  the job after the cancel stores nothing; one already fetching finishes, and ``succeed`` is
+  refused.
+
+NanoGPT has no cancel endpoint: a run it accepted may still finish (and be billed) upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tasks import errors, logctx
+from tasks.context import Ctx
+from tasks.outcomes import failed
+from tasks.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
+from tasks.steps.base import Delivery
+
+log = logging.getLogger(__name__)
+
+
+def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
+    """End the job as failed (``CANCELLED``) unless it has ended; say which it was:
+    ``cancelled``, ``already ended: <status>`` or ``unknown job``. Running it twice ends the
+    job once (the second says ``already ended: failed``)."""
+    if not isinstance(job_id, str):
+        log.error("cancel with a job id that is not a string dropped")
+        return UNKNOWN_JOB
+    logctx.bind_job(job_id)
+    job = ctx.jobs.get(job_id)
+    if job is None:
+        log.info("cancel for unknown job %s: nothing to do", job_id)
+        return UNKNOWN_JOB
+    if job.outcome is not None or job.status not in ACTIVE:
+        return already_ended(job.status)
+    if failed(ctx, job_id, errors.Cancelled("cancelled by the caller")):
+        if job.status == Status.POSTING:
+            log.warning(
+                "job %s cancelled while its POST was in flight: NanoGPT may still accept "
+                "(and bill) it",
+                job_id,
+            )
+        return CANCELLED
+    # Another outcome landed between the read and the settle.
+    now = ctx.jobs.get(job_id)
+    return already_ended(now.status) if now else UNKNOWN_JOB
