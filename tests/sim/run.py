@@ -481,6 +481,10 @@ class Sim:
         self.transport.know(self.plans)
         self.store.plans = {self.job_id(p): p for p in self.plans}
         self.report.jobs = len(self.plans)
+        # The knobs as a hand-made case may have reshaped them after the broker was built.
+        k = self.knobs
+        self.broker.p_duplicate, self.broker.p_reorder = k.p_duplicate, k.p_reorder
+        self.broker.p_publish_fail = k.p_publish_fail
         for _ in range(self.knobs.workers):
             self._spawn_worker()
         start = self.clock()
