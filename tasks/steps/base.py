@@ -61,6 +61,21 @@ def post_lease_s(ctx: Ctx) -> float:
     )
 
 
+def named_job(d: Delivery, job_id: object) -> str | None:
+    """The job id an internal message (download, notify) names, or None for a value no job
+    can have: not a string, or one UTF-8 cannot encode (Redis would raise on a lone surrogate
+    before the job store could answer "unknown"). Only crafted messages carry such a value."""
+    if isinstance(job_id, str):
+        try:
+            job_id.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return job_id
+    log.error("%s with a job id that is no job's dropped", d.name)
+    return None
+
+
 def poisoned(ctx: Ctx, d: Delivery, job_id: str, deliveries: int) -> bool:
     """True (and the job parked as failed) once this step's delivery crashed too often.
 

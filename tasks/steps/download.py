@@ -9,16 +9,24 @@ from tasks.context import Ctx
 from tasks.jobs import Job
 from tasks.outcomes import fail, succeed
 from tasks.states import Status, notify_pending
-from tasks.steps.base import DOWNLOAD_MAX_RETRIES, Delivery, Result, poisoned, retry_or_fail
+from tasks.steps.base import (
+    DOWNLOAD_MAX_RETRIES,
+    Delivery,
+    Result,
+    named_job,
+    poisoned,
+    retry_or_fail,
+)
 
 log = logging.getLogger(__name__)
 
 
 def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     """Store the job's audio (fetched from its URL, or from the spool), record the outcome."""
-    if not isinstance(job_id, str):
-        log.error("download with a job id that is not a string dropped")
-        return str(job_id)
+    named = named_job(d, job_id)
+    if named is None:
+        return ""  # a crafted message naming no job: nothing to do, nothing to record
+    job_id = named
     logctx.bind_job(job_id)
     job, deliveries = ctx.jobs.load(job_id, delivery=d.step())
     if job is None:

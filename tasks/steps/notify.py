@@ -9,16 +9,17 @@ from tasks import errors, logctx, metrics, schedule, webhooks
 from tasks.context import Ctx
 from tasks.outcomes import check_at
 from tasks.states import NotifyState, notify_pending
-from tasks.steps.base import NOTIFY_LEASE_SLACK_S, Delivery, Result, Retry, poisoned
+from tasks.steps.base import NOTIFY_LEASE_SLACK_S, Delivery, Result, Retry, named_job, poisoned
 
 log = logging.getLogger(__name__)
 
 
 def notify(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     """POST the job's outcome to its ``notify_url``, signed; retried until accepted or expired."""
-    if not isinstance(job_id, str):
-        log.error("notify with a job id that is not a string dropped")
-        return str(job_id)
+    named = named_job(d, job_id)
+    if named is None:
+        return ""  # a crafted message naming no job: nothing to do, nothing to record
+    job_id = named
     logctx.bind_job(job_id)
     store = ctx.jobs
     job, deliveries = store.load(job_id, delivery=d.step())
