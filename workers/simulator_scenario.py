@@ -10,6 +10,8 @@ Failure vocabulary (``status_fail`` / ``submit_fail``, one answer per request)::
 
     500  503  502html  401  403  404  400  malformed  429:<retry_after_s>  slow:<seconds>
 
+(``429:<retry_after_s>`` sends the number as written: ``429:1e400`` sends ``Retry-After: 1e400``.)
+
 Audio vocabulary (``audio``)::
 
     wav  not_audio  hang  large:<n_bytes>  drip:<seconds_per_chunk>
@@ -118,8 +120,14 @@ def validate_failure(spec: str) -> None:
     if kind in PLAIN_FAILURES and not colon:
         return
     if kind == "429" and colon:
-        if not arg.isdigit():
-            raise ValueError(f"failure {spec!r}: Retry-After must be whole seconds, e.g. 429:2")
+        # Whole seconds as NanoGPT would send them, or any number a hostile or broken server
+        # might (429:1e400, 429:nan): the header carries the text as written.
+        try:
+            float(arg)
+        except ValueError:
+            raise ValueError(
+                f"failure {spec!r}: Retry-After must be a number, e.g. 429:2"
+            ) from None
         return
     if kind == "slow" and colon:
         _check_seconds(f"failure {spec!r}", _to_float(arg, f"failure {spec!r}"))

@@ -168,6 +168,23 @@ def test_429_waits_for_retry_after_up_to_the_cap(
     assert polls[1].at - polls[0].at >= 0.5
 
 
+def test_an_absurd_retry_after_still_completes(
+    send: Send, receiver: Receiver, simulator: Simulator
+) -> None:
+    """Retry-After: 1e400 (inf as a float) counts as absent: the usual backoff, then done."""
+    jid = job_id()
+    send(
+        names.SUBMIT_TTS,
+        f"Absurd {jid} [[sim pending=0 status_fail=429:1e400]]",
+        ELEVEN,
+        notify_url=receiver.url,
+        job_id=jid,
+    )
+    body = receiver.wait_for(jid).json()
+    assert body["type"] == "tts.completed"
+    assert len(simulator.status_polls(body["run_id"])) == 2
+
+
 def test_deadline_gives_timeout(send: Send, receiver: Receiver, simulator: Simulator) -> None:
     body = failed(send, receiver, "Forever [[sim pending=100000]]", timeout_s=30)
     assert body["error"]["code"] == "TIMEOUT"
@@ -184,6 +201,11 @@ def test_deadline_gives_timeout(send: Send, receiver: Receiver, simulator: Simul
         ({"text": ""}, "text"),
         ({"speed": "fast"}, "speed"),
         ({"job_id": "../../etc"}, "job_id"),
+        # Issue 13's review: each of these crashed the task before any record existed.
+        ({"speed": 10**400}, "speed"),
+        ({"model": "Kokoro\ud800"}, "model"),
+        ({"model": "\x1b[31mred\x1b[0m"}, "model"),
+        ({"job_id": "it-trailing\n"}, "job_id"),
     ],
 )
 def test_bad_submit_arguments(
@@ -212,6 +234,16 @@ def test_bad_submit_arguments(
     job = store.get(body["job_id"])
     assert job is not None
     assert job.status == "failed"
+
+
+def test_unparsable_notify_url_is_recorded_not_lost(send: Send, store: JobStore) -> None:
+    """No webhook can be sent to "https://[::1/", but the job still ends, where get_job sees it."""
+    jid = job_id()
+    send(names.SUBMIT_TTS, "fine", ELEVEN, notify_url="https://[::1/", job_id=jid)
+    job = wait_until(lambda: (j := store.get(jid)) is not None and j.outcome is not None and j)
+    assert job.outcome["error"]["code"] == "INVALID_INPUT"
+    assert "notify_url" in job.outcome["error"]["message"]
+    assert job.notify_url is None
 
 
 def test_bad_poll_arguments(send: Send, receiver: Receiver) -> None:
