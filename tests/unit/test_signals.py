@@ -16,5 +16,5 @@ def test_received_request_text_is_replaced() -> None:
     )
     redact_received(request=request)
     assert "tok-1" not in request._kwargsrepr
-    assert "h.example.com/cb" in request._kwargsrepr
+    assert "https://h.example.com/…" in request._kwargsrepr
     assert len(request._argsrepr) < 100
