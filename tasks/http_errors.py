@@ -112,18 +112,23 @@ def mapped(what: str, *, transient: type[errors.TransientError]) -> Iterator[Non
 
     ``transient`` is the class for faults worth retrying (a timeout, a reset connection): an
     upstream API call maps them to ``UpstreamUnavailable``, a download to ``DownloadInterrupted``.
+
+    The boundary for callers' URLs: a ``requests`` error quotes the whole URL (a notify URL's
+    token, a presigned audio URL's signature), so the project error names only the kind of fault
+    and is raised ``from None``. The chain would otherwise go with it into every traceback
+    Celery formats: task-retried and task-failed events (Flower) and the result backend.
     """
     try:
         yield
     except InvalidIPAddress as exc:
-        raise errors.UnsafeUrl(f"{what}: address {exc} is not allowed") from exc
-    except requests.exceptions.InvalidURL as exc:
-        raise errors.UnsafeUrl(f"{what}: invalid URL") from exc
+        raise errors.UnsafeUrl(f"{what}: address {exc} is not allowed") from None
+    except requests.exceptions.InvalidURL:
+        raise errors.UnsafeUrl(f"{what}: invalid URL") from None
     except (requests.Timeout, requests.ConnectionError) as exc:
-        raise transient(f"{what}: {type(exc).__name__}") from exc
-    except requests.exceptions.ChunkedEncodingError as exc:
-        raise transient(f"{what}: connection cut mid-body") from exc
+        raise transient(f"{what}: {type(exc).__name__}") from None
+    except requests.exceptions.ChunkedEncodingError:
+        raise transient(f"{what}: connection cut mid-body") from None
     except requests.RequestException as exc:
-        raise transient(f"{what}: {type(exc).__name__}") from exc
+        raise transient(f"{what}: {type(exc).__name__}") from None
     except urllib3.exceptions.HTTPError as exc:  # raw reads (tasks.storage) are not wrapped
-        raise transient(f"{what}: {type(exc).__name__}") from exc
+        raise transient(f"{what}: {type(exc).__name__}") from None
