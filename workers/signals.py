@@ -60,13 +60,9 @@ def check_storage_extra(s: Settings) -> None:
 
 
 def redact_logs(logger: logging.Logger | None = None, **_: Any) -> None:
-    """Mask the API key and webhook secret in every line the worker logs."""
-    s = get_settings()
-    secrets = [v.get_secret_value() for v in (s.api_key, s.webhook_secret) if v is not None]
-    if s.webhook_secret is not None:
-        # The key inside whsec_... is what a careless dump would print.
-        secrets.append(s.webhook_secret.get_secret_value().removeprefix("whsec_"))
-    log_redaction.install(secrets, [logger] if logger else [])
+    """Mask every secret of the settings (:func:`log_redaction.secrets_of`) in every line the
+    worker logs."""
+    log_redaction.install(log_redaction.secrets_of(get_settings()), [logger] if logger else [])
 
 
 def reset_process_state(**_: Any) -> None:
