@@ -95,3 +95,16 @@ def test_ticket() -> None:
     with pytest.raises(errors.InvalidResponse):
         parsing.parse_ticket({"status": "pending"}, fallback_model="x")
     assert parsing.parse_ticket({"runId": "r"}, fallback_model="m").model == "m"
+
+
+@pytest.mark.parametrize("word", sorted(parsing.TERMINAL_STATUSES))
+def test_terminal_words_fail_at_once_naming_the_word(word: str) -> None:
+    result = parsing.parse_status({"status": word.upper(), "error": "by the user"})
+    assert isinstance(result, parsing.Failed)
+    assert result.error.code == "UPSTREAM_ERROR"
+    assert word in result.error.message
+    assert "by the user" in result.error.message
+
+
+def test_an_unlisted_word_is_pending() -> None:
+    assert parsing.parse_status({"status": "warming_up"}) == parsing.Pending("warming_up", None)
