@@ -6,6 +6,7 @@
     ├── PermanentError                                           never
     │   ├── InvalidInput              INVALID_INPUT
     │   ├── AuthFailed                AUTH_FAILED
+    │   ├── InsufficientBalance       INSUFFICIENT_BALANCE (402: the NanoGPT account is empty)
     │   ├── NotFound                  NOT_FOUND
     │   ├── ContentPolicyViolation    CONTENT_POLICY_VIOLATION
     │   ├── UpstreamFailed            UPSTREAM_ERROR
@@ -46,6 +47,14 @@ class TTSError(Exception):
         if code is not None:
             self.code = code
 
+    def with_request_id(self, request_id: str | None) -> TTSError:
+        """This error, its message naming NanoGPT's ``X-Request-ID`` (what its support asks
+        for); unchanged without one or when the message already names it."""
+        if request_id and request_id not in self.message:
+            self.message = f"{self.message} (X-Request-ID {request_id})"
+            self.args = (self.message,)
+        return self
+
     def as_dict(self) -> dict[str, str]:
         """The ``error`` object of a failed outcome."""
         return {"code": self.code, "message": self.message}
@@ -67,6 +76,13 @@ class InvalidInput(PermanentError):
 
 class AuthFailed(PermanentError):
     code = "AUTH_FAILED"
+
+
+class InsufficientBalance(PermanentError):
+    """NanoGPT answered 402: the account cannot pay. No retry can help until someone tops it
+    up, so the job fails at once, with its own code, log line and metric label to alert on."""
+
+    code = "INSUFFICIENT_BALANCE"
 
 
 class NotFound(PermanentError):
@@ -164,6 +180,7 @@ OUTCOME_CODES = frozenset(
         "CONTENT_POLICY_VIOLATION",
         "UPSTREAM_ERROR",
         "AUTH_FAILED",
+        "INSUFFICIENT_BALANCE",
         "NOT_FOUND",
         "INVALID_INPUT",
         "INVALID_RESPONSE",

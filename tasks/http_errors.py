@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import math
+import re
 import ssl
 import time
 from collections.abc import Iterator
@@ -51,6 +52,16 @@ def _seconds_until_date(value: str, *, now: float | None) -> float | None:
     return when.timestamp() - (time.time() if now is None else now)
 
 
+# An X-Request-ID is an opaque id: visible ASCII, short. Anything else is not kept.
+REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def request_id(response: requests.Response) -> str | None:
+    """NanoGPT's ``X-Request-ID`` of an answer, if it has a usable one."""
+    value = (response.headers.get("X-Request-ID") or "").strip()
+    return value if REQUEST_ID_RE.fullmatch(value) else None
+
+
 def upstream_message(response: requests.Response) -> str:
     """A short human message from an error answer: its JSON ``error`` or the start of its text."""
     try:
@@ -66,10 +77,19 @@ def upstream_message(response: requests.Response) -> str:
 
 
 def raise_for_status(response: requests.Response, *, what: str) -> None:
-    """Raise the project error that a non-2xx answer from NanoGPT means; return on 2xx."""
+    """Raise the project error that a non-2xx answer from NanoGPT means; return on 2xx.
+
+    The error's message names the answer's ``X-Request-ID``."""
     status = response.status_code
     if 200 <= status < 300:
         return
+    try:
+        _raise_for(response, status, what=what)
+    except errors.TTSError as exc:
+        raise exc.with_request_id(request_id(response)) from None
+
+
+def _raise_for(response: requests.Response, status: int, *, what: str) -> None:
     message = f"{what}: HTTP {status}: {upstream_message(response)}"
     if 300 <= status < 400:  # never followed (tasks/nanogpt.py): the key stays with NanoGPT
         raise errors.UpstreamFailed(
@@ -77,6 +97,8 @@ def raise_for_status(response: requests.Response, *, what: str) -> None:
         )
     if status in (401, 403):
         raise errors.AuthFailed(message)
+    if status == 402:  # {"error": "Insufficient balance"}: only a top-up helps
+        raise errors.InsufficientBalance(message)
     if status == 404:
         raise errors.NotFound(message)
     if status == 429:
@@ -112,18 +134,23 @@ def mapped(what: str, *, transient: type[errors.TransientError]) -> Iterator[Non
 
     ``transient`` is the class for faults worth retrying (a timeout, a reset connection): an
     upstream API call maps them to ``UpstreamUnavailable``, a download to ``DownloadInterrupted``.
+
+    The boundary for callers' URLs: a ``requests`` error quotes the whole URL (a notify URL's
+    token, a presigned audio URL's signature), so the project error names only the kind of fault
+    and is raised ``from None``. The chain would otherwise go with it into every traceback
+    Celery formats: task-retried and task-failed events (Flower) and the result backend.
     """
     try:
         yield
     except InvalidIPAddress as exc:
-        raise errors.UnsafeUrl(f"{what}: address {exc} is not allowed") from exc
-    except requests.exceptions.InvalidURL as exc:
-        raise errors.UnsafeUrl(f"{what}: invalid URL") from exc
+        raise errors.UnsafeUrl(f"{what}: address {exc} is not allowed") from None
+    except requests.exceptions.InvalidURL:
+        raise errors.UnsafeUrl(f"{what}: invalid URL") from None
     except (requests.Timeout, requests.ConnectionError) as exc:
-        raise transient(f"{what}: {type(exc).__name__}") from exc
-    except requests.exceptions.ChunkedEncodingError as exc:
-        raise transient(f"{what}: connection cut mid-body") from exc
+        raise transient(f"{what}: {type(exc).__name__}") from None
+    except requests.exceptions.ChunkedEncodingError:
+        raise transient(f"{what}: connection cut mid-body") from None
     except requests.RequestException as exc:
-        raise transient(f"{what}: {type(exc).__name__}") from exc
+        raise transient(f"{what}: {type(exc).__name__}") from None
     except urllib3.exceptions.HTTPError as exc:  # raw reads (tasks.storage) are not wrapped
-        raise transient(f"{what}: {type(exc).__name__}") from exc
+        raise transient(f"{what}: {type(exc).__name__}") from None

@@ -189,6 +189,8 @@ class Job:
     notified_at: float | None = None
     not_before: float | None = None
     last_error: str | None = None
+    # NanoGPT's X-Request-ID of the last submit or status answer: what its support asks for.
+    request_id: str | None = None
     request: dict[str, Any] | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     seq: str | None = field(default=None, repr=False)
@@ -236,6 +238,7 @@ class Job:
             notified_at=num("notified_at"),
             not_before=num("not_before"),
             last_error=raw.get("last_error"),
+            request_id=raw.get("request_id"),
             request=json.loads(raw["request"]) if raw.get("request") else None,
             token=raw.get("token"),
             seq=raw.get("seq"),

@@ -14,6 +14,7 @@ permanent, since the request was accepted (and billed).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import requests
 
 from tasks import errors, parsing, storage
-from tasks.http_errors import mapped, never_sent, raise_for_status
+from tasks.http_errors import mapped, never_sent, raise_for_status, request_id
 from tasks.validation import PollRequest, SubmitRequest
 
 # Statuses that say the server did not act on the request: it may be sent again.
@@ -35,6 +36,7 @@ class InlineAudio:
 
     audio: bytes
     content_type: str
+    request_id: str | None = None
 
 
 SubmitResult = parsing.Ticket | parsing.AudioLink | InlineAudio
@@ -80,6 +82,11 @@ class NanoGPTClient:
                 ) from None
             with mapped("submit", transient=errors.UpstreamUnavailable):
                 raise
+        rid = request_id(response)
+        with _naming(rid):
+            return dataclasses.replace(self._submit_answer(request, response), request_id=rid)
+
+    def _submit_answer(self, request: SubmitRequest, response: requests.Response) -> SubmitResult:
         status = response.status_code
         if status not in (200, 202):
             with response:
@@ -130,8 +137,14 @@ class NanoGPTClient:
                 timeout=self._timeout_s,
                 allow_redirects=False,
             )
-        raise_for_status(response, what="status")
-        return parsing.parse_status(self._json(response, what="status"))
+        rid = request_id(response)
+        with _naming(rid):
+            raise_for_status(response, what="status")
+            result = parsing.parse_status(self._json(response, what="status"))
+        if isinstance(result, parsing.Failed):
+            result.error.with_request_id(rid)
+            return result
+        return dataclasses.replace(result, request_id=rid)
 
     @staticmethod
     def _json(response: requests.Response, *, what: str) -> object:
@@ -142,6 +155,15 @@ class NanoGPTClient:
         except ValueError as exc:
             kind = response.headers.get("Content-Type", "?")
             raise errors.InvalidResponse(f"{what}: body is not valid JSON ({kind})") from exc
+
+
+@contextlib.contextmanager
+def _naming(rid: str | None) -> Iterator[None]:
+    """Every error raised about an answer names its ``X-Request-ID``."""
+    try:
+        yield
+    except errors.TTSError as exc:
+        raise exc.with_request_id(rid) from None
 
 
 @contextlib.contextmanager

@@ -59,7 +59,11 @@ def failed(
         job_id, outcome, lease=lease, guards=guards, check_at=check_at(ctx, 0), polls=polls
     ):
         return False
-    log.info("job %s failed: %s", job_id, exc.code)
+    if isinstance(exc, errors.InsufficientBalance):
+        # Every job fails like this until the account is topped up: one line to alert on.
+        log.error("job %s failed: INSUFFICIENT_BALANCE: top up the NanoGPT account", job_id)
+    else:
+        log.info("job %s failed: %s", job_id, exc.code)
     metrics.job_finished(exc.code)
     ctx.dispatch.notify(job_id)
     return True

@@ -6,9 +6,25 @@ from dataclasses import dataclass
 
 from tasks import errors
 
-#: Status words that mean "still working". Any word the docs do not list is treated the same way
+#: Status words that mean "still working". Any word neither list names is treated the same way
 #: (it is more likely a new intermediate state than a failure), but logged as unexpected.
 PENDING_STATUSES = frozenset({"pending", "queued", "processing", "running", "in_progress"})
+#: Words that end a run with no audio, beside "error"/"failed": the job fails at once with
+#: UPSTREAM_ERROR naming the word, instead of polling until its deadline.
+TERMINAL_STATUSES = frozenset(
+    {
+        "cancelled",
+        "canceled",
+        "expired",
+        "rejected",
+        "failure",
+        "timeout",
+        "timed_out",
+        "aborted",
+        "refunded",
+        "deleted",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +35,8 @@ class Ticket:
     model: str
     cost: float | None
     payment_source: str | None
+    # NanoGPT's X-Request-ID of the answer (what its support asks for), set by the client.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,12 +50,14 @@ class AudioLink:
     content_type: str | None
     cost: float | None = None
     currency: str | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Pending:
     status: str
     queue_position: int | None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,13 @@ def parse_status(payload: object) -> StatusResult:
         if payload.get("code") == "CONTENT_POLICY_VIOLATION":
             return Failed(errors.ContentPolicyViolation(message))
         return Failed(errors.UpstreamFailed(message))
+    if status in TERMINAL_STATUSES:
+        detail = _str(payload.get("error"))
+        return Failed(
+            errors.UpstreamFailed(
+                f"NanoGPT ended the run: {status}" + (f": {detail}" if detail else "")
+            )
+        )
     position = payload.get("queuePosition")
     queue_position = (
         position if isinstance(position, int) and not isinstance(position, bool) else None

@@ -15,19 +15,33 @@ URL_KEYS = frozenset({"notify_url", "audio_url"})
 # An argument no task of ours takes, but which a caller might send by mistake: never shown.
 SECRET_KEY_RE = re.compile(r"key|secret|token|passw|auth", re.IGNORECASE)
 HIDDEN = "<hidden>"
+INVALID_URL = "<invalid url>"
 
 
-def redact_url(url: str) -> str:
-    """Keep scheme, host and path; drop credentials, query and fragment (where tokens hide)."""
+def redact_url(url: object) -> str:
+    """Scheme and host (with a valid port) only, and ``/…`` when anything followed them.
+
+    A token can hide in the credentials, the query, the fragment and the path alike (Slack- and
+    Discord-style hook URLs carry it as a path segment), so none of them is shown. Never raises:
+    a value that is no URL, or has a bad port, still gets a text.
+    """
     try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    hidden = "?…" if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + hidden
+        parts = urllib.parse.urlsplit(str(url))
+        host = parts.hostname or ""
+    except Exception:  # a repr must never fail the publish or the event
+        return INVALID_URL
+    if not parts.scheme or not host:
+        return INVALID_URL
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # "host:99999", "host:abc": the host is still worth showing
+        port = None
+    if port is not None:
+        host = f"{host}:{port}"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment) else ""
+    return f"{parts.scheme.lower()}://{host}{rest}"
 
 
 def short(value: object) -> object:
@@ -43,7 +57,8 @@ def _shown(value: object) -> object:
 
 
 def kwargs_repr(kwargs: dict[str, Any]) -> str:
-    """``kwargsrepr`` for ``apply_async``: URLs redacted, long text cut, internals hidden."""
+    """``kwargsrepr`` for ``apply_async``: URLs cut to scheme and host, long text cut,
+    internals hidden."""
     shown: dict[str, object] = {}
     for key, value in kwargs.items():
         if value is None or key == "lease":

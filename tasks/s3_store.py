@@ -94,7 +94,8 @@ def make_client(s: Settings, *, user_agent: str) -> S3Client:
 def mapped(what: str) -> Iterator[None]:
     """Turn ``botocore`` exceptions raised inside the block into project errors.
 
-    Messages carry the S3 error code and status only: never a URL, key id or request detail.
+    Messages carry the S3 error code and status only: never a URL, key id or request detail;
+    raised ``from None``, since botocore's own text quotes the endpoint, bucket and key.
     """
     try:
         yield
@@ -104,13 +105,13 @@ def mapped(what: str) -> Iterator[None]:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         message = f"storage {what}: {code} (HTTP {status})"
         if status >= 500 or status in (408, 429) or code in TRANSIENT_CODES:
-            raise errors.StorageUnavailable(message) from exc
-        raise errors.StorageFailed(message) from exc
+            raise errors.StorageUnavailable(message) from None
+        raise errors.StorageFailed(message) from None
     except (NoCredentialsError, PartialCredentialsError, ParamValidationError) as exc:
-        raise errors.StorageFailed(f"storage {what}: {type(exc).__name__}") from exc
+        raise errors.StorageFailed(f"storage {what}: {type(exc).__name__}") from None
     except BotoCoreError as exc:
         # Connection refused or reset, connect/read timeouts, a truncated answer.
-        raise errors.StorageUnavailable(f"storage {what}: {type(exc).__name__}") from exc
+        raise errors.StorageUnavailable(f"storage {what}: {type(exc).__name__}") from None
 
 
 def parts(chunks: Iterable[bytes], part_bytes: int) -> Iterator[bytes]:

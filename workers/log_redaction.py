@@ -1,13 +1,17 @@
 """A logging filter that blanks out secrets wherever they would appear in a log line.
 
-Our code never logs the API key or the webhook secret, but a library might (a request dump, an
-exception that quotes a header). The filter is the last line of defence.
+Our code never logs the API key, the webhook secret, the AWS keys or a broker password, but a
+library might (a request dump, an exception that quotes a header, kombu printing the broker URL
+it failed to reach). The filter is the last line of defence.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Iterable, Iterator
+
+from workers.settings import Settings
 
 MASK = "[redacted]"
 # Shorter values are not secrets worth masking and would blank out ordinary words.
@@ -48,3 +52,42 @@ def install(secrets: Iterable[str], loggers: Iterable[logging.Logger] = ()) -> R
         for handler in logger.handlers:
             handler.addFilter(redactor)
     return redactor
+
+
+def secrets_of(s: Settings) -> list[str]:
+    """Every secret the settings hold: the API key, the webhook secret (and the key inside
+    its ``whsec_``), the AWS access key id, secret key and session token, and the password of
+    every broker and Redis URL (``CELERY_BROKER_URL``, ``CELERY_RESULT_BACKEND``,
+    ``TTS_REDIS_URL``), as written and percent-decoded."""
+    found = [
+        v.get_secret_value()
+        for v in (
+            s.api_key,
+            s.webhook_secret,
+            s.aws_access_key_id,
+            s.aws_secret_access_key,
+            s.aws_session_token,
+        )
+        if v is not None
+    ]
+    if s.webhook_secret is not None:
+        found.append(s.webhook_secret.get_secret_value().removeprefix("whsec_"))
+    for url in (s.broker_url, s.result_backend, s.redis_url):
+        found.extend(_url_passwords(url or ""))
+    return list(dict.fromkeys(found))
+
+
+def _url_passwords(url: str) -> Iterator[str]:
+    # Several URLs may share one setting (kombu's failover "url1;url2").
+    for one in url.replace(",", ";").split(";"):
+        try:
+            parts = urllib.parse.urlsplit(one.strip())
+            raw = parts.netloc.rpartition("@")[0].partition(":")[2] if "@" in parts.netloc else ""
+            query = urllib.parse.parse_qs(parts.query)
+        except ValueError:
+            continue
+        # redis-py also takes ?password=...
+        for password in (raw, *query.get("password", [])):
+            if password:
+                yield password
+                yield urllib.parse.unquote(password)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import urllib.parse
 from typing import Any
 
 from celery import Task, signals
@@ -34,7 +35,29 @@ def check_worker_settings(**_: Any) -> None:
         raise ConfigurationError(f"tts-worker: {message}")
     if s.webhook_secret is None:
         log.warning("TTS_WEBHOOK_SECRET is not set: webhooks will be sent unsigned.")
+    check_base_url(s)
     check_storage_extra(s)
+
+
+def check_base_url(s: Settings) -> None:
+    """NANOGPT_BASE_URL gets the API key and the texts in every request: https only, unless
+    its host is in TTS_TRUSTED_HOSTS (a simulator on loopback, a sidecar proxy)."""
+    try:
+        parts = urllib.parse.urlsplit(s.base_url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        parts, host = None, ""
+    if parts is not None and host and parts.scheme == "https":
+        return
+    if parts is not None and host and parts.scheme == "http" and host in s.trusted_hosts:
+        return
+    shown = redact.redact_url(s.base_url)
+    message = (
+        f"NANOGPT_BASE_URL {shown} is not https: the API key would travel in clear text. Use "
+        "https, or list its host in TTS_TRUSTED_HOSTS. The worker will not start."
+    )
+    log.critical(message)
+    raise ConfigurationError(f"tts-worker: {message}")
 
 
 # What an operator types to fix a worker told to store in S3 without boto3.
@@ -60,13 +83,9 @@ def check_storage_extra(s: Settings) -> None:
 
 
 def redact_logs(logger: logging.Logger | None = None, **_: Any) -> None:
-    """Mask the API key and webhook secret in every line the worker logs."""
-    s = get_settings()
-    secrets = [v.get_secret_value() for v in (s.api_key, s.webhook_secret) if v is not None]
-    if s.webhook_secret is not None:
-        # The key inside whsec_... is what a careless dump would print.
-        secrets.append(s.webhook_secret.get_secret_value().removeprefix("whsec_"))
-    log_redaction.install(secrets, [logger] if logger else [])
+    """Mask every secret of the settings (:func:`log_redaction.secrets_of`) in every line the
+    worker logs."""
+    log_redaction.install(log_redaction.secrets_of(get_settings()), [logger] if logger else [])
 
 
 def reset_process_state(**_: Any) -> None:

@@ -84,6 +84,9 @@ class Simulator:
         self._upstream = UpstreamQueue(upstream_slots)  # runs whose scenario sets gen_s
         self._submits_by_text: dict[str, int] = {}
         self._requests: list[RecordedRequest] = []
+        # The X-Request-ID of every answer (NanoGPT sends one with each), in order, with the
+        # path it answered.
+        self._request_ids: dict[str, str] = {}
         self._stopping = threading.Event()  # wakes hang/drip/slow handlers so stop() is prompt
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -155,6 +158,18 @@ class Simulator:
             for r in self.requests
             if r.method == "GET" and r.path == "/api/tts/status" and r.query.get("runId") == run_id
         ]
+
+    @property
+    def request_ids(self) -> dict[str, str]:
+        """The ``X-Request-ID`` of every answer sent so far, oldest first, with its path."""
+        with self._lock:
+            return dict(self._request_ids)
+
+    def _next_request_id(self, path: str) -> str:
+        with self._lock:
+            rid = f"sim-req-{len(self._request_ids) + 1:06d}"
+            self._request_ids[rid] = path.partition("?")[0]
+            return rid
 
     def clear_requests(self) -> None:
         """Forget the recorded requests."""
@@ -393,6 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        self.send_header("X-Request-ID", self.sim._next_request_id(self.path))
         for name, value in headers:
             self.send_header(name, value)
         if not any(name.lower() == "content-length" for name, _ in headers):

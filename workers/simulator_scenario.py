@@ -8,7 +8,11 @@ the happy path.
 
 Failure vocabulary (``status_fail`` / ``submit_fail``, one answer per request)::
 
-    500  503  502html  401  403  404  400  malformed  429:<retry_after_s>  slow:<seconds>
+    500  503  502html  401  402  403  404  400  malformed  429:<retry_after_s>  slow:<seconds>
+
+(402 is NanoGPT's ``{"error": "Insufficient balance"}``.) A status word the docs do not list
+(``cancelled``, ``expired``, a new intermediate word) is answered with ``pending_status=<word>``:
+every pending answer carries it, so ``pending=1 pending_status=cancelled`` ends the run there.
 
 (``429:<retry_after_s>`` sends the number as written: ``429:1e400`` sends ``Retry-After: 1e400``.)
 
@@ -42,7 +46,7 @@ from workers.sample_audio import WAV_HEADER_BYTES, make_wav, wav_header
 
 MODES = ("async", "sync_json", "sync_bytes")
 OUTCOMES = ("completed", "error", "content_policy", "completed_no_url")
-PLAIN_FAILURES = ("500", "503", "502html", "401", "403", "404", "400", "malformed")
+PLAIN_FAILURES = ("500", "503", "502html", "401", "402", "403", "404", "400", "malformed")
 PLAIN_AUDIO = ("wav", "not_audio", "hang")
 GENERIC_ERROR = "TTS generation failed. Please try again."
 CONTENT_POLICY_ERROR = "Content rejected by provider. Please modify your prompt and try again."
@@ -58,6 +62,7 @@ _FAILURE_ERRORS: dict[str, tuple[int, str]] = {
     "500": (500, "Internal server error"),
     "503": (503, "Service temporarily unavailable"),
     "401": (401, "Invalid API key"),
+    "402": (402, "Insufficient balance"),
     "403": (403, "Forbidden"),
     "404": (404, "Run not found"),
     "400": (400, "Bad request"),

@@ -9,7 +9,7 @@ from tasks import errors, logctx, metrics, schedule, validation
 from tasks.context import Ctx
 from tasks.jobs import Job
 from tasks.outcomes import check_at, fail
-from tasks.parsing import AudioLink, Failed, Pending
+from tasks.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
 from tasks.steps import accept
 from tasks.steps.base import Delivery, Result, poisoned, retry_or_fail
 
@@ -109,6 +109,7 @@ def poll(
             "last_status": "completed",
             "audio_url": result.audio_url,
             "content_type": result.content_type,
+            "request_id": result.request_id,
         }
         if ctx.jobs.end_polling(
             jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s)
@@ -138,8 +139,11 @@ def _requeue(
         return fail(
             ctx, job.job_id, errors.DeadlineExceeded("still pending at the deadline"), lease=held
         )
-    if pending.status != "pending":
-        log.info("job %s: status %r treated as pending", job.job_id, pending.status)
+    if pending.status not in PENDING_STATUSES:
+        # Neither a pending word nor a terminal one (tasks/parsing.py): polled on, but said.
+        log.warning(
+            "job %s: status %r is not documented; treated as pending", job.job_id, pending.status
+        )
     lease, seq = held
     # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves.
     park_at = now + delay_s if s.polls_wait_in_redis else None
@@ -149,6 +153,7 @@ def _requeue(
         seq,
         {
             "last_status": pending.status,
+            "request_id": pending.request_id,
             # "" rather than None, which would leave the previous position in place.
             "queue_position": "" if position is None else position,
             "queue_first_position": seen.first_position,

@@ -160,6 +160,7 @@ def _accepted(
             "content_type": answer.content_type,
             "cost": answer.cost,
             "currency": answer.currency,
+            "request_id": answer.request_id,
         }
         moved = ctx.jobs.audio_ready(
             job_id, attempt, fields, check_at=check_at(ctx, s.download_timeout_s)
@@ -170,7 +171,11 @@ def _accepted(
     else:
         # Spooled first: a storage outage is then retried from the spool, never by a new POST.
         ctx.jobs.spool(job_id, answer.audio, ttl_s=s.poll_timeout_s)
-        fields = {"spooled": True, "content_type": answer.content_type}
+        fields = {
+            "spooled": True,
+            "content_type": answer.content_type,
+            "request_id": answer.request_id,
+        }
         moved = ctx.jobs.audio_ready(
             job_id, attempt, fields, check_at=check_at(ctx, s.download_timeout_s)
         )
@@ -212,6 +217,7 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
             "model": ticket.model,
             "cost": ticket.cost,
             "payment_source": ticket.payment_source,
+            "request_id": ticket.request_id,
             "next_poll_at": now + first_s,
         },
         deadline_at=deadline_at,

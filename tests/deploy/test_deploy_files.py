@@ -52,6 +52,7 @@ CORE_KINDS = {
     ("v1", "Service"): "V1Service",
     ("v1", "ConfigMap"): "V1ConfigMap",
     ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
 }
 # Standard variables the files may set besides our settings, each for a stated reason.
 STANDARD_ENV = {
@@ -63,7 +64,23 @@ STANDARD_ENV = {
     "RABBITMQ_DEFAULT_USER",  # the optional RabbitMQ container of the compose file
     "RABBITMQ_DEFAULT_PASS",
 }
-SECRET_ENV = {"NANOGPT_API_KEY", "TTS_WEBHOOK_SECRET", "CELERY_BROKER_URL", "FLOWER_BASIC_AUTH"}
+SECRET_ENV = {
+    "NANOGPT_API_KEY",
+    "TTS_WEBHOOK_SECRET",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "TTS_REDIS_URL",
+    "FLOWER_BASIC_AUTH",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+}
+# The secrets each process uses: beat only publishes, Flower only reads the broker's events.
+SECRETS_USED = {
+    "worker": {"NANOGPT_API_KEY", "TTS_WEBHOOK_SECRET", "CELERY_BROKER_URL"},
+    "beat": {"CELERY_BROKER_URL"},
+    "flower": {"CELERY_BROKER_URL", "FLOWER_BASIC_AUTH"},
+}
 FLOWER_GUARD = '"${FLOWER_BASIC_AUTH:?'
 
 
@@ -229,6 +246,50 @@ def test_worker_pods_take_secrets_from_a_secret_and_run_as_non_root() -> None:
             for env in c.get("env", []):
                 # A secret is never written into a manifest, only referenced.
                 assert env["name"] not in SECRET_ENV or "valueFrom" in env, env
+
+
+def pod_secrets(name: str) -> set[str]:
+    """The secret variables a Deployment's containers get, by name (``envFrom`` a Secret: every
+    secret variable, as far as this test can know)."""
+    found: set[str] = set()
+    for c in pod_spec(name)["containers"]:
+        found |= {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        if any("secretRef" in e for e in c.get("envFrom", [])):
+            found |= SECRET_ENV - {"FLOWER_BASIC_AUTH"}
+    return found & SECRET_ENV
+
+
+@pytest.mark.parametrize("process", sorted(SECRETS_USED))
+def test_each_pod_gets_only_the_secrets_it_uses(process: str) -> None:
+    found = pod_secrets(f"tts-{process}")
+    if process == "worker":  # the worker's Secret holds its own keys (AWS ones optional)
+        assert SECRETS_USED["worker"] <= found
+        assert "FLOWER_BASIC_AUTH" not in found
+    else:
+        assert found == SECRETS_USED[process]
+
+
+def test_no_pod_mounts_a_service_account_token() -> None:
+    deployments = [d for _, d in k8s_docs() if d["kind"] == "Deployment"]
+    assert len(deployments) == 3
+    for d in deployments:
+        assert d["spec"]["template"]["spec"]["automountServiceAccountToken"] is False, d
+
+
+def test_flower_port_is_reachable_from_inside_the_cluster_only() -> None:
+    policy = k8s_object("NetworkPolicy", "tts-flower")["spec"]
+    flower_labels = k8s_object("Deployment", "tts-flower")["spec"]["template"]["metadata"]
+    assert policy["podSelector"]["matchLabels"] == flower_labels["labels"]
+    assert "Ingress" in policy["policyTypes"]
+    [container] = pod_spec("tts-flower")["containers"]
+    flower_port = container["ports"][0]["containerPort"]
+    assert policy["ingress"], "an empty ingress list would block kubectl port-forward too"
+    for rule in policy["ingress"]:
+        assert rule["from"], "a rule without 'from' admits every address, outside ones too"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer  # addresses, possibly outside the cluster
+            assert set(peer) <= {"namespaceSelector", "podSelector"}
+        assert [p["port"] for p in rule["ports"]] == [flower_port]
 
 
 def test_beat_runs_alone() -> None:
@@ -659,10 +720,30 @@ def test_units_run_one_process_each_as_an_unprivileged_user() -> None:
         keys = unit(name)
         assert keys["User"] == ["tts"], name
         assert keys["Group"] == ["tts"], name
-        assert "/etc/tts-worker/env" in keys["EnvironmentFile"], name
+        assert "/etc/tts-worker/broker.env" in keys["EnvironmentFile"], name
         [exec_start] = keys["ExecStart"]
         sub = check_celery_command(celery_argv(exec_start))
         assert name == f"tts-{sub}.service"
+
+
+def unit_secrets(name: str) -> set[str]:
+    """The secret variables a unit loads: from its EnvironmentFiles (their ``.example`` here)
+    and its ``Environment=`` lines."""
+    found = {v.split("=", 1)[0] for v in unit(name).get("Environment", [])}
+    for path in unit(name).get("EnvironmentFile", []):
+        example = SYSTEMD / (Path(path.lstrip("-")).name + ".example")
+        assert example.exists(), f"{name} loads {path}, which has no {example.name}"
+        found |= {
+            line.split("=", 1)[0]
+            for line in example.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        }
+    return found & SECRET_ENV
+
+
+@pytest.mark.parametrize("process", sorted(SECRETS_USED))
+def test_each_unit_loads_only_the_secrets_it_uses(process: str) -> None:
+    assert unit_secrets(f"tts-{process}.service") == SECRETS_USED[process]
 
 
 def test_worker_unit_stops_warm_and_waits_out_the_longest_task() -> None:
@@ -685,6 +766,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         )
         (tmp_path / name).write_text(text)
     (tmp_path / "env").write_text((SYSTEMD / "env.example").read_text())
+    (tmp_path / "broker.env").write_text((SYSTEMD / "broker.env.example").read_text())
     (tmp_path / "flower.env").write_text((SYSTEMD / "flower.env.example").read_text())
     done = subprocess.run(
         ["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNITS)],

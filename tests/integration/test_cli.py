@@ -144,7 +144,7 @@ def test_enqueued_message_shows_no_token_and_no_long_text() -> None:
     headers = json.loads(raw[0])["headers"]
     assert headers["task"] == names.SUBMIT_TTS
     assert "s3cret" not in headers["kwargsrepr"]
-    assert "http://127.0.0.1:9/hook?…" in headers["kwargsrepr"]
+    assert "http://127.0.0.1:9/…" in headers["kwargsrepr"]
     assert "x" * 61 not in headers["argsrepr"]
     assert ELEVEN in headers["argsrepr"]
 

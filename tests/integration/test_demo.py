@@ -134,7 +134,7 @@ def test_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
 
 def test_demo_failure_is_one_line_and_cleans_up(tmp_path: Path) -> None:
     """With a key set the demo calls "NanoGPT"; here nothing answers there, so the job fails."""
-    base_url = f"http://127.0.0.2:{free_port()}/api"
+    base_url = f"http://127.0.0.1:{free_port()}/api"  # trusted by the demo: plain http is allowed
     done, mark = run_demo(
         tmp_path,
         "--embedded-redis",

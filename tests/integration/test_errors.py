@@ -312,3 +312,52 @@ def test_every_code_is_documented() -> None:
 
 def test_scenario_default_is_happy(simulator: Simulator) -> None:
     assert simulator.default_scenario == Scenario()
+
+
+@pytest.mark.parametrize("where", ["submit_fail", "status_fail"])
+def test_402_fails_at_once_with_insufficient_balance(
+    where: str, send: Send, receiver: Receiver, simulator: Simulator
+) -> None:
+    body = failed(send, receiver, f"No money [[sim {where}=402]]")
+    assert body["error"]["code"] == "INSUFFICIENT_BALANCE"
+    assert "Insufficient balance" in body["error"]["message"]
+    if where == "status_fail":
+        assert polls_of(simulator, body) == 1  # never retried
+    else:
+        assert body["run_id"] is None
+    # The X-Request-ID NanoGPT's support asks for is in the message.
+    rid = body["error"]["message"].rsplit("X-Request-ID ", 1)[1].rstrip(")")
+    assert rid in simulator.request_ids
+
+
+@pytest.mark.parametrize("word", ["cancelled", "expired", "rejected"])
+def test_terminal_status_word_fails_within_a_few_polls(
+    word: str, send: Send, receiver: Receiver, simulator: Simulator
+) -> None:
+    # The first status answer carries the word: the job ends there, not at TTS_POLL_TIMEOUT.
+    body = failed(send, receiver, f"Gone [[sim pending=5 queue=none pending_status={word}]]")
+    assert body["error"]["code"] == "UPSTREAM_ERROR"
+    assert word in body["error"]["message"]
+    assert "X-Request-ID sim-req-" in body["error"]["message"]
+    assert polls_of(simulator, body) == 1
+
+
+def test_unlisted_status_word_keeps_polling(
+    send: Send, receiver: Receiver, simulator: Simulator, store: JobStore
+) -> None:
+    jid = job_id()
+    send(
+        names.SUBMIT_TTS,
+        "New word [[sim pending=2 pending_status=warming_up]]",
+        ELEVEN,
+        notify_url=receiver.url,
+        job_id=jid,
+    )
+    body = receiver.wait_for(jid).json()
+    assert body["type"] == "tts.completed"
+    assert polls_of(simulator, body) == 3
+    job = store.get(jid)
+    assert job is not None
+    assert job.request_id is not None
+    # Kept from the last status answer (not the submit's, nor the audio download's).
+    assert simulator.request_ids[job.request_id].endswith("/tts/status")

@@ -34,6 +34,22 @@ def test_worker_without_api_key_refuses_to_start(worker_env: dict[str, str]) -> 
     assert "Traceback" not in done.stderr
 
 
+def test_worker_with_a_clear_text_base_url_refuses_to_start(worker_env: dict[str, str]) -> None:
+    env = {**os.environ, **worker_env, "TTS_TRUSTED_HOSTS": ""}  # base URL: http://127.0.0.1
+    assert env["NANOGPT_BASE_URL"].startswith("http://127.0.0.1")
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    assert "NANOGPT_BASE_URL http://127.0.0.1" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_bad_webhook_secret_is_a_clear_error(worker_env: dict[str, str]) -> None:
     env = {**os.environ, **worker_env, "TTS_WEBHOOK_SECRET": "not base64!"}
     done = subprocess.run(

@@ -39,7 +39,7 @@ def test_wrapped_replies_carry_no_token_or_lease() -> None:
         reply = control._wrap(original)(object())
         assert TOKEN not in str(reply)
         assert "'lease'" not in str(reply)
-        assert "h.example.com/x" in str(reply)
+        assert "https://h.example.com/…" in str(reply)
     entry = control._wrap(scheduled)(object())[0]
     assert entry["eta"] == "2030-01-01T00:00:00"
     assert entry["request"]["id"] == "t1"

@@ -150,4 +150,23 @@ def test_network_faults_are_transient(exc: Exception) -> None:
         mapped("status", transient=errors.UpstreamUnavailable),
     ):
         raise exc
-    assert caught.value.__cause__ is exc
+    # The fault is named by kind; the original (which quotes the URL) is not chained.
+    assert type(exc).__name__ in str(caught.value) or "cut" in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_402_is_insufficient_balance_never_retried_and_names_the_request_id() -> None:
+    answer = response(402, b'{"error":"Insufficient balance"}', {"X-Request-ID": "req-42"})
+    with pytest.raises(errors.InsufficientBalance) as caught:
+        raise_for_status(answer, what="submit")
+    assert isinstance(caught.value, errors.PermanentError)
+    assert caught.value.code == "INSUFFICIENT_BALANCE"
+    assert caught.value.message == "submit: HTTP 402: Insufficient balance (X-Request-ID req-42)"
+
+
+@pytest.mark.parametrize("header", ["", "two words", "x" * 200, "bad\u00e9"])
+def test_an_unusable_request_id_is_not_kept(header: str) -> None:
+    with pytest.raises(errors.NotFound) as caught:
+        raise_for_status(response(404, b"{}", {"X-Request-ID": header}), what="status")
+    assert "X-Request-ID" not in caught.value.message

@@ -49,3 +49,43 @@ def test_clean_lines_untouched() -> None:
     logger.setLevel(logging.INFO)
     logger.info("nothing %d here", 42)
     assert stream.getvalue().strip() == "nothing 42 here"
+
+
+def test_every_kind_of_secret_in_the_settings_is_masked() -> None:
+    from tests.support.ctx import settings
+    from workers.log_redaction import secrets_of
+
+    whsec_key = "c2VjcmV0LWtleS1mb3ItdGVzdHMtMzItYnl0ZXMhIQ=="
+    s = settings(
+        NANOGPT_API_KEY="nano-api-key-0001",
+        TTS_WEBHOOK_SECRET="whsec_" + whsec_key,
+        AWS_ACCESS_KEY_ID="AKIAEXAMPLEKEYID0001",
+        AWS_SECRET_ACCESS_KEY="aws-secret-access-key-0001",
+        AWS_SESSION_TOKEN="aws-session-token-0001",
+        CELERY_BROKER_URL="redis://:broker-pass%2F01@127.0.0.1:6379/0",
+        CELERY_RESULT_BACKEND="redis://user:backend-pass-01@127.0.0.1:6379/1",
+        TTS_REDIS_URL="redis://127.0.0.1:6379/2?password=store-pass-01",
+    )
+    stream = io.StringIO()
+    logger = logging.getLogger(f"redaction-settings-{id(stream)}")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    install(secrets_of(s), [logger])
+    shown = [
+        "nano-api-key-0001",
+        whsec_key,
+        "AKIAEXAMPLEKEYID0001",
+        "aws-secret-access-key-0001",
+        "aws-session-token-0001",
+        "broker-pass%2F01",
+        "broker-pass/01",
+        "backend-pass-01",
+        "store-pass-01",
+    ]
+    for secret in shown:
+        logger.warning("quoted: %s", secret)
+    out = stream.getvalue()
+    for secret in shown:
+        assert secret not in out
+    assert out.count(MASK) == len(shown)

@@ -116,3 +116,16 @@ def test_sync_answer_carries_its_cost_and_currency() -> None:
 def test_sync_answer_without_a_usable_cost(cost: object) -> None:
     answer = parsing.parse_sync_answer({"audioUrl": "https://x/f.mp3", "cost": cost})
     assert (answer.cost, answer.currency) == (None, None)
+
+
+@pytest.mark.parametrize("word", sorted(parsing.TERMINAL_STATUSES))
+def test_terminal_words_fail_at_once_naming_the_word(word: str) -> None:
+    result = parsing.parse_status({"status": word.upper(), "error": "by the user"})
+    assert isinstance(result, parsing.Failed)
+    assert result.error.code == "UPSTREAM_ERROR"
+    assert word in result.error.message
+    assert "by the user" in result.error.message
+
+
+def test_an_unlisted_word_is_pending() -> None:
+    assert parsing.parse_status({"status": "warming_up"}) == parsing.Pending("warming_up", None)

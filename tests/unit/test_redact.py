@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 
+import pytest
+
 from tasks import redact
 
 
@@ -17,7 +19,7 @@ def test_kwargs_repr_drops_query_tokens_and_internals() -> None:
         }
     )
     shown = ast.literal_eval(text)
-    assert shown == {"notify_url": "https://hooks.example.com/tts?…", "job_id": "j1"}
+    assert shown == {"notify_url": "https://hooks.example.com/…", "job_id": "j1"}
 
 
 def test_keys_that_name_secrets_are_hidden_whatever_their_value() -> None:
@@ -32,10 +34,47 @@ def test_args_repr_cuts_text_and_redacts_urls() -> None:
     )
     assert shown[0] == long_text[: redact.MAX_TEXT_CHARS] + "…"
     assert shown[1] == "Kokoro-82m"
-    assert shown[2] == "https://cdn.example.com/a.mp3?…"
+    assert shown[2] == "https://cdn.example.com/…"
 
 
 def test_any_argument_text_stays_one_table_row() -> None:
     nested = {"a": [list(range(200))]}
     assert len(redact.args_repr([nested])) <= redact.MAX_REPR_CHARS + 1
     assert len(redact.kwargs_repr({"extra": nested})) <= redact.MAX_REPR_CHARS + 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/XXXXSECRET", "https://hooks.slack.com/…"),
+        ("https://discord.com/api/webhooks/123/SECRETTOKEN", "https://discord.com/…"),
+        ("https://h.example.com:8443/x?token=SECRET", "https://h.example.com:8443/…"),
+        ("https://h.example.com#SECRET", "https://h.example.com/…"),
+        ("https://user:SECRET@h.example.com/", "https://h.example.com"),
+        ("http://[::1]:8080/SECRET", "http://[::1]:8080/…"),
+        ("HTTPS://H.example.com", "https://h.example.com"),
+    ],
+)
+def test_urls_show_scheme_and_host_only(url: str, shown: str) -> None:
+    assert redact.redact_url(url) == shown
+    assert "SECRET" not in redact.kwargs_repr({"notify_url": url})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://h.example.com:99999/SECRET",
+        "https://h.example.com:abc/SECRET",
+        "http://[::1/SECRET",
+        "not a url SECRET",
+        "",
+        12,
+        None,
+    ],
+)
+def test_redaction_never_raises_and_never_shows_the_rest(url: object) -> None:
+    text = redact.redact_url(url)
+    assert "SECRET" not in text
+    assert "SECRET" not in redact.kwargs_repr({"notify_url": url, "audio_url": url})
+    if isinstance(url, str) and url.startswith("http"):  # other text is shown, cut short
+        assert "SECRET" not in redact.args_repr([url])

@@ -54,7 +54,7 @@ def test_apply_async_and_signatures_publish_redacted_text(app: Celery) -> None:
     for headers in (published(app), published(app)):
         assert TOKEN not in headers["kwargsrepr"]
         assert "L1" not in headers["kwargsrepr"]
-        assert "h.example.com/hook" in headers["kwargsrepr"]
+        assert "https://h.example.com/…" in headers["kwargsrepr"]
         assert len(headers["argsrepr"]) < 100
         assert "Kokoro-82m" in headers["argsrepr"]
 
