@@ -5,6 +5,11 @@ resolves to a public address. The address check is ``requests-hardened``'s: it r
 once, refuses private, loopback, link-local and reserved ranges, and connects to the address it
 checked, so a DNS answer that changes between check and connect (rebinding) cannot slip through.
 Redirects are followed here, one hop at a time, each hop checked like the first URL.
+
+Every answer comes back streamed and uncompressed (``Accept-Encoding: identity``): nothing is read
+until the caller reads it, and the caller decides how much (a download up to its byte cap, a
+webhook reply not at all). Without that, ``requests`` would read and inflate a whole body first,
+and a 200 KB gzip reply can inflate to 200 MB.
 """
 
 from __future__ import annotations
@@ -64,9 +69,13 @@ class SafeHttp:
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """Send one request, following GET redirects after checking each hop.
 
+        The answer is streamed (``stream=True``, ``Accept-Encoding: identity``): close it.
+
         ``requests`` exceptions pass through; callers map them with :mod:`tasks.http_errors`.
         """
         kwargs.setdefault("timeout", self._timeout_s)
+        kwargs["stream"] = True
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Accept-Encoding": "identity"}
         for _hop in range(MAX_REDIRECTS + 1):
             session = self._session_for(url)
             response: requests.Response = session.request(

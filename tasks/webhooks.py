@@ -59,7 +59,7 @@ def signed_headers(
 def deliver(
     http: SafeHttp, url: str, body: dict[str, Any], *, msg_id: str, secret: str | None
 ) -> int:
-    """POST the body once; return the status code of a 2xx answer.
+    """POST the body once; return the status code of a 2xx answer (its body is never read).
 
     Raises :class:`errors.WebhookGone` on 410 (the receiver asks us to stop),
     :class:`errors.UnsafeUrl` for a refused address, :class:`errors.WebhookRefused` otherwise.
@@ -69,6 +69,8 @@ def deliver(
     headers = signed_headers(secret, msg_id, payload, now=now)
     with mapped("webhook", transient=errors.WebhookRefused):
         response = http.request("POST", url, data=payload.encode(), headers=headers)
+    # Only the status line counts. The reply's body is never read: closing the streamed
+    # response drops it unread, however large or compressed it is.
     with response:
         status = response.status_code
     if 200 <= status < 300:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import tracemalloc
+from collections.abc import Iterator
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tasks import webhooks
+from tasks.safe_http import SafeHttp
+from tests.support.gzip_bomb import MIB, BombReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -56,3 +60,24 @@ def test_body_shapes() -> None:
         "model": "m",
         "audio": audio,
     }
+
+
+@pytest.fixture(scope="module")
+def bomb() -> Iterator[BombReceiver]:
+    with BombReceiver() as receiver:
+        yield receiver
+
+
+def test_gzip_bomb_reply_is_never_inflated(bomb: BombReceiver) -> None:
+    assert len(bomb.body) < 300_000  # the premise: a small reply on the wire
+    http = SafeHttp(trusted_hosts=frozenset({"127.0.0.1"}), timeout_s=(1.0, 5.0), user_agent="test")
+    tracemalloc.start()
+    try:
+        status = webhooks.deliver(http, bomb.url, {"type": "t"}, msg_id="msg_1", secret=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        http.close()
+    assert status == 200
+    assert peak < 5 * MIB, f"delivery allocated {peak / MIB:.0f} MiB"
+    assert bomb.posts[-1][1]["accept-encoding"] == "identity"
