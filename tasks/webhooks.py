@@ -1,8 +1,9 @@
 """Outcome webhooks, signed per Standard Webhooks (https://www.standardwebhooks.com/).
 
-The ``webhook-id`` is derived from the job id, so every attempt for one outcome carries the same
-id and receivers can drop repeats. Signing uses the ``standardwebhooks`` package, the same code a
-receiver verifies with.
+The ``webhook-id`` is made from the random ``outcome_id`` stored with the job's outcome, so
+every attempt for one outcome carries the same id and receivers can drop repeats, while a job id
+used again after its record expired gets a new one (a receiver dropping repeats keeps it).
+Signing uses the ``standardwebhooks`` package, the same code a receiver verifies with.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from tasks.safe_http import SafeHttp
 USER_AGENT = "tts-worker-webhooks/1"
 
 
-def message_id(job_id: str) -> str:
-    """The stable ``webhook-id`` of a job's outcome."""
+def message_id(job_id: str, outcome_id: str | None) -> str:
+    """The ``webhook-id`` of one outcome: stable across its attempts, new for a new outcome.
+
+    A record settled before ``outcome_id`` existed falls back to the job id's hash, so a
+    webhook already being retried across an upgrade keeps its id.
+    """
+    if outcome_id:
+        return "msg_" + outcome_id
     return "msg_" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
 
 

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from tasks import names
+from tasks.jobs import KEY_PREFIX
 from tasks.states import NotifyState
 from tests.reliability.test_promise import assert_runs_this_tree
 from tests.support.gzip_bomb import MIB, BombReceiver
-from tests.support.stack import ELEVEN, Lane, Spawn, wait_until
+from tests.support.stack import ELEVEN, Lane, Send, Spawn, wait_until
+from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -71,3 +74,22 @@ def test_gzip_bomb_reply_grows_the_worker_little_and_counts_as_delivered(
     assert (job.notify_state, job.notify_attempts) == (NotifyState.DELIVERED, 1)
     assert len(posts) == 1
     assert posts[0]["accept-encoding"] == "identity"
+
+
+def test_reused_job_id_gets_a_new_webhook_id(
+    send: Send, receiver: Receiver, redis_server: EmbeddedRedis
+) -> None:
+    jid = f"reuse-{uuid.uuid4().hex}"
+    text = "Said twice [[sim pending=1]]"
+    send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+    first = receiver.wait_for(jid)
+    # The record's TTL running out, at once.
+    with redis.Redis.from_url(redis_server.url) as client:
+        assert client.delete(KEY_PREFIX + jid) == 1
+    send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+    wait_until(lambda: len([d for d in receiver.for_job(jid) if d.answered == 200]) == 2)
+
+    second = [d for d in receiver.for_job(jid) if d.answered == 200][1]
+    assert first.verified
+    assert second.verified
+    assert first.headers["webhook-id"] != second.headers["webhook-id"]

@@ -27,7 +27,7 @@ def test_signature_verifies_and_tamper_fails() -> None:
     )
     payload = json.dumps(body)
     now = datetime.datetime.now(tz=datetime.UTC)
-    headers = webhooks.signed_headers(SECRET, webhooks.message_id("job-1"), payload, now=now)
+    headers = webhooks.signed_headers(SECRET, webhooks.message_id("job-1", None), payload, now=now)
     verified = Webhook(SECRET).verify(payload, headers)
     assert verified["error"]["code"] == "TIMEOUT"
     with pytest.raises(WebhookVerificationError):
@@ -44,10 +44,15 @@ def test_unsigned_without_secret() -> None:
     assert headers["webhook-id"] == "msg_1"
 
 
-def test_message_id_is_stable_per_job() -> None:
-    assert webhooks.message_id("a") == webhooks.message_id("a")
-    assert webhooks.message_id("a") != webhooks.message_id("b")
-    assert webhooks.message_id("a").startswith("msg_")
+def test_message_id_is_the_outcomes() -> None:
+    assert webhooks.message_id("a", "0f" * 16) == "msg_" + "0f" * 16
+    assert webhooks.message_id("a", "1") != webhooks.message_id("a", "2")
+
+
+def test_message_id_of_a_record_without_outcome_id_is_stable_per_job() -> None:
+    assert webhooks.message_id("a", None) == webhooks.message_id("a", None)
+    assert webhooks.message_id("a", None) != webhooks.message_id("b", None)
+    assert webhooks.message_id("a", None).startswith("msg_")
 
 
 def test_body_shapes() -> None:
