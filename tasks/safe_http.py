@@ -1,10 +1,12 @@
 """Outbound HTTP to URLs that callers or upstream chose (audio files, webhooks), made SSRF-safe.
 
-A URL is allowed when its host is in ``TTS_TRUSTED_HOSTS``, or when it is ``https`` and every hop
-resolves to a public address. The address check is ``requests-hardened``'s: it resolves the host
-once, refuses private, loopback, link-local and reserved ranges, and connects to the address it
-checked, so a DNS answer that changes between check and connect (rebinding) cannot slip through.
-Redirects are followed here, one hop at a time, each hop checked like the first URL.
+A URL is allowed when its host (or ``host:port``) is trusted, or when it is ``https`` and every hop
+resolves to a public address. Each client has its own trusted list: audio downloads use
+``TTS_TRUSTED_HOSTS``, webhooks ``TTS_TRUSTED_WEBHOOK_HOSTS`` (tasks/runtime.py). The address check
+is ``requests-hardened``'s: it resolves the host once, refuses private, loopback, link-local and
+reserved ranges, and connects to the address it checked, so a DNS answer that changes between check
+and connect (rebinding) cannot slip through. Redirects are followed here, one hop at a time, each
+hop checked like the first URL.
 
 Every answer comes back streamed and uncompressed (``Accept-Encoding: identity``): nothing is read
 until the caller reads it, and the caller decides how much (a download up to its byte cap, a
@@ -21,9 +23,12 @@ import requests
 from requests_hardened import Config, HTTPSession
 
 from tasks.errors import UnsafeUrl
+from workers.settings import host_key
 
 # Enough for a CDN's signed-URL hop or two; more is a loop or a trick.
 MAX_REDIRECTS = 5
+# The port a URL without one reaches, for matching ``host:port`` trusted entries.
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class SafeHttp:
@@ -32,6 +37,7 @@ class SafeHttp:
     def __init__(
         self, *, trusted_hosts: frozenset[str], timeout_s: tuple[float, float], user_agent: str
     ) -> None:
+        """``trusted_hosts``: :func:`workers.settings.host_key` entries (``host`` = any port)."""
         self._trusted_hosts = trusted_hosts
         self._timeout_s = timeout_s
 
@@ -56,7 +62,11 @@ class SafeHttp:
             raise UnsafeUrl("only absolute http(s) URLs are fetched")
         if parts.username or parts.password:
             raise UnsafeUrl("URLs with credentials are not fetched")
-        if host in self._trusted_hosts:
+        try:
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
+        except ValueError as exc:
+            raise UnsafeUrl("the URL's port is not a number from 1 to 65535") from exc
+        if host in self._trusted_hosts or host_key(host, port) in self._trusted_hosts:
             return self._trusted
         if parts.scheme != "https":
             raise UnsafeUrl(f"plain http is allowed only to trusted hosts, not {host}")

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -52,6 +59,37 @@ def parse_storage_url(url: str) -> StorageLocation:
     raise ValueError("TTS_STORAGE_URL must start with file:// or s3://")
 
 
+def host_key(host: str, port: int | None) -> str:
+    """How a trusted-host entry is kept: ``host`` (any port) or ``host:port`` (``[v6]:port``)."""
+    host = host.lower()
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_hosts(value: str, *, name: str) -> frozenset[str]:
+    """A comma-separated list of ``host`` or ``host:port`` (IPv6 as ``[::1]:8080`` or ``::1``),
+    as :func:`host_key` entries; raises ValueError naming the variable for anything else."""
+    keys: set[str] = set()
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item.count(":") > 1 and not item.startswith("["):
+            item = f"[{item}]"  # a bare IPv6 address: no port
+        parts = urllib.parse.urlsplit("//" + item)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{name}: {raw.strip()!r} has a bad port") from exc
+        if not parts.hostname or parts.path or parts.query or "@" in parts.netloc:
+            raise ValueError(f"{name}: {raw.strip()!r} is not a host or host:port")
+        if port == 0:
+            raise ValueError(f"{name}: {raw.strip()!r} has a bad port")
+        keys.add(host_key(parts.hostname, port))
+    return frozenset(keys)
+
+
 class Settings(BaseSettings):
     """Typed configuration; see the README's configuration table for each variable."""
 
@@ -85,8 +123,14 @@ class Settings(BaseSettings):
     # An S3-compatible service (MinIO, R2, GCS interoperability); unset means AWS itself.
     aws_endpoint_url: str | None = Field(None, validation_alias="AWS_ENDPOINT_URL")
     webhook_secret: SecretStr | None = Field(None, validation_alias="TTS_WEBHOOK_SECRET")
+    # Hosts (or host:port) the worker may reach although they resolve to loopback or private
+    # addresses, or over plain http: audio hosts here, webhook receivers in the next one. Two
+    # lists, so trusting an internal audio host never lets a caller's notify_url reach it.
     trusted_hosts: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), validation_alias="TTS_TRUSTED_HOSTS"
+    )
+    trusted_webhook_hosts: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(), validation_alias="TTS_TRUSTED_WEBHOOK_HOSTS"
     )
     max_audio_bytes: int = Field(52_428_800, gt=0, validation_alias="TTS_MAX_AUDIO_BYTES")
 
@@ -153,11 +197,16 @@ class Settings(BaseSettings):
     # "text" (Celery's format plus job and task ids) or "json" (one object per line).
     log_format: Literal["text", "json"] = Field("text", validation_alias="TTS_LOG_FORMAT")
 
-    @field_validator("trusted_hosts", mode="before")
+    @field_validator("trusted_hosts", "trusted_webhook_hosts", mode="before")
     @classmethod
-    def _split_hosts(cls, value: object) -> object:
+    def _split_hosts(cls, value: object, info: ValidationInfo) -> object:
+        name = {"trusted_hosts": "TTS_TRUSTED_HOSTS"}.get(
+            str(info.field_name), "TTS_TRUSTED_WEBHOOK_HOSTS"
+        )
         if isinstance(value, str):
-            return frozenset(h.strip().lower() for h in value.split(",") if h.strip())
+            return parse_hosts(value, name=name)
+        if isinstance(value, (set, frozenset, list, tuple)):
+            return parse_hosts(",".join(map(str, value)), name=name)
         return value
 
     @field_validator("webhook_secret", mode="before")

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from tasks import errors, storage
+from tasks import errors, runtime, storage
 from tasks.audio_store import LocalStore
 from tasks.safe_http import SafeHttp
 from workers.sample_audio import make_wav
+from workers.settings import Settings, get_settings, parse_hosts
 
 WAV = make_wav()
 
@@ -117,3 +119,74 @@ def test_redirect_loop_is_cut(server: str, tmp_path: Path) -> None:
 def test_odd_urls_refused(url: str, tmp_path: Path) -> None:
     with pytest.raises(errors.UnsafeUrl):
         fetch(http(), url, tmp_path)
+
+
+def test_trusted_entry_with_a_port_trusts_that_port_only(server: str, tmp_path: Path) -> None:
+    port = int(server.rsplit(":", 1)[1])
+    stored = fetch(http(frozenset({f"127.0.0.1:{port}"})), f"{server}/a.wav", tmp_path)
+    assert stored.bytes == len(WAV)
+    with pytest.raises(errors.UnsafeUrl, match="plain http"):
+        fetch(http(frozenset({f"127.0.0.1:{port + 1}"})), f"{server}/a.wav", tmp_path)
+
+
+def test_trusted_entry_without_a_port_trusts_every_port() -> None:
+    client = http(frozenset({"127.0.0.1"}))
+    for url in ("http://127.0.0.1/x", "http://127.0.0.1:1/x", "https://127.0.0.1:65535/x"):
+        client.check(url)
+
+
+def test_default_port_matches_a_trusted_entry_with_a_port() -> None:
+    client = http(parse_hosts("hooks.internal:80, [fd00::1]:8443", name="X"))
+    client.check("http://hooks.internal/x")
+    client.check("http://HOOKS.internal:80/x")
+    client.check("https://[fd00::1]:8443/x")
+    for url in ("http://hooks.internal:81/x", "http://[fd00::1]/x", "http://[fd00::1]:443/x"):
+        with pytest.raises(errors.UnsafeUrl):
+            client.check(url)
+
+
+@pytest.mark.parametrize(
+    ("value", "entries"),
+    [
+        ("", set()),
+        ("127.0.0.1", {"127.0.0.1"}),
+        (" A.example:8080 ,b.example", {"a.example:8080", "b.example"}),
+        ("::1, [::1]:80", {"::1", "[::1]:80"}),
+    ],
+)
+def test_trusted_hosts_parsed(value: str, entries: set[str]) -> None:
+    assert parse_hosts(value, name="X") == entries
+
+
+@pytest.mark.parametrize("value", ["a:b", "a:0", "a:65536", "u@a", "a/x", ":80"])
+def test_bad_trusted_host_refused_at_start(value: str) -> None:
+    with pytest.raises(ValidationError, match="TTS_TRUSTED_WEBHOOK_HOSTS"):
+        Settings(TTS_TRUSTED_WEBHOOK_HOSTS=value)
+    with pytest.raises(ValidationError, match="TTS_TRUSTED_HOSTS"):
+        Settings(TTS_TRUSTED_HOSTS=value)
+
+
+@pytest.fixture
+def split_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The runtime built from settings that trust one audio host and one receiver."""
+    monkeypatch.setenv("TTS_TRUSTED_HOSTS", "audio.internal")
+    monkeypatch.setenv("TTS_TRUSTED_WEBHOOK_HOSTS", "hooks.internal:8080")
+    monkeypatch.delenv("TTS_WEBHOOK_SECRET", raising=False)
+    get_settings.cache_clear()
+    runtime.reset()
+    yield
+    get_settings.cache_clear()
+    runtime.reset()
+
+
+@pytest.mark.usefixtures("split_runtime")
+def test_audio_and_webhook_hosts_are_trusted_apart() -> None:
+    runtime.safe_http().check("http://audio.internal/a.wav")
+    runtime.webhook_http().check("http://hooks.internal:8080/hook")
+    with pytest.raises(errors.UnsafeUrl):
+        runtime.safe_http().check("http://hooks.internal:8080/a.wav")
+    with pytest.raises(errors.UnsafeUrl):
+        runtime.webhook_http().check("http://audio.internal/hook")
+    # The webhook sender is the one with the receivers' list (refused before any connection).
+    with pytest.raises(errors.UnsafeUrl, match="plain http"):
+        runtime._webhook("http://audio.internal/hook", {}, msg_id="msg_1")
