@@ -28,6 +28,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # SigV4 presigned URLs cannot live longer than seven days.
 MAX_AUDIO_URL_TTL_S = 7 * 86_400
+# Standard Webhooks asks for 24 to 64 random bytes; a shorter key can be guessed offline from
+# one signed delivery.
+MIN_WEBHOOK_SECRET_BYTES = 24
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,11 @@ def parse_hosts(value: str, *, name: str) -> frozenset[str]:
 class Settings(BaseSettings):
     """Typed configuration; see the README's configuration table for each variable."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+    # hide_input_in_errors: a refused TTS_WEBHOOK_SECRET or API key must not be echoed into the
+    # log of a worker that failed to start.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=True, hide_input_in_errors=True
+    )
 
     broker_url: str = Field(DEFAULT_REDIS_URL, validation_alias="CELERY_BROKER_URL")
     result_backend: str | None = Field(None, validation_alias="CELERY_RESULT_BACKEND")
@@ -220,8 +227,12 @@ class Settings(BaseSettings):
                 decoded = base64.b64decode(raw, validate=True)
             except ValueError as exc:
                 raise ValueError("TTS_WEBHOOK_SECRET must be 'whsec_' followed by base64") from exc
-            if not decoded:
-                raise ValueError("TTS_WEBHOOK_SECRET decodes to an empty key")
+            if len(decoded) < MIN_WEBHOOK_SECRET_BYTES:
+                raise ValueError(
+                    f"TTS_WEBHOOK_SECRET decodes to a {len(decoded)}-byte key; use at least "
+                    f"{MIN_WEBHOOK_SECRET_BYTES} random bytes, e.g. 'whsec_' + "
+                    "base64 of 32 bytes from os.urandom"
+                )
         return value
 
     @field_validator(

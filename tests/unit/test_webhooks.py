@@ -9,11 +9,13 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tasks import webhooks
 from tasks.safe_http import SafeHttp
 from tests.support.gzip_bomb import MIB, BombReceiver
+from workers.settings import Settings
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -86,3 +88,17 @@ def test_gzip_bomb_reply_is_never_inflated(bomb: BombReceiver) -> None:
     assert status == 200
     assert peak < 5 * MIB, f"delivery allocated {peak / MIB:.0f} MiB"
     assert bomb.posts[-1][1]["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize("key", [b"", b"\0", b"k" * 16, b"k" * 23])
+def test_short_webhook_secret_refused(key: bytes) -> None:
+    secret = "whsec_" + base64.b64encode(key).decode()
+    with pytest.raises(ValidationError, match=r"TTS_WEBHOOK_SECRET .* at least 24"):
+        Settings(TTS_WEBHOOK_SECRET=secret)
+
+
+def test_webhook_secret_of_24_bytes_accepted() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    settings = Settings(TTS_WEBHOOK_SECRET=secret)
+    assert settings.webhook_secret is not None
+    assert settings.webhook_secret.get_secret_value() == secret
