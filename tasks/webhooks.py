@@ -20,6 +20,9 @@ from tasks.http_errors import mapped
 from tasks.safe_http import SafeHttp
 
 USER_AGENT = "tts-worker-webhooks/1"
+# The 4xx answers that mean "not now" rather than "never": a timeout, a conflict (the receiver
+# is busy with this id), Too Early, Too Many Requests. Retried like a 5xx.
+RETRIED_4XX = frozenset({408, 409, 425, 429})
 
 
 def message_id(job_id: str, outcome_id: str | None) -> str:
@@ -68,8 +71,10 @@ def deliver(
 ) -> int:
     """POST the body once; return the status code of a 2xx answer (its body is never read).
 
-    Raises :class:`errors.WebhookGone` on 410 (the receiver asks us to stop),
-    :class:`errors.UnsafeUrl` for a refused address, :class:`errors.WebhookRefused` otherwise.
+    Raises :class:`errors.WebhookRefused` (retried) for 5xx, 408/409/425/429 or no answer;
+    :class:`errors.WebhookGone` on 410 (the receiver asks us to stop); :class:`errors.UnsafeUrl`
+    for a refused address; :class:`errors.WebhookRejected` (not retried) for any other answer:
+    a 3xx (never followed: the next hop would be a URL nobody checked at submit time) or a 4xx.
     """
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True)
     now = datetime.datetime.now(tz=datetime.UTC)
@@ -84,4 +89,8 @@ def deliver(
         return status
     if status == 410:
         raise errors.WebhookGone("receiver answered 410 Gone")
-    raise errors.WebhookRefused(f"receiver answered HTTP {status}")
+    if 500 <= status < 600 or status in RETRIED_4XX:
+        raise errors.WebhookRefused(f"receiver answered HTTP {status}")
+    # Sending the same signed body again cannot change a 400, 401 or 404: stop now rather than
+    # retry the hopeless for TTS_WEBHOOK_RETRY_PERIOD.
+    raise errors.WebhookRejected(f"receiver answered HTTP {status}")

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     poll_wait: Literal["auto", "redis", "broker"] = Field("auto", validation_alias="TTS_POLL_WAIT")
 
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
-    # How long a refused webhook keeps being retried before the delivery is given up.
+    # How long a failed webhook (5xx, 408/409/425/429, no answer) keeps being retried.
     webhook_retry_period_s: float = Field(
         86_400.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_PERIOD"
     )

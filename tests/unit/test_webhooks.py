@@ -12,9 +12,10 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tasks import webhooks
+from tasks import errors, webhooks
 from tasks.safe_http import SafeHttp
 from tests.support.gzip_bomb import MIB, BombReceiver
+from workers.receiver import Receiver
 from workers.settings import Settings
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -102,3 +103,49 @@ def test_webhook_secret_of_24_bytes_accepted() -> None:
     settings = Settings(TTS_WEBHOOK_SECRET=secret)
     assert settings.webhook_secret is not None
     assert settings.webhook_secret.get_secret_value() == secret
+
+
+@pytest.fixture(scope="module")
+def status_receiver() -> Iterator[Receiver]:
+    """Answers ``/status/NNN`` with NNN."""
+    with Receiver(respond=lambda d: int(d.path.rsplit("/", 1)[1])) as receiver:
+        yield receiver
+
+
+@pytest.mark.parametrize(
+    ("status", "raised"),
+    [
+        (200, None),
+        (204, None),
+        (500, errors.WebhookRefused),
+        (503, errors.WebhookRefused),
+        (408, errors.WebhookRefused),
+        (409, errors.WebhookRefused),
+        (425, errors.WebhookRefused),
+        (429, errors.WebhookRefused),
+        (410, errors.WebhookGone),
+        (301, errors.WebhookRejected),
+        (302, errors.WebhookRejected),
+        (307, errors.WebhookRejected),
+        (400, errors.WebhookRejected),
+        (401, errors.WebhookRejected),
+        (403, errors.WebhookRejected),
+        (404, errors.WebhookRejected),
+        (422, errors.WebhookRejected),
+    ],
+)
+def test_reply_status_policy(
+    status_receiver: Receiver, status: int, raised: type[errors.TTSError] | None
+) -> None:
+    http = SafeHttp(trusted_hosts=frozenset({"127.0.0.1"}), timeout_s=(1.0, 5.0), user_agent="test")
+    url = status_receiver.url.replace("/hook", f"/status/{status}")
+    try:
+        if raised is None:
+            assert webhooks.deliver(http, url, {}, msg_id="msg_1", secret=None) == status
+        else:
+            with pytest.raises(raised, match=str(status)):
+                webhooks.deliver(http, url, {}, msg_id="msg_1", secret=None)
+    finally:
+        http.close()
+    if raised is errors.WebhookRejected:
+        assert issubclass(raised, errors.PermanentError)  # the notify step stops: refused
