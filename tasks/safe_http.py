@@ -5,8 +5,10 @@ resolves to a public address. Each client has its own trusted list: audio downlo
 ``TTS_TRUSTED_HOSTS``, webhooks ``TTS_TRUSTED_WEBHOOK_HOSTS`` (tasks/runtime.py). The address check
 is ``requests-hardened``'s: it resolves the host once, refuses private, loopback, link-local and
 reserved ranges, and connects to the address it checked, so a DNS answer that changes between check
-and connect (rebinding) cannot slip through. Redirects are followed here, one hop at a time, each
-hop checked like the first URL.
+and connect (rebinding) cannot slip through. :func:`refused_address` then checks that same address
+again for what requests-hardened lets pass: IPv4-compatible IPv6 (``::a9fe:a9fe`` is
+169.254.169.254 written in the deprecated ``::/96`` form) and anything else not globally routable.
+Redirects are followed here, one hop at a time, each hop checked like the first URL.
 
 Every answer comes back streamed and uncompressed (``Accept-Encoding: identity``): nothing is read
 until the caller reads it, and the caller decides how much (a download up to its byte cap, a
@@ -16,11 +18,14 @@ and a 200 KB gzip reply can inflate to 200 MB.
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
 from typing import Any
 
 import requests
 from requests_hardened import Config, HTTPSession
+from requests_hardened.ip_filter import InvalidIPAddress
+from requests_hardened.ip_filter_adapter import IPFilterAdapter
 
 from tasks.errors import UnsafeUrl
 from workers.settings import host_key
@@ -29,6 +34,39 @@ from workers.settings import host_key
 MAX_REDIRECTS = 5
 # The port a URL without one reaches, for matching ``host:port`` trusted entries.
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def refused_address(ip: Address) -> bool:
+    """Whether an address the guarded session resolved to must not be connected to.
+
+    requests-hardened refuses what Python calls private, plus a list of its own; it misses
+    IPv4-compatible IPv6 (``::/96``, deprecated by RFC 4291): Python calls ``::a9fe:a9fe``
+    neither private nor loopback, though it is 169.254.169.254. Every address Python does not
+    call global, or calls reserved (all of ``::/8``, so all of ``::/96``) or multicast, is
+    refused here; an IPv4-mapped one (``::ffff:0:0/96``) is judged by the IPv4 address inside.
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_reserved or ip.is_multicast
+
+
+class _StrictFilter(IPFilterAdapter):  # type: ignore[misc]  # the package has no stubs
+    """requests-hardened's adapter, then :func:`refused_address` on the address it picked (the
+    one the connection goes to: nothing is resolved twice)."""
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        ip = ipaddress.ip_address(str(host_params["host"]).strip("[]"))
+        if refused_address(ip):
+            raise InvalidIPAddress(ip)
+        return host_params, pool_kwargs
 
 
 class SafeHttp:
@@ -53,6 +91,10 @@ class SafeHttp:
             )
 
         self._guarded = session(True)
+        for scheme in ("http://", "https://"):
+            self._guarded.mount(
+                scheme, _StrictFilter(is_https_proto=scheme == "https://", allow_loopback=False)
+            )
         self._trusted = session(False)
 
     def _session_for(self, url: str) -> HTTPSession:
