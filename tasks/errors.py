@@ -18,14 +18,15 @@
     │   ├── WorkerLost                WORKER_LOST (a step crashed its worker too many times)
     │   ├── Cancelled                 CANCELLED (tts.cancel ended the job)
     │   ├── StorageFailed             STORAGE_FAILED   (access denied, no such bucket)
-    │   └── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
+    │   ├── WebhookGone               WEBHOOK_GONE (receiver answered 410: stop)
+    │   └── WebhookRejected           WEBHOOK_REJECTED (3xx, or 4xx but 408/409/425/429)
     └── TransientError                                           with backoff, bounded
         ├── UpstreamUnavailable       UPSTREAM_ERROR   (5xx, gateway pages, timeouts, resets)
         ├── RateLimited               UPSTREAM_ERROR   (429; waits Retry-After, up to the cap)
         ├── InvalidResponse           INVALID_RESPONSE (truncated JSON, completed without audioUrl)
         ├── DownloadInterrupted       DOWNLOAD_FAILED  (audio host slow, down or cut short)
         ├── StorageUnavailable        STORAGE_FAILED   (object store 5xx, throttled, unreachable)
-        └── WebhookRefused            WEBHOOK_FAILED   (receiver answered non-2xx or unreachable)
+        └── WebhookRefused            WEBHOOK_FAILED   (5xx, 408/409/425/429, or unreachable)
 
 ``requests`` exceptions and HTTP statuses are mapped to these classes at one boundary
 (:mod:`tasks.http_errors`), ``botocore`` exceptions at another (:mod:`tasks.s3_store`); tasks
@@ -142,6 +143,13 @@ class StorageFailed(PermanentError):
 
 class WebhookGone(PermanentError):
     code = "WEBHOOK_GONE"
+
+
+class WebhookRejected(PermanentError):
+    """The receiver turned this delivery down in a way repeating it cannot change (a redirect,
+    which is never followed, or a 4xx such as 400, 401, 403, 404, 413, 422)."""
+
+    code = "WEBHOOK_REJECTED"
 
 
 class UpstreamUnavailable(TransientError):

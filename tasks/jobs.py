@@ -183,6 +183,8 @@ class Job:
     spooled: bool = False
     content_type: str | None = None
     outcome: dict[str, Any] | None = None
+    # Random, set with the outcome: the webhook-id is made from it (tasks/webhooks.py).
+    outcome_id: str | None = None
     finished_at: float | None = None
     notify_state: str | None = None
     notify_attempts: int = 0
@@ -232,6 +234,7 @@ class Job:
             spooled=raw.get("spooled") == "1",
             content_type=raw.get("content_type"),
             outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
+            outcome_id=raw.get("outcome_id"),
             finished_at=num("finished_at"),
             notify_state=raw.get("notify_state"),
             notify_attempts=int(raw.get("notify_attempts", "0")),
@@ -517,6 +520,9 @@ class JobStore:
             "finished_at": now,
             "updated_at": now,
             "notify_state": NotifyState.QUEUED,
+            # Names this outcome (its webhook-id): the same for every attempt at its webhook,
+            # new if the job id is used again once this record has expired.
+            "outcome_id": uuid.uuid4().hex,
         }
         expected = dict(guards or {})
         if lease is not None:

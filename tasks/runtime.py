@@ -89,8 +89,19 @@ def nanogpt() -> NanoGPTClient:
 
 @functools.cache
 def safe_http() -> SafeHttp:
+    """For the audio files upstream points at (``TTS_TRUSTED_HOSTS``)."""
     return SafeHttp(
         trusted_hosts=settings().trusted_hosts, timeout_s=timeout_s(), user_agent=USER_AGENT
+    )
+
+
+@functools.cache
+def webhook_http() -> SafeHttp:
+    """For the receivers callers name in ``notify_url`` (``TTS_TRUSTED_WEBHOOK_HOSTS``)."""
+    return SafeHttp(
+        trusted_hosts=settings().trusted_webhook_hosts,
+        timeout_s=timeout_s(),
+        user_agent=USER_AGENT,
     )
 
 
@@ -163,7 +174,7 @@ def _fetch(
 def _webhook(url: str, body: dict[str, Any], *, msg_id: str) -> int:
     secret = settings().webhook_secret
     return webhooks.deliver(
-        safe_http(),
+        webhook_http(),
         url,
         body,
         msg_id=msg_id,
@@ -188,5 +199,14 @@ def context() -> Ctx:
 
 def reset() -> None:
     """Forget every cached object (after a fork, or in tests that change the environment)."""
-    for cached in (redis_client, jobs, nanogpt, safe_http, s3_client, audio_store, context):
+    for cached in (
+        redis_client,
+        jobs,
+        nanogpt,
+        safe_http,
+        webhook_http,
+        s3_client,
+        audio_store,
+        context,
+    ):
         cached.cache_clear()

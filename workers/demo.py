@@ -177,8 +177,9 @@ def _start_worker(
         "NANOGPT_API_KEY": nano.api_key,
         "NANOGPT_BASE_URL": nano.base_url,
         "TTS_WEBHOOK_SECRET": secret,
-        # The receiver is on 127.0.0.1, which the webhook sender refuses unless trusted.
+        # The simulator's audio and the receiver are on 127.0.0.1, refused unless trusted.
         "TTS_TRUSTED_HOSTS": "127.0.0.1",
+        "TTS_TRUSTED_WEBHOOK_HOSTS": "127.0.0.1",
         "TTS_AUDIO_DIR": str(settings.audio_dir),
         **(SIM_WORKER_ENV if nano.simulated else {}),
     }

@@ -15,12 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # SigV4 presigned URLs cannot live longer than seven days.
 MAX_AUDIO_URL_TTL_S = 7 * 86_400
+# Standard Webhooks asks for 24 to 64 random bytes; a shorter key can be guessed offline from
+# one signed delivery.
+MIN_WEBHOOK_SECRET_BYTES = 24
 
 
 @dataclass(frozen=True)
@@ -52,10 +62,45 @@ def parse_storage_url(url: str) -> StorageLocation:
     raise ValueError("TTS_STORAGE_URL must start with file:// or s3://")
 
 
+def host_key(host: str, port: int | None) -> str:
+    """How a trusted-host entry is kept: ``host`` (any port) or ``host:port`` (``[v6]:port``)."""
+    host = host.lower()
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_hosts(value: str, *, name: str) -> frozenset[str]:
+    """A comma-separated list of ``host`` or ``host:port`` (IPv6 as ``[::1]:8080`` or ``::1``),
+    as :func:`host_key` entries; raises ValueError naming the variable for anything else."""
+    keys: set[str] = set()
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item.count(":") > 1 and not item.startswith("["):
+            item = f"[{item}]"  # a bare IPv6 address: no port
+        parts = urllib.parse.urlsplit("//" + item)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{name}: {raw.strip()!r} has a bad port") from exc
+        if not parts.hostname or parts.path or parts.query or "@" in parts.netloc:
+            raise ValueError(f"{name}: {raw.strip()!r} is not a host or host:port")
+        if port == 0:
+            raise ValueError(f"{name}: {raw.strip()!r} has a bad port")
+        keys.add(host_key(parts.hostname, port))
+    return frozenset(keys)
+
+
 class Settings(BaseSettings):
     """Typed configuration; see the README's configuration table for each variable."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+    # hide_input_in_errors: a refused TTS_WEBHOOK_SECRET or API key must not be echoed into the
+    # log of a worker that failed to start.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=True, hide_input_in_errors=True
+    )
 
     broker_url: str = Field(DEFAULT_REDIS_URL, validation_alias="CELERY_BROKER_URL")
     result_backend: str | None = Field(None, validation_alias="CELERY_RESULT_BACKEND")
@@ -88,8 +133,14 @@ class Settings(BaseSettings):
     # An S3-compatible service (MinIO, R2, GCS interoperability); unset means AWS itself.
     aws_endpoint_url: str | None = Field(None, validation_alias="AWS_ENDPOINT_URL")
     webhook_secret: SecretStr | None = Field(None, validation_alias="TTS_WEBHOOK_SECRET")
+    # Hosts (or host:port) the worker may reach although they resolve to loopback or private
+    # addresses, or over plain http: audio hosts here, webhook receivers in the next one. Two
+    # lists, so trusting an internal audio host never lets a caller's notify_url reach it.
     trusted_hosts: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), validation_alias="TTS_TRUSTED_HOSTS"
+    )
+    trusted_webhook_hosts: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(), validation_alias="TTS_TRUSTED_WEBHOOK_HOSTS"
     )
     max_audio_bytes: int = Field(52_428_800, gt=0, validation_alias="TTS_MAX_AUDIO_BYTES")
 
@@ -103,7 +154,7 @@ class Settings(BaseSettings):
     poll_wait: Literal["auto", "redis", "broker"] = Field("auto", validation_alias="TTS_POLL_WAIT")
 
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
-    # How long a refused webhook keeps being retried before the delivery is given up.
+    # How long a failed webhook (5xx, 408/409/425/429, no answer) keeps being retried.
     webhook_retry_period_s: float = Field(
         86_400.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_PERIOD"
     )
@@ -160,11 +211,16 @@ class Settings(BaseSettings):
     # "text" (Celery's format plus job and task ids) or "json" (one object per line).
     log_format: Literal["text", "json"] = Field("text", validation_alias="TTS_LOG_FORMAT")
 
-    @field_validator("trusted_hosts", mode="before")
+    @field_validator("trusted_hosts", "trusted_webhook_hosts", mode="before")
     @classmethod
-    def _split_hosts(cls, value: object) -> object:
+    def _split_hosts(cls, value: object, info: ValidationInfo) -> object:
+        name = {"trusted_hosts": "TTS_TRUSTED_HOSTS"}.get(
+            str(info.field_name), "TTS_TRUSTED_WEBHOOK_HOSTS"
+        )
         if isinstance(value, str):
-            return frozenset(h.strip().lower() for h in value.split(",") if h.strip())
+            return parse_hosts(value, name=name)
+        if isinstance(value, (set, frozenset, list, tuple)):
+            return parse_hosts(",".join(map(str, value)), name=name)
         return value
 
     @field_validator("webhook_secret", mode="before")
@@ -178,8 +234,12 @@ class Settings(BaseSettings):
                 decoded = base64.b64decode(raw, validate=True)
             except ValueError as exc:
                 raise ValueError("TTS_WEBHOOK_SECRET must be 'whsec_' followed by base64") from exc
-            if not decoded:
-                raise ValueError("TTS_WEBHOOK_SECRET decodes to an empty key")
+            if len(decoded) < MIN_WEBHOOK_SECRET_BYTES:
+                raise ValueError(
+                    f"TTS_WEBHOOK_SECRET decodes to a {len(decoded)}-byte key; use at least "
+                    f"{MIN_WEBHOOK_SECRET_BYTES} random bytes, e.g. 'whsec_' + "
+                    "base64 of 32 bytes from os.urandom"
+                )
         return value
 
     @field_validator(

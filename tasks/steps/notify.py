@@ -51,7 +51,7 @@ def notify(ctx: Ctx, d: Delivery, job_id: object) -> Result:
         body["audio"] = ctx.audio_store.fresh(body["audio"])
     attempts = job.notify_attempts + 1
     try:
-        ctx.webhook(job.notify_url, body, msg_id=webhooks.message_id(job_id))
+        ctx.webhook(job.notify_url, body, msg_id=webhooks.message_id(job_id, job.outcome_id))
     except errors.TransientError as exc:
         now = ctx.clock()
         started_at = job.finished_at or now

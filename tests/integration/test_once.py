@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,11 +72,11 @@ def test_refused_webhook_is_retried_with_the_same_id(
 ) -> None:
     jid = f"hook-{uuid.uuid4().hex}"
     url = f"{receiver.url}/{jid}"
-    responder.plans[f"/hook/{jid}"] = [500, 503, 404]
+    responder.plans[f"/hook/{jid}"] = [500, 503, 429]
     send(names.SUBMIT_TTS, "Retry me [[sim pending=0]]", ELEVEN, notify_url=url, job_id=jid)
     receiver.wait_for(jid)
     attempts = receiver.for_job(jid)
-    assert [d.answered for d in attempts] == [500, 503, 404, 200]
+    assert [d.answered for d in attempts] == [500, 503, 429, 200]
     assert len({d.headers["webhook-id"] for d in attempts}) == 1
     assert all(d.verified for d in attempts)
     job = wait_until(lambda: (j := store.get(jid)) and j.notify_state == "delivered" and j)
@@ -97,6 +98,20 @@ def test_410_stops_delivery(
     job = wait_until(lambda: (j := store.get(jid)) and j.notify_state == "gone" and j)
     assert job.status == "completed"
     assert [d.answered for d in receiver.for_job(jid)] == [410]
+
+
+@pytest.mark.parametrize("status", [302, 404])
+def test_hopeless_answer_stops_delivery_after_one_attempt(
+    send: Send, receiver: Receiver, responder: Responder, store: JobStore, status: int
+) -> None:
+    jid = f"hopeless-{status}-{uuid.uuid4().hex}"
+    responder.plans[f"/hook/{jid}"] = [status, 200]
+    text = "Nobody home [[sim pending=0]]"
+    send(names.SUBMIT_TTS, text, ELEVEN, notify_url=f"{receiver.url}/{jid}", job_id=jid)
+    job = wait_until(lambda: (j := store.get(jid)) and j.notify_state == "refused" and j)
+    assert job.notify_attempts == 1
+    time.sleep(1.0)  # several retry delays of the shared worker (0.2 s, up to 0.5 s)
+    assert [d.answered for d in receiver.for_job(jid)] == [status]
 
 
 def test_unsafe_webhook_url_is_refused(send: Send, store: JobStore) -> None:

@@ -63,6 +63,22 @@ def test_bad_webhook_secret_is_a_clear_error(worker_env: dict[str, str]) -> None
     assert "TTS_WEBHOOK_SECRET" in done.stderr
 
 
+def test_one_byte_webhook_secret_stops_the_worker(worker_env: dict[str, str]) -> None:
+    env = {**os.environ, **worker_env, "TTS_WEBHOOK_SECRET": "whsec_AA=="}
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "TTS_WEBHOOK_SECRET decodes to a 1-byte key" in output
+    assert "whsec_AA==" not in output  # not echoed, though this one is useless anyway
+
+
 def test_no_secret_in_redis_or_logs(
     send: Send, receiver: Receiver, worker: WorkerProcess, redis_server: EmbeddedRedis
 ) -> None:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.jobs import DUE_KEY, JobStore
+from tasks.jobs import DUE_KEY, KEY_PREFIX, JobStore
 
 
 @pytest.fixture
@@ -68,6 +68,24 @@ def test_first_outcome_wins(store: JobStore) -> None:
     assert job.status == "failed"
     assert job.outcome == failed
     assert not job.holds(token, 0)
+
+
+def test_each_outcome_gets_its_own_id(store: JobStore, redis_client: redis.Redis) -> None:
+    jid = new_id()
+    ids = []
+    for _ in range(2):  # the same job id, used again after its record expired
+        store.start_chain(jid, {}, deadline_at=time.time() + 30, check_at=time.time() + 60)
+        assert store.settle(jid, {"type": "tts.failed", "error": {}}, check_at=1.0)
+        settled = store.get(jid)
+        assert not store.settle(jid, {"type": "tts.completed", "audio": {}}, check_at=1.0)
+        job = store.get(jid)
+        assert settled is not None
+        assert job is not None
+        assert job.outcome_id
+        assert job.outcome_id == settled.outcome_id  # a refused settle leaves it alone
+        ids.append(job.outcome_id)
+        redis_client.delete(KEY_PREFIX + jid)
+    assert ids[0] != ids[1]
 
 
 def test_settle_needs_a_record(store: JobStore) -> None:
