@@ -18,7 +18,10 @@ record (AOF), and a copy that turns up late meets the job's guards like any dupl
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tasks import errors, names, steps, validation
@@ -28,59 +31,15 @@ from tasks.steps import accept
 log = logging.getLogger(__name__)
 
 
-def _submit_args(
-    text: object,
-    model: object,
-    *,
-    voice: object = None,
-    speed: object = None,
-    response_format: object = None,
-    instructions: object = None,
-    stability: object = None,
-    similarity_boost: object = None,
-    style: object = None,
-    notify_url: object = None,
-    job_id: object = None,
-) -> dict[str, Any]:
-    return {
-        "text": text,
-        "model": model,
-        "options": {
-            "voice": voice,
-            "speed": speed,
-            "response_format": response_format,
-            "instructions": instructions,
-            "stability": stability,
-            "similarity_boost": similarity_boost,
-            "style": style,
-        },
-        "notify_url": notify_url,
-        "job_id": job_id,
-    }
-
-
-def _poll_args(
-    run_id: object,
-    model: object,
-    *,
-    cost: object = None,
-    payment_source: object = None,
-    is_api_request: object = True,
-    notify_url: object = None,
-    job_id: object = None,
-    lease: object = None,
-    seq: object = 0,
-) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "model": model,
-        "cost": cost,
-        "payment_source": payment_source,
-        "is_api_request": is_api_request,
-        "notify_url": notify_url,
-        "job_id": job_id,
-        "lease": lease,
-    }
+def _bound(step: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The message's arguments by name, as the step (after its ctx and delivery) would take
+    them; None when they do not fit (the task reports the bad call when it runs)."""
+    try:
+        bound = inspect.signature(step).bind(None, None, *args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def on_received(
@@ -101,20 +60,17 @@ def on_received(
     if name not in (names.SUBMIT_TTS, names.POLL_TTS):
         return None
     d = steps.Delivery(name, task_id)
-    try:
-        if name == names.SUBMIT_TTS:
-            given = _submit_args(*args, **kwargs)
-        else:
-            given = _poll_args(*args, **kwargs)
-    except TypeError:
-        return None  # the task reports the bad call when it runs
+    given = _bound(steps.submit if name == names.SUBMIT_TTS else steps.poll, args, kwargs)
+    if given is None:
+        return None
     if given.get("lease") is not None:
         return None  # a poll of our own: its job has a record
     try:
         url = validation.notify_url(given["notify_url"])
         if name == names.SUBMIT_TTS:
             jid = accept.job_identity(d, given["job_id"])
-            request = validation.submit_request(given["text"], given["model"], **given["options"])
+            fields = dataclasses.fields(validation.SubmitRequest)
+            request = validation.submit_request(**{f.name: given[f.name] for f in fields})
             steps.accept_submit(ctx, jid, request, url, owner=task_id, start_at=start_at)
         else:
             run_id = given["run_id"]
