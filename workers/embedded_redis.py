@@ -20,6 +20,8 @@ import redis
 # Redis starts in milliseconds; seconds mean something is wrong, and we say so.
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+# Databases the server offers (Redis' default is 16).
+DATABASES = 64
 
 
 def server_binary() -> str:
@@ -80,6 +82,10 @@ class EmbeddedRedis:
             "everysec",
             "--loglevel",
             "warning",
+            # Redis' default of 16 is too few for a test session that gives each isolated
+            # worker a database of its own (tests/support/stack.py, lanes).
+            "--databases",
+            str(DATABASES),
         ]
         # A session of its own: a Ctrl-C in the terminal must not stop Redis under a worker
         # that is still shutting down; whoever started it stops it, in order.

@@ -605,9 +605,16 @@ def run_seed(
     ``shape``: change the drawn world before it runs (knobs, plans), for the hand-made cases.
     ``trace``: filled with one line per side effect (``python -m tests.sim --seed N --trace``).
     """
-    logging.getLogger("tasks").setLevel(logging.CRITICAL)
     sim = Sim(seed, client)
     sim.trace = trace
     if shape is not None:
         shape(sim)
-    return sim.run()
+    # Thousands of seeds log every fault they inject: quiet, then as it was (the suite's later
+    # tests read these loggers with caplog).
+    logger = logging.getLogger("tasks")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return sim.run()
+    finally:
+        logger.setLevel(level)
