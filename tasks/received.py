@@ -19,6 +19,7 @@ record (AOF), and a copy that turns up late meets the job's guards like any dupl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -31,11 +32,16 @@ from tasks.steps import accept
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def _signature(step: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(step)
+
+
 def _bound(step: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The message's arguments by name, as the step (after its ctx and delivery) would take
     them; None when they do not fit (the task reports the bad call when it runs)."""
     try:
-        bound = inspect.signature(step).bind(None, None, *args, **kwargs)
+        bound = _signature(step).bind(None, None, *args, **kwargs)
     except TypeError:
         return None
     bound.apply_defaults()
@@ -59,12 +65,12 @@ def on_received(
     """
     if name not in (names.SUBMIT_TTS, names.POLL_TTS):
         return None
+    if kwargs.get("lease") is not None:
+        return None  # a poll of our own (most messages): its job has a record; no binding
     d = steps.Delivery(name, task_id)
     given = _bound(steps.submit if name == names.SUBMIT_TTS else steps.poll, args, kwargs)
     if given is None:
         return None
-    if given.get("lease") is not None:
-        return None  # a poll of our own: its job has a record
     try:
         url = validation.notify_url(given["notify_url"])
         if name == names.SUBMIT_TTS:
