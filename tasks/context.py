@@ -2,7 +2,8 @@
 
 Every step function (:mod:`tasks.steps`) takes a :class:`Ctx` as its first argument and reaches
 the outside only through it: the job store, NanoGPT, the audio fetcher and store, the webhook
-sender, the dispatcher of next steps and the clock. A worker builds one per process
+sender, the dispatcher of next steps, the clock and the NanoGPT call budget. A worker builds
+one per process
 (:func:`tasks.runtime.context`); the simulation (tests/sim) builds one from fakes, a fake clock
 and a fake broker, and runs the very same step code in-process.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tasks.audio_store import AudioStore
+from tasks.budget import Budget
 from tasks.dispatch import Dispatcher
 from tasks.jobs import JobStore
 from tasks.nanogpt import SubmitResult
@@ -58,3 +60,4 @@ class Ctx:
     webhook: WebhookSender
     dispatch: Dispatcher
     clock: Callable[[], float]
+    budget: Budget

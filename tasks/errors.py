@@ -22,7 +22,8 @@
     │   └── WebhookRejected           WEBHOOK_REJECTED (3xx, or 4xx but 408/409/425/429)
     └── TransientError                                           with backoff, bounded
         ├── UpstreamUnavailable       UPSTREAM_ERROR   (5xx, gateway pages, timeouts, resets)
-        ├── RateLimited               UPSTREAM_ERROR   (429; waits Retry-After, up to the cap)
+        ├── RateLimited               RATE_LIMITED     (429; waits Retry-After, up to the cap,
+        │                                               never past the job's deadline)
         ├── InvalidResponse           INVALID_RESPONSE (truncated JSON, completed without audioUrl)
         ├── DownloadInterrupted       DOWNLOAD_FAILED  (audio host slow, down or cut short)
         ├── StorageUnavailable        STORAGE_FAILED   (object store 5xx, throttled, unreachable)
@@ -157,11 +158,21 @@ class UpstreamUnavailable(TransientError):
 
 
 class RateLimited(TransientError):
-    code = "UPSTREAM_ERROR"
+    """NanoGPT answered 429: its per-second limit, or a per-key daily limit, which no short
+    wait clears. The message carries NanoGPT's own words, so the outcome says which limit."""
+
+    code = "RATE_LIMITED"
 
     def __init__(self, message: str, *, retry_after_s: float | None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def past_deadline(self) -> TTSError:
+        """The outcome when the wait this 429 asks for would pass the job's deadline."""
+        return PermanentError(
+            f"NanoGPT's rate limit would not clear before the job's deadline: {self.message}",
+            code=self.code,
+        )
 
 
 class InvalidResponse(TransientError):

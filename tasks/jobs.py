@@ -37,6 +37,7 @@ __all__ = [
     "KEY_PREFIX",
     "SEQ_DONE",
     "SPOOL_PREFIX",
+    "SUBMIT_WAIT_KEY",
     "WAIT_KEY",
     "Job",
     "JobStore",
@@ -53,6 +54,9 @@ DUE_KEY = "tts:due"
 #: polls wait in Redis (``TTS_POLL_WAIT``): the workers release due ones (tasks/parking.py), so
 #: no worker holds a waiting poll in memory. The job hash holds everything the poll needs.
 WAIT_KEY = "tts:wait"
+#: Sorted set of submitting job ids that wait for the NanoGPT budget (tasks/budget.py), scored
+#: by when each first waited: the poll releaser grants them tokens, oldest first.
+SUBMIT_WAIT_KEY = "tts:submit-wait"
 # ARGV value for "leave the job's check time as it is".
 _KEEP = "-"
 
@@ -100,6 +104,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[4])
 return 1
 """
 
@@ -177,6 +182,10 @@ class Job:
     queue_first_position: int | None = None
     queue_first_seen_at: float | None = None
     head_since: float | None = None
+    # When the last status answer came, and when the generation is estimated to have started
+    # (tasks/poll_value.py): what the releaser ranks waiting polls by.
+    seen_at: float | None = None
+    gen_start_at: float | None = None
     last_status: str | None = None
     audio_url: str | None = None
     # The audio came in the submit's answer and waits in the spool (SPOOL_PREFIX + job id).
@@ -199,6 +208,8 @@ class Job:
     submit_owner: str | None = field(default=None, repr=False)
     post_attempt: str | None = field(default=None, repr=False)
     chain_owner: str | None = field(default=None, repr=False)
+    # A NanoGPT call the budget granted to this job's next step: ``poll:<seq>`` or ``submit``.
+    grant: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -229,6 +240,8 @@ class Job:
             queue_first_position=whole("queue_first_position"),
             queue_first_seen_at=num("queue_first_seen_at"),
             head_since=num("head_since"),
+            seen_at=num("seen_at"),
+            gen_start_at=num("gen_start_at"),
             last_status=raw.get("last_status"),
             audio_url=raw.get("audio_url"),
             spooled=raw.get("spooled") == "1",
@@ -248,6 +261,7 @@ class Job:
             submit_owner=raw.get("submit_owner"),
             post_attempt=raw.get("post_attempt"),
             chain_owner=raw.get("chain_owner"),
+            grant=raw.get("grant"),
         )
 
     def holds(self, token: str, seq: int) -> bool:
@@ -256,7 +270,15 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {"token", "seq", "submit_owner", "chain_owner", "request", "post_attempt"}
+        hidden = {
+            "token",
+            "seq",
+            "submit_owner",
+            "chain_owner",
+            "request",
+            "post_attempt",
+            "grant",
+        }
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
@@ -278,6 +300,15 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
         self._count_delivery = client.register_script(_COUNT_DELIVERY)
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The client, for readers of the shared sets (tasks/granting.py)."""
+        return self._redis
+
+    @staticmethod
+    def key(job_id: str) -> str:
+        return _key(job_id)
 
     def _keys(self, job_id: str) -> list[str]:
         return [_key(job_id), DUE_KEY, WAIT_KEY]
@@ -531,7 +562,7 @@ class JobStore:
         for name, value in expected.items():
             argv += [name, value]
         argv += _flatten(fields)
-        keys = [*self._keys(job_id), SPOOL_PREFIX + job_id]
+        keys = [*self._keys(job_id), SPOOL_PREFIX + job_id, SUBMIT_WAIT_KEY]
         return bool(self._settle(keys=keys, args=argv))
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
@@ -546,6 +577,47 @@ class JobStore:
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
             pipe.zrem(DUE_KEY, job_id)
+            pipe.execute()
+
+    def defer_poll(
+        self, job_id: str, token: str, seq: int, *, due_at: float, deliveries: int
+    ) -> bool:
+        """The current poll found no budget: park it again, due at ``due_at``, without making
+        its call. Not a retry, and not a delivery: the count this delivery added is taken back,
+        so a poll deferred many times is never mistaken for a poison message."""
+        return self._move(
+            job_id,
+            {"status": Status.POLLING, "token": token, "seq": str(seq)},
+            {"delivery_count": max(0, deliveries - 1)},
+            park_at=due_at,
+        )
+
+    def defer_submit(self, job_id: str, owner: str, *, deliveries: int, check_at: float) -> bool:
+        """The submit found no budget: wait in :data:`SUBMIT_WAIT_KEY` (keeping its place if it
+        waited before) without sending the POST; the delivery is taken back as for a poll."""
+        moved = self._move(
+            job_id,
+            {"status": Status.SUBMITTING, "submit_owner": owner},
+            {"delivery_count": max(0, deliveries - 1)},
+            check_at=check_at,
+        )
+        if moved:
+            self._redis.zadd(SUBMIT_WAIT_KEY, {job_id: self._clock()}, nx=True)
+        return moved
+
+    def waiting_for_budget(self, job_id: str) -> bool:
+        """Whether the job is parked: a poll in the wait set or a submit waiting for budget."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(WAIT_KEY, job_id)
+            pipe.zscore(SUBMIT_WAIT_KEY, job_id)
+            poll, submit = pipe.execute()
+        return poll is not None or submit is not None
+
+    def unpark(self, job_id: str) -> None:
+        """Take the job off both wait sets (the reconciler sends its step itself)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(WAIT_KEY, job_id)
+            pipe.zrem(SUBMIT_WAIT_KEY, job_id)
             pipe.execute()
 
     def park(self, job_id: str, due_at: float) -> None:

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
 PollOutcome = Literal["pending", "completed", "failed", "retry"]
+UpstreamCall = Literal["submit", "status"]
 WebhookResult = Literal["delivered", "failed", "expired", "gone", "refused"]
 
 # From "on time" to "a poll queue hours behind": the planned waits are 3-30 s by default.
@@ -39,11 +40,15 @@ class _Metrics:
     download_seconds: Histogram
     webhooks: Counter
     spend: Counter
+    upstream_calls: Counter
+    deferred: Counter
+    tokens_free: Gauge
+    rate: Gauge
 
 
 @functools.cache
 def _metrics() -> _Metrics:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     return _Metrics(
         polls=Counter(
@@ -76,6 +81,27 @@ def _metrics() -> _Metrics:
             "tts_spend",
             "What NanoGPT said accepted submits cost, in the unit of their payment source.",
             ["model", "payment_source"],
+        ),
+        upstream_calls=Counter(
+            "tts_upstream_calls",
+            "NanoGPT calls made, by kind (submit, status), each within the fleet's budget.",
+            ["kind"],
+        ),
+        deferred=Counter(
+            "tts_budget_deferred",
+            "Calls not made for want of budget (polls deferred, submits parked), by kind.",
+            ["kind"],
+        ),
+        # Set by the releaser thread of each worker's main process; the latest reading wins.
+        tokens_free=Gauge(
+            "tts_budget_tokens",
+            "NanoGPT calls the fleet's budget could make at once, as last read.",
+            multiprocess_mode="mostrecent",
+        ),
+        rate=Gauge(
+            "tts_budget_rate",
+            "The budget's calls per second now (below TTS_UPSTREAM_RATE while lowered by 429s).",
+            multiprocess_mode="mostrecent",
         ),
     )
 
@@ -115,3 +141,25 @@ def spent(model: str, payment_source: str | None, cost: float | None) -> None:
     True). Nothing is counted when NanoGPT did not say (inline audio)."""
     if cost is not None and cost >= 0:
         _metrics().spend.labels(model, payment_source or "unknown").inc(cost)
+
+
+def upstream_call(kind: UpstreamCall) -> None:
+    """Count one NanoGPT call about to be made (it had budget)."""
+    _metrics().upstream_calls.labels(kind).inc()
+
+
+def poll_deferred() -> None:
+    """Count a poll that found no budget and waits again (not a retry)."""
+    _metrics().deferred.labels("status").inc()
+
+
+def submit_deferred() -> None:
+    """Count a submit that found no budget and waits in line (not a retry)."""
+    _metrics().deferred.labels("submit").inc()
+
+
+def budget(tokens_free: int, rate_per_s: float) -> None:
+    """Record the budget as the releaser last read it."""
+    m = _metrics()
+    m.tokens_free.set(tokens_free)
+    m.rate.set(rate_per_s)

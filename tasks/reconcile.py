@@ -27,12 +27,24 @@ log = logging.getLogger(__name__)
 SCAN_LIMIT = 500
 
 
+def wait_grace(ctx: Ctx) -> float:
+    """How long a parked job goes unchecked: it is in Redis, nothing can lose it."""
+    return ctx.settings.recovery_grace_s
+
+
 def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> None:
     """Publish ``step`` for ``job`` again, exactly as the pipeline would have.
 
     A poll that must not run before a later time (Retry-After) waits until then: parked in
     Redis when polls wait there (``TTS_POLL_WAIT``), else with a countdown.
     """
+    if step in (Step.POLL, Step.SUBMIT) and ctx.jobs.waiting_for_budget(job.job_id):
+        # Not lost: parked, waiting for its turn or for NanoGPT budget. At its deadline it is
+        # taken out and sent, and the step ends the job (TIMEOUT) without calling NanoGPT.
+        if now < (job.deadline_at or now):
+            ctx.jobs.recheck_at(job.job_id, min(job.deadline_at or now, now + wait_grace(ctx)))
+            return
+        ctx.jobs.unpark(job.job_id)
     if step == Step.POLL:
         wait_s = (job.not_before or now) - now
         if ctx.settings.polls_wait_in_redis and wait_s > 0:

@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from tasks import storage, webhooks
 from tasks.audio_store import AudioStore, LocalStore
+from tasks.budget import Budget
 from tasks.context import Ctx
 from tasks.dispatch import Dispatcher, celery_send
 from tasks.jobs import JobStore
@@ -183,6 +184,14 @@ def _webhook(url: str, body: dict[str, Any], *, msg_id: str) -> int:
 
 
 @functools.cache
+def budget() -> Budget:
+    s = settings()
+    return Budget(
+        redis_client(), rate_per_s=s.upstream_rate_per_s, burst=s.upstream_burst, clock=time.time
+    )
+
+
+@functools.cache
 def context() -> Ctx:
     """This process's :class:`Ctx`: the real Redis, NanoGPT, audio store, webhooks and clock."""
     return Ctx(
@@ -194,6 +203,7 @@ def context() -> Ctx:
         webhook=_webhook,
         dispatch=Dispatcher(celery_send, settings),
         clock=time.time,
+        budget=budget(),
     )
 
 
@@ -202,6 +212,7 @@ def reset() -> None:
     for cached in (
         redis_client,
         jobs,
+        budget,
         nanogpt,
         safe_http,
         webhook_http,

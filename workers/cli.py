@@ -13,6 +13,7 @@ holds one JSON document and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import uuid
@@ -150,10 +151,16 @@ def poll(
 
 @app.command()
 def status(
-    job_id: Annotated[str, typer.Argument(help="The job id speak or poll printed.")],
+    job_id: Annotated[
+        str | None, typer.Argument(help="The job id speak or poll printed; none: the budget.")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Show a job's stored state; exit code 1 if there is no such job."""
+    """Show a job's stored state (exit code 1 if there is no such job); without a job id, the
+    fleet's NanoGPT budget."""
+    if job_id is None:
+        _budget_status(as_json)
+        return
     jid = _valid(lambda: validation.job_id(job_id))
     with _client() as client:
         job = _reach(lambda: client.get_job(jid))
@@ -178,6 +185,26 @@ def status(
             typer.echo(line)
     if job.notify_url:
         typer.echo(f"{'webhook':<9}{job.notify_state or 'pending'} ({job.notify_url})")
+
+
+def _budget_status(as_json: bool) -> None:
+    with _client() as client:
+        snap = _reach(client.budget)
+    if as_json:
+        _print_json(dataclasses.asdict(snap))
+        return
+    if snap.rate_per_s <= 0:
+        typer.echo("budget   off (TTS_UPSTREAM_RATE=0): every NanoGPT call is made at once")
+        return
+    lowered = "" if snap.current_rate_per_s >= snap.rate_per_s else " (lowered after 429s)"
+    rows = [
+        ("budget", f"{snap.rate_per_s:g} calls/s, burst {snap.burst} (TTS_UPSTREAM_RATE)"),
+        ("rate now", f"{snap.current_rate_per_s:.3g} calls/s{lowered}"),
+        ("tokens", snap.tokens_free),
+        ("waiting", f"{snap.polls_due} polls due, {snap.submits_waiting} submits"),
+    ]
+    for label, value in rows:
+        typer.echo(f"{label:<9}{value}")
 
 
 @app.command()

@@ -17,6 +17,7 @@ from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
 from tasks import names
+from tasks.budget import Budget, Snapshot
 from tasks.jobs import Job, JobStore
 from tasks.redact import kwargs_repr, short
 from tasks.states import CANCELLED, UNKNOWN_JOB, already_ended
@@ -139,6 +140,19 @@ class Client:
         except redis.RedisError as exc:
             where = maybe_sanitize_url(self.settings.redis_url)
             raise Unreachable(f"cannot read job state from {where}: {exc}") from exc
+
+    def budget(self) -> Snapshot:
+        """The fleet's NanoGPT budget as it stands (tasks/budget.py)."""
+        s = self.settings
+        store = self._store()
+        budget = Budget(
+            store.redis, rate_per_s=s.upstream_rate_per_s, burst=s.upstream_burst, clock=time.time
+        )
+        try:
+            return budget.snapshot()
+        except redis.RedisError as exc:
+            where = maybe_sanitize_url(self.settings.redis_url)
+            raise Unreachable(f"cannot read the budget from {where}: {exc}") from exc
 
     def other_workers(self, *, timeout_s: float) -> list[str]:
         """Names of the workers already consuming this broker (they answer a ping)."""

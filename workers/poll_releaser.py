@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any
 
-from tasks import parking
+from tasks import granting, parking
 from tasks import runtime as rt
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ class PollReleaser(threading.Thread):
 
     def run(self) -> None:
         releaser = parking.Releaser(rt.redis_client())
+        s = rt.settings()
+        if s.upstream_rate_per_s > 0:
+            # Under a budget a tick grants at most a burst: tick at least twice per burst.
+            self.tick_s = min(self.tick_s, s.upstream_burst / s.upstream_rate_per_s / 2)
         pause_s = self.tick_s
         while not self._stop_event.wait(pause_s):
             try:
@@ -44,7 +48,12 @@ class PollReleaser(threading.Thread):
                 pause_s = ERROR_PAUSE_S
 
     def release_all(self, releaser: parking.Releaser) -> int:
-        """Publish every poll due now, batch after batch; returns how many were taken."""
+        """Publish every poll due now, batch after batch; returns how many were taken. Under
+        a NanoGPT budget (``TTS_UPSTREAM_RATE``), only as many polls and waiting submits as it
+        has tokens for, chosen by :mod:`tasks.granting`."""
+        ctx = rt.context()
+        if ctx.budget.on:
+            return granting.release(ctx)
         taken = 0
         while not self._stop_event.is_set():
             ctx = rt.context()

@@ -153,6 +153,19 @@ class Settings(BaseSettings):
     # worker hold it). "auto": "broker" on RabbitMQ, "redis" otherwise.
     poll_wait: Literal["auto", "redis", "broker"] = Field("auto", validation_alias="TTS_POLL_WAIT")
 
+    # NanoGPT calls per second for the whole fleet (submit and status; tasks/budget.py), below
+    # NanoGPT's 25 per account so other clients of the key and clock skew have room. 0: no
+    # budget (every call is made at once; for measuring the worker itself).
+    upstream_rate_per_s: float = Field(20.0, ge=0, validation_alias="TTS_UPSTREAM_RATE")
+    # Calls the budget lets through at once after a quiet spell. NanoGPT counts calls per
+    # second: rate + burst must stay within its 25, or the first second after a pause is refused.
+    upstream_burst: int = Field(5, ge=1, validation_alias="TTS_UPSTREAM_BURST")
+    # Of the tokens left once the calls made straight from tasks are served, the share waiting
+    # submits get when polls also wait (the rest go to polls by their chance of finding audio).
+    upstream_submit_share: float = Field(
+        0.5, gt=0, le=1, validation_alias="TTS_UPSTREAM_SUBMIT_SHARE"
+    )
+
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
     # How long a failed webhook (5xx, 408/409/425/429, no answer) keeps being retried.
     webhook_retry_period_s: float = Field(

@@ -94,6 +94,14 @@ def poisoned(ctx: Ctx, d: Delivery, job_id: str, deliveries: int) -> bool:
     return True
 
 
+def past_deadline(exc: errors.TransientError) -> errors.TTSError:
+    """The outcome of a transient fault whose retry would come after the job's deadline: a 429
+    says so (``RATE_LIMITED``, with NanoGPT's words on which limit), anything else times out."""
+    if isinstance(exc, errors.RateLimited):
+        return exc.past_deadline()
+    return errors.DeadlineExceeded(f"deadline reached after: {exc}")
+
+
 def retry_or_fail(
     ctx: Ctx,
     d: Delivery,
@@ -116,9 +124,7 @@ def retry_or_fail(
     )
     now = ctx.clock()
     if deadline_at is not None and now + delay_s > deadline_at:
-        return fail(
-            ctx, job_id, errors.DeadlineExceeded(f"deadline reached after: {exc}"), lease=lease
-        )
+        return fail(ctx, job_id, past_deadline(exc), lease=lease)
     log.warning("job %s: %s; retry %d in %.1fs", job_id, exc, d.retries + 1, delay_s)
     # not_before: a re-sent step (reconciler) must not ask before the server allowed it either.
     # A poll's retry is its next planned poll: poll lag is measured against next_poll_at.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from tasks import errors, logctx, metrics, schedule, validation
+from tasks import errors, logctx, metrics, poll_value, schedule, validation
 from tasks.context import Ctx
 from tasks.jobs import Job
 from tasks.outcomes import check_at, fail
@@ -89,10 +89,20 @@ def poll(
         )
 
     s = ctx.settings
+    if ctx.budget.spend(jid, budget_grant(seq)) > 0:
+        # No budget now: the call is not made, and this is not a retry. The poll waits in the
+        # wait set, due at once, for the releaser to grant it a token by its chance of finding
+        # audio (tasks/poll_value.py); no worker slot holds it meanwhile.
+        metrics.poll_deferred()
+        ctx.jobs.defer_poll(jid, lease, seq, due_at=now, deliveries=deliveries)
+        return jid
+    metrics.upstream_call("status")
     try:
         result = ctx.upstream.status(request)
     except errors.TransientError as exc:
         metrics.poll("retry")
+        if isinstance(exc, errors.RateLimited):
+            ctx.budget.refused()
         return retry_or_fail(
             ctx, d, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at, lease=held
         )
@@ -115,6 +125,7 @@ def poll(
             jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s)
         ):
             ctx.dispatch.download(jid)
+            _learn_generation(ctx, job, now)
         return jid
     metrics.poll("pending")
     return _requeue(ctx, job, result, held, deadline_at)
@@ -145,6 +156,12 @@ def _requeue(
             "job %s: status %r is not documented; treated as pending", job.job_id, pending.status
         )
     lease, seq = held
+    gen_start_at = job.gen_start_at
+    if gen_start_at is None and seen.head_since is not None:
+        # First seen at the head: it started after the last answer that showed it queued, about
+        # when that answer's place in line came up (tasks/poll_value.py).
+        start = poll_value.generation_start(candidate(job), now)
+        gen_start_at = now if start is None else min(now, start)
     # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves.
     park_at = now + delay_s if s.polls_wait_in_redis else None
     if not ctx.jobs.advance(
@@ -160,6 +177,8 @@ def _requeue(
             "queue_first_seen_at": seen.first_seen_at,
             "head_since": seen.head_since,
             "next_poll_at": now + delay_s,
+            "seen_at": now,
+            "gen_start_at": gen_start_at,
         },
         check_at=check_at(ctx, delay_s),
         park_at=park_at,
@@ -172,3 +191,35 @@ def _requeue(
             job.run_id, job.model, job_id=job.job_id, lease=lease, seq=seq + 1, wait_s=delay_s
         )
     return job.job_id
+
+
+def budget_grant(seq: int) -> str:
+    """The grant the releaser writes for poll ``seq`` of a job (tasks/budget.py)."""
+    return f"poll:{seq}"
+
+
+def candidate(job: Job) -> poll_value.Candidate:
+    """What the releaser ranks a parked poll by, from its job record."""
+    return poll_value.Candidate(
+        job_id=job.job_id,
+        seen_at=job.seen_at,
+        queue_position=job.queue_position,
+        first_position=job.queue_first_position,
+        first_seen_at=job.queue_first_seen_at,
+        gen_start_at=job.gen_start_at,
+        deadline_at=job.deadline_at,
+    )
+
+
+def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
+    """Keep how long this job's generation took, for ranking polls (tasks/poll_value.py): from
+    its estimated start to halfway between the last answer that showed it pending and this one
+    (it finished somewhere in between)."""
+    if not ctx.budget.on or job.seen_at is None:
+        return
+    start = poll_value.generation_start(candidate(job), now)
+    if start is None:
+        return
+    took_s = (job.seen_at + now) / 2 - start
+    if took_s > 0:
+        ctx.budget.record_generation(took_s)

@@ -15,9 +15,12 @@ from tasks.outcomes import check_at, fail
 from tasks.parsing import AudioLink, Ticket
 from tasks.states import Status
 from tasks.steps import accept
-from tasks.steps.base import Delivery, Result, Retry, poisoned, post_lease_s
+from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
 
 log = logging.getLogger(__name__)
+
+#: The grant the releaser writes for a waiting submit (tasks/budget.py).
+BUDGET_GRANT = "submit"
 
 
 def submit(
@@ -72,6 +75,13 @@ def submit(
         return fail(
             ctx, jid, errors.DeadlineExceeded("the submit did not succeed before its deadline")
         )
+    if ctx.budget.spend(jid, BUDGET_GRANT) > 0:
+        # No budget now: the POST is not sent, and this is not a retry. The job waits for a
+        # token in the submit wait set (oldest first; tasks/budget.py), holding no worker slot;
+        # it ends at its deadline if the budget never comes.
+        metrics.submit_deferred()
+        ctx.jobs.defer_submit(jid, d.task_id, deliveries=deliveries, check_at=deadline_at)
+        return jid
     attempt = uuid.uuid4().hex
     lease_until = now + post_lease_s(ctx)
     if not ctx.jobs.begin_post(
@@ -84,9 +94,12 @@ def submit(
     ):
         return jid
     posting = {"status": Status.POSTING, "post_attempt": attempt}
+    metrics.upstream_call("submit")
     try:
         answer = ctx.upstream.submit(request)
     except errors.TransientError as exc:
+        if isinstance(exc, errors.RateLimited):
+            ctx.budget.refused()
         return _post_refused(ctx, d, jid, attempt, exc, deadline_at)
     except errors.PermanentError as exc:
         if isinstance(exc, errors.SubmitUnconfirmed):
@@ -127,9 +140,7 @@ def _post_refused(
     )
     now = ctx.clock()
     if now + delay_s > deadline_at:
-        return fail(
-            ctx, job_id, errors.DeadlineExceeded(f"deadline reached after: {exc}"), guards=posting
-        )
+        return fail(ctx, job_id, past_deadline(exc), guards=posting)
     retry_at = now + delay_s
     if not ctx.jobs.post_refused(
         job_id,
@@ -219,6 +230,7 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
             "payment_source": ticket.payment_source,
             "request_id": ticket.request_id,
             "next_poll_at": now + first_s,
+            "seen_at": now,
         },
         deadline_at=deadline_at,
         check_at=check_at(ctx, first_s),

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"seed {seed}: {report.jobs} jobs, {report.executions} executions, "
                     f"{report.sim_s:.0f} s simulated, crashes {dict(report.crashes)}, "
-                    f"cancels {report.cancels}, "
+                    f"cancels {report.cancels}, deferred {report.deferred}, "
                     f"outcomes {dict(report.outcomes)}"
                 )
             for line in report.violations:

@@ -28,10 +28,11 @@ from typing import Any
 import greenlet
 import redis
 
-from tasks import names, received, reconcile, steps
+from tasks import granting, names, received, reconcile, steps
+from tasks.budget import Budget
 from tasks.context import Ctx
 from tasks.dispatch import Dispatcher
-from tasks.jobs import DUE_KEY, WAIT_KEY, JobStore
+from tasks.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tasks.nanogpt import NanoGPTClient
 from tasks.parking import Releaser, release
 from tasks.states import NotifyState
@@ -107,6 +108,9 @@ class Knobs:
     # Kill the worker of whatever execution reaches this side-effect number first (a fault
     # placed by hand, for the regression cases); None: only p_crash.
     kill_at_event: int | None = None
+    # The fleet's NanoGPT budget (calls/s; 0 off) and burst: slow ones make calls wait.
+    upstream_rate: float = 0.0
+    upstream_burst: int = 1
 
     @classmethod
     def draw(cls, rng: random.Random) -> Knobs:
@@ -121,6 +125,8 @@ class Knobs:
             p_duplicate=rng.choice((0.0, 0.0, 0.05)),
             p_reorder=rng.choice((0.0, 0.2)),
             p_publish_fail=rng.choice((0.0, 0.0, 0.02)),
+            upstream_rate=rng.choice((0.0, 0.2, 1.0, 20.0)),
+            upstream_burst=rng.randint(1, 3),
         )
 
 
@@ -194,6 +200,11 @@ class Gated:
             if label == "store.save":
                 sim.store_calls.setdefault(kwargs["job_id"], []).append(sim.loaded_at)
             result = value(*args, **kwargs)
+            if label == "budget.spend":
+                if result == 0.0:
+                    sim.spends += 1
+                else:
+                    sim.report.deferred += 1
             if label == "jobs.load":
                 sim.loaded_at = sim.transport.events
             if label == "jobs.settle" and result:
@@ -217,6 +228,7 @@ class Report:
     executions: int = 0
     crashes: Counter[str] = field(default_factory=Counter)
     cancels: int = 0  # tts.cancel messages callers sent
+    deferred: int = 0  # NanoGPT calls not made for want of budget (the step parked its job)
 
 
 class Sim:
@@ -228,7 +240,11 @@ class Sim:
         self.clock = Clock()
         self.knobs = knobs or Knobs.draw(self.rng)
         self.plans = draw_plans(self.rng, self.rng.randint(1, 5))
-        self.settings = Settings(**SIM_ENV)  # type: ignore[arg-type]
+        budget_env = {
+            "TTS_UPSTREAM_RATE": repr(self.knobs.upstream_rate),
+            "TTS_UPSTREAM_BURST": str(self.knobs.upstream_burst),
+        }
+        self.settings = Settings(**SIM_ENV, **budget_env)  # type: ignore[arg-type]
         s = self.settings
         self.ledger = Ledger()
         self.transport = Transport(self.clock, self.plans, self.ledger)
@@ -267,6 +283,16 @@ class Sim:
             ),  # type: ignore[arg-type]
             dispatch=Dispatcher(self._send, lambda: s),
             clock=self.clock,
+            budget=Gated(  # type: ignore[arg-type]
+                self,
+                Budget(
+                    client,
+                    rate_per_s=s.upstream_rate_per_s,
+                    burst=s.upstream_burst,
+                    clock=self.clock,
+                ),
+                "budget",
+            ),
         )
         self.releaser = Releaser(client)
         self.main = greenlet.getcurrent()
@@ -281,6 +307,7 @@ class Sim:
         self.post_calls: dict[str, list[int]] = {}
         self.store_calls: dict[str, list[int]] = {}
         self.loaded_at = 0
+        self.spends = 0  # budget.spend calls that allowed a NanoGPT call
         self.report = Report(seed, len(self.plans))
         self.trace: list[str] | None = None  # every side effect, for replaying a seed by eye
         self.running = ""
@@ -433,8 +460,14 @@ class Sim:
             return
         if now >= next_at["release"]:
             try:
-                while release(self.releaser, self.ctx.dispatch.poll_job, now=now, limit=100) == 100:
-                    pass
+                if self.ctx.budget.on:
+                    granting.release(self.ctx, rand=self.rng.random)
+                else:
+                    while (
+                        release(self.releaser, self.ctx.dispatch.poll_job, now=now, limit=100)
+                        == 100
+                    ):
+                        pass
             except PublishFailed:
                 pass
         if now >= next_at["reconcile"]:
@@ -446,6 +479,13 @@ class Sim:
             self.broker.restore_visible(now)
 
     def _next_parked(self) -> float:
+        now = self.clock()
+        if self.ctx.budget.on and (
+            self.client.zcount(WAIT_KEY, "-inf", now) or self.client.zcard(SUBMIT_WAIT_KEY)
+        ):
+            # Jobs wait for tokens: the releaser ticks as workers' do (workers/poll_releaser.py).
+            s = self.settings
+            return now + min(0.2, s.upstream_burst / s.upstream_rate_per_s / 2)
         first = self.client.zrange(WAIT_KEY, 0, 0, withscores=True)
         return float(first[0][1]) if first else float("inf")
 
@@ -545,6 +585,11 @@ def check(sim: Sim) -> None:
     """The promises, checked after the schedule played out."""
     bad = sim.report.violations
     jobs = sim.ctx.jobs._target  # type: ignore[attr-defined]
+    calls = sum(len(c) for c in sim.status_calls.values()) + sum(
+        len(c) for c in sim.post_calls.values()
+    )
+    if sim.ctx.budget.on and calls > sim.spends:
+        bad.append(f"{calls} NanoGPT calls made with only {sim.spends} allowed by the budget")
     for plan in sim.plans:
         jid = sim.job_id(plan)
         accepted = sim.ledger.accepted.get(plan.text, 0)
@@ -589,7 +634,7 @@ def check(sim: Sim) -> None:
             if late:
                 bad.append(f"job {jid}: {len(late)} POSTs after its outcome")
     for key in sim.client.scan_iter(count=1000):
-        if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
+        if key not in (DUE_KEY, WAIT_KEY, SUBMIT_WAIT_KEY) and sim.client.ttl(key) == -1:
             bad.append(f"key {key} has no TTL")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from tasks.budget import Budget
 from tasks.context import Ctx
 from tasks.dispatch import Dispatcher
 from tasks.jobs import JobStore
@@ -70,7 +71,9 @@ def make_ctx(
     webhook: Any = None,
     outbox: Outbox | None = None,
 ) -> tuple[Ctx, Outbox]:
-    s = settings(**(env or {}))
+    # The NanoGPT budget is off unless a test sets TTS_UPSTREAM_RATE: the steps' own tests make
+    # calls at a frozen clock, which a budget would defer (tests/unit/test_budget.py tests it).
+    s = settings(**{"TTS_UPSTREAM_RATE": "0", **(env or {})})
     box = outbox or Outbox()
     ctx = Ctx(
         settings=s,
@@ -81,5 +84,8 @@ def make_ctx(
         webhook=webhook or _unused,
         dispatch=Dispatcher(box, lambda: s),
         clock=clock,
+        budget=Budget(
+            client, rate_per_s=s.upstream_rate_per_s, burst=s.upstream_burst, clock=clock
+        ),
     )
     return ctx, box

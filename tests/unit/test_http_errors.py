@@ -31,7 +31,7 @@ def response(
         (401, errors.AuthFailed, "AUTH_FAILED"),
         (403, errors.AuthFailed, "AUTH_FAILED"),
         (404, errors.NotFound, "NOT_FOUND"),
-        (429, errors.RateLimited, "UPSTREAM_ERROR"),
+        (429, errors.RateLimited, "RATE_LIMITED"),
         (500, errors.UpstreamUnavailable, "UPSTREAM_ERROR"),
         (502, errors.UpstreamUnavailable, "UPSTREAM_ERROR"),
         (400, errors.InvalidInput, "INVALID_INPUT"),
