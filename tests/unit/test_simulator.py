@@ -20,6 +20,7 @@ import requests
 
 from workers.sample_audio import WAV_HEADER_BYTES, make_wav, wav_header
 from workers.simulator import RecordedRequest, Scenario, Simulator, parse_directives
+from workers.simulator_ratelimit import SlidingWindowLimiter, rate_limited_answer
 from workers.simulator_scenario import CONTENT_POLICY_ERROR, GENERIC_ERROR, UpstreamQueue
 
 KEY = "sim-key"
@@ -659,3 +660,81 @@ def test_a_body_without_length_closes_the_connection(sim: Simulator) -> None:
         assert response.will_close
     finally:
         connection.close()
+
+
+# --- the account-wide rate limit ------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when the test says so: limiter outcomes become exact."""
+
+    def __init__(self, now_s: float = 100.0) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def admits_at(limiter: SlidingWindowLimiter, clock: FakeClock, *times_s: float) -> list[bool]:
+    """What the limiter says to one request at each time (binary fractions: exact floats)."""
+    outcomes = []
+    for t in times_s:
+        clock.now_s = t
+        outcomes.append(limiter.admit())
+    return outcomes
+
+
+def test_limiter_admits_up_to_the_limit_within_one_second() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, clock=clock)
+    assert admits_at(limiter, clock, *[100.0] * 5) == [True, True, True, False, False]
+
+
+def test_limiter_window_slides_a_request_leaves_exactly_one_second_later() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, clock=clock)
+    assert admits_at(limiter, clock, 0.0, 0.5, 0.75, 0.9990234375, 1.0, 1.25, 1.5) == [
+        True,  # window: 0.0
+        True,  # 0.0 0.5
+        False,  # full
+        False,  # still full a hair before 0.0 leaves
+        True,  # 0.0 left at exactly 1.0 s: 0.5 1.0
+        False,  # 0.5 is still in (0.75 s old)
+        True,  # 0.5 left: 1.0 1.5
+    ]
+
+
+def test_limiter_refusals_do_not_count_against_the_window() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(1, clock=clock)
+    assert admits_at(limiter, clock, 0.0) == [True]
+    # Ten refusals between 0 and 1 s; had they counted, 1.0 would still see them in its window.
+    assert admits_at(limiter, clock, *(i / 16 for i in range(1, 11))) == [False] * 10
+    assert admits_at(limiter, clock, 1.0, 1.5, 2.0) == [True, False, True]
+
+
+def test_limiter_after_a_quiet_spell_admits_a_full_window_again() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(25, clock=clock)
+    assert admits_at(limiter, clock, *[5.0] * 26).count(True) == 25
+    assert admits_at(limiter, clock, *[60.0] * 26).count(True) == 25
+
+
+def test_limiter_fractional_limit_admits_its_whole_part() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2.5, clock=clock)
+    assert admits_at(limiter, clock, 0.0, 0.0, 0.0) == [True, True, False]
+
+
+@pytest.mark.parametrize("limit", [0, 0.5, -1, math.inf, math.nan])
+def test_limiter_rejects_a_limit_that_could_admit_nothing(limit: float) -> None:
+    with pytest.raises(ValueError, match="rate limit must be a finite number >= 1"):
+        SlidingWindowLimiter(limit)
+
+
+def test_rate_limited_answer_names_the_configured_limit() -> None:
+    answer = rate_limited_answer(25.0)
+    assert answer.status == 429
+    assert ("Retry-After", "1") in answer.headers
+    assert json.loads(answer.body) == {"error": "Rate limit exceeded: 25 requests per second"}
+    assert b"2.5 requests per second" in rate_limited_answer(2.5).body
