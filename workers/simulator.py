@@ -7,6 +7,12 @@ on request: a ``[[sim ...]]`` directive in the submitted text (see
 polls, outcome, injected failures and how the audio is served. Every request is recorded for
 assertions, in process (:attr:`Simulator.requests`) or from another process
 (``GET /_sim/requests``).
+
+With ``rate_limit_per_s`` it also enforces NanoGPT's account-wide limit (see
+:mod:`workers.simulator_ratelimit`): every ``/api/*`` request with an accepted key counts, whatever
+its answer; one over the limit gets ``429`` with ``Retry-After: 1`` and has no other effect, and
+is recorded with ``limited=True`` (:meth:`Simulator.calls` sums them per path). A request with a
+bad key is answered 401 before the limit is consulted: it is nobody's account's request.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from workers.sample_audio import WAV_HEADER_BYTES, make_wav, wav_header
+from workers.simulator_ratelimit import SlidingWindowLimiter, rate_limited_answer
 from workers.simulator_scenario import (
     NOT_AUDIO_BODY,
     Answer,
@@ -35,7 +43,7 @@ from workers.simulator_scenario import (
     parse_directives,
 )
 
-__all__ = ["RecordedRequest", "Scenario", "Simulator", "parse_directives", "serve"]
+__all__ = ["PathCalls", "RecordedRequest", "Scenario", "Simulator", "parse_directives", "serve"]
 
 DEFAULT_API_KEY = "sim-key"
 DEFAULT_MODEL = "Elevenlabs-Turbo-V2.5"
@@ -58,6 +66,14 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any] | None
     at: float  # epoch seconds (time.time()) when the request arrived
+    limited: bool = False  # refused with 429 by the rate limit, and so had no other effect
+
+
+class PathCalls(NamedTuple):
+    """The recorded ``/api/*`` requests to one path, by whether the rate limit refused them."""
+
+    answered: int  # every other one, whatever its answer (202, 401, 404, an injected 500, ...)
+    refused: int  # the rate limit's 429s
 
 
 class Simulator:
@@ -71,7 +87,21 @@ class Simulator:
         api_key: str | None = DEFAULT_API_KEY,
         scenario: Scenario = DEFAULT_SCENARIO,
         upstream_slots: int = DEFAULT_UPSTREAM_SLOTS,
+        rate_limit_per_s: float | None = None,
+        rate_clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``rate_limit_per_s``: NanoGPT's account-wide limit (it allows 25); None: no limit.
+        ``rate_clock`` is the clock the limit's window is measured on (tests freeze it).
+
+        Raises:
+            ValueError: ``rate_limit_per_s`` is below 1 or not finite.
+        """
+        self.rate_limit_per_s = rate_limit_per_s
+        self._limiter: SlidingWindowLimiter | None = None
+        self._refusal: Answer | None = None  # what a request over the limit gets
+        if rate_limit_per_s is not None:
+            self._limiter = SlidingWindowLimiter(rate_limit_per_s, clock=rate_clock)
+            self._refusal = rate_limited_answer(rate_limit_per_s)
         self.default_scenario = scenario  # for submits whose text carries no directive
         # A failure spec ("500", "429:2", ...) answered to every status request while set: an
         # upstream-wide outage, for the fault-injection suite.
@@ -151,6 +181,28 @@ class Simulator:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def run_ids(self) -> list[str]:
+        """Every run created so far (by a submit or :meth:`create_run`), oldest first."""
+        with self._lock:
+            return list(self._runs)
+
+    @property
+    def refused_requests(self) -> int:
+        """How many recorded requests the rate limit refused."""
+        return sum(1 for r in self.requests if r.limited)
+
+    def calls(self) -> dict[str, PathCalls]:
+        """The recorded ``/api/*`` requests per path, e.g. ``{"/api/tts": (answered, refused)}``.
+
+        Built from :attr:`requests`, so :meth:`clear_requests` starts it again from zero.
+        """
+        counts: dict[str, list[int]] = {}
+        for r in self.requests:
+            if r.path.startswith("/api/"):
+                counts.setdefault(r.path, [0, 0])[r.limited] += 1
+        return {path: PathCalls(answered, refused) for path, (answered, refused) in counts.items()}
+
     def status_polls(self, run_id: str) -> list[RecordedRequest]:
         """The GET /api/tts/status requests that asked about `run_id`."""
         return [
@@ -211,6 +263,13 @@ class Simulator:
 
     def _key_ok(self, key: str | None) -> bool:
         return self._api_key is None or key == self._api_key
+
+    def _over_limit(self) -> Answer | None:
+        """Count one request against the rate limit; the 429 it must get if it is over."""
+        if self._limiter is None:
+            return None
+        with self._lock:
+            return None if self._limiter.admit() else self._refusal
 
     def _take_submit_failure(self, text: str, scenario: Scenario) -> str | None:
         with self._lock:
@@ -280,17 +339,25 @@ class _Handler(BaseHTTPRequestHandler):
             payload: Any = json.loads(raw) if raw else None
         except ValueError:
             payload = None  # the submit endpoint answers 400 for anything but a JSON object
+        api = path.startswith("/api/")
+        key_ok = not api or self.sim._key_ok(self.headers.get("x-api-key"))
+        # Decided on arrival, before any latency or failure of the request's own.
+        refusal = self.sim._over_limit() if api and key_ok else None
+        limited = refusal is not None
         if not path.startswith("/_sim/"):
             headers = {name.lower(): value for name, value in self.headers.items()}
             body = payload if isinstance(payload, dict) else None
-            self.sim._record(RecordedRequest(self.command, path, query, headers, body, time.time()))
+            at = time.time()
+            self.sim._record(RecordedRequest(self.command, path, query, headers, body, at, limited))
         route = (self.command, path)
         if route == ("GET", "/_sim/health"):
             self._send(json_answer(200, {"ok": True}))
         elif route == ("GET", "/_sim/requests"):
             self._send(json_answer(200, [asdict(r) for r in self.sim.requests]))
-        elif path.startswith("/api/") and not self.sim._key_ok(self.headers.get("x-api-key")):
+        elif not key_ok:
             self._send(json_answer(401, {"error": "Invalid API key"}))
+        elif refusal is not None:
+            self._send(refusal)
         elif route == ("POST", "/api/tts"):
             self._submit(payload)
         elif route == ("GET", "/api/tts/status"):
@@ -418,11 +485,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8765, *, api_key: str | None = DEFAULT_API_KEY
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    api_key: str | None = DEFAULT_API_KEY,
+    rate_limit_per_s: float | None = None,
 ) -> None:
-    """Run a simulator in the foreground until KeyboardInterrupt (Ctrl-C)."""
-    with Simulator(host=host, port=port, api_key=api_key) as sim:
-        print(f"NanoGPT simulator: base URL {sim.base_url}, API key {api_key!r}", flush=True)
+    """Run a simulator in the foreground until KeyboardInterrupt (Ctrl-C).
+
+    Like every other setting of the simulator, the rate limit comes from the caller (the CLI's
+    ``--rate``, which defaults from ``TTS_SIM_RATE``); this module reads no environment.
+
+    Raises:
+        ValueError: ``rate_limit_per_s`` is below 1 or not finite.
+        OSError: the address cannot be bound.
+    """
+    with Simulator(host=host, port=port, api_key=api_key, rate_limit_per_s=rate_limit_per_s) as sim:
+        limit = "no rate limit" if rate_limit_per_s is None else f"{rate_limit_per_s:g} requests/s"
+        print(
+            f"NanoGPT simulator: base URL {sim.base_url}, API key {api_key!r}, {limit}", flush=True
+        )
         try:
             while True:
                 time.sleep(3600)  # the server runs on its own thread; this one only waits

@@ -64,6 +64,7 @@ class SlidingWindowLimiter:
 
 def rate_limited_answer(limit_per_s: float) -> Answer:
     """The 429 for a request over the limit, e.g. "Rate limit exceeded: 25 requests per second"."""
-    number = int(limit_per_s) if limit_per_s.is_integer() else limit_per_s  # 25, not 25.0
+    limit = float(limit_per_s)  # an int is a float to mypy, not at run time
+    number = int(limit) if limit.is_integer() else limit  # 25, not 25.0
     message = f"Rate limit exceeded: {number} requests per second"
     return json_answer(429, {"error": message}, (("Retry-After", str(RETRY_AFTER_S)),))

@@ -733,8 +733,103 @@ def test_limiter_rejects_a_limit_that_could_admit_nothing(limit: float) -> None:
 
 
 def test_rate_limited_answer_names_the_configured_limit() -> None:
+    assert rate_limited_answer(25).body == rate_limited_answer(25.0).body
     answer = rate_limited_answer(25.0)
     assert answer.status == 429
     assert ("Retry-After", "1") in answer.headers
     assert json.loads(answer.body) == {"error": "Rate limit exceeded: 25 requests per second"}
     assert b"2.5 requests per second" in rate_limited_answer(2.5).body
+
+
+@pytest.fixture
+def frozen() -> FakeClock:
+    """The rate limit's clock, stopped: no request ages out unless the test moves it."""
+    return FakeClock(0.0)
+
+
+@pytest.fixture
+def limited_sim(frozen: FakeClock) -> Iterator[Simulator]:
+    with Simulator(api_key=KEY, rate_limit_per_s=10, rate_clock=frozen) as simulator:
+        yield simulator
+
+
+def assert_rate_limited(response: requests.Response) -> None:
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {"error": "Rate limit exceeded: 10 requests per second"}
+
+
+def test_forty_quick_requests_at_ten_per_second_get_thirty_429s(
+    limited_sim: Simulator, http: requests.Session
+) -> None:
+    sim = limited_sim
+    known = sim.create_run(Scenario(pending_polls=100))  # not over HTTP: costs nothing
+    answers = []
+    for i in range(20):
+        answers.append(submit(http, sim, f"text {i}"))
+        answers.append(poll(http, sim, known))
+
+    assert [a.status_code for a in answers[:10]] == [202, 200] * 5
+    for refused in answers[10:]:
+        assert_rate_limited(refused)
+    submitted = [a.json()["runId"] for a in answers[:10:2]]
+    assert sim.run_ids == [known, *submitted]  # the 15 refused submits created no run
+    assert sim.calls() == {"/api/tts": (5, 15), "/api/tts/status": (5, 15)}
+    assert sim.refused_requests == 30
+    assert [r.limited for r in sim.requests] == [False] * 10 + [True] * 30
+    over_http = http.get(f"{sim.root}/_sim/requests", timeout=TIMEOUT_S).json()
+    assert sum(r["limited"] for r in over_http) == 30
+
+
+def test_only_api_requests_with_a_good_key_count(
+    limited_sim: Simulator, http: requests.Session
+) -> None:
+    sim = limited_sim
+    run_id = sim.create_run(Scenario(pending_polls=0))
+    for _ in range(10):
+        assert http.get(f"{sim.root}/audio/{run_id}.wav", timeout=TIMEOUT_S).status_code == 200
+        assert http.get(f"{sim.root}/_sim/health", timeout=TIMEOUT_S).status_code == 200
+        bad_key = http.get(
+            f"{sim.base_url}/tts/status",
+            params={"runId": run_id, "model": MODEL},
+            headers={"x-api-key": "wrong"},  # replaces the session's good key
+            timeout=TIMEOUT_S,
+        )
+        assert bad_key.status_code == 401
+    # Neither audio, /_sim/ nor a bad key used the budget: ten account requests still pass.
+    assert [poll(http, sim, run_id).status_code for _ in range(10)] == [200] * 10
+    assert_rate_limited(http.get(f"{sim.base_url}/no-such-endpoint", timeout=TIMEOUT_S))
+    assert sim.calls() == {"/api/tts/status": (20, 0), "/api/no-such-endpoint": (0, 1)}
+
+
+def test_a_refused_request_changes_nothing(frozen: FakeClock, http: requests.Session) -> None:
+    with Simulator(api_key=KEY, rate_limit_per_s=1, rate_clock=frozen) as sim:
+        run_id = sim.create_run(Scenario(pending_polls=1, status_failures=("503",)))
+        text = "again [[sim submit_fail=500]]"
+        assert poll(http, sim, "unknown-run").status_code == 404  # fills the window at 0.0
+        refused = [submit(http, sim, text), poll(http, sim, run_id)]
+        assert [(r.status_code, r.headers["Retry-After"]) for r in refused] == [(429, "1")] * 2
+        assert sim.run_ids == [run_id]
+
+        steps = []
+        for at_s in (1.0, 2.0, 3.0, 4.0, 5.0):  # one request a second: all under the limit
+            frozen.now_s = at_s
+            steps.append(submit(http, sim, text) if at_s in (1.0, 5.0) else poll(http, sim, run_id))
+
+    # The refused submit took no injected failure, the refused poll neither failure nor step.
+    assert [r.status_code for r in steps] == [500, 503, 200, 200, 202]
+    assert [r.json()["status"] for r in steps[2:]] == ["pending", "completed", "pending"]
+    assert sim.run_ids == [run_id, steps[4].json()["runId"]]
+    assert sim.calls() == {"/api/tts": (2, 1), "/api/tts/status": (4, 1)}
+
+
+def test_without_a_rate_limit_nothing_is_refused(sim: Simulator, http: requests.Session) -> None:
+    run_id = sim.create_run()
+    assert {poll(http, sim, run_id).status_code for _ in range(40)} == {200}
+    assert sim.refused_requests == 0
+    assert sim.calls() == {"/api/tts/status": (40, 0)}
+
+
+def test_simulator_rejects_a_rate_limit_below_one() -> None:
+    with pytest.raises(ValueError, match="rate limit"):
+        Simulator(rate_limit_per_s=0.5)
