@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import uuid
 from collections.abc import Callable
@@ -234,10 +235,28 @@ def simulate(
     api_key: Annotated[
         str, typer.Option("--api-key", help="The key the simulator accepts.")
     ] = simulator.DEFAULT_API_KEY,
+    rate: Annotated[
+        float,
+        typer.Option(
+            "--rate",
+            envvar="TTS_SIM_RATE",
+            min=0.0,
+            help=(
+                "Requests per second answered across /api/*, as NanoGPT's account-wide limit"
+                " (25 there); more get 429 with Retry-After: 1. 0 or empty: no limit."
+            ),
+        ),
+    ] = 0.0,
 ) -> None:
     """Run the NanoGPT simulator in the foreground (Ctrl-C stops it), for your own tests."""
+    # Click reads TTS_SIM_RATE (an empty value counts as unset): the simulator is a dev tool
+    # configured by its options, not part of the worker's Settings.
+    if rate != 0 and not 1 <= rate < math.inf:
+        _fail(
+            f"--rate (TTS_SIM_RATE) must be 0 for no limit, or at least 1; got {rate}", EXIT_USAGE
+        )
     try:
-        simulator.serve(host, port, api_key=api_key)
+        simulator.serve(host, port, api_key=api_key, rate_limit_per_s=rate or None)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_FAILED)
 

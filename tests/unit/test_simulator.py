@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.cli import assert_one_line, invoke
+from workers import simulator as simulator_module
 from workers.sample_audio import WAV_HEADER_BYTES, make_wav, wav_header
 from workers.simulator import RecordedRequest, Scenario, Simulator, parse_directives
 from workers.simulator_ratelimit import SlidingWindowLimiter, rate_limited_answer
@@ -833,3 +835,84 @@ def test_without_a_rate_limit_nothing_is_refused(sim: Simulator, http: requests.
 def test_simulator_rejects_a_rate_limit_below_one() -> None:
     with pytest.raises(ValueError, match="rate limit"):
         Simulator(rate_limit_per_s=0.5)
+
+
+# --- serve() and `tts-worker simulate --rate` (TTS_SIM_RATE) ----------------------------------
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The CLI's calls of serve(), each as its keyword arguments; nothing is served."""
+    calls: list[dict[str, Any]] = []
+
+    def fake_serve(host: str, port: int, **kwargs: Any) -> None:
+        calls.append(kwargs)
+
+    monkeypatch.setattr(simulator_module, "serve", fake_serve)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "limit"),
+    [
+        ([], {"TTS_SIM_RATE": None}, None),
+        ([], {"TTS_SIM_RATE": ""}, None),
+        ([], {"TTS_SIM_RATE": "0"}, None),
+        ([], {"TTS_SIM_RATE": "25"}, 25.0),
+        (["--rate", "10"], {"TTS_SIM_RATE": "25"}, 10.0),
+        (["--rate", "0"], {"TTS_SIM_RATE": "25"}, None),
+        (["--rate", "2.5"], {}, 2.5),
+    ],
+)
+def test_simulate_rate_defaults_from_tts_sim_rate(
+    served: list[dict[str, Any]], args: list[str], env: dict[str, str | None], limit: float | None
+) -> None:
+    result = invoke(["simulate", *args], env)
+
+    assert result.exit_code == 0, result.output
+    assert served == [{"api_key": simulator_module.DEFAULT_API_KEY, "rate_limit_per_s": limit}]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--rate", "0.5"], {}, "--rate (TTS_SIM_RATE) must be 0 for no limit, or at least 1"),
+        ([], {"TTS_SIM_RATE": "inf"}, "--rate (TTS_SIM_RATE) must be 0 for no limit"),
+        ([], {"TTS_SIM_RATE": "nan"}, "Invalid value for '--rate' (env var: 'TTS_SIM_RATE')"),
+        (["--rate", "-1"], {}, "Invalid value for '--rate'"),
+        ([], {"TTS_SIM_RATE": "fast"}, "Invalid value for '--rate'"),
+    ],
+)
+def test_simulate_refuses_a_rate_that_is_no_limit(
+    served: list[dict[str, Any]], args: list[str], env: dict[str, str | None], message: str
+) -> None:
+    result = invoke(["simulate", *args], env)
+
+    assert result.exit_code == 2
+    assert message in assert_one_line(result.stderr)
+    assert served == []
+
+
+def test_serve_hands_the_rate_limit_to_its_simulator(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[Simulator] = []
+
+    class Recorded(Simulator):
+        def start(self) -> Simulator:
+            started.append(self)
+            return super().start()
+
+    real_sleep = time.sleep
+
+    def ctrl_c_instead_of_the_long_wait(seconds: float) -> None:
+        if seconds == 3600:  # serve()'s idle wait; any other sleep is someone else's
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+
+    monkeypatch.setattr(simulator_module, "Simulator", Recorded)
+    monkeypatch.setattr(time, "sleep", ctrl_c_instead_of_the_long_wait)
+    simulator_module.serve(port=0, rate_limit_per_s=25)
+
+    assert [s.rate_limit_per_s for s in started] == [25]
+    assert capsys.readouterr().out.rstrip().endswith(", 25 requests/s")
