@@ -43,7 +43,7 @@ worker: install
 
 # Issue 5's benchmarks (~12 min on 2 cores): writes BENCHMARKS.md and BENCHMARKS.json.
 # `make bench ROWS=1,3` reruns some rows and keeps the others' last figures.
-ROWS ?= 1,2,3,4,5
+ROWS ?= 1,2,3,4,5,6
 bench: install
 	$(BIN)/python -m bench --rows $(ROWS) --out BENCHMARKS.md
 

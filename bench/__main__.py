@@ -23,6 +23,7 @@ ROW_MODULES = {
     3: "bench.row3_memory",
     4: "bench.row4_short_jobs",
     5: "bench.row5_schedule",
+    6: "bench.row6_budget",
 }
 
 

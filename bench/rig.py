@@ -91,11 +91,13 @@ class Tally:
         self._lock = threading.Lock()
         self.at: dict[str, float] = {}
         self.run_ids: dict[str, str] = {}
+        self.types: dict[str, str] = {}  # the first webhook's type: tts.completed or tts.failed
 
     def __call__(self, delivery: Delivery) -> int:
         body = delivery.json()
         with self._lock:
             self.at.setdefault(body["job_id"], delivery.at)
+            self.types.setdefault(body["job_id"], body.get("type", ""))
             if body.get("run_id"):
                 self.run_ids[body["job_id"]] = body["run_id"]
         return 200

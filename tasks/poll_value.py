@@ -27,6 +27,9 @@ from tasks import schedule
 MIN_SAMPLES = 10
 # The prior's mean generation time: ElevenLabs-family jobs take seconds to a minute.
 PRIOR_GENERATION_S = 20.0
+# Past the longest generation seen, the chance a job still runs falls by e every this many
+# seconds: such a job has outlived every recent one and most likely ends any moment.
+TAIL_S = 5.0
 # A job not seen for this long gets STALE_VALUE added: enough to beat jobs with no chance, never
 # enough to beat one likely to be done.
 STALE_S = 600.0
@@ -47,24 +50,31 @@ class Candidate:
 
 
 class Generations:
-    """The distribution of generation times, from recent samples (seconds)."""
+    """The distribution of generation times, from recent samples (seconds), as a survival
+    function: the chance a generation is still running after ``e`` seconds."""
 
     def __init__(self, samples: Sequence[float]) -> None:
         self._sorted = sorted(s for s in samples if math.isfinite(s) and s >= 0)
 
-    def cdf(self, elapsed_s: float) -> float:
-        """P(a generation takes at most ``elapsed_s``)."""
+    def survival(self, elapsed_s: float) -> float:
+        """P(a generation takes longer than ``elapsed_s``). Within the samples, the empirical
+        share longer (counted as if one more sample lay beyond the longest, so it never reaches
+        0); past the longest, that last share decays with :data:`TAIL_S`: a job that has run
+        longer than every recent one is likely to end any moment, not never."""
         if elapsed_s <= 0:
-            return 0.0
+            return 1.0
         n = len(self._sorted)
         if n < MIN_SAMPLES:
-            return 1.0 - math.exp(-elapsed_s / PRIOR_GENERATION_S)
-        return bisect.bisect_right(self._sorted, elapsed_s) / n
+            return math.exp(-elapsed_s / PRIOR_GENERATION_S)
+        longer = n - bisect.bisect_right(self._sorted, elapsed_s)
+        share = (longer + 1) / (n + 1)
+        if longer == 0:
+            share *= math.exp(-(elapsed_s - self._sorted[-1]) / TAIL_S)
+        return share
 
-    def floor(self) -> float:
-        """The least a remaining share may be: a job older than every sample is still valued
-        as if one more sample were beyond it."""
-        return 1.0 / (len(self._sorted) + 1)
+    def cdf(self, elapsed_s: float) -> float:
+        """P(a generation takes at most ``elapsed_s``)."""
+        return 1.0 - self.survival(elapsed_s)
 
 
 def generation_start(c: Candidate, now: float) -> float | None:
@@ -81,14 +91,12 @@ def generation_start(c: Candidate, now: float) -> float | None:
 def done_chance(c: Candidate, now: float, gens: Generations) -> float:
     """The chance the job finished since it was last seen, plus the staleness term."""
     start = generation_start(c, now)
-    stale = 0.0 if c.seen_at is None else STALE_VALUE * min(1.0, (now - c.seen_at) / STALE_S)
-    if start is None:
+    if start is None or c.seen_at is None:
         return 0.5  # never seen: as likely as not, worth a look
-    assert c.seen_at is not None
-    seen_f = gens.cdf(c.seen_at - start)
-    now_f = gens.cdf(now - start)
-    remaining = max(1.0 - seen_f, gens.floor())
-    return max(0.0, now_f - seen_f) / remaining + stale
+    stale = STALE_VALUE * min(1.0, (now - c.seen_at) / STALE_S)
+    still_then = gens.survival(c.seen_at - start)
+    still_now = gens.survival(now - start)
+    return max(0.0, 1.0 - still_now / still_then) + stale
 
 
 def rank(candidates: Sequence[Candidate], now: float, gens: Generations) -> list[Candidate]:

@@ -50,6 +50,11 @@ WORKER_ENV = {
     "TTS_HTTP_CONNECT_TIMEOUT": "1",
     "TTS_HTTP_READ_TIMEOUT": "1",
     "TTS_DOWNLOAD_TIMEOUT": "1.5",
+    # The budget's code runs in every test (each call spends a token, waiting ones are granted)
+    # but never throttles: these tests poll every 0.1 s against an unlimited simulator, with an
+    # 8 s deadline. tests/integration/test_budget.py and the reliability suite run it for real.
+    "TTS_UPSTREAM_RATE": "1000",
+    "TTS_UPSTREAM_BURST": "100",
 }
 
 
