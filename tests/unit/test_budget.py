@@ -170,7 +170,6 @@ def test_random_demand_gets_the_rate_plus_the_burst_and_never_nanogpts_limit(
     assert abs(len(allowed) - (20 * 60 + 5)) <= 2
 
 
-@pytest.mark.xfail(strict=True, reason="tat is saved with tostring(): 14 digits, 1e-4 s at 1.8e9")
 @pytest.mark.parametrize("rate_per_s", [24, 30])
 def test_rates_whose_interval_is_no_round_number_hold_too(
     make_budget: Callable[..., Budget], clock: Clock, rate_per_s: int
