@@ -221,7 +221,10 @@ class Budget:
         return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
 
     def free(self) -> tuple[int, float]:
-        """(tokens free now, the rate now), without spending any."""
+        """(tokens free now, the rate now), without spending any; (0, 0.0) when off: there is
+        nothing to count (the script would divide by a rate of 0)."""
+        if not self.on:
+            return 0, 0.0
         free, rate = self._peek(keys=[BUDGET_KEY], args=self._argv(self._clock()))
         return int(free), float(rate)
 

@@ -229,7 +229,6 @@ def test_rate_zero_is_off_and_writes_nothing(
     assert grant_of(client, jid) == "submit"  # not spent: there is nothing to spend
 
 
-@pytest.mark.xfail(strict=True, reason="free() divides by a rate of 0 in Lua: NaN as an integer")
 def test_an_off_budget_reports_no_tokens_and_writes_nothing(
     make_budget: Callable[..., Budget], client: redis.Redis
 ) -> None:
