@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,10 +62,24 @@ class Generations:
             return 1.0 - math.exp(-elapsed_s / PRIOR_GENERATION_S)
         return bisect.bisect_right(self._sorted, elapsed_s) / n
 
+    def survival(self, elapsed_s: float) -> float:
+        """P(a generation takes longer than ``elapsed_s``): ``1 - cdf``, the prior's computed
+        directly so that its long tail keeps its precision."""
+        if elapsed_s <= 0:
+            return 1.0
+        if len(self._sorted) < MIN_SAMPLES:
+            return math.exp(-elapsed_s / PRIOR_GENERATION_S)
+        return 1.0 - self.cdf(elapsed_s)
+
     def floor(self) -> float:
-        """The least a remaining share may be: a job older than every sample is still valued
-        as if one more sample were beyond it."""
-        return 1.0 / (len(self._sorted) + 1)
+        """The least a remaining share may be: with learned times, a job older than every
+        sample is still valued as if one more sample were beyond it. The prior's tail never
+        ends: it needs no floor beyond not dividing by zero (1/(n+1) there would make the
+        chance unconditional, and a job the longer at the head the less worth a look)."""
+        n = len(self._sorted)
+        if n < MIN_SAMPLES:
+            return sys.float_info.min
+        return 1.0 / (n + 1)
 
 
 def generation_start(c: Candidate, now: float) -> float | None:
@@ -85,10 +100,9 @@ def done_chance(c: Candidate, now: float, gens: Generations) -> float:
     if start is None:
         return 0.5  # never seen: as likely as not, worth a look
     assert c.seen_at is not None
-    seen_f = gens.cdf(c.seen_at - start)
-    now_f = gens.cdf(now - start)
-    remaining = max(1.0 - seen_f, gens.floor())
-    return max(0.0, now_f - seen_f) / remaining + stale
+    seen_left = gens.survival(c.seen_at - start)
+    now_left = gens.survival(now - start)
+    return max(0.0, seen_left - now_left) / max(seen_left, gens.floor()) + stale
 
 
 def rank(candidates: Sequence[Candidate], now: float, gens: Generations) -> list[Candidate]:
