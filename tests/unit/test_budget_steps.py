@@ -288,7 +288,6 @@ def test_a_submit_429_past_the_deadline_ends_the_job_rate_limited(w: World) -> N
     assert w.upstream.posts == 1
 
 
-@pytest.mark.xfail(strict=True, reason="RATE_LIMITED missing from errors.OUTCOME_CODES")
 def test_rate_limited_is_a_listed_outcome_code() -> None:
     """OUTCOME_CODES is "every code a job outcome can carry" (tasks/__init__.py exports it)."""
     assert errors.RateLimited.code in errors.OUTCOME_CODES
