@@ -67,16 +67,18 @@ local h = redis.call('HMGET', KEYS[1], 'tat', 'low_rate', 'low_at')
 local rate = cfg
 if h[2] then
   local r = tonumber(h[2]) + (now - tonumber(h[3])) * RECOVERY
-  if r < cfg then rate = r end
+  if r < cfg then rate = math.max(r, MIN_RATE) end
 end
 local t = 1 / rate
 local tat = math.max(tonumber(h[1]) or now, now)
 local free = math.floor((now + burst * t - tat) / t + 1e-3)
 if free < 0 then free = 0 end
-""".replace("RECOVERY", repr(RECOVERY_PER_S))
+""".replace("RECOVERY", repr(RECOVERY_PER_S)).replace("MIN_RATE", repr(MIN_RATE_PER_S))
 
+# tat is saved with all 17 digits: Lua's tostring keeps 14, 1e-4 s at ~1.8e9, and each call would
+# then move tat by 1/rate rounded to 1e-4 s, so the budget drifted from its rate (+0.1 % at 30/s).
 _SAVE = f"""
-redis.call('HSET', KEYS[1], 'tat', tostring(tat))
+redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat))
 redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
 """
 
@@ -152,7 +154,7 @@ local n, since = tonumber(w[1]) or 0, tonumber(w[2]) or now
 if now - since > {REFUSAL_WINDOW_S} then n, since = 0, now end
 n = n + 1
 if n < {REFUSALS_TO_LOWER} then
-  redis.call('HSET', KEYS[1], 'ref_n', n, 'ref_at', tostring(since))
+  redis.call('HSET', KEYS[1], 'ref_n', n, 'ref_at', string.format('%.17g', since))
   redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
   return {{0, 0, tostring(rate)}}
 end
@@ -219,7 +221,10 @@ class Budget:
         return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
 
     def free(self) -> tuple[int, float]:
-        """(tokens free now, the rate now), without spending any."""
+        """(tokens free now, the rate now), without spending any; (0, 0.0) when off: there is
+        nothing to count (the script would divide by a rate of 0)."""
+        if not self.on:
+            return 0, 0.0
         free, rate = self._peek(keys=[BUDGET_KEY], args=self._argv(self._clock()))
         return int(free), float(rate)
 

@@ -198,6 +198,7 @@ OUTCOME_CODES = frozenset(
     {
         "CONTENT_POLICY_VIOLATION",
         "UPSTREAM_ERROR",
+        "RATE_LIMITED",
         "AUTH_FAILED",
         "INSUFFICIENT_BALANCE",
         "NOT_FOUND",
