@@ -17,9 +17,11 @@ Who gets a token when callers want more than the budget:
   token only while the budget can spare one beyond what is already waiting for it (due parked
   polls and parked submits); otherwise it is **not made**: the task parks its job (a poll back in
   ``tts:wait``, a submit in :data:`SUBMIT_WAIT_KEY`) and returns, holding no worker slot;
-* the poll releaser (``tasks/parking.py``) hands the tokens left to waiting jobs, chosen by
-  :mod:`tasks.poll_value`, writing a **grant** in each job's record in the same script; the
-  released step spends its grant instead of a token. A parked call is not a retry.
+* the poll releaser (``tasks/granting.py``) promises the tokens left to waiting jobs, chosen by
+  :mod:`tasks.poll_value`, writing a **grant** in each job's record in the same script. The
+  released step takes its token only when it calls, ahead of everyone else: tokens taken at the
+  grant would let steps that waited behind a backlog in the broker call all at once (bench row 6
+  met 55 calls in half a second that way). A parked call is not a retry.
 
 AIMD: NanoGPT answering 429 despite the budget (another client on the account, a lower limit
 than configured) lowers the fleet's rate: halved on a burst of refusals, then raised by
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: The budget's state: ``tat``, and while lowered ``low_rate`` / ``low_at`` and the 429 window.
 BUDGET_KEY = "tts:budget"
+#: Job ids granted a call whose step has not spent it yet, scored by when (tasks/granting.py).
+GRANTED_KEY = "tts:granted"
 #: Recent generation times (seconds) seen by polls, newest first: what tasks/poll_value.py learns.
 GENERATION_KEY = "tts:generation-s"
 # Enough samples for a distribution, few enough to follow a change in NanoGPT's speed quickly.
@@ -52,6 +56,9 @@ RECOVERY_PER_S = 0.5
 # spike; three within seconds mean the account's limit is below the budget's rate.
 REFUSALS_TO_LOWER = 3
 REFUSAL_WINDOW_S = 5.0
+# A grant not spent within this long is taken for lost (its message died with a worker; the
+# reconciler re-sends the step, which still finds its grant): its token is no longer held.
+GRANT_TTL_S = 10.0
 # Never lower below this: a budget of zero would stop every job instead of slowing it.
 MIN_RATE_PER_S = 1.0
 # The state outlives idle gaps by far; it expires so a removed deployment leaves nothing.
@@ -82,20 +89,33 @@ redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat))
 redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
 """
 
-# A step's call: spend the job's grant (ARGV[4]) if it holds it, else take a token if the budget
-# can spare one beyond the due parked polls and the parked submits. Returns {1} (make the call)
-# or {0, seconds until the next token}. KEYS: budget, job, wait set, submit wait set.
+# Grants handed out but not yet spent (their steps still in the broker): they hold tokens the
+# releaser must not hand out again. One lost with its message stops counting after GRANT_TTL_S.
+# GK: the key of the granted set; ARGV[1] is now.
+_RESERVED = f"""
+redis.call('ZREMRANGEBYSCORE', GK, '-inf', now - {GRANT_TTL_S})
+local reserved = redis.call('ZCARD', GK)
+"""
+
+# A step's call. The token is always taken here, when the call is about to be made, so the calls
+# NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
+# holding its grant (ARGV[4]) may take any free token; any other call only one the budget can
+# spare beyond the grants outstanding, the due parked polls and the parked submits. Returns {1}
+# (make the call) or {0, seconds until the next token}.
+# KEYS: budget, job, wait set, submit wait set, granted set. ARGV[5]: the job id.
 _SPEND = (
-    """
+    _STATE
+    + _RESERVED.replace("GK", "KEYS[5]")
+    + """
+local need = 1
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'grant') == ARGV[4] then
   redis.call('HDEL', KEYS[2], 'grant')
-  return {1, '0'}
+  redis.call('ZREM', KEYS[5], ARGV[5])
+else
+  need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1])
+    + redis.call('ZCARD', KEYS[4])
 end
-"""
-    + _STATE
-    + """
-local waiting = redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1]) + redis.call('ZCARD', KEYS[4])
-if free - 1 >= waiting then
+if free >= need then
   tat = tat + t
 """
     + _SAVE
@@ -106,16 +126,18 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 """
 )
 
-# The releaser's grant: for each (kind, job id) pair in ARGV[5..], while tokens are free, take
-# the job off its wait set (ZREM: exactly one releaser wins it), check it still waits for that
-# call, write its grant and spend a token. Returns the granted ids, in order.
-# KEYS: budget, wait set, submit wait set. ARGV[4]: the job key prefix.
+# The releaser's grant: for each (kind, job id) pair in ARGV[5..], while free tokens are not yet
+# promised to earlier grants, take the job off its wait set (ZREM: exactly one releaser wins
+# it), check it still waits for that call, and write its grant. Returns the granted ids, in
+# order. KEYS: budget, wait set, submit wait set, granted set. ARGV[4]: the job key prefix.
 _GRANT = (
     _STATE
+    + _RESERVED.replace("GK", "KEYS[4]")
     + """
+local avail = free - reserved
 local out = {}
 for i = 5, #ARGV - 1, 2 do
-  if free < 1 then break end
+  if avail < 1 then break end
   local kind, id = ARGV[i], ARGV[i + 1]
   local key = ARGV[4] .. id
   local set = KEYS[2]
@@ -127,21 +149,24 @@ for i = 5, #ARGV - 1, 2 do
     elseif kind == 's' and f[1] == 'submitting' then grant = 'submit' end
     if grant then
       redis.call('HSET', key, 'grant', grant)
-      tat = tat + t
-      free = free - 1
+      redis.call('ZADD', KEYS[4], ARGV[1], id)
+      avail = avail - 1
       table.insert(out, id)
     end
   end
 end
-"""
-    + _SAVE
-    + """
+redis.call('EXPIRE', KEYS[4], STATE_TTL)
 return out
-"""
+""".replace("STATE_TTL", str(STATE_TTL_S))
 )
 
-# Read-only: {tokens free now, rate now}.
-_PEEK = _STATE + "return {free, tostring(rate)}"
+# Read-only but for expired grants: {tokens free now and not promised to a grant, rate now}.
+# KEYS: budget, granted set.
+_PEEK = (
+    _STATE
+    + _RESERVED.replace("GK", "KEYS[2]")
+    + "return {math.max(free - reserved, 0), tostring(rate)}"
+)
 
 # NanoGPT refused a call (429) despite the budget. Count it in a short window; on a burst, halve
 # the rate now (no lower than ARGV[4]) and restart the window. Returns {1 if this lowered the
@@ -210,34 +235,36 @@ class Budget:
         return [repr(now), repr(self.rate_per_s), self.burst]
 
     def spend(self, job_id: str, grant: str) -> float:
-        """Before a NanoGPT call for ``job_id``: 0.0 if the call may be made now (the job's
-        ``grant`` was spent, or a token was free), else the seconds until the next token; the
-        caller then parks the job instead of calling."""
+        """Before a NanoGPT call for ``job_id``: 0.0 if the call may be made now (a token was
+        taken: any free one if the job holds its ``grant``, which is spent; otherwise only one
+        the budget can spare beyond what is promised and waiting), else the seconds until the
+        next token; the caller then parks the job instead of calling."""
         if not self.on:
             return 0.0
         now = self._clock()
-        keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, SUBMIT_WAIT_KEY]
-        allowed, wait_s = self._spend(keys=keys, args=[*self._argv(now), grant])
+        keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY]
+        allowed, wait_s = self._spend(keys=keys, args=[*self._argv(now), grant, job_id])
         return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
 
     def free(self) -> tuple[int, float]:
-        """(tokens free now, the rate now), without spending any; (0, 0.0) when off: there is
-        nothing to count (the script would divide by a rate of 0)."""
+        """(tokens free now and not promised to a grant, the rate now), without spending any;
+        (0, 0.0) when off: there is nothing to count (the script would divide by a rate of 0)."""
         if not self.on:
             return 0, 0.0
-        free, rate = self._peek(keys=[BUDGET_KEY], args=self._argv(self._clock()))
+        free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv(self._clock()))
         return int(free), float(rate)
 
     def grant(self, choices: Sequence[tuple[str, str]]) -> list[str]:
-        """Grant tokens to waiting jobs in the order of ``choices`` (``("p", id)`` a parked
-        poll, ``("s", id)`` a parked submit) while tokens are free; returns the granted ids.
-        Each is off its wait set, and its next step spends the grant (:meth:`spend`)."""
+        """Promise free tokens to waiting jobs in the order of ``choices`` (``("p", id)`` a
+        parked poll, ``("s", id)`` a parked submit) while some are not yet promised; returns
+        the granted ids. Each is off its wait set; its next step takes the token when it calls
+        (:meth:`spend`), so a message that waited in the broker does not call late in a burst."""
         if not choices:
             return []
         args: list[str | int | float] = [*self._argv(self._clock()), KEY_PREFIX]
         for kind, job_id in choices:
             args += [kind, job_id]
-        granted = self._grant(keys=[BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY], args=args)
+        granted = self._grant(keys=[BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY], args=args)
         return [str(job_id) for job_id in granted]
 
     def refused(self) -> None:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tasks import budget as budget_module
-from tasks.budget import BUDGET_KEY, GENERATION_KEY, Budget
+from tasks.budget import BUDGET_KEY, GENERATION_KEY, GRANTED_KEY, Budget
 from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tasks.states import Status
 from workers.embedded_redis import EmbeddedRedis
@@ -28,7 +28,7 @@ EPOCH = 1_800_000_000.123456
 # NanoGPT's documented limit: requests per second per account, across endpoints.
 NANOGPT_LIMIT_PER_S = 25
 OWNER = "submit-task-bt"
-SHARED_KEYS = (BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GENERATION_KEY, DUE_KEY)
+SHARED_KEYS = (BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GENERATION_KEY, DUE_KEY, GRANTED_KEY)
 
 
 @dataclass
@@ -304,34 +304,67 @@ def test_grant_hands_out_the_free_tokens_in_the_order_given(
     assert client.zscore(WAIT_KEY, polls[2]) is not None
     assert client.zscore(SUBMIT_WAIT_KEY, submits[1]) is not None
 
-    # No token left: nothing more is granted until one comes.
+    # Every token promised: nothing more is granted, even as time passes (the bucket is full),
+    # until a granted step spends its promise and a new token comes.
+    assert budget.grant(choices[3:]) == []
+    clock.advance(1.0)
+    assert budget.grant(choices[3:]) == []
+    assert budget.spend(submits[0], "submit") == 0.0
     assert budget.grant(choices[3:]) == []
     clock.advance(0.05)
     assert budget.grant(choices[3:]) == [submits[1]]
 
 
-def test_a_granted_call_spends_its_grant_not_a_token(
+def test_a_granted_call_takes_its_promised_token_ahead_of_everyone(
     make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
 ) -> None:
     poll, submit = parked_poll(store, clock), parked_submit(store, clock)
     budget = make_budget(rate_per_s=20, burst=2)
     assert budget.grant([("p", poll), ("s", submit)]) == [poll, submit]
-    assert budget.free()[0] == 0
+    assert budget.free()[0] == 0  # both tokens promised
 
-    # No token is free, yet the granted calls are made, and take nothing.
+    # A call without the grant may not take a promised token.
     assert budget.spend(poll, "poll:0") > 0  # another poll's grant is not this one's
     assert grant_of(client, poll) == "poll:1"
+    # The granted calls take them, when they are made.
     assert budget.spend(poll, "poll:1") == 0.0
     assert budget.spend(submit, "submit") == 0.0
-    assert budget.free()[0] == 0
     assert grant_of(client, poll) is None
     assert grant_of(client, submit) is None
+    assert client.zcard(GRANTED_KEY) == 0
 
-    # Spent once: the same grant again is a direct call, which takes a token.
+    # Spent once: the same grant again is a direct call, which needs a token to spare.
+    assert budget.spend(poll, "poll:1") > 0
     clock.advance(0.1)
     assert budget.free()[0] == 2
     assert budget.spend(poll, "poll:1") == 0.0
     assert budget.free()[0] == 1
+
+
+def test_grants_whose_steps_wait_in_the_broker_cannot_make_a_burst(
+    make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
+) -> None:
+    """Bench row 6's first runs: steps granted at 20/s waited 2 s behind a backlog in the
+    broker, then called 55 times in half a second. Promised tokens are taken at the call."""
+    budget = make_budget(rate_per_s=20, burst=2)
+    jobs = [parked_submit(store, clock) for _ in range(50)]
+    granted: list[str] = []
+    for _ in range(40):  # two seconds of releaser ticks; no granted step has run yet
+        granted += budget.grant([("s", j) for j in jobs if j not in granted])
+        clock.advance(0.05)
+    assert len(granted) == 2  # the burst, promised; nothing more while they are outstanding
+    # The backlog clears: the granted steps call, within the budget's pace.
+    calls = [budget.spend(j, "submit") == 0.0 for j in granted]
+    assert calls == [True, True]
+    assert budget.free()[0] == 0
+
+    # A grant whose message was lost stops holding its token after GRANT_TTL_S.
+    lost = budget.grant([("s", j) for j in jobs if j not in granted])
+    clock.advance(0.1)
+    lost = lost or budget.grant([("s", j) for j in jobs if j not in granted])
+    assert len(lost) >= 1
+    clock.advance(budget_module.GRANT_TTL_S + 0.01)
+    assert budget.free()[0] == 2
 
 
 def test_grant_skips_ended_jobs_without_spending(
