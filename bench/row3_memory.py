@@ -145,6 +145,9 @@ class Run:
             TTS_POLL_MAX_INTERVAL=str(self.size.interval_s),
             TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S),
             TTS_WORKER_CONCURRENCY=str(self.size.concurrency),
+            # Budget off: at 20 calls/s the 5,000 first polls alone would take four minutes; a
+            # poll without budget waits parked in tts:wait, like the waiting polls measured here.
+            TTS_UPSTREAM_RATE="0",
         )
         self.worker = self.stack.worker(env, concurrency=self.size.concurrency)
         self.caller = Caller(self.broker_url)
@@ -339,7 +342,9 @@ def _row(runs: list[Run], size: Size, unavailable: list[str]) -> Row:
     details = [
         f"{size.jobs} poll chains on runs that stay pending, each waiting {size.interval_s:g} s"
         f" after its first poll; one worker per case, prefork × {size.concurrency}, all started"
-        " together. RSS = psutil RSS of the main process + pool children, median of"
+        " together, the NanoGPT budget off (`TTS_UPSTREAM_RATE=0`: the row measures memory; a"
+        " poll without budget waits parked in `tts:wait` like the ones measured)."
+        " RSS = psutil RSS of the main process + pool children, median of"
         f" {size.samples} samples, each after `gc.collect()` in the main process (`bench_gc`"
         f" control command). Baseline after {size.warm_jobs} warm-up jobs; half the polls; a pause"
         f" of {size.expiry_s:g} s (the prefork pool's per-task time-limit timers, 120 s for a"
