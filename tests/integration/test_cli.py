@@ -18,7 +18,7 @@ import redis
 import requests
 
 from tasks import names
-from tasks.jobs import JobStore
+from tasks.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tests.integration.conftest import ELEVEN, Send, wait_until
 from tests.support.cli import TTS_WORKER, assert_one_line, invoke, process_env
 from workers.embedded_redis import EmbeddedRedis, free_port
@@ -117,6 +117,31 @@ def test_status_of_an_unknown_job(broker: dict[str, str]) -> None:
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "no job nope-" in assert_one_line(result.stderr)
+
+
+def test_status_without_a_job_shows_the_fleets_budget() -> None:
+    with EmbeddedRedis() as redis_server:
+        env = {"CELERY_BROKER_URL": redis_server.url, "TTS_UPSTREAM_RATE": "12"}
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        client.zadd(WAIT_KEY, {"a": 1.0, "b": 2.0, "later": 4e9})  # two due, one not yet
+        client.zadd(SUBMIT_WAIT_KEY, {"c": 1.0})
+        as_json = invoke(["status", "--json"], env)
+        human = invoke(["status"], env)
+        off = invoke(["status"], {**env, "TTS_UPSTREAM_RATE": "0"})
+
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == {
+        "rate_per_s": 12.0,
+        "current_rate_per_s": 12.0,
+        "burst": 4,
+        "tokens_free": 4,
+        "polls_due": 2,
+        "submits_waiting": 1,
+    }
+    assert human.exit_code == 0
+    assert "12 calls/s, burst 4" in human.stdout
+    assert "2 polls due, 1 submits" in human.stdout
+    assert "budget   off" in off.stdout
 
 
 def test_wait_gives_up_when_no_worker_takes_the_job() -> None:
