@@ -46,6 +46,11 @@ RIG_ENV = {
     "TTS_POLL_INTERVAL": "1",
     "TTS_POLL_MAX_INTERVAL": "3",
     "TTS_POLL_TIMEOUT": "600",
+    # The NanoGPT budget is on and binds (200 jobs polling every second ask for 200 calls/s), so
+    # faults strike while calls wait, are granted and are deferred; at 100/s every job still
+    # reaches the state a fault must find it in (all 200 submitted within a job's 8 s pending).
+    "TTS_UPSTREAM_RATE": "100",
+    "TTS_UPSTREAM_BURST": "20",
     "TTS_RETRY_BASE_DELAY": "1",
     "TTS_RETRY_MAX_DELAY": "10",
     "TTS_MAX_RETRIES": "8",
