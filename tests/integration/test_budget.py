@@ -4,14 +4,13 @@ ends the job as RATE_LIMITED."""
 
 from __future__ import annotations
 
-import collections
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 from tasks import names
-from tests.support.stack import API_KEY, ELEVEN, Lane, Spawn, wait_until
+from tests.support.stack import API_KEY, ELEVEN, Lane, Spawn, wait_until, webhooks_per_job
 from workers.receiver import Receiver
 from workers.simulator import Simulator
 
@@ -33,15 +32,6 @@ BUDGET_ENV = {
 }
 
 
-def webhooks(receiver: Receiver, jids: set[str]) -> collections.Counter[str]:
-    counts: collections.Counter[str] = collections.Counter()
-    for delivery in receiver.accepted():
-        jid = delivery.json().get("job_id")
-        if jid in jids:
-            counts[jid] += 1
-    return counts
-
-
 def test_two_workers_share_one_budget_and_stay_within_the_account_limit(
     lanes: Callable[[], Lane], spawn: Spawn, receiver: Receiver
 ) -> None:
@@ -61,7 +51,7 @@ def test_two_workers_share_one_budget_and_stay_within_the_account_limit(
             for n in range(JOBS)
         }
         counts = wait_until(
-            lambda: (c := webhooks(receiver, jids)) and len(c) == JOBS and c, timeout_s=120
+            lambda: (c := webhooks_per_job(receiver, jids)) and len(c) == JOBS and c, timeout_s=120
         )
 
         assert set(counts.values()) == {1}

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks import names
-from tests.support.stack import ELEVEN, Lane, Spawn, wait_until
+from tests.support.stack import ELEVEN, Lane, Spawn, wait_until, webhooks_per_job
 from tests.support.worker import WorkerProcess
 from workers.receiver import Receiver
 from workers.simulator import Simulator
@@ -41,16 +41,6 @@ def tasks_done(worker: WorkerProcess) -> collections.Counter[str]:
     return collections.Counter(TASK_DONE_RE.findall(worker.log))
 
 
-def delivered(receiver: Receiver, jids: set[str]) -> collections.Counter[str]:
-    """Accepted webhooks per job of ours."""
-    counts: collections.Counter[str] = collections.Counter()
-    for delivery in receiver.accepted():
-        jid = delivery.json().get("job_id")
-        if jid in jids:
-            counts[jid] += 1
-    return counts
-
-
 def submit(lane: Lane, receiver: Receiver, jids: list[str]) -> None:
     for n, jid in enumerate(jids):
         pending = 1 + n % 2
@@ -71,18 +61,19 @@ def test_workers_share_300_jobs_and_lose_none_when_one_joins_and_one_leaves(
     wanted = set(jids)
     half = JOBS // 2
     submit(lane, receiver, jids[:half])
-    wait_until(lambda: len(delivered(receiver, wanted)) >= half // 3, timeout_s=60)
+    wait_until(lambda: len(webhooks_per_job(receiver, wanted)) >= half // 3, timeout_s=60)
 
     # Mid-run: a fourth worker joins, then the second half arrives and one worker leaves warm.
     joined = spawn(env, concurrency=2).start()
     submit(lane, receiver, jids[half:])
     wait_until(lambda: sum(tasks_done(joined).values()) > 0, timeout_s=30)
     leaver = first[0]
-    assert len(delivered(receiver, wanted)) < JOBS, "the run ended before the worker left"
+    assert len(webhooks_per_job(receiver, wanted)) < JOBS, "the run ended before the worker left"
     with ThreadPoolExecutor(1) as background:
         left = background.submit(leaver.stop, WARM_STOP_TIMEOUT_S)  # SIGTERM: warm shutdown
         counts = wait_until(
-            lambda: (c := delivered(receiver, wanted)) and len(c) == JOBS and c, timeout_s=120
+            lambda: (c := webhooks_per_job(receiver, wanted)) and len(c) == JOBS and c,
+            timeout_s=120,
         )
         elapsed_s = time.monotonic() - started_at
         assert left.result() == 0, leaver.log[-3000:]  # it finished its tasks and exited
@@ -130,7 +121,7 @@ def test_a_worker_on_tts_poll_only_takes_polls(
             notify_url=receiver.url,
             job_id=jid,
         )
-    wait_until(lambda: len(delivered(receiver, set(jids))) == len(jids))
+    wait_until(lambda: len(webhooks_per_job(receiver, set(jids))) == len(jids))
     for jid in jids:
         job = lane.store.get(jid)
         assert job is not None

@@ -10,6 +10,7 @@ production default. Callers enqueue through a bare Celery app that knows only th
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import time
 import uuid
@@ -219,3 +220,13 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     for proc in started:
         proc.stop()
         proc.kill()
+
+
+def webhooks_per_job(receiver: Receiver, jids: set[str]) -> collections.Counter[str]:
+    """Accepted webhooks per job, for the jobs in ``jids`` only."""
+    counts: collections.Counter[str] = collections.Counter()
+    for delivery in receiver.accepted():
+        jid = delivery.json().get("job_id")
+        if jid in jids:
+            counts[jid] += 1
+    return counts

@@ -12,36 +12,20 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 import redis
 
 from tasks import budget as budget_module
-from tasks.budget import BUDGET_KEY, GENERATION_KEY, GRANTED_KEY, Budget
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.budget import BUDGET_KEY, GRANTED_KEY, Budget
+from tasks.jobs import KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tasks.states import Status
+from tests.support.budget import EPOCH, SHARED_KEYS, Clock
 from workers.embedded_redis import EmbeddedRedis
 
-# A realistic epoch time with a fraction no binary or decimal rounding leaves alone.
-EPOCH = 1_800_000_000.123456
 # NanoGPT's documented limit: requests per second per account, across endpoints.
 NANOGPT_LIMIT_PER_S = 25
 OWNER = "submit-task-bt"
-SHARED_KEYS = (BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GENERATION_KEY, DUE_KEY, GRANTED_KEY)
-
-
-@dataclass
-class Clock:
-    """Epoch seconds that move only when the test says so."""
-
-    now: float = EPOCH
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

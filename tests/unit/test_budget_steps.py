@@ -18,30 +18,18 @@ import redis
 from prometheus_client import REGISTRY
 
 from tasks import errors, granting, names, reconcile, steps, validation
-from tasks.budget import BUDGET_KEY, GENERATION_KEY, GRANTED_KEY
+from tasks.budget import BUDGET_KEY
 from tasks.context import Ctx
 from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, Job
 from tasks.parsing import Pending, StatusResult, Ticket
 from tasks.states import Status
+from tests.support.budget import EPOCH, SHARED_KEYS, Clock
 from tests.support.ctx import Outbox, Sent, make_ctx
 
 MODEL = "Kokoro-82m"
-EPOCH = 1_800_000_000.123456
 ENV = {"TTS_UPSTREAM_RATE": "1", "TTS_UPSTREAM_BURST": "1"}
 # NanoGPT's words for a per-key daily limit: what the outcome must pass on.
 DAILY = "Daily request limit exceeded"
-SHARED_KEYS = (BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GENERATION_KEY, DUE_KEY, GRANTED_KEY)
-
-
-@dataclass
-class Clock:
-    now: float = EPOCH
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
