@@ -300,6 +300,29 @@ def caller(broker_url: str) -> Iterator[Caller]:
         yield c
 
 
+def drain_rate(
+    c: Caller,
+    worker: Worker,
+    client: redis.Redis,
+    queue: str,
+    publish: Callable[[], object],
+    count: int,
+    *,
+    what: str,
+    timeout_s: float,
+) -> float:
+    """``count`` items per second of wall time: ``publish()`` puts them in ``queue`` while
+    ``worker`` is told not to consume it; the clock runs from telling it to until the queue and
+    the unacknowledged set are both empty (``client``: the worker's Redis database).
+    """
+    c.pause(worker, queue)
+    publish()
+    started = time.monotonic()
+    c.resume(worker, queue)
+    wait_for(what, lambda: redis_drained(client, queue), timeout_s=timeout_s)
+    return count / (time.monotonic() - started)
+
+
 def status_calls(sim: Simulator, run_ids: Iterable[str] | None = None) -> Counter[str]:
     """Status requests per run id (all runs, or only ``run_ids``)."""
     wanted = None if run_ids is None else set(run_ids)

@@ -32,10 +32,9 @@ from bench.rig import (
     Stack,
     Worker,
     caller,
-    redis_drained,
+    drain_rate,
     status_calls_between,
     used_memory,
-    wait_for,
 )
 from tasks import names
 from tasks.jobs import WAIT_KEY
@@ -128,18 +127,17 @@ class Phase:
 
 def noop_rate(stack: Stack, db: int, worker: Worker, count: int) -> float:
     """No-op tasks per second: a backlog of ``count`` drained by ``worker``."""
-    client = stack.redis(db)
     with caller(stack.url(db)) as c:
-        c.pause(worker, baselines.NOOP_QUEUE)
-        c.send_many((baselines.NOOP, [], {}) for _ in range(count))
-        started = time.monotonic()
-        c.resume(worker, baselines.NOOP_QUEUE)
-        wait_for(
-            "the no-op backlog to drain",
-            lambda: redis_drained(client, baselines.NOOP_QUEUE),
+        return drain_rate(
+            c,
+            worker,
+            stack.redis(db),
+            baselines.NOOP_QUEUE,
+            lambda: c.send_many((baselines.NOOP, [], {}) for _ in range(count)),
+            count,
+            what="the no-op backlog to drain",
             timeout_s=60 + count / 50,
         )
-        return count / (time.monotonic() - started)
 
 
 def cpu_s(pid: int | None) -> float:

@@ -28,9 +28,8 @@ from bench.rig import (
     Worker,
     caller,
     directive,
+    drain_rate,
     percentile,
-    redis_drained,
-    wait_for,
 )
 from tasks import names
 
@@ -39,6 +38,8 @@ TARGET = "≥ 0.3"
 TARGET_RATIO = 0.3
 CONCURRENCY = 8
 WARM_JOBS = 16
+# The Redis database of the row's worker.
+DB = 1
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,16 @@ SIZES = {
 
 
 def chains_per_s(stack: Stack, c: Caller, worker: Worker, count: int) -> float:
-    client = stack.redis(1)
-    c.pause(worker, baselines.NOOP_QUEUE)
-    c.noop_chains(count)
-    started = time.monotonic()
-    c.resume(worker, baselines.NOOP_QUEUE)
-    wait_for(
-        "the chains to finish",
-        lambda: redis_drained(client, baselines.NOOP_QUEUE),
+    return drain_rate(
+        c,
+        worker,
+        stack.redis(DB),
+        baselines.NOOP_QUEUE,
+        lambda: c.noop_chains(count),
+        count,
+        what="the chains to finish",
         timeout_s=60 + count / 20,
     )
-    return count / (time.monotonic() - started)
 
 
 def jobs_per_s(stack: Stack, c: Caller, worker: Worker, count: int) -> tuple[float, float]:
@@ -86,9 +86,9 @@ def jobs_per_s(stack: Stack, c: Caller, worker: Worker, count: int) -> tuple[flo
 
 def run(size_name: str) -> Row:
     size = SIZES[size_name]
-    with Stack() as stack, caller(stack.url(1)) as c:
+    with Stack() as stack, caller(stack.url(DB)) as c:
         env = stack.env(
-            stack.url(1),
+            stack.url(DB),
             TTS_POLL_INTERVAL=str(size.interval_s),
             TTS_POLL_MAX_INTERVAL=str(size.interval_s),
             TTS_WORKER_CONCURRENCY=str(CONCURRENCY),
