@@ -62,6 +62,13 @@ DEFAULT_ENV = {
     # The worker imports bench.baselines from the checkout, wherever it is started from.
     "PYTHONPATH": str(REPO),
 }
+# TTS_UPSTREAM_RATE (the fleet-wide budget of NanoGPT calls per second) switched off: rows that
+# measure the worker's own overhead against the simulator, which has no limit, set it.
+UPSTREAM_BUDGET_OFF = "0"
+BUDGET_OFF_NOTE = (
+    f"`TTS_UPSTREAM_RATE={UPSTREAM_BUDGET_OFF}` in the project worker's environment (budget off:"
+    " rows 2 and 4 measure the worker, not NanoGPT's limit)."
+)
 # Seconds a control command may take in all, and one attempt waits for the worker's reply.
 CONTROL_TIMEOUT_S = 30.0
 CONTROL_REPLY_S = 2.0

@@ -27,7 +27,9 @@ import psutil
 from bench import baselines
 from bench.report import Row
 from bench.rig import (
+    BUDGET_OFF_NOTE,
     ELEVEN,
+    UPSTREAM_BUDGET_OFF,
     BenchError,
     Stack,
     Worker,
@@ -167,6 +169,7 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
         TTS_POLL_MAX_INTERVAL=str(size.interval_s),
         TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S),
         TTS_WORKER_CONCURRENCY=str(pool.concurrency),
+        TTS_UPSTREAM_RATE=UPSTREAM_BUDGET_OFF,
     )
     worker = stack.worker(env, pool=pool.pool, concurrency=pool.concurrency)
     try:
@@ -271,7 +274,7 @@ def run(size_name: str) -> Row:
         f" {size.noops} drained by the same worker before its polls start, and another after they"
         " stop (their mean is the rate: drift of the shared machine between the phases cancels)."
         " A fresh worker and Redis database per line; the simulator (HTTP/1.1 keep-alive, as"
-        " NanoGPT's front end) and receiver share the 2 cores with the worker.",
+        " NanoGPT's front end) and receiver share the 2 cores with the worker. " + BUDGET_OFF_NOTE,
         "",
         *table,
         "",
@@ -297,6 +300,7 @@ def run(size_name: str) -> Row:
         details=details,
         values={
             "ratio": ratio,
+            "upstream_rate": UPSTREAM_BUDGET_OFF,
             "phases": [
                 {
                     "pool": p.pool.pool,
