@@ -1,6 +1,7 @@
 """What the rows start and look at: a private Redis, the NanoGPT simulator, a webhook receiver,
-real ``celery -A workers.app worker`` processes that also load the baselines, and a caller that
-publishes by task name with the project's own Celery configuration (as the CLI does).
+real ``celery -A workers.app worker`` processes that also load the baselines, workers of plain
+Celery (``bench.plain_app``), and a caller that publishes by task name with the project's own
+Celery configuration (as the CLI does) or the plain app's.
 
 Every process listens on loopback only and is stopped by whoever started it.
 """
@@ -17,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import psutil
 import redis
 from celery import Celery, chain, signature
 
-from bench import baselines
+from bench import baselines, plain_app
 from tasks import names
 from workers.celery_config import celery_config
 from workers.embedded_redis import EmbeddedRedis
@@ -61,6 +62,13 @@ DEFAULT_ENV = {
     # The worker imports bench.baselines from the checkout, wherever it is started from.
     "PYTHONPATH": str(REPO),
 }
+# TTS_UPSTREAM_RATE (the fleet-wide budget of NanoGPT calls per second) switched off: rows that
+# measure the worker's own overhead against the simulator, which has no limit, set it.
+UPSTREAM_BUDGET_OFF = "0"
+BUDGET_OFF_NOTE = (
+    f"`TTS_UPSTREAM_RATE={UPSTREAM_BUDGET_OFF}` in the project worker's environment (budget off:"
+    " rows 2 and 4 measure the worker, not NanoGPT's limit)."
+)
 # Seconds a control command may take in all, and one attempt waits for the worker's reply.
 CONTROL_TIMEOUT_S = 30.0
 CONTROL_REPLY_S = 2.0
@@ -174,16 +182,31 @@ class Stack:
         queues: Iterable[str] = ALL_QUEUES,
     ) -> Worker:
         """Start a worker that runs the project's tasks and the baselines; stopped at exit."""
-        name = f"bench-{uuid.uuid4().hex[:8]}@bench"
-        proc = WorkerProcess(
+        return self._start(
+            "bench",
             env,
-            self.scratch / f"{name.split('@')[0]}.log",
-            concurrency=concurrency,
             pool=pool,
+            concurrency=concurrency,
             queues=",".join(queues),
-            name=name,
             extra_argv=("-I", "bench.baselines"),
         )
+
+    def plain_worker(self, db: int, *, pool: str = "prefork", concurrency: int = 8) -> Worker:
+        """Start a worker of plain Celery (``bench.plain_app``) on database ``db`` of this Redis.
+
+        Same command line as :meth:`worker` but for the app: none of the project's code or
+        variables, and its own database, so its queue, unacked set and pub/sub are its own.
+        """
+        env = {
+            "CELERY_BROKER_URL": self.url(db),
+            "CELERY_RESULT_BACKEND": "",  # Celery reads both itself; empty: no result backend
+            "PYTHONPATH": str(REPO),
+        }
+        return self._start("plain", env, pool=pool, concurrency=concurrency, app="bench.plain_app")
+
+    def _start(self, prefix: str, env: dict[str, str], **options: Any) -> Worker:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}@bench"
+        proc = WorkerProcess(env, self.scratch / f"{name.split('@')[0]}.log", name=name, **options)
         # Killed, not stopped, at the end: a warm shutdown takes seconds and measures nothing.
         self._stack.callback(proc.kill)
         proc.start()
@@ -226,12 +249,17 @@ class Worker:
 
 
 class Caller:
-    """Publishes by task name, as an app would, with the project's Celery configuration."""
+    """Publishes by task name, as an app would, with the project's Celery configuration.
 
-    def __init__(self, broker_url: str) -> None:
-        settings = Settings(CELERY_BROKER_URL=broker_url)  # type: ignore[call-arg]
+    Or with ``config``, another app's (``plain_caller`` gives the plain app's).
+    """
+
+    def __init__(self, broker_url: str, config: Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            settings = Settings(CELERY_BROKER_URL=broker_url)  # type: ignore[call-arg]
+            config = celery_config(settings)
         self.app = Celery("bench-caller", set_as_current=False)
-        self.app.config_from_object(celery_config(settings))
+        self.app.config_from_object({**config, "broker_url": broker_url})
 
     def close(self) -> None:
         self.app.close()
@@ -242,22 +270,34 @@ class Caller:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def send_many(self, messages: Iterable[tuple[str, list[Any], dict[str, Any]]]) -> int:
-        """Publish ``(task name, args, kwargs)`` messages over one connection; how many."""
+    def send_many(
+        self, messages: Iterable[tuple[str, list[Any], dict[str, Any]]], queue: str | None = None
+    ) -> int:
+        """Publish ``(task name, args, kwargs)`` messages over one connection; how many.
+
+        Each goes to ``queue``, or where the project routes its task name.
+        """
         sent = 0
         with self.app.producer_or_acquire() as producer:
             for name, args, kwargs in messages:
-                queue = names.QUEUES.get(name) or _baseline_queue(name)
-                self.app.send_task(name, args=args, kwargs=kwargs, queue=queue, producer=producer)
+                to = queue or names.QUEUES.get(name) or _baseline_queue(name)
+                self.app.send_task(name, args=args, kwargs=kwargs, queue=to, producer=producer)
                 sent += 1
         return sent
 
     def send(self, name: str, *args: Any, **kwargs: Any) -> None:
         self.send_many([(name, list(args), kwargs)])
 
-    def noop_chains(self, count: int, length: int = 4) -> None:
+    def noop_chains(
+        self,
+        count: int,
+        length: int = 4,
+        *,
+        task: str = baselines.NOOP,
+        queue: str = baselines.NOOP_QUEUE,
+    ) -> None:
         """Publish ``count`` chains of ``length`` no-op tasks (each sends the next when done)."""
-        link = signature(baselines.NOOP, app=self.app, queue=baselines.NOOP_QUEUE, immutable=True)
+        link = signature(task, app=self.app, queue=queue, immutable=True)
         with self.app.producer_or_acquire() as producer:
             for _ in range(count):
                 chain(*(link.clone() for _ in range(length))).apply_async(producer=producer)
@@ -300,6 +340,36 @@ def _baseline_queue(name: str) -> str:
 def caller(broker_url: str) -> Iterator[Caller]:
     with Caller(broker_url) as c:
         yield c
+
+
+@contextlib.contextmanager
+def plain_caller(broker_url: str) -> Iterator[Caller]:
+    """A caller with the plain app's configuration, for a worker of ``bench.plain_app``."""
+    with Caller(broker_url, plain_app.CONFIG) as c:
+        yield c
+
+
+def drain_rate(
+    c: Caller,
+    worker: Worker,
+    client: redis.Redis,
+    queue: str,
+    publish: Callable[[], object],
+    count: int,
+    *,
+    what: str,
+    timeout_s: float,
+) -> float:
+    """``count`` items per second of wall time: ``publish()`` puts them in ``queue`` while
+    ``worker`` is told not to consume it; the clock runs from telling it to until the queue and
+    the unacknowledged set are both empty (``client``: the worker's Redis database).
+    """
+    c.pause(worker, queue)
+    publish()
+    started = time.monotonic()
+    c.resume(worker, queue)
+    wait_for(what, lambda: redis_drained(client, queue), timeout_s=timeout_s)
+    return count / (time.monotonic() - started)
 
 
 def status_calls(sim: Simulator, run_ids: Iterable[str] | None = None) -> Counter[str]:

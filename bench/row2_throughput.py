@@ -12,30 +12,38 @@ and gevent) one worker runs two phases on a fresh Redis database:
 Polls are measured with the simulator answering at once (loopback: the CPU-bound ceiling the
 target is about) and with ``latency`` added to each answer (an internet round trip), where the
 number of slots, not the CPU, limits a pool.
+
+The project's no-op already pays for its task events and signal handlers, so plain Celery's
+no-op rate is measured beside it for the first pool (the Procfile's): a worker of
+``bench.plain_app`` with the same pool and slots drains the same backlog on a database of its
+own, just before that pool's first line and just after it. The target is judged on the
+project's no-ops as before; polls/s ÷ plain no-ops/s is for the capacity model (no target).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import time
 import uuid
 from dataclasses import dataclass
 
 import psutil
 
-from bench import baselines
+from bench import baselines, plain
 from bench.report import Row
 from bench.rig import (
+    BUDGET_OFF_NOTE,
     ELEVEN,
+    UPSTREAM_BUDGET_OFF,
     BenchError,
     Stack,
     Worker,
     caller,
-    redis_drained,
+    drain_rate,
     status_calls_between,
     used_memory,
-    wait_for,
 )
 from tasks import names
 from tasks.jobs import WAIT_KEY
@@ -128,18 +136,17 @@ class Phase:
 
 def noop_rate(stack: Stack, db: int, worker: Worker, count: int) -> float:
     """No-op tasks per second: a backlog of ``count`` drained by ``worker``."""
-    client = stack.redis(db)
     with caller(stack.url(db)) as c:
-        c.pause(worker, baselines.NOOP_QUEUE)
-        c.send_many((baselines.NOOP, [], {}) for _ in range(count))
-        started = time.monotonic()
-        c.resume(worker, baselines.NOOP_QUEUE)
-        wait_for(
-            "the no-op backlog to drain",
-            lambda: redis_drained(client, baselines.NOOP_QUEUE),
+        return drain_rate(
+            c,
+            worker,
+            stack.redis(db),
+            baselines.NOOP_QUEUE,
+            lambda: c.send_many((baselines.NOOP, [], {}) for _ in range(count)),
+            count,
+            what="the no-op backlog to drain",
             timeout_s=60 + count / 50,
         )
-        return count / (time.monotonic() - started)
 
 
 def cpu_s(pid: int | None) -> float:
@@ -169,6 +176,7 @@ def phase(stack: Stack, db: int, pool: Pool, latency_s: float, size: Size, *, no
         TTS_POLL_MAX_INTERVAL=str(size.interval_s),
         TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S),
         TTS_WORKER_CONCURRENCY=str(pool.concurrency),
+        TTS_UPSTREAM_RATE=UPSTREAM_BUDGET_OFF,
     )
     worker = stack.worker(env, pool=pool.pool, concurrency=pool.concurrency)
     try:
@@ -223,27 +231,40 @@ def available(pool: Pool) -> bool:
     return pool.pool != "gevent" or importlib.util.find_spec("gevent") is not None
 
 
+def plain_noops(stack: Stack, db: int, pool: Pool, size: Size) -> float:
+    """Plain Celery's no-op rate on ``pool``, drained as :func:`noop_rate` drains ours."""
+    return plain.noops_per_s(stack, db, size.noops, pool=pool.pool, concurrency=pool.concurrency)
+
+
 def run(size_name: str) -> Row:
     size = SIZES[size_name]
     phases: list[Phase] = []
+    pools = [p for p in size.pools if available(p)]
     skipped = [p.label for p in size.pools if not available(p)]
-    db = 0
+    # (pool, upstream answer, whether its no-ops are drained): each pool's first line drains them.
+    lines = [(p, lat, n == 0) for p in pools for n, lat in enumerate(size.latencies_s)]
+    (head_pool, head_latency_s, _), *other_lines = lines
+    dbs = itertools.count(1)  # a fresh Redis database for every worker
     with Stack() as stack:
-        for pool in (p for p in size.pools if available(p)):
-            for n, latency_s in enumerate(size.latencies_s):
-                db += 1
-                phases.append(phase(stack, db, pool, latency_s, size, noops=n == 0))
+        plain_before = plain_noops(stack, next(dbs), head_pool, size)
+        phases.append(phase(stack, next(dbs), head_pool, head_latency_s, size, noops=True))
+        plain_after = plain_noops(stack, next(dbs), head_pool, size)
+        for pool, latency_s, noops in other_lines:
+            phases.append(phase(stack, next(dbs), pool, latency_s, size, noops=noops))
     head = phases[0]  # the Procfile's pool at zero latency
     assert head.noops_per_s is not None
     ratio = head.polls_per_s / head.noops_per_s
+    # Plain Celery around the head line, before and after, as the project's no-ops are.
+    plain_rate = (plain_before + plain_after) / 2
+    plain_ratio = head.polls_per_s / plain_rate
     # Each pool's no-op rates were measured on its first line (zero latency).
     noop_line = {p.pool: p for p in phases if p.noops_s is not None}
     table = [
         "| pool × slots | upstream answer | polls/s | no-ops/s (same worker: before / after)"
-        " | polls ÷ no-ops"
+        f" | polls ÷ no-ops | polls ÷ plain Celery no-ops ({head.pool.label})"
         " | worker CPU (cores) | polls per worker CPU-second | redis-server CPU | simulator +"
         " receiver CPU | due polls queued at end | Redis memory growth per poll |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in phases:
         noop_phase = noop_line[p.pool]
@@ -254,7 +275,7 @@ def run(size_name: str) -> Row:
         table.append(
             f"| {p.pool.label} | {p.latency_s * 1000:.0f} ms | {p.polls_per_s:.0f} |"
             f" {noop:.0f} ({first:.0f} / {last:.0f}) | {p.polls_per_s / noop:.2f} |"
-            f" {p.worker_cores:.2f} |"
+            f" {_plain_cell(p, head.pool, plain_rate)} | {p.worker_cores:.2f} |"
             f" {p.polls_per_core_s:.0f} | {p.redis_cores:.2f} | {p.bench_cores:.2f} | {p.backlog} |"
             f" {p.redis_bytes_per_poll:.0f} B |"
         )
@@ -273,7 +294,19 @@ def run(size_name: str) -> Row:
         f" {size.noops} drained by the same worker before its polls start, and another after they"
         " stop (their mean is the rate: drift of the shared machine between the phases cancels)."
         " A fresh worker and Redis database per line; the simulator (HTTP/1.1 keep-alive, as"
-        " NanoGPT's front end) and receiver share the 2 cores with the worker.",
+        " NanoGPT's front end) and receiver share the 2 cores with the worker. " + BUDGET_OFF_NOTE,
+        "",
+        f"Plain Celery beside it (no target; for the capacity model): a worker of"
+        f" `bench/plain_app.py` (no project code: no task events, no signal handlers; acks late,"
+        f" as ours), {head.pool.label}, drained the same backlog of {size.noops} no-ops on a"
+        " database of its own, with no worker of ours running, just before the"
+        f" {head.pool.label} line and just after it: **{plain_rate:.0f} no-ops/s**"
+        f" ({plain_before:.0f} / {plain_after:.0f}),"
+        f" so polls/s ÷ plain no-ops/s = {head.polls_per_s:.0f} ÷ {plain_rate:.0f} ="
+        f" **{plain_ratio:.2f}**; the project's own no-op runs at"
+        f" {head.noops_per_s / plain_rate:.2f} of plain Celery's"
+        f" ({head.noops_per_s:.0f} ÷ {plain_rate:.0f}). Measured for {head.pool.label} only:"
+        " the other lines show “–”.",
         "",
         *table,
         "",
@@ -293,12 +326,21 @@ def run(size_name: str) -> Row:
         target=TARGET,
         figure=(
             f"{ratio:.2f} ({head.polls_per_s:.0f} polls/s vs {head.noops_per_s:.0f} no-ops/s,"
-            f" {head.pool.label})"
+            f" {head.pool.label}); vs plain Celery's no-ops {plain_ratio:.2f}"
+            f" ({plain_rate:.0f}/s, no target)"
         ),
         passed=ratio >= TARGET_RATIO,
         details=details,
         values={
             "ratio": ratio,
+            "plain_noops_per_s": plain_rate,
+            "plain_noops_per_s_before": plain_before,
+            "plain_noops_per_s_after": plain_after,
+            "plain_pool": head.pool.pool,
+            "plain_concurrency": head.pool.concurrency,
+            "plain_ratio": plain_ratio,
+            "noops_vs_plain": head.noops_per_s / plain_rate,
+            "upstream_rate": UPSTREAM_BUDGET_OFF,
             "phases": [
                 {
                     "pool": p.pool.pool,
@@ -317,3 +359,8 @@ def run(size_name: str) -> Row:
             ],
         },
     )
+
+
+def _plain_cell(p: Phase, measured: Pool, plain_rate: float) -> str:
+    """Polls ÷ plain no-ops for the pool plain Celery was measured on; a dash for the others."""
+    return f"{p.polls_per_s / plain_rate:.2f}" if p.pool == measured else "–"

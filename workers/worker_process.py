@@ -25,7 +25,8 @@ STOP_TIMEOUT_S = 20.0
 class WorkerProcess:
     """Start with :meth:`start`; ``log`` holds its output; :meth:`stop` sends SIGTERM (warm).
 
-    ``env`` holds the variables the worker sees differently from the caller's environment.
+    ``env`` holds the variables the worker sees differently from the caller's environment;
+    ``app`` is what ``-A`` names (the benchmarks also start a plain Celery app this way).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class WorkerProcess:
         queues: str | None = None,
         name: str | None = None,
         extra_argv: tuple[str, ...] = (),
+        app: str = "workers.app",
     ) -> None:
         self.env = env
         self.log_path = log_path
@@ -47,7 +49,7 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "workers.app",
+            app,
             "worker",
             "-l",
             "INFO",

@@ -56,6 +56,14 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
     assert rows["1"]["values"]["blocking_s"] > 0
     assert rows["1"]["values"]["project_calls_per_job"] >= 1  # at least the completed answer
     assert all(p["polls_per_s"] > 0 for p in rows["2"]["values"]["phases"])
+    # The upstream budget is off where the worker's own overhead is measured.
+    assert rows["2"]["values"]["upstream_rate"] == rows["4"]["values"]["upstream_rate"] == "0"
+    # Plain Celery drained its backlog beside rows 2 and 4, before and after.
+    row2, row4 = rows["2"]["values"], rows["4"]["values"]
+    assert row2["plain_noops_per_s_before"] > 0
+    assert row2["plain_noops_per_s_after"] > 0
+    assert row4["plain_chains_per_s_before"] > 0
+    assert row4["plain_chains_per_s_after"] > 0
     parked = rows["3"]["values"]["redis:redis"]
     held = rows["3"]["values"]["redis:broker"]
     assert parked["parked"] >= 150
