@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import redis
 
-from tasks.jobs import KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY
+from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,17 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 
 # The releaser's grant: for each (kind, job id) pair in ARGV[5..], while free tokens are not yet
 # promised to earlier grants, take the job off its wait set (ZREM: exactly one releaser wins
-# it), check it still waits for that call, and write its grant. Returns the granted ids, in
-# order. KEYS: budget, wait set, submit wait set, granted set. ARGV[4]: the job key prefix.
+# it), check it still waits for that call, write its grant and move its check time to ARGV[5]
+# (a releaser killed before publishing its step leaves it to the reconciler, soon). Returns the
+# granted ids, in order. KEYS: budget, wait set, submit wait set, granted set, the reconciler's
+# due set. ARGV[4]: the job key prefix; the pairs start at ARGV[6].
 _GRANT = (
     _STATE
     + _RESERVED.replace("GK", "KEYS[4]")
     + """
 local avail = free - reserved
 local out = {}
-for i = 5, #ARGV - 1, 2 do
+for i = 6, #ARGV - 1, 2 do
   if avail < 1 then break end
   local kind, id = ARGV[i], ARGV[i + 1]
   local key = ARGV[4] .. id
@@ -150,6 +152,7 @@ for i = 5, #ARGV - 1, 2 do
     if grant then
       redis.call('HSET', key, 'grant', grant)
       redis.call('ZADD', KEYS[4], ARGV[1], id)
+      redis.call('ZADD', KEYS[5], 'XX', ARGV[5], id)
       avail = avail - 1
       table.insert(out, id)
     end
@@ -254,17 +257,19 @@ class Budget:
         free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv(self._clock()))
         return int(free), float(rate)
 
-    def grant(self, choices: Sequence[tuple[str, str]]) -> list[str]:
+    def grant(self, choices: Sequence[tuple[str, str]], *, check_at: float) -> list[str]:
         """Promise free tokens to waiting jobs in the order of ``choices`` (``("p", id)`` a
         parked poll, ``("s", id)`` a parked submit) while some are not yet promised; returns
         the granted ids. Each is off its wait set; its next step takes the token when it calls
-        (:meth:`spend`), so a message that waited in the broker does not call late in a burst."""
+        (:meth:`spend`), so a message that waited in the broker does not call late in a burst.
+        Each granted job's check time moves to ``check_at`` in the same script."""
         if not choices:
             return []
-        args: list[str | int | float] = [*self._argv(self._clock()), KEY_PREFIX]
+        args: list[str | int | float] = [*self._argv(self._clock()), KEY_PREFIX, repr(check_at)]
         for kind, job_id in choices:
             args += [kind, job_id]
-        granted = self._grant(keys=[BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY], args=args)
+        keys = [BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY, DUE_KEY]
+        granted = self._grant(keys=keys, args=args)
         return [str(job_id) for job_id in granted]
 
     def refused(self) -> None:

@@ -9,9 +9,9 @@ are due than can be served, else in due order. One script grants the tokens
 (:meth:`tasks.budget.Budget.grant`): each job is taken off its wait set by exactly one releaser
 and its next step spends the grant. Then the step is published.
 
-A releaser that dies after granting loses nothing: each granted job's check time is moved to
-one recovery grace from now first, and the reconciler re-sends its step after that; the grant
-is still in the record for it.
+A releaser that dies after granting loses nothing: the grant script moves each granted job's
+check time to one recovery grace from now, and the reconciler re-sends its step after that;
+the grant is still in the record for it.
 """
 
 from __future__ import annotations
@@ -102,12 +102,9 @@ def release(ctx: Ctx, *, rand: Callable[[], float] = random.random) -> int:
     now = ctx.clock()
     polls, submits = choose(ctx, now=now, tokens=tokens, draw=rand())
     choices = _interleave([("p", x) for x in polls], [("s", x) for x in submits])
-    granted = set(ctx.budget.grant(choices))
+    granted = set(ctx.budget.grant(choices, check_at=now + ctx.settings.recovery_grace_s))
     if not granted:
         return 0
-    recheck_at = now + ctx.settings.recovery_grace_s
-    for job_id in granted:
-        ctx.jobs.recheck_at(job_id, recheck_at)
     sent = 0
     for kind, job_id in choices:
         if job_id not in granted:

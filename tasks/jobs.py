@@ -368,6 +368,7 @@ class JobStore:
         park_at: float | None = None,
         polls: int = 0,
         ttl_s: float | None = None,
+        park_key: str = WAIT_KEY,
     ) -> bool:
         check = check_at if isinstance(check_at, str) else _time_arg(check_at)
         argv: list[str | int] = [
@@ -381,7 +382,8 @@ class JobStore:
         for name, expected in guards.items():
             argv += [name, expected]
         argv += _flatten({**fields, "updated_at": self._clock()})
-        return bool(self._transition(keys=self._keys(job_id), args=argv))
+        keys = [_key(job_id), DUE_KEY, park_key]
+        return bool(self._transition(keys=keys, args=argv))
 
     def update(self, job_id: str, fields: dict[str, Any], *, check_at: float | None = None) -> None:
         """Unguarded write of informational fields, and optionally a new check time."""
@@ -592,18 +594,27 @@ class JobStore:
             park_at=due_at,
         )
 
-    def defer_submit(self, job_id: str, owner: str, *, deliveries: int, check_at: float) -> bool:
-        """The submit found no budget: wait in :data:`SUBMIT_WAIT_KEY` (keeping its place if it
-        waited before) without sending the POST; the delivery is taken back as for a poll."""
-        moved = self._move(
+    def defer_submit(
+        self,
+        job_id: str,
+        owner: str,
+        *,
+        deliveries: int,
+        check_at: float,
+        queued_at: float,
+    ) -> bool:
+        """The submit found no budget: wait in :data:`SUBMIT_WAIT_KEY`, in line by
+        ``queued_at`` (when the job was accepted), without sending the POST; the delivery is
+        taken back as for a poll. One script: a worker killed in between cannot leave the job
+        out of line, watched only at its deadline."""
+        return self._move(
             job_id,
             {"status": Status.SUBMITTING, "submit_owner": owner},
             {"delivery_count": max(0, deliveries - 1)},
             check_at=check_at,
+            park_at=queued_at,
+            park_key=SUBMIT_WAIT_KEY,
         )
-        if moved:
-            self._redis.zadd(SUBMIT_WAIT_KEY, {job_id: self._clock()}, nx=True)
-        return moved
 
     def waiting_for_budget(self, job_id: str) -> bool:
         """Whether the job is parked: a poll in the wait set or a submit waiting for budget."""

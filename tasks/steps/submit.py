@@ -80,7 +80,13 @@ def submit(
         # token in the submit wait set (oldest first; tasks/budget.py), holding no worker slot;
         # it ends at its deadline if the budget never comes.
         metrics.submit_deferred()
-        ctx.jobs.defer_submit(jid, d.task_id, deliveries=deliveries, check_at=deadline_at)
+        ctx.jobs.defer_submit(
+            jid,
+            d.task_id,
+            deliveries=deliveries,
+            check_at=deadline_at,
+            queued_at=job.created_at or now,
+        )
         return jid
     attempt = uuid.uuid4().hex
     lease_until = now + post_lease_s(ctx)

@@ -18,7 +18,7 @@ import redis
 
 from tasks import budget as budget_module
 from tasks.budget import BUDGET_KEY, GRANTED_KEY, Budget
-from tasks.jobs import KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tasks.states import Status
 from tests.support.budget import EPOCH, SHARED_KEYS, Clock
 from workers.embedded_redis import EmbeddedRedis
@@ -26,6 +26,8 @@ from workers.embedded_redis import EmbeddedRedis
 # NanoGPT's documented limit: requests per second per account, across endpoints.
 NANOGPT_LIMIT_PER_S = 25
 OWNER = "submit-task-bt"
+# Where a grant moves its job on the reconciler's watch (one recovery grace away).
+CHECK_AT = EPOCH + 30.0
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ def parked_submit(store: JobStore, clock: Clock) -> str:
         "deadline_at": now + 900,
     }
     assert store.create(jid, fields, ttl_s=900, check_at=now + 30)
-    assert store.defer_submit(jid, OWNER, deliveries=1, check_at=now + 900)
+    assert store.defer_submit(jid, OWNER, deliveries=1, check_at=now + 900, queued_at=now)
     return jid
 
 
@@ -275,7 +277,7 @@ def test_grant_hands_out_the_free_tokens_in_the_order_given(
         ("s", submits[2]),
     ]
 
-    granted = budget.grant(choices)
+    granted = budget.grant(choices, check_at=CHECK_AT)
 
     assert granted == [submits[0], polls[0], polls[1]]
     assert budget.free()[0] == 0
@@ -290,13 +292,13 @@ def test_grant_hands_out_the_free_tokens_in_the_order_given(
 
     # Every token promised: nothing more is granted, even as time passes (the bucket is full),
     # until a granted step spends its promise and a new token comes.
-    assert budget.grant(choices[3:]) == []
+    assert budget.grant(choices[3:], check_at=CHECK_AT) == []
     clock.advance(1.0)
-    assert budget.grant(choices[3:]) == []
+    assert budget.grant(choices[3:], check_at=CHECK_AT) == []
     assert budget.spend(submits[0], "submit") == 0.0
-    assert budget.grant(choices[3:]) == []
+    assert budget.grant(choices[3:], check_at=CHECK_AT) == []
     clock.advance(0.05)
-    assert budget.grant(choices[3:]) == [submits[1]]
+    assert budget.grant(choices[3:], check_at=CHECK_AT) == [submits[1]]
 
 
 def test_a_granted_call_takes_its_promised_token_ahead_of_everyone(
@@ -304,7 +306,7 @@ def test_a_granted_call_takes_its_promised_token_ahead_of_everyone(
 ) -> None:
     poll, submit = parked_poll(store, clock), parked_submit(store, clock)
     budget = make_budget(rate_per_s=20, burst=2)
-    assert budget.grant([("p", poll), ("s", submit)]) == [poll, submit]
+    assert budget.grant([("p", poll), ("s", submit)], check_at=CHECK_AT) == [poll, submit]
     assert budget.free()[0] == 0  # both tokens promised
 
     # A call without the grant may not take a promised token.
@@ -334,7 +336,7 @@ def test_grants_whose_steps_wait_in_the_broker_cannot_make_a_burst(
     jobs = [parked_submit(store, clock) for _ in range(50)]
     granted: list[str] = []
     for _ in range(40):  # two seconds of releaser ticks; no granted step has run yet
-        granted += budget.grant([("s", j) for j in jobs if j not in granted])
+        granted += budget.grant([("s", j) for j in jobs if j not in granted], check_at=CHECK_AT)
         clock.advance(0.05)
     assert len(granted) == 2  # the burst, promised; nothing more while they are outstanding
     # The backlog clears: the granted steps call, within the budget's pace.
@@ -343,9 +345,9 @@ def test_grants_whose_steps_wait_in_the_broker_cannot_make_a_burst(
     assert budget.free()[0] == 0
 
     # A grant whose message was lost stops holding its token after GRANT_TTL_S.
-    lost = budget.grant([("s", j) for j in jobs if j not in granted])
+    lost = budget.grant([("s", j) for j in jobs if j not in granted], check_at=CHECK_AT)
     clock.advance(0.1)
-    lost = lost or budget.grant([("s", j) for j in jobs if j not in granted])
+    lost = lost or budget.grant([("s", j) for j in jobs if j not in granted], check_at=CHECK_AT)
     assert len(lost) >= 1
     clock.advance(budget_module.GRANT_TTL_S + 0.01)
     assert budget.free()[0] == 2
@@ -366,7 +368,8 @@ def test_grant_skips_ended_jobs_without_spending(
     budget = make_budget(rate_per_s=20, burst=5)
 
     granted = budget.grant(
-        [("p", settled_poll), ("p", "bt-expired"), ("s", settled_submit), ("p", live)]
+        [("p", settled_poll), ("p", "bt-expired"), ("s", settled_submit), ("p", live)],
+        check_at=CHECK_AT,
     )
 
     assert granted == [live]
@@ -384,7 +387,7 @@ def test_grant_of_a_job_no_longer_waiting_for_that_call_spends_nothing(
     poll, submit = parked_poll(store, clock), parked_submit(store, clock)
     budget = make_budget(rate_per_s=20, burst=5)
     # Offered as the other kind: neither is in that kind's wait set.
-    assert budget.grant([("s", poll), ("p", submit)]) == []
+    assert budget.grant([("s", poll), ("p", submit)], check_at=CHECK_AT) == []
     assert budget.free()[0] == 5
     assert client.zscore(WAIT_KEY, poll) is not None
     assert client.zscore(SUBMIT_WAIT_KEY, submit) is not None
@@ -410,7 +413,7 @@ def test_concurrent_grants_never_grant_a_job_twice(
             budget = Budget(own, rate_per_s=20, burst=burst, clock=clock)
             start.wait(10)
             for k in range(0, len(choices), 8):  # a batch at a time, like release ticks
-                results[i] += budget.grant(choices[k : k + 8])
+                results[i] += budget.grant(choices[k : k + 8], check_at=CHECK_AT)
         finally:
             own.close()
 
@@ -533,3 +536,35 @@ def test_generation_samples_keep_the_newest(make_budget: Callable[..., Budget]) 
     newest = budget_module.GENERATION_SAMPLES + 43
     assert samples[0] == pytest.approx(newest + 0.123)
     assert samples[-1] == pytest.approx(44 + 0.123)
+
+
+def test_a_grant_moves_its_jobs_check_in_the_same_step(
+    make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
+) -> None:
+    """A releaser killed between granting and publishing must leave the job to the reconciler
+    soon, not at its deadline: the grant script itself moves the check time."""
+    submit = parked_submit(store, clock)
+    assert client.zscore(DUE_KEY, submit) == pytest.approx(clock() + 900)  # its deadline
+    budget = make_budget(rate_per_s=20, burst=2)
+
+    assert budget.grant([("s", submit)], check_at=CHECK_AT) == [submit]
+
+    assert client.zscore(DUE_KEY, submit) == CHECK_AT
+
+
+def test_a_deferred_submit_waits_in_line_by_when_it_was_accepted(
+    store: JobStore, client: redis.Redis, clock: Clock
+) -> None:
+    first = parked_submit(store, clock)
+    clock.advance(1)
+    second = parked_submit(store, clock)
+    accepted_at = {j: store.get(j).created_at for j in (first, second)}  # type: ignore[union-attr]
+    # Deferred again later (a redelivered message): it keeps its place.
+    clock.advance(60)
+    job = store.get(first)
+    assert job is not None
+    assert store.defer_submit(
+        first, OWNER, deliveries=1, check_at=clock() + 900, queued_at=job.created_at or 0.0
+    )
+    assert client.zrange(SUBMIT_WAIT_KEY, 0, -1) == [first, second]
+    assert client.zscore(SUBMIT_WAIT_KEY, first) == accepted_at[first]

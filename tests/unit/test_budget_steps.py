@@ -405,7 +405,9 @@ def test_release_gives_waiting_submits_their_share(w2: World) -> None:
     likely, _, _ = likely_and_unlikely(w)
     task_id = new_id()
     w.accept_submit(task_id)
-    assert w.ctx.jobs.defer_submit(task_id, task_id, deliveries=1, check_at=w.clock() + 900)
+    assert w.ctx.jobs.defer_submit(
+        task_id, task_id, deliveries=1, check_at=w.clock() + 900, queued_at=w.clock()
+    )
 
     # TTS_UPSTREAM_SUBMIT_SHARE 0.5 of 2 tokens: one for the submit, one for the best poll.
     assert granting.release(w.ctx, rand=lambda: 0.0) == 2
