@@ -93,7 +93,7 @@ def choose(ctx: Ctx, *, now: float, tokens: int, draw: float) -> tuple[list[str]
 
 
 def release(ctx: Ctx, *, rand: Callable[[], float] = random.random) -> int:
-    """Grant the budget's free tokens to waiting jobs and publish their steps; returns how
+    """Promise the budget's free tokens to waiting jobs and publish their steps; returns how
     many were published."""
     tokens, rate = ctx.budget.free()
     metrics.budget(tokens, rate)

@@ -1,17 +1,17 @@
 """Which waiting polls get the budget's next tokens: the ones most likely to find audio.
 
-Pure: the releaser (``tasks/parking.py``) passes what the job records say and the generation
+Pure: the releaser (``tasks/granting.py``) passes what the job records say and the generation
 times polls have seen; nothing here reads Redis or a clock.
 
-A job's chance of having finished since it was last seen is
-``(F(e_now) - F(e_seen)) / (1 - F(e_seen))``, where ``e`` is the time since its generation
-started and ``F`` the distribution of generation times. The start is estimated from the queue:
-a job seen at position ``p`` starts about ``p`` places times the queue's measured speed later; a job
-first seen at the head started between its last queued answer and that one
-(:func:`generation_start`). ``F`` is learned from the generation times of jobs that completed
-(:class:`Generations`); until enough are known, an exponential prior stands in. Ties, and the
-jobs with no chance yet (queued far back), go oldest first; a small staleness term keeps a job
-whose estimate is wrong from waiting for ever.
+A job's chance of having finished since it was last seen is ``1 - S(e_now) / S(e_seen)``, where
+``e`` is the time since its generation started and ``S`` the chance a generation is still
+running after that long. The start is estimated from the queue: a job seen at position ``p``
+starts about ``p`` places times the queue's measured speed later; a job first seen at the head
+started between its last queued answer and that one (:func:`generation_start`). ``S`` is learned
+from the generation times of jobs that completed (:class:`Generations`), with a short tail past
+the longest of them; until enough are known, an exponential prior stands in. Ties, and the jobs
+with no chance yet (queued far back), go oldest first; a small staleness term keeps a job whose
+estimate is wrong from waiting for ever.
 """
 
 from __future__ import annotations
