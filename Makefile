@@ -41,7 +41,7 @@ integration: install
 worker: install
 	$(BIN)/celery -A workers.app worker -l INFO
 
-# Issue 5's benchmarks (~12 min on 2 cores): writes BENCHMARKS.md and BENCHMARKS.json.
+# The benchmarks (rows 1-6, ~30 min on 2 cores): write BENCHMARKS.md and BENCHMARKS.json.
 # `make bench ROWS=1,3` reruns some rows and keeps the others' last figures.
 ROWS ?= 1,2,3,4,5,6
 bench: install
