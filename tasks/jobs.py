@@ -200,6 +200,10 @@ class Job:
     notified_at: float | None = None
     not_before: float | None = None
     last_error: str | None = None
+    # Retries of the current poll and of the submit after transient faults, kept in the record
+    # because a retry that found no budget comes back as a fresh message (Celery's count at 0).
+    poll_retries: int = 0
+    post_retries: int = 0
     # NanoGPT's X-Request-ID of the last submit or status answer: what its support asks for.
     request_id: str | None = None
     request: dict[str, Any] | None = field(default=None, repr=False)
@@ -254,6 +258,8 @@ class Job:
             notified_at=num("notified_at"),
             not_before=num("not_before"),
             last_error=raw.get("last_error"),
+            poll_retries=int(raw.get("poll_retries") or 0),
+            post_retries=int(raw.get("post_retries") or 0),
             request_id=raw.get("request_id"),
             request=json.loads(raw["request"]) if raw.get("request") else None,
             token=raw.get("token"),

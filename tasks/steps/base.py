@@ -111,13 +111,17 @@ def retry_or_fail(
     max_retries: int,
     deadline_at: float | None = None,
     lease: tuple[str, int] | None = None,
+    retries: int | None = None,
 ) -> Result:
-    """Run this message again after a backoff, or fail the job once retries or time run out."""
+    """Run this message again after a backoff, or fail the job once retries or time run out.
+    ``retries``: how many this step has had, when the record knows more than the message (a
+    poll's retry that waited for budget comes back as a fresh message)."""
     s = ctx.settings
-    if d.retries >= max_retries:
+    done = d.retries if retries is None else max(d.retries, retries)
+    if done >= max_retries:
         return fail(ctx, job_id, exc, lease=lease)
     delay_s = schedule.retry_delay_s(
-        d.retries,
+        done,
         base_s=s.retry_base_delay_s,
         max_s=s.retry_max_delay_s,
         retry_after_s=exc.retry_after_s,
@@ -125,7 +129,7 @@ def retry_or_fail(
     now = ctx.clock()
     if deadline_at is not None and now + delay_s > deadline_at:
         return fail(ctx, job_id, past_deadline(exc), lease=lease)
-    log.warning("job %s: %s; retry %d in %.1fs", job_id, exc, d.retries + 1, delay_s)
+    log.warning("job %s: %s; retry %d in %.1fs", job_id, exc, done + 1, delay_s)
     # not_before: a re-sent step (reconciler) must not ask before the server allowed it either.
     # A poll's retry is its next planned poll: poll lag is measured against next_poll_at.
     retry_at = now + delay_s
@@ -135,6 +139,7 @@ def retry_or_fail(
             "last_error": exc.message,
             "not_before": retry_at,
             "next_poll_at": retry_at if lease is not None else None,
+            "poll_retries": done + 1 if lease is not None else None,
         },
         check_at=check_at(ctx, delay_s),
     )

@@ -104,7 +104,14 @@ def poll(
         if isinstance(exc, errors.RateLimited):
             ctx.budget.refused()
         return retry_or_fail(
-            ctx, d, exc, jid, max_retries=s.max_retries, deadline_at=deadline_at, lease=held
+            ctx,
+            d,
+            exc,
+            jid,
+            max_retries=s.max_retries,
+            deadline_at=deadline_at,
+            lease=held,
+            retries=job.poll_retries,
         )
     except errors.PermanentError as exc:
         metrics.poll("failed")
@@ -173,6 +180,7 @@ def _requeue(
             "request_id": pending.request_id,
             # "" rather than None, which would leave the previous position in place.
             "queue_position": "" if position is None else position,
+            "poll_retries": 0,  # an answer: the next poll starts its retries afresh
             "queue_first_position": seen.first_position,
             "queue_first_seen_at": seen.first_seen_at,
             "head_since": seen.head_since,

@@ -106,7 +106,7 @@ def submit(
     except errors.TransientError as exc:
         if isinstance(exc, errors.RateLimited):
             ctx.budget.refused()
-        return _post_refused(ctx, d, jid, attempt, exc, deadline_at)
+        return _post_refused(ctx, d, job, attempt, exc, deadline_at)
     except errors.PermanentError as exc:
         if isinstance(exc, errors.SubmitUnconfirmed):
             log.error("job %s: %s; NanoGPT may have accepted it; not sent again", jid, exc)
@@ -131,15 +131,24 @@ def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:
 
 
 def _post_refused(
-    ctx: Ctx, d: Delivery, job_id: str, attempt: str, exc: errors.TransientError, deadline_at: float
+    ctx: Ctx,
+    d: Delivery,
+    job: Job,
+    attempt: str,
+    exc: errors.TransientError,
+    deadline_at: float,
 ) -> Result:
-    """NanoGPT provably did not take the POST: give the claim back and retry, within bounds."""
+    """NanoGPT provably did not take the POST: give the claim back and retry, within bounds.
+    The retries are counted in the record too: one that waited for budget comes back as a
+    fresh message."""
     s = ctx.settings
+    job_id = job.job_id
     posting = {"status": Status.POSTING, "post_attempt": attempt}
-    if d.retries >= s.max_retries:
+    done = max(d.retries, job.post_retries)
+    if done >= s.max_retries:
         return fail(ctx, job_id, exc, guards=posting)
     delay_s = schedule.retry_delay_s(
-        d.retries,
+        done,
         base_s=s.retry_base_delay_s,
         max_s=s.retry_max_delay_s,
         retry_after_s=exc.retry_after_s,
@@ -151,13 +160,11 @@ def _post_refused(
     if not ctx.jobs.post_refused(
         job_id,
         attempt,
-        {"last_error": exc.message, "not_before": retry_at},
+        {"last_error": exc.message, "not_before": retry_at, "post_retries": done + 1},
         check_at=check_at(ctx, delay_s),
     ):
         return job_id  # the claim ran out meanwhile and the job was settled
-    log.warning(
-        "job %s: %s; POST not accepted, retry %d in %.1fs", job_id, exc, d.retries + 1, delay_s
-    )
+    log.warning("job %s: %s; POST not accepted, retry %d in %.1fs", job_id, exc, done + 1, delay_s)
     return Retry(delay_s, exc)
 
 

@@ -256,6 +256,21 @@ def test_a_poll_429_that_clears_before_the_deadline_is_retried(w: World) -> None
     assert w.job(jid).status == Status.POLLING
 
 
+def test_a_poll_retry_that_waited_for_budget_keeps_its_count(w: World) -> None:
+    """CI's 5xx outage: failing polls that came back as fresh messages (Celery's count at 0)
+    retried at the base backoff for ever and took the whole budget, so one job waited 31 s.
+    The record counts the retries, so the backoff grows and the limit holds across deferrals."""
+    jid, token = w.polling(deadline_in_s=900)
+    w.upstream.status_answer = errors.UpstreamUnavailable("HTTP 500")
+    for n in range(1, 4):
+        w.clock.advance(2.0)  # a token for each; every call is a fresh message (retries 0)
+        result = w.poll(jid, token, task_id=f"poll-{n}")
+        assert isinstance(result, steps.Retry)
+        assert w.job(jid).poll_retries == n
+    # The third retry's backoff is from retry number 3, not 1: at least half of base x 2**2.
+    assert result.wait_s >= 2.0
+
+
 def test_a_submit_429_past_the_deadline_ends_the_job_rate_limited(w: World) -> None:
     task_id = new_id()
     w.accept_submit(task_id)
