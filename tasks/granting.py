@@ -24,6 +24,7 @@ from tasks import metrics, poll_value
 from tasks.context import Ctx
 from tasks.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, Job
 from tasks.states import Status, has_live_poll
+from tasks.steps.poll import candidate
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ _FIELDS = (
 )
 
 
-def _num(value: str | None) -> float | None:
-    return float(value) if value not in (None, "") else None
-
-
-def _whole(value: str | None) -> int | None:
-    return int(value) if value not in (None, "", "null") else None
-
-
 def _candidates(ctx: Ctx, ids: list[str]) -> list[poll_value.Candidate]:
     client = ctx.jobs.redis
     with client.pipeline(transaction=False) as pipe:
@@ -56,18 +49,10 @@ def _candidates(ctx: Ctx, ids: list[str]) -> list[poll_value.Candidate]:
             pipe.hmget(ctx.jobs.key(job_id), _FIELDS)
         rows = pipe.execute()
     out = []
-    for job_id, (seen, pos, first_pos, first_at, start, deadline) in zip(ids, rows, strict=True):
-        out.append(
-            poll_value.Candidate(
-                job_id=job_id,
-                seen_at=_num(seen),
-                queue_position=_whole(pos),
-                first_position=_whole(first_pos),
-                first_seen_at=_num(first_at),
-                gen_start_at=_num(start),
-                deadline_at=_num(deadline),
-            )
-        )
+    for job_id, values in zip(ids, rows, strict=True):
+        raw = {"job_id": job_id, "status": ""}
+        raw |= {k: v for k, v in zip(_FIELDS, values, strict=True) if v is not None}
+        out.append(candidate(Job.from_hash(raw)))  # the record's own parsing, not a copy
     return out
 
 
