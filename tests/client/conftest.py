@@ -23,7 +23,7 @@ def client_redis_url(quiet_redis_server: EmbeddedRedis) -> Iterator[str]:
     db = redis.Redis.from_url(url)
     db.flushdb()
     db.close()
-    yield url
+    return url
 
 
 @pytest.fixture

@@ -32,14 +32,14 @@ def test_task_names_and_queues_are_the_workers() -> None:
         names.POLL_TTS,
         names.CANCEL,
     )
-    assert contract.QUEUES == {task: names.QUEUES[task] for task in contract.QUEUES}
+    assert {task: names.QUEUES[task] for task in contract.QUEUES} == contract.QUEUES
     assert (contract.SUBMIT_QUEUE, contract.POLL_QUEUE) == (names.SUBMIT_QUEUE, names.POLL_QUEUE)
 
 
 def test_keys_statuses_and_answers_are_the_workers() -> None:
     assert contract.JOB_KEY_PREFIX == jobs.KEY_PREFIX
-    assert contract.STATUSES == tuple(status.value for status in states.Status)
-    assert contract.ENDED == {status.value for status in states.FINAL}
+    assert tuple(status.value for status in states.Status) == contract.STATUSES
+    assert {status.value for status in states.FINAL} == contract.ENDED
     assert contract.CANCELLED == states.CANCELLED
     assert contract.UNKNOWN_JOB == states.UNKNOWN_JOB
     assert contract.already_ended("completed") == states.already_ended("completed")
@@ -63,7 +63,8 @@ def test_on_rabbitmq_the_client_declares_its_queues_as_the_worker_does() -> None
         assert queue.exchange.type == theirs[name].exchange.type == "topic"
         assert queue.routing_key == theirs[name].routing_key == name
         assert queue.queue_arguments == theirs[name].queue_arguments
-        assert queue.durable and theirs[name].durable
+        assert queue.durable
+        assert theirs[name].durable
     app.close()
 
 

@@ -58,7 +58,8 @@ def test_get_reads_a_running_and_an_ended_record(tts: TTSClient, store: JobStore
 
     complete(store, "j1")
     ended = tts.get("j1")
-    assert ended is not None and ended.ended
+    assert ended is not None
+    assert ended.ended
     assert (ended.status, ended.type) == ("completed", "tts.completed")
     assert ended.audio == Audio("file:///a/x.wav", "audio/wav", 100, SHA, path="/a/x.wav")
     worker_view = store.get("j1")

@@ -23,7 +23,9 @@ def nothing_published(url: str) -> bool:
     return all(published(url, queue) == [] for queue in QUEUES)
 
 
-def test_submit_publishes_tts_submit_tts_on_its_queue(tts: TTSClient, client_redis_url: str) -> None:
+def test_submit_publishes_tts_submit_tts_on_its_queue(
+    tts: TTSClient, client_redis_url: str
+) -> None:
     job_id = tts.submit("Hello", ELEVEN, voice="Rachel", speed=1.5, notify_url="https://a/h")
     [message] = published(client_redis_url, "tts.submit")
     assert message["task"] == "tts.submit_tts"
@@ -138,7 +140,9 @@ def test_cancel_sends_tts_cancel_and_answers_what_it_did(
         stop.set()
         worker.join()
     job = tts.get("running")
-    assert job is not None and job.status == "failed" and job.error is not None
+    assert job is not None
+    assert job.status == "failed"
+    assert job.error is not None
     assert job.error.code == "CANCELLED"
 
 

@@ -101,7 +101,11 @@ def test_an_s3_event() -> None:
     event = verify_webhook(SECRET, *delivery(BODIES["s3"]))
     assert event.audio is not None
     assert event.audio.url.startswith("https://bucket.s3.")
-    assert (event.audio.bucket, event.audio.key, event.audio.path) == ("bucket", "tts/5d41.wav", None)
+    assert (event.audio.bucket, event.audio.key, event.audio.path) == (
+        "bucket",
+        "tts/5d41.wav",
+        None,
+    )
 
 
 def test_a_failed_event() -> None:
