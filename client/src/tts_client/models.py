@@ -201,7 +201,9 @@ class Job:
 @dataclass(frozen=True)
 class Update:
     """One change in a job's progress: its ``status`` and, where known, its place in NanoGPT's
-    queue (``queue_position``, 0 = next) and the seconds it should still take (``eta_s``)."""
+    queue (``queue_position``, 0 = generating or next) and the seconds until NanoGPT should
+    start generating it (``eta_s``, from the worker's measure of the queue's speed; None at the
+    head of the queue or when unknown)."""
 
     job_id: str
     status: str
