@@ -3,6 +3,7 @@ are the worker's own (tasks/, workers/), read from the worker's code here, never
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import tomllib
 from pathlib import Path
@@ -73,3 +74,20 @@ def test_on_redis_the_client_declares_nothing_special() -> None:
     assert app.conf.task_queues is None
     assert app.conf.task_serializer == "json"
     app.close()
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_the_client_imports_no_worker_code() -> None:
+    sources = sorted((ROOT / "client" / "src" / "tts_client").rglob("*.py"))
+    assert len(sources) > 10
+    for path in sources:
+        assert not imported_roots(path) & {"tasks", "workers"}, path

@@ -37,7 +37,8 @@ def test_five_submitted_jobs_complete_and_their_webhooks_verify(
         assert (event.type, event.job_id) == ("tts.completed", job_id)
         assert event.audio is not None
         assert event.audio.url.startswith("file://")
-        assert event.audio.path and event.audio.url.endswith(event.audio.path)
+        assert event.audio.path
+        assert event.audio.url.endswith(event.audio.path)
         job = wait_until(lambda j=job_id: (found := tts.get(j)) and found.ended and found)
         assert job.status == "completed"
         assert job.audio == event.audio
