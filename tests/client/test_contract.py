@@ -8,6 +8,8 @@ import hashlib
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from tasks import jobs, names, states, webhooks
 from tts_client import __version__, contract
 from tts_client.client import celery_app
@@ -91,3 +93,18 @@ def test_the_client_imports_no_worker_code() -> None:
     assert len(sources) > 10
     for path in sources:
         assert not imported_roots(path) & {"tasks", "workers"}, path
+
+
+def test_the_client_depends_on_four_packages_in_the_workers_ranges() -> None:
+    def requirements(pyproject: Path) -> dict[str, Requirement]:
+        lines = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+        return {(r := Requirement(line)).name: r for line in lines}
+
+    ours = requirements(ROOT / "client" / "pyproject.toml")
+    theirs = requirements(ROOT / "pyproject.toml")
+    assert set(ours) == {"celery", "kombu", "redis", "standardwebhooks"}
+    for name, requirement in ours.items():
+        # The worker's celery carries the [redis] extra; the client's Redis is its own "redis".
+        assert requirement.specifier == theirs[name].specifier, name
+    extras = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    assert set(extras["optional-dependencies"]) == {"django", "flask"}

@@ -61,6 +61,16 @@ def celery_app(broker_url: str) -> Celery:
     return app
 
 
+def _redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        # A blocking XREAD holds the socket silent for a whole block: allow for it.
+        socket_timeout=REDIS_TIMEOUT_S + WATCH_BLOCK_MS / 1000,
+    )
+
+
 class TTSClient:
     """The worker as an app sees it. One per process is enough (thread-safe; it pools its
     connections); :meth:`close` releases them.
@@ -79,7 +89,8 @@ class TTSClient:
         self.broker_url = broker_url
         self.redis_url = redis_url
         self._app = celery_app(broker_url)
-        self._redis: redis.Redis | None = None
+        # Made now (it connects on first use), so threads sharing the client share one pool.
+        self._redis = None if redis_url is None else _redis_client(redis_url)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -212,7 +223,8 @@ class TTSClient:
         expired ``TTS_JOB_TTL`` after its end)."""
         checks.text("job_id", job_id)
         raw: dict[str, str] = self._store().hgetall(contract.JOB_KEY_PREFIX + job_id)  # type: ignore[assignment]
-        return Job.from_hash(raw) if raw else None
+        # The id as asked, should the record lack its own field.
+        return Job.from_hash({"job_id": job_id, **raw}) if raw else None
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Update]:
         """The job's updates as they happen, ending with its last (completed or failed).
@@ -257,17 +269,9 @@ class TTSClient:
                 return
 
     def _store(self) -> redis.Redis:
-        if self.redis_url is None:
+        if self._redis is None:
             raise RuntimeError(
                 "no job-state Redis: pass redis_url= (the worker's TTS_REDIS_URL) to TTSClient"
-            )
-        if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                self.redis_url,
-                decode_responses=True,
-                socket_connect_timeout=REDIS_TIMEOUT_S,
-                # A blocking XREAD holds the socket silent for a whole block: allow for it.
-                socket_timeout=REDIS_TIMEOUT_S + WATCH_BLOCK_MS / 1000,
             )
         return self._redis
 
