@@ -8,6 +8,7 @@ on loopback. No test transaction wraps the requests, so ``on_commit`` runs as it
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from django.core.wsgi import get_wsgi_application
 from django.db import transaction
 from django.test import Client
 from django.test.utils import override_settings
+from standardwebhooks.webhooks import Webhook
 
 from tasks.jobs import JobStore
 from tests.examples.support import (
@@ -35,7 +37,7 @@ from tests.examples.support import (
 )
 from tests.support.stack import ELEVEN, SECRET, wait_until
 from tests.support.worker import WorkerProcess
-from tts_client.django import get_client
+from tts_client.django import get_client, submit_on_commit, webhook_received
 from workers.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
@@ -200,3 +202,59 @@ def test_the_event_stream_of_a_real_job_ends_completed(client: Client) -> None:
     assert statuses[-1] == "completed"
     assert set(statuses) <= {"submitting", "posting", "polling", "downloading", "completed"}
     assert settled(client, job_id)["status"] == "completed"
+
+
+def signed(body: dict[str, Any], webhook_id: str) -> tuple[bytes, dict[str, str]]:
+    """A delivery as the worker signs it."""
+    payload = json.dumps(body)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    headers = {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign(webhook_id, now, payload),
+    }
+    return payload.encode(), headers
+
+
+def test_a_failing_receiver_rolls_the_record_back_for_the_next_delivery(
+    server: LoopbackServer,
+) -> None:
+    """The webhook-id commits with the receivers' effect: if one raises, neither commits, the
+    worker gets a 500 and delivers again, and the next delivery is applied."""
+    from tts_client.django.models import WebhookEvent
+
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    body, headers = signed(
+        {"type": "tts.failed", "job_id": "j", "error": {"code": "X"}}, webhook_id
+    )
+    calls: list[str] = []
+
+    def broken(sender: Any, event: Any, **_: Any) -> None:
+        calls.append(event.webhook_id)
+        raise RuntimeError("the app's database is down")
+
+    webhook_received.connect(broken, dispatch_uid="broken")
+    try:
+        answer = Client(raise_request_exception=False).post(
+            HOOK, body, content_type="application/json", headers=headers
+        )
+    finally:
+        webhook_received.disconnect(dispatch_uid="broken")
+    assert answer.status_code == 500
+    assert calls == [webhook_id]
+    assert not WebhookEvent.objects.filter(webhook_id=webhook_id).exists()
+
+    again = Client().post(HOOK, body, content_type="application/json", headers=headers)
+    assert (again.status_code, again.json()) == (200, {"status": "processed"})
+    assert WebhookEvent.objects.filter(webhook_id=webhook_id).count() == 1
+
+
+def test_submit_on_commit_checks_its_arguments_at_the_call(server: LoopbackServer) -> None:
+    sent: list[Any] = []
+    with transaction.atomic():
+        with pytest.raises(TypeError, match="voice_id"):
+            submit_on_commit("Hi", ELEVEN, voice_id="x")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="speed must be a number"):
+            submit_on_commit("Hi", ELEVEN, speed="fast")  # type: ignore[arg-type]
+        transaction.on_commit(lambda: sent.append("committed"))
+    assert sent == ["committed"]
