@@ -59,6 +59,8 @@ def published(broker_url: str, queue: str) -> list[dict[str, Any]]:
                     "id": message.headers["id"],
                     "content_type": message.content_type,
                     "routing_key": message.delivery_info.get("routing_key"),
+                    "argsrepr": message.headers.get("argsrepr"),
+                    "kwargsrepr": message.headers.get("kwargsrepr"),
                 }
             )
             message.ack()

@@ -59,6 +59,20 @@ def test_submit_sends_every_option_and_the_given_job_id(
     assert message["kwargs"] == {**options, "job_id": "mine"}
 
 
+def test_task_events_show_text_cut_short_and_urls_without_their_secrets(
+    tts: TTSClient, client_redis_url: str
+) -> None:
+    """What Flower and task events show of the message (its body keeps everything)."""
+    hook = "https://app.example.com/hooks/tts?token=s3cr3t"
+    tts.submit("A long text. " * 20, ELEVEN, notify_url=hook)
+    [message] = published(client_redis_url, "tts.submit")
+    assert message["kwargs"]["notify_url"] == hook
+    assert "s3cr3t" not in message["kwargsrepr"]
+    assert "https://app.example.com" in message["kwargsrepr"]
+    assert len(message["argsrepr"]) < 100
+    assert message["argsrepr"].startswith("['A long text.")
+
+
 def test_poll_publishes_tts_poll_tts_on_its_queue(tts: TTSClient, client_redis_url: str) -> None:
     assert tts.poll("run-1", ELEVEN, cost=0.1, payment_source="USD") == "run-1"
     assert tts.poll("run-2", ELEVEN, is_api_request=False, job_id="j2") == "j2"
