@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-# About 55 s on 2 loaded cores with a warm pip cache (30 s of it pip), so not `slow`; PyPI (or
-# the configured index) must be reachable, like tests/integration/test_worker_only_install.py.
-pytestmark = pytest.mark.integration
+# 55-67 s on 2 loaded cores with a warm pip cache (30-33 s of it pip install, the rest the venv
+# and its pip), hence `slow`; PyPI (or the configured index) must be reachable, as for
+# tests/integration/test_worker_only_install.py.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 # What an app must not get by installing the client: the worker's CLI, console, metrics and
