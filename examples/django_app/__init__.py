@@ -1,1 +1,2 @@
-"""A Django project that sends text to the TTS worker by task name and takes its signed webhook."""
+"""A Django project that sends text to the TTS worker through ``tts_client.django`` and applies
+its signed webhook."""

@@ -14,7 +14,8 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 
-INSTALLED_APPS = ["examples.django_app.speech"]
+# The client's app: the webhook view, its WebhookEvent table and the job event stream.
+INSTALLED_APPS = ["tts_client.django", "examples.django_app.speech"]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -34,8 +35,10 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 
-# The TTS worker, known only by its contract: the broker, the webhook secret, and where it
-# should post outcomes (this app's webhook URL as the worker reaches it).
+# The TTS worker, through tts_client.django: the broker, where job records live (unset: the
+# broker, when it is Redis), the webhook secret, and where it should post outcomes (this app's
+# webhook URL as the worker reaches it).
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
+TTS_REDIS_URL = os.environ.get("TTS_REDIS_URL") or None
 TTS_WEBHOOK_SECRET = os.environ.get("TTS_WEBHOOK_SECRET", "")
-TTS_NOTIFY_URL = os.environ.get("TTS_NOTIFY_URL", "http://127.0.0.1:8000/webhooks/tts")
+TTS_NOTIFY_URL = os.environ.get("TTS_NOTIFY_URL", "http://127.0.0.1:8000/tts/webhook")

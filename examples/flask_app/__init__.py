@@ -1,1 +1,2 @@
-"""A Flask app that sends text to the TTS worker by task name and takes its signed webhook."""
+"""A Flask app that sends text to the TTS worker through ``tts_client.flask`` and applies its
+signed webhook."""

@@ -1,23 +1,24 @@
 """A Flask app that asks the TTS worker for speech and records the outcome from its webhook.
 
-It knows the worker only through the public contract: a broker URL, a task name and its queue,
-and the Standard Webhooks signature on the webhook. Nothing of the worker's code is imported.
+It knows the worker only through the client package (``tts_client``), which speaks the
+worker's public contract; nothing of the worker's code is imported.
 
-* ``POST /speech`` ``{"text": ..., "model": ..., "voice": ...}`` records a job, sends
-  ``tts.submit_tts`` to queue ``tts.submit`` and answers ``202 {"job_id": ...}``;
+* ``POST /speech`` ``{"text": ..., "model": ..., "voice": ...}`` records a job, submits it and
+  answers ``202 {"job_id": ...}``;
 * ``GET /speech/<job_id>`` shows the job: ``queued``, then ``completed`` or ``failed``;
-* ``POST /webhooks/tts`` is where the worker reports: the signature is checked, and a delivery
-  whose ``webhook-id`` was seen before is acknowledged but not applied again.
+* ``POST /tts/webhook`` is where the worker reports (the client's blueprint checks the
+  signature); :func:`apply_outcome` applies it once per ``webhook-id``;
+* ``GET /tts/jobs/<job_id>/events`` streams the job's progress as server-sent events.
 
 Configuration (environment, or a mapping passed to :func:`create_app`): ``CELERY_BROKER_URL``,
-``TTS_WEBHOOK_SECRET`` (the worker's secret), ``TTS_NOTIFY_URL`` (this app's webhook URL as
-the worker reaches it) and ``SPEECH_DB`` (an SQLite file).
+``TTS_REDIS_URL`` (unset: the broker), ``TTS_WEBHOOK_SECRET`` (the worker's secret),
+``TTS_NOTIFY_URL`` (this app's webhook URL as the worker reaches it) and ``SPEECH_DB`` (an
+SQLite file).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import time
@@ -25,14 +26,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery
 from flask import Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-# The worker's public contract: the task name and the queue it listens on.
-SUBMIT_TASK = "tts.submit_tts"
-SUBMIT_QUEUE = "tts.submit"
+from tts_client import TTSEvent
+from tts_client.flask import create_blueprint, get_client, webhook_received
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS speech_jobs (
@@ -40,7 +38,7 @@ CREATE TABLE IF NOT EXISTS speech_jobs (
     text        TEXT NOT NULL,
     model       TEXT NOT NULL,
     status      TEXT NOT NULL,  -- queued, completed, failed
-    audio_path  TEXT,
+    audio_url   TEXT,           -- file:// on the worker's disk, or a presigned S3 GET
     error_code  TEXT,
     created_at  REAL NOT NULL,
     finished_at REAL
@@ -60,26 +58,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
         CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0"),
+        TTS_REDIS_URL=os.environ.get("TTS_REDIS_URL") or None,
         TTS_WEBHOOK_SECRET=os.environ.get("TTS_WEBHOOK_SECRET", ""),
-        TTS_NOTIFY_URL=os.environ.get("TTS_NOTIFY_URL", "http://127.0.0.1:5000/webhooks/tts"),
+        TTS_NOTIFY_URL=os.environ.get("TTS_NOTIFY_URL", "http://127.0.0.1:5000/tts/webhook"),
         SPEECH_DB=os.environ.get("SPEECH_DB", "speech.sqlite3"),
     )
     app.config.update(config or {})
-    if not app.config["TTS_WEBHOOK_SECRET"]:
-        raise RuntimeError("TTS_WEBHOOK_SECRET is required: unsigned webhooks are not accepted")
-
-    # A bare Celery client: it only publishes, by name, so it needs no task code.
-    celery = Celery("speech-app", broker=app.config["CELERY_BROKER_URL"], set_as_current=False)
-    celery.conf.task_serializer = "json"
-    app.extensions["tts_celery"] = celery
-    app.extensions["tts_webhook"] = Webhook(app.config["TTS_WEBHOOK_SECRET"])
     with contextlib.closing(sqlite3.connect(app.config["SPEECH_DB"])) as db:
         db.executescript(SCHEMA)
 
+    # POST /tts/webhook and GET /tts/jobs/<job_id>/events; refuses to register without a secret.
+    app.register_blueprint(create_blueprint(), url_prefix="/tts")
+    webhook_received.connect(apply_outcome, sender=app)
     app.teardown_appcontext(_close_db)
     app.add_url_rule("/speech", view_func=create_speech, methods=["POST"])
     app.add_url_rule("/speech/<job_id>", view_func=show_speech, methods=["GET"])
-    app.add_url_rule("/webhooks/tts", view_func=tts_webhook, methods=["POST"])
     return app
 
 
@@ -103,6 +96,8 @@ def create_speech() -> ResponseReturnValue:
     text, model, voice = data.get("text"), data.get("model"), data.get("voice")
     if not isinstance(text, str) or not text.strip() or not isinstance(model, str) or not model:
         return jsonify(error="text and model are required"), 400
+    if voice is not None and not isinstance(voice, str):
+        return jsonify(error="voice must be a string"), 400
     job_id = str(uuid.uuid4())
     db = _db()
     with db:  # committed before the message is sent, so the webhook always finds the row
@@ -111,15 +106,8 @@ def create_speech() -> ResponseReturnValue:
             " VALUES (?, ?, ?, 'queued', ?)",
             (job_id, text, model, time.time()),
         )
-    current_app.extensions["tts_celery"].send_task(
-        SUBMIT_TASK,
-        args=[text, model],
-        kwargs={
-            "voice": voice,
-            "notify_url": current_app.config["TTS_NOTIFY_URL"],
-            "job_id": job_id,
-        },
-        queue=SUBMIT_QUEUE,
+    get_client().submit(
+        text, model, voice=voice, notify_url=current_app.config["TTS_NOTIFY_URL"], job_id=job_id
     )
     return jsonify(job_id=job_id, status="queued"), 202
 
@@ -131,39 +119,27 @@ def show_speech(job_id: str) -> ResponseReturnValue:
     return jsonify(dict(row))
 
 
-def tts_webhook() -> ResponseReturnValue:
-    body = request.get_data()
-    webhook: Webhook = current_app.extensions["tts_webhook"]
-    try:
-        webhook.verify(body, dict(request.headers), json_parse=False)
-    except (WebhookVerificationError, ValueError):  # ValueError: undecodable body or header
-        return jsonify(error="invalid signature"), 401
-    try:
-        event = json.loads(body)
-        job_id = str(event["job_id"])
-    except (ValueError, KeyError, TypeError):
-        return jsonify(error="not a TTS event"), 400
-
+def apply_outcome(app: Flask, event: TTSEvent, **_: Any) -> bool:
+    """Apply a verified outcome once: False (the blueprint answers ``duplicate``) when its
+    ``webhook-id`` was applied before. The id and the effect commit together, or neither."""
     db = _db()
-    with db:  # the delivery id and its effect commit together, or neither does
+    with db:
         seen = db.execute(
             "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, job_id, received_at)"
             " VALUES (?, ?, ?)",
-            (request.headers["webhook-id"], job_id, time.time()),
+            (event.webhook_id, event.job_id, time.time()),
         )
         if seen.rowcount == 0:
-            # A retry of a delivery we applied: answer 2xx so the worker stops sending it.
-            return jsonify(status="duplicate")
-        completed = event.get("type") == "tts.completed"
+            return False
         db.execute(
-            "UPDATE speech_jobs SET status = ?, audio_path = ?, error_code = ?, finished_at = ?"
+            "UPDATE speech_jobs SET status = ?, audio_url = ?, error_code = ?, finished_at = ?"
             " WHERE job_id = ?",
             (
-                "completed" if completed else "failed",
-                (event.get("audio") or {}).get("path"),
-                (event.get("error") or {}).get("code"),
+                "completed" if event.completed else "failed",
+                event.audio.url if event.audio else None,
+                event.error.code if event.error else None,
                 time.time(),
-                job_id,
+                event.job_id,
             ),
         )
-    return jsonify(status="processed")
+    return True

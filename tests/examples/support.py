@@ -2,6 +2,7 @@
 
 The worker delivers webhooks over HTTP, so the example app must listen on a real socket; the tests
 keep the deliveries it received so they can replay or tamper with them through the test client.
+The event-stream helpers read a server-sent-events body and play a job's progress in Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from standardwebhooks.webhooks import Webhook
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -129,3 +131,67 @@ def check_replays_and_forgeries(post: Post, delivery: Received, *, secret: str) 
     assert post(tampered, delivery.webhook_headers())[0] == 401
     unsigned = {k: v for k, v in delivery.webhook_headers().items() if k != "webhook-signature"}
     assert post(delivery.body, unsigned)[0] == 401
+
+
+def server_sent_events(chunks: Iterable[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) of each server-sent event in a streamed body, read to its end."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    for block in b"".join(chunks).decode().split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+class ProgressPlayer:
+    """Plays one job's life in the job-state Redis as the worker writes it (the record, and its
+    progress stream: issue 20's contract), on a thread, while a test reads the event stream.
+
+    The record is a plain hash (no ``tts:due`` entry), so the session's worker never acts on it.
+    """
+
+    STEPS: tuple[dict[str, str], ...] = (
+        {"status": "submitting"},
+        {"status": "polling", "queue_position": "2", "eta_s": "3.5"},
+        {"status": "polling", "queue_position": "0", "eta_s": "1.0"},
+        {"status": "downloading"},
+        {"status": "completed"},
+    )
+
+    def __init__(self, db: redis.Redis, job_id: str, *, step_s: float = 0.2) -> None:
+        self.db, self.job_id, self.step_s = db, job_id, step_s
+        self.db.hset(f"tts:job:{job_id}", mapping={"job_id": job_id, "status": "submitting"})
+        self._thread = threading.Thread(target=self._play, daemon=True)
+
+    def _play(self) -> None:
+        for step in self.STEPS:
+            time.sleep(self.step_s)
+            record: dict[str, str] = {"status": step["status"]}
+            if step["status"] == "completed":
+                audio = {"url": "file:///a/b.wav", "path": "/a/b.wav", "content_type": "audio/wav"}
+                record["outcome"] = json.dumps({"type": "tts.completed", "audio": audio})
+            self.db.hset(f"tts:job:{self.job_id}", mapping=record)
+            entry = {**step, "at": repr(time.time())}
+            self.db.xadd(f"tts:progress:{self.job_id}", entry, maxlen=50, approximate=True)
+
+    def __enter__(self) -> ProgressPlayer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._thread.join(timeout=10)
+        self.db.delete(f"tts:job:{self.job_id}", f"tts:progress:{self.job_id}")
+
+
+def check_played_events(events: list[tuple[str, dict[str, Any]]], job_id: str) -> None:
+    """The event stream of a :class:`ProgressPlayer` job: every step, in order, then the end."""
+    assert [name for name, _ in events] == ["update"] * len(ProgressPlayer.STEPS)
+    assert [(d["status"], d["queue_position"], d["eta_s"]) for _, d in events] == [
+        ("submitting", None, None),
+        ("polling", 2, 3.5),
+        ("polling", 0, 1.0),
+        ("downloading", None, None),
+        ("completed", None, None),
+    ]
+    assert {d["job_id"] for _, d in events} == {job_id}

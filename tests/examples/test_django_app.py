@@ -1,4 +1,4 @@
-"""The Django example against a real worker, the simulator and Redis.
+"""The Django example, on ``tts_client.django``, against a real worker, the simulator and Redis.
 
 Django is set up once for this module from the example's own settings module (environment
 variables, as in production) on a fresh SQLite file, migrated with the example's migrations.
@@ -8,10 +8,14 @@ on loopback. No test transaction wraps the requests, so ``on_commit`` runs as it
 
 from __future__ import annotations
 
+import datetime
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import django
 import pytest
@@ -20,16 +24,25 @@ from django.core.wsgi import get_wsgi_application
 from django.db import transaction
 from django.test import Client
 from django.test.utils import override_settings
+from standardwebhooks.webhooks import Webhook
 
 from tasks.jobs import JobStore
-from tests.examples.support import LoopbackServer, Received, check_replays_and_forgeries
+from tests.examples.support import (
+    LoopbackServer,
+    ProgressPlayer,
+    Received,
+    check_played_events,
+    check_replays_and_forgeries,
+    server_sent_events,
+)
 from tests.support.stack import ELEVEN, SECRET, wait_until
 from tests.support.worker import WorkerProcess
+from tts_client.django import get_client, submit_on_commit, webhook_received
 from workers.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
-HOOK = "/webhooks/tts"
+HOOK = "/tts/webhook"
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +61,12 @@ def server(
             mp.setenv(name, value)
         django.setup()
         call_command("migrate", verbosity=0)
-        from examples.django_app.speech import tts
-
         with (
             LoopbackServer(get_wsgi_application()) as srv,
             override_settings(TTS_NOTIFY_URL=srv.url(HOOK)),
         ):
             yield srv
-        tts.celery_client().close()
+        get_client().close()
 
 
 @pytest.fixture
@@ -87,15 +98,21 @@ def delivery_for(server: LoopbackServer, job_id: str) -> Received:
     return server.wait_for(lambda r: r.path == HOOK and json.loads(r.body)["job_id"] == job_id)
 
 
+def local_file(url: str) -> Path:
+    parts = urlsplit(url)
+    assert parts.scheme == "file", url
+    return Path(url2pathname(parts.path))
+
+
 def test_speech_arrives_once_and_forgeries_are_refused(
     client: Client, server: LoopbackServer, store: JobStore
 ) -> None:
-    from examples.django_app.speech.models import WebhookDelivery
+    from tts_client.django.models import WebhookEvent
 
     job_id = speak(client, "Hello from Django [[sim pending=1]]")
     job = settled(client, job_id)
     assert job["status"] == "completed"
-    assert Path(job["audio_path"]).read_bytes()[:4] == b"RIFF"
+    assert local_file(job["audio_url"]).read_bytes()[:4] == b"RIFF"
 
     delivery = delivery_for(server, job_id)
     assert delivery.status == 200
@@ -113,7 +130,8 @@ def test_speech_arrives_once_and_forgeries_are_refused(
 
     check_replays_and_forgeries(post, delivery, secret=SECRET)
     assert client.get(f"/speech/{job_id}").json() == job
-    assert WebhookDelivery.objects.filter(webhook_id=delivery.headers["webhook-id"]).count() == 1
+    [recorded] = WebhookEvent.objects.filter(webhook_id=delivery.headers["webhook-id"])
+    assert (recorded.job_id, recorded.type) == (job_id, "tts.completed")
     assert len([r for r in server.received if r.path == HOOK and job_id.encode() in r.body]) == 1
 
 
@@ -122,7 +140,7 @@ def test_failed_job_is_recorded_with_its_code(client: Client) -> None:
     job = settled(client, job_id)
     assert job["status"] == "failed"
     assert job["error_code"] == "CONTENT_POLICY_VIOLATION"
-    assert job["audio_path"] == ""
+    assert job["audio_url"] == ""
 
 
 def test_task_is_sent_only_when_the_transaction_commits(
@@ -132,7 +150,7 @@ def test_task_is_sent_only_when_the_transaction_commits(
     from examples.django_app.speech.models import SpeechJob
 
     sent: list[str] = []
-    monkeypatch.setattr(tts, "enqueue", lambda job: sent.append(job.job_id))
+    monkeypatch.setattr(get_client(), "submit", lambda *a, **kw: sent.append(kw["job_id"]))
 
     created: list[str] = []
 
@@ -160,3 +178,83 @@ def test_bad_requests(client: Client) -> None:
     assert client.get("/speech/no-such-job").status_code == 404
     assert client.post(HOOK, b"{}", content_type="application/json").status_code == 401
     assert client.get(HOOK).status_code == 405
+
+
+def test_the_event_stream_follows_a_job_to_its_end(client: Client, store: JobStore) -> None:
+    """Each change the worker records reaches the browser as it happens, and the stream ends
+    with the job's end."""
+    job_id = f"sse-{uuid.uuid4().hex}"
+    with ProgressPlayer(store.redis, job_id):
+        answer = client.get(f"/tts/jobs/{job_id}/events")
+        assert answer.status_code == 200
+        assert answer["Content-Type"] == "text/event-stream"
+        assert answer["Cache-Control"] == "no-cache"
+        events = server_sent_events(answer.streaming_content)
+    check_played_events(events, job_id)
+
+
+def test_the_event_stream_of_a_real_job_ends_completed(client: Client) -> None:
+    job_id = speak(client, "Watched from Django [[sim pending=2]]")
+    events = server_sent_events(client.get(f"/tts/jobs/{job_id}/events").streaming_content)
+    assert events, "no event"
+    assert {name for name, _ in events} == {"update"}
+    statuses = [data["status"] for _, data in events]
+    assert statuses[-1] == "completed"
+    assert set(statuses) <= {"submitting", "posting", "polling", "downloading", "completed"}
+    assert settled(client, job_id)["status"] == "completed"
+
+
+def signed(body: dict[str, Any], webhook_id: str) -> tuple[bytes, dict[str, str]]:
+    """A delivery as the worker signs it."""
+    payload = json.dumps(body)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    headers = {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign(webhook_id, now, payload),
+    }
+    return payload.encode(), headers
+
+
+def test_a_failing_receiver_rolls_the_record_back_for_the_next_delivery(
+    server: LoopbackServer,
+) -> None:
+    """The webhook-id commits with the receivers' effect: if one raises, neither commits, the
+    worker gets a 500 and delivers again, and the next delivery is applied."""
+    from tts_client.django.models import WebhookEvent
+
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    body, headers = signed(
+        {"type": "tts.failed", "job_id": "j", "error": {"code": "X"}}, webhook_id
+    )
+    calls: list[str] = []
+
+    def broken(sender: Any, event: Any, **_: Any) -> None:
+        calls.append(event.webhook_id)
+        raise RuntimeError("the app's database is down")
+
+    webhook_received.connect(broken, dispatch_uid="broken")
+    try:
+        answer = Client(raise_request_exception=False).post(
+            HOOK, body, content_type="application/json", headers=headers
+        )
+    finally:
+        webhook_received.disconnect(dispatch_uid="broken")
+    assert answer.status_code == 500
+    assert calls == [webhook_id]
+    assert not WebhookEvent.objects.filter(webhook_id=webhook_id).exists()
+
+    again = Client().post(HOOK, body, content_type="application/json", headers=headers)
+    assert (again.status_code, again.json()) == (200, {"status": "processed"})
+    assert WebhookEvent.objects.filter(webhook_id=webhook_id).count() == 1
+
+
+def test_submit_on_commit_checks_its_arguments_at_the_call(server: LoopbackServer) -> None:
+    sent: list[Any] = []
+    with transaction.atomic():
+        with pytest.raises(TypeError, match="voice_id"):
+            submit_on_commit("Hi", ELEVEN, voice_id="x")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="speed must be a number"):
+            submit_on_commit("Hi", ELEVEN, speed="fast")  # type: ignore[arg-type]
+        transaction.on_commit(lambda: sent.append("committed"))
+    assert sent == ["committed"]

@@ -1,4 +1,4 @@
-"""The Flask example against a real worker, the simulator and Redis.
+"""The Flask example, on ``tts_client.flask``, against a real worker, the simulator and Redis.
 
 Enqueueing goes through Flask's test client; the webhook comes from the worker over HTTP to the
 same app served on loopback. The app must verify it, apply it once, and refuse a forgery.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pytest
 from flask import Flask
@@ -17,14 +20,22 @@ from flask.testing import FlaskClient
 
 from examples.flask_app.app import create_app
 from tasks.jobs import JobStore
-from tests.examples.support import LoopbackServer, Received, check_replays_and_forgeries
+from tests.examples.support import (
+    LoopbackServer,
+    ProgressPlayer,
+    Received,
+    check_played_events,
+    check_replays_and_forgeries,
+    server_sent_events,
+)
 from tests.support.stack import ELEVEN, SECRET, wait_until
 from tests.support.worker import WorkerProcess
+from tts_client.flask import get_client
 from workers.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
-HOOK = "/webhooks/tts"
+HOOK = "/tts/webhook"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +50,7 @@ def app(
         }
     )
     yield app
-    app.extensions["tts_celery"].close()
+    get_client(app).close()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +99,9 @@ def test_speech_arrives_once_and_forgeries_are_refused(
     job_id = speak(client, "Hello from Flask [[sim pending=1]]")
     job = settled(client, job_id)
     assert job["status"] == "completed"
-    assert Path(job["audio_path"]).read_bytes()[:4] == b"RIFF"
+    audio_url = urlsplit(job["audio_url"])
+    assert audio_url.scheme == "file"
+    assert Path(url2pathname(audio_url.path)).read_bytes()[:4] == b"RIFF"
 
     # The worker's delivery reached the app over HTTP, was verified and applied.
     delivery = delivery_for(server, job_id)
@@ -112,15 +125,41 @@ def test_failed_job_is_recorded_with_its_code(client: FlaskClient, server: Loopb
     job = settled(client, job_id)
     assert job["status"] == "failed"
     assert job["error_code"] == "CONTENT_POLICY_VIOLATION"
-    assert job["audio_path"] is None
+    assert job["audio_url"] is None
 
 
 def test_bad_requests(client: FlaskClient) -> None:
     assert client.post("/speech", json={"model": ELEVEN}).status_code == 400
     assert client.get("/speech/no-such-job").status_code == 404
     assert client.post(HOOK, data=b"{}").status_code == 401
+    assert (
+        client.post("/speech", json={"text": "x", "model": ELEVEN, "voice": 3}).status_code == 400
+    )
 
 
 def test_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="TTS_WEBHOOK_SECRET"):
         create_app({"TTS_WEBHOOK_SECRET": "", "SPEECH_DB": str(tmp_path / "db.sqlite3")})
+
+
+def test_the_event_stream_follows_a_job_to_its_end(client: FlaskClient, store: JobStore) -> None:
+    """Each change the worker records reaches the browser as it happens, and the stream ends
+    with the job's end."""
+    job_id = f"sse-{uuid.uuid4().hex}"
+    with ProgressPlayer(store.redis, job_id):
+        answer = client.get(f"/tts/jobs/{job_id}/events")
+        assert answer.status_code == 200
+        assert answer.mimetype == "text/event-stream"
+        assert answer.headers["Cache-Control"] == "no-cache"
+        events = server_sent_events(answer.response)
+    check_played_events(events, job_id)
+
+
+def test_the_event_stream_of_a_real_job_ends_completed(client: FlaskClient) -> None:
+    job_id = speak(client, "Watched from Flask [[sim pending=2]]")
+    events = server_sent_events(client.get(f"/tts/jobs/{job_id}/events").response)
+    assert events, "no event"
+    statuses = [data["status"] for _, data in events]
+    assert statuses[-1] == "completed"
+    assert set(statuses) <= {"submitting", "posting", "polling", "downloading", "completed"}
+    assert settled(client, job_id)["status"] == "completed"

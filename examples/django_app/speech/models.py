@@ -1,4 +1,5 @@
-"""A speech job as this app sees it, and the webhook deliveries already applied."""
+"""A speech job as this app sees it. The webhooks already applied are the client's
+``WebhookEvent`` table (``tts_client.django``)."""
 
 from __future__ import annotations
 
@@ -19,21 +20,8 @@ class SpeechJob(models.Model):
     model = models.CharField(max_length=100)
     voice = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=16, default="queued")  # queued, completed, failed
-    audio_path = models.CharField(max_length=500, blank=True)
+    # Where the audio can be read: file:// on the worker's disk, or a presigned S3 GET.
+    audio_url = models.CharField(max_length=2000, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True)
-
-
-class WebhookDelivery(models.Model):
-    """A webhook applied once. The worker sends the same ``webhook-id`` on every attempt for one
-    outcome, so the unique constraint turns a repeated delivery into an IntegrityError."""
-
-    webhook_id = models.CharField(max_length=100)
-    job_id = models.CharField(max_length=64)
-    received_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["webhook_id"], name="speech_unique_webhook_id")
-        ]

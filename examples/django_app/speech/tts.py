@@ -1,51 +1,21 @@
-"""The TTS worker as this app uses it: a task name, a queue and a bare Celery client.
+"""The TTS worker as this app uses it: ``submit_on_commit`` from the client package.
 
-No code of the worker is imported; the task is sent by name, so this app needs only the broker.
+No code of the worker is imported; the client sends the task by name to its queue.
 """
 
 from __future__ import annotations
 
-import functools
-
-from celery import Celery
-from django.conf import settings
-from django.db import transaction
-
 from examples.django_app.speech.models import SpeechJob
-
-# The worker's public contract: the task name and the queue it listens on.
-SUBMIT_TASK = "tts.submit_tts"
-SUBMIT_QUEUE = "tts.submit"
-
-
-@functools.cache
-def celery_client() -> Celery:
-    """One publishing client per process (it holds a broker connection pool)."""
-    client = Celery("speech-app", broker=settings.CELERY_BROKER_URL, set_as_current=False)
-    client.conf.task_serializer = "json"
-    return client
-
-
-def enqueue(job: SpeechJob) -> None:
-    """Send the job to the worker; its outcome comes back to ``TTS_NOTIFY_URL``."""
-    celery_client().send_task(
-        SUBMIT_TASK,
-        args=[job.text, job.model],
-        kwargs={
-            "voice": job.voice or None,
-            "notify_url": settings.TTS_NOTIFY_URL,
-            "job_id": job.job_id,
-        },
-        queue=SUBMIT_QUEUE,
-    )
+from tts_client.django import submit_on_commit
 
 
 def request_speech(text: str, model: str, voice: str = "") -> SpeechJob:
     """Record a job and send it once the surrounding transaction commits.
 
     ``on_commit``: a task sent before the commit could finish (and its webhook arrive) before the
-    row exists, and a rolled-back job would still be spoken.
+    row exists, and a rolled-back job would still be spoken. The outcome comes back to
+    ``TTS_NOTIFY_URL``.
     """
     job = SpeechJob.objects.create(text=text, model=model, voice=voice)
-    transaction.on_commit(lambda: enqueue(job))
+    submit_on_commit(text, model, voice=voice or None, job_id=job.job_id)
     return job

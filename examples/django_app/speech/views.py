@@ -1,27 +1,16 @@
-"""The speech API and the worker's webhook."""
+"""The speech API (the worker's webhook is the client's view: ``tts_client.django``)."""
 
 from __future__ import annotations
 
-import functools
 import json
 
-from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from examples.django_app.speech import tts
-from examples.django_app.speech.models import SpeechJob, WebhookDelivery
-
-
-@functools.cache
-def _verifier() -> Webhook:
-    if not settings.TTS_WEBHOOK_SECRET:
-        raise RuntimeError("TTS_WEBHOOK_SECRET is required: unsigned webhooks are not accepted")
-    return Webhook(settings.TTS_WEBHOOK_SECRET)
+from examples.django_app.speech.models import SpeechJob
 
 
 # A JSON API for the example; in a real project it sits behind the project's authentication.
@@ -49,35 +38,3 @@ def show_speech(request: HttpRequest, job_id: str) -> JsonResponse:
     if job is None:
         return JsonResponse({"error": "no such job"}, status=404)
     return JsonResponse(job)
-
-
-# The signature, not a CSRF token, is what authenticates the worker.
-@csrf_exempt
-@require_POST
-def tts_webhook(request: HttpRequest) -> JsonResponse:
-    """Verify, then apply once per ``webhook-id``; a repeat is acknowledged and ignored."""
-    try:
-        _verifier().verify(request.body, dict(request.headers), json_parse=False)
-    except (WebhookVerificationError, ValueError):  # ValueError: undecodable body or header
-        return JsonResponse({"error": "invalid signature"}, status=401)
-    try:
-        event = json.loads(request.body)
-        job_id = str(event["job_id"])
-    except (ValueError, KeyError, TypeError):
-        return JsonResponse({"error": "not a TTS event"}, status=400)
-
-    completed = event.get("type") == "tts.completed"
-    try:
-        # The delivery id and its effect commit together, or neither does.
-        with transaction.atomic():
-            WebhookDelivery.objects.create(webhook_id=request.headers["webhook-id"], job_id=job_id)
-            SpeechJob.objects.filter(job_id=job_id).update(
-                status="completed" if completed else "failed",
-                audio_path=(event.get("audio") or {}).get("path") or "",
-                error_code=(event.get("error") or {}).get("code") or "",
-                finished_at=timezone.now(),
-            )
-    except IntegrityError:
-        # A retry of a delivery we applied: answer 2xx so the worker stops sending it.
-        return JsonResponse({"status": "duplicate"})
-    return JsonResponse({"status": "processed"})
