@@ -36,6 +36,7 @@ from tornado.options import options as tornado_options
 
 from tasks import names, tts
 from workers.app import app
+from workers.celery_config import submit_time_limit_s
 from workers.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +166,8 @@ def longest_task_s() -> float:
     )
     # Until the headers, the wall-clock limit between chunks, then one last blocked read.
     download_s = connect_s + read_s + download_s + read_s
-    return max(download_s, tts.API_TIME_LIMIT_S, tts.NOTIFY_TIME_LIMIT_S)
+    submit_s = submit_time_limit_s(Settings.model_construct())  # the defaults, no environment
+    return max(download_s, submit_s, tts.API_TIME_LIMIT_S, tts.NOTIFY_TIME_LIMIT_S)
 
 
 # Time a warm shutdown needs beyond the task itself: closing the pool, restoring held messages.
