@@ -45,7 +45,19 @@ def test_dev_pulls_in_every_other_extra() -> None:
     assert 'pip install --quiet -e ".[dev]"' in (ROOT / "Makefile").read_text()
 
 
-@pytest.mark.parametrize("package", ["celery", "kombu", "typer"])
+# Floors the code relies on, each with the newest version it must refuse and why.
+FLOORS = {
+    "urllib3": ("2.5.99", "read1 bounds what one call decompresses from 2.6 (tasks/storage.py)"),
+}
+
+
+@pytest.mark.parametrize(("package", "below"), [(p, b) for p, (b, _) in FLOORS.items()])
+def test_the_floor_refuses_what_the_code_cannot_run_on(package: str, below: str) -> None:
+    declared = requirements(project()["dependencies"])[package]
+    assert not declared.specifier.contains(below), (package, declared, FLOORS[package][1])
+
+
+@pytest.mark.parametrize("package", ["celery", "kombu", "typer", "urllib3"])
 def test_the_installed_version_is_inside_the_declared_range(package: str) -> None:
     declared = requirements(project()["dependencies"])[package]
     assert declared.specifier.contains(version(package)), (package, version(package), declared)
