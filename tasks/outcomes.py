@@ -52,11 +52,19 @@ def failed(
     lease: tuple[str, int] | None = None,
     guards: Mapping[str, str] | None = None,
     polls: int | None = None,
+    cancel_id: str | None = None,
 ) -> bool:
-    """:func:`fail`, saying whether this call recorded the outcome (True once per job)."""
+    """:func:`fail`, saying whether this call recorded the outcome (True once per job).
+    ``cancel_id``: the task id of the ``tts.cancel`` that ends the job, recorded with it."""
     outcome = {"type": "tts.failed", "error": exc.as_dict()}
     if not ctx.jobs.settle(
-        job_id, outcome, lease=lease, guards=guards, check_at=check_at(ctx, 0), polls=polls
+        job_id,
+        outcome,
+        lease=lease,
+        guards=guards,
+        check_at=check_at(ctx, 0),
+        polls=polls,
+        cancel_id=cancel_id,
     ):
         return False
     if isinstance(exc, errors.InsufficientBalance):

@@ -81,8 +81,8 @@ class World:
         assert job is not None
         return job
 
-    def cancel(self, jid: object) -> str:
-        return str(steps.cancel(self.ctx, steps.Delivery(names.CANCEL, "cancel-1"), jid))
+    def cancel(self, jid: object, task_id: str = "cancel-1") -> str:
+        return str(steps.cancel(self.ctx, steps.Delivery(names.CANCEL, task_id), jid))
 
     def submit(self, jid: str) -> object:
         d = steps.Delivery(names.SUBMIT_TTS, OWNER)
@@ -268,7 +268,18 @@ def test_cancel_twice_ends_the_job_once(w: World, jid: str) -> None:
     assert w.cancel(jid) == "cancelled"
     before = w.snapshot(jid)
 
-    assert w.cancel(jid) == "already ended: failed"
+    assert w.cancel(jid, task_id="cancel-2") == "already ended: failed"
+    assert w.snapshot(jid) == before
+    assert w.outbox.names() == [names.NOTIFY]
+
+
+def test_one_cancel_run_twice_says_cancelled_both_times(w: World, jid: str) -> None:
+    """The worker that received it ran it (tasks/received.py), then the task runs it again."""
+    to_polling(w, jid)
+    assert w.cancel(jid) == "cancelled"
+    before = w.snapshot(jid)
+
+    assert w.cancel(jid) == "cancelled"
     assert w.snapshot(jid) == before
     assert w.outbox.names() == [names.NOTIFY]
 
