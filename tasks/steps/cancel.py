@@ -9,8 +9,8 @@ stops the job's other messages are the guards they already meet:
 * ``polling``: settle closes the poll chain (``seq`` = done) and removes the parked poll; a
   poll already past its check makes its one status call, and its next transition is refused;
 * ``downloading``: a download acts only in ``downloading`` with no outcome, so one that reads
-  the job after the cancel stores nothing; one already fetching finishes, and ``succeed`` is
-  refused.
+  the job after the cancel stores nothing; one already fetching finishes, its ``succeed`` is
+  refused, and it removes the audio it stored.
 
 NanoGPT has no cancel endpoint: a run it accepted may still finish (and be billed) upstream.
 

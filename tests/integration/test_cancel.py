@@ -167,9 +167,7 @@ def test_a_cancel_held_by_a_killed_worker_has_already_ended_the_job(
     lane = lanes()
     # The webhook message the cancel queued may be held by the dying worker too: the
     # reconciler re-sends it once overdue (grace + one HTTP call: 15 s here).
-    env = lane.env(
-        TTS_HTTP_READ_TIMEOUT="12", TTS_RECOVERY_GRACE="2", TTS_RECONCILE_INTERVAL="0.5"
-    )
+    env = lane.env(TTS_HTTP_READ_TIMEOUT="12", TTS_RECOVERY_GRACE="2", TTS_RECONCILE_INTERVAL="0.5")
     first = spawn(env, concurrency=1).start()
     busy = job_id()
     lane.send(names.SUBMIT_TTS, "Busy [[sim pending=1 submit_fail=slow:10]]", ELEVEN, job_id=busy)

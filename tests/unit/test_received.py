@@ -306,7 +306,8 @@ def test_a_received_cancel_ends_the_job_at_once_and_its_task_says_so(
 
     assert receive(names.CANCEL, cancel_id, [jid], {}) == jid
     job = record(redis_client, jid)
-    assert job is not None and job.outcome is not None
+    assert job is not None
+    assert job.outcome is not None
     assert (job.status, job.outcome["error"]["code"], job.cancel_id) == (
         Status.FAILED,
         "CANCELLED",
