@@ -10,6 +10,7 @@ the demo's worker theirs.
 from __future__ import annotations
 
 from contextlib import ExitStack
+from pathlib import Path
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
@@ -62,7 +63,8 @@ def choose(
         server.start()
     except RuntimeError as exc:
         raise NoRedis(str(exc)) from exc
-    return _on(settings, server.url), f"{server.url} (a private redis-server, stopped at the end)"
+    name = Path(server.binary or "redis-server").name
+    return _on(settings, server.url), f"{server.url} (a private {name}, stopped at the end)"
 
 
 def _on(settings: Settings, url: str) -> Settings:

@@ -77,14 +77,17 @@ class EmbeddedRedis:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tts-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        # The server binary it runs (server_binary()), known once started.
+        self.binary: str | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
+        self.binary = server_binary()
         argv = [
-            server_binary(),
+            self.binary,
             "--bind",
             "127.0.0.1",
             "--port",
