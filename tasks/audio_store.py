@@ -37,6 +37,10 @@ class AudioStore(Protocol):
         """A recorded ``audio`` object with a ``url`` good from now (for each webhook attempt)."""
         ...
 
+    def delete(self, audio: StoredAudio) -> None:
+        """Remove audio this store saved (gone already is fine); raises project errors only."""
+        ...
+
 
 class LocalStore:
     """Files under one directory, named by :func:`tasks.storage.file_name`."""
@@ -75,3 +79,14 @@ class LocalStore:
     def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
         """A ``file://`` URL does not expire: the recorded object as it is."""
         return audio
+
+    def delete(self, audio: StoredAudio) -> None:
+        """Remove the file (only under this store's directory); a missing one is fine."""
+        if audio.path is None or Path(audio.path).parent != self.dest_dir:
+            return  # not one of ours: never remove a file this store did not name
+        try:
+            Path(audio.path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise errors.StorageUnavailable(
+                f"local audio store: {exc.strerror or type(exc).__name__}"
+            ) from None

@@ -214,6 +214,9 @@ class Job:
     chain_owner: str | None = field(default=None, repr=False)
     # A NanoGPT call the budget granted to this job's next step: ``poll:<seq>`` or ``submit``.
     grant: str | None = field(default=None, repr=False)
+    # The task id of the tts.cancel that ended the job, so that message, run again (or run
+    # after the worker that received it already acted: tasks/received.py), says "cancelled".
+    cancel_id: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -268,6 +271,7 @@ class Job:
             post_attempt=raw.get("post_attempt"),
             chain_owner=raw.get("chain_owner"),
             grant=raw.get("grant"),
+            cancel_id=raw.get("cancel_id"),
         )
 
     def holds(self, token: str, seq: int) -> bool:
@@ -284,6 +288,7 @@ class Job:
             "request",
             "post_attempt",
             "grant",
+            "cancel_id",
         }
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
@@ -545,11 +550,12 @@ class JobStore:
         lease: tuple[str, int] | None = None,
         guards: Mapping[str, str] | None = None,
         polls: int | None = None,
+        cancel_id: str | None = None,
     ) -> bool:
         """→ completed / failed: record the job's outcome if it has none yet; True for the one
         caller that did. ``lease``: only the current poll may settle; ``guards``: only while
         these fields hold these values. ``polls``: the poll count including the one that
-        ended the job, when a poll did."""
+        ended the job, when a poll did. ``cancel_id``: the cancel message that ends it."""
         now = self._clock()
         status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
@@ -562,6 +568,7 @@ class JobStore:
             # Names this outcome (its webhook-id): the same for every attempt at its webhook,
             # new if the job id is used again once this record has expired.
             "outcome_id": uuid.uuid4().hex,
+            "cancel_id": cancel_id,
         }
         expected = dict(guards or {})
         if lease is not None:

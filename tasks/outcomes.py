@@ -52,11 +52,19 @@ def failed(
     lease: tuple[str, int] | None = None,
     guards: Mapping[str, str] | None = None,
     polls: int | None = None,
+    cancel_id: str | None = None,
 ) -> bool:
-    """:func:`fail`, saying whether this call recorded the outcome (True once per job)."""
+    """:func:`fail`, saying whether this call recorded the outcome (True once per job).
+    ``cancel_id``: the task id of the ``tts.cancel`` that ends the job, recorded with it."""
     outcome = {"type": "tts.failed", "error": exc.as_dict()}
     if not ctx.jobs.settle(
-        job_id, outcome, lease=lease, guards=guards, check_at=check_at(ctx, 0), polls=polls
+        job_id,
+        outcome,
+        lease=lease,
+        guards=guards,
+        check_at=check_at(ctx, 0),
+        polls=polls,
+        cancel_id=cancel_id,
     ):
         return False
     if isinstance(exc, errors.InsufficientBalance):
@@ -71,11 +79,18 @@ def failed(
 
 def succeed(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> str:
     """Record a completed outcome (first writer wins, from ``downloading``); queue its webhook."""
+    succeeded(ctx, job_id, audio)
+    return job_id
+
+
+def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
+    """:func:`succeed`, saying whether this call recorded the outcome (True once per job)."""
     outcome = {"type": "tts.completed", "audio": audio.as_dict()}
-    if ctx.jobs.settle(
+    if not ctx.jobs.settle(
         job_id, outcome, guards={"status": Status.DOWNLOADING}, check_at=check_at(ctx, 0)
     ):
-        log.info("job %s completed: %d bytes", job_id, audio.bytes)
-        metrics.job_finished("completed")
-        ctx.dispatch.notify(job_id)
-    return job_id
+        return False
+    log.info("job %s completed: %d bytes", job_id, audio.bytes)
+    metrics.job_finished("completed")
+    ctx.dispatch.notify(job_id)
+    return True

@@ -14,6 +14,12 @@ Why this rather than a short visibility timeout or a reaper of dead workers' res
 costs one Redis call for the first message of a job only (none for the polls that make up most
 traffic), it needs no liveness protocol between workers, it survives a Redis restart with the
 record (AOF), and a copy that turns up late meets the job's guards like any duplicate.
+
+A ``tts.cancel`` acts on receipt: the worker that takes it ends the job there and then (the
+cancel step, one first-writer-wins settle), instead of holding it behind the tasks ahead of it
+in its pool. A worker SIGKILLed while holding the message therefore has already cancelled the
+job; the task, when it runs (here or after a redelivery), finds the job ended. A cancel sent
+with a countdown waits for its time like any task.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ def on_received(
     Bad arguments are recorded as the task itself would (``INVALID_INPUT``, announced), so a
     worker that dies before running the message loses nothing either.
     """
+    if name == names.CANCEL:
+        return _cancel(ctx, task_id, args, kwargs, start_at=start_at)
     if name not in (names.SUBMIT_TTS, names.POLL_TTS):
         return None
     if kwargs.get("lease") is not None:
@@ -91,4 +99,25 @@ def on_received(
             steps.accept_poll(ctx, jid, poll, url, owner=task_id, start_at=start_at)
     except errors.InvalidInput as exc:
         return steps.reject(ctx, d, given["job_id"], exc, given["notify_url"])
+    return jid
+
+
+def _cancel(
+    ctx: Ctx,
+    task_id: str,
+    args: list[Any] | tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    start_at: float | None,
+) -> str | None:
+    """Run the cancel a worker has just received; returns the job id it named, or None when
+    it named none or is for later (``start_at`` ahead: the task acts when it runs)."""
+    if start_at is not None and start_at > ctx.clock():
+        return None
+    given = _bound(steps.cancel, args, kwargs)
+    if given is None or not isinstance(given["job_id"], str):
+        return None  # the task reports the bad call when it runs
+    jid: str = given["job_id"]
+    said = steps.cancel(ctx, steps.Delivery(names.CANCEL, task_id), jid)
+    log.info("tts.cancel %s acted on receipt: %s", task_id, said)
     return jid

@@ -163,6 +163,9 @@ class _AudioStore:
     def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
         return audio_store().fresh(audio)
 
+    def delete(self, audio: storage.StoredAudio) -> None:
+        audio_store().delete(audio)
+
 
 def _fetch(
     url: str, *, store: AudioStore, job_id: str, max_bytes: int, timeout_s: float

@@ -239,6 +239,13 @@ class S3Store:
                 "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.url_ttl_s
             )
 
+    def delete(self, audio: StoredAudio) -> None:
+        """Remove the object (S3 answers a missing key with success too)."""
+        if audio.bucket is None or audio.key is None:
+            return
+        with mapped("delete"):
+            self.client.delete_object(Bucket=audio.bucket, Key=audio.key)
+
     def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
         """The recorded object with a newly presigned ``url``, so a late webhook still works."""
         bucket, key = audio.get("bucket"), audio.get("key")

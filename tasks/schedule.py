@@ -156,3 +156,15 @@ def retry_delay_s(
     if retry_after_s is not None and math.isfinite(retry_after_s):
         delay_s = max(delay_s, retry_after_s)
     return min(max(delay_s, MIN_DELAY_S), max_s)
+
+
+# Beyond the HTTP timeouts and the audio wall clock, how long a POST's claim lasts: the time
+# between the claim and the POST, and between the answer and recording it.
+POST_LEASE_SLACK_S = 5.0
+
+
+def post_claim_s(*, connect_s: float, read_s: float, audio_s: float) -> float:
+    """How long one POST (and reading a 200 answer's audio) can take, at most: its connect
+    and read timeouts, the audio's wall clock, and :data:`POST_LEASE_SLACK_S`. The submit's
+    claim lasts this long, and its hard time limit must exceed it."""
+    return connect_s + read_s + audio_s + POST_LEASE_SLACK_S

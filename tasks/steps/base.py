@@ -23,11 +23,6 @@ DOWNLOAD_MAX_RETRIES = 3
 NOTIFY_LEASE_SLACK_S = 120.0
 
 
-# Beyond the HTTP timeouts and the audio wall clock, how long a POST's claim lasts: the time
-# between the claim and the POST, and between the answer and recording it.
-POST_LEASE_SLACK_S = 5.0
-
-
 @dataclass(frozen=True)
 class Delivery:
     """The message a step runs for: its task name, task id, and Celery's retry count."""
@@ -56,8 +51,10 @@ Result = str | Retry
 def post_lease_s(ctx: Ctx) -> float:
     """How long one POST (and reading a 200 answer's audio) can take, at most."""
     s = ctx.settings
-    return (
-        s.http_connect_timeout_s + s.http_read_timeout_s + s.download_timeout_s + POST_LEASE_SLACK_S
+    return schedule.post_claim_s(
+        connect_s=s.http_connect_timeout_s,
+        read_s=s.http_read_timeout_s,
+        audio_s=s.download_timeout_s,
     )
 
 

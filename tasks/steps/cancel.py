@@ -9,10 +9,15 @@ stops the job's other messages are the guards they already meet:
 * ``polling``: settle closes the poll chain (``seq`` = done) and removes the parked poll; a
   poll already past its check makes its one status call, and its next transition is refused;
 * ``downloading``: a download acts only in ``downloading`` with no outcome, so one that reads
-  the job after the cancel stores nothing; one already fetching finishes, and ``succeed`` is
-  refused.
+  the job after the cancel stores nothing; one already fetching finishes, its ``succeed`` is
+  refused, and it removes the audio it stored.
 
 NanoGPT has no cancel endpoint: a run it accepted may still finish (and be billed) upstream.
+
+The worker that receives a ``tts.cancel`` runs this step at once (:mod:`tasks.received`), so a
+worker killed while holding the message has already ended the job. The outcome records the
+message's task id: the same message run later (the task itself, or a redelivery) recognises
+its own cancel and says ``cancelled`` again; any other cancel says ``already ended: failed``.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ log = logging.getLogger(__name__)
 
 def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
     """End the job as failed (``CANCELLED``) unless it has ended; say which it was:
-    ``cancelled``, ``already ended: <status>`` or ``unknown job``. Running it twice ends the
-    job once (the second says ``already ended: failed``)."""
+    ``cancelled``, ``already ended: <status>`` or ``unknown job``. Two cancels end the job
+    once (the second says ``already ended: failed``); one message run twice says
+    ``cancelled`` both times."""
     if not isinstance(job_id, str):
         log.error("cancel with a job id that is not a string dropped")
         return UNKNOWN_JOB
@@ -40,9 +46,11 @@ def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
     if job is None:
         log.info("cancel for unknown job %s: nothing to do", job_id)
         return UNKNOWN_JOB
+    if job.cancel_id is not None and job.cancel_id == d.task_id:
+        return CANCELLED  # this very message ended it (on receipt, or a first run)
     if job.outcome is not None or job.status not in ACTIVE:
         return already_ended(job.status)
-    if failed(ctx, job_id, errors.Cancelled("cancelled by the caller")):
+    if failed(ctx, job_id, errors.Cancelled("cancelled by the caller"), cancel_id=d.task_id):
         if job.status == Status.POSTING:
             log.warning(
                 "job %s cancelled while its POST was in flight: NanoGPT may still accept "

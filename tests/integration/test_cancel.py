@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tasks import names
 from tasks.jobs import Job, JobStore
 from tests.integration.conftest import ELEVEN, Send, wait_until
 from tests.support.cli import invoke
+from tests.support.stack import Lane, Spawn
 from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Receiver
 from workers.simulator import Simulator
@@ -26,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # A poll in flight when the cancel lands may still reach NanoGPT; one started after it may not.
 # Polls run every 0.1-0.4 s here, so 2 s of silence is five or more polls that did not happen.
 QUIET_AFTER_S = 2.0
+# Celery logs "received" just before it sends task_received (celery/worker/strategy.py), whose
+# handler records the job in milliseconds: a second after the line, it has run if it will.
+RECEIPT_HANDLED_S = 1.0
 
 
 def job_id() -> str:
@@ -150,3 +155,38 @@ def test_cli_cancel_says_what_it_did(
     assert job is not None
     assert job.outcome is not None
     assert job.outcome["error"]["code"] == "CANCELLED"
+
+
+def test_a_cancel_held_by_a_killed_worker_has_already_ended_the_job(
+    lanes: Callable[[], Lane], spawn: Spawn, simulator: Simulator, receiver: Receiver
+) -> None:
+    """The worker holds the cancel unrun (its one pool process is busy) and is SIGKILLed: the
+    job ended when the cancel was received, and the next worker sends its webhook and never
+    POSTs its text. Before, the cancel sat in the dead worker's unacked messages for the
+    visibility timeout (an hour) and the job went on."""
+    lane = lanes()
+    # The webhook message the cancel queued may be held by the dying worker too: the
+    # reconciler re-sends it once overdue (grace + one HTTP call: 15 s here).
+    env = lane.env(TTS_HTTP_READ_TIMEOUT="12", TTS_RECOVERY_GRACE="2", TTS_RECONCILE_INTERVAL="0.5")
+    first = spawn(env, concurrency=1).start()
+    busy = job_id()
+    lane.send(names.SUBMIT_TTS, "Busy [[sim pending=1 submit_fail=slow:10]]", ELEVEN, job_id=busy)
+    wait_until(lambda: (j := lane.store.get(busy)) and j.status == "posting")
+    jid = job_id()
+    text = f"Never sent {jid} [[sim pending=1000]]"
+    lane.send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+    cancel_id = lane.send(names.CANCEL, jid)
+    wait_until(lambda: f"Task {names.CANCEL}[{cancel_id}] received" in first.log)
+    time.sleep(RECEIPT_HANDLED_S)
+    first.kill()
+    assert f"Task {names.CANCEL}[{cancel_id}] succeeded" not in first.log  # held, never run
+
+    job = lane.store.get(jid)
+    assert job is not None
+    assert job.outcome is not None, job.status
+    assert job.outcome["error"]["code"] == "CANCELLED"
+    spawn(env, concurrency=1).start()
+    body = receiver.wait_for(jid, timeout_s=45).json()
+    assert (body["type"], body["error"]["code"]) == ("tts.failed", "CANCELLED")
+    posted = [r for r in simulator.requests if r.method == "POST" and jid in str(r.body)]
+    assert posted == []

@@ -3,8 +3,9 @@ simulator and a receiver, and must leave none of them behind, whether it succeed
 interrupted.
 
 Every demo process gets a marker variable; its children inherit it, so the test can find any
-process the demo left, even after it was re-parented. redis-server is the exception: it writes its
-process title over its environment, so it is found by the port the demo printed instead.
+process the demo left, even after it was re-parented. The Redis server is the exception: it writes
+its process title over its environment, so it is found by the port the demo printed instead. It is
+a redis-server or a valkey-server (workers/embedded_redis.py, whichever the machine has).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 from tests.support.cli import TTS_WORKER, assert_one_line, process_env, processes_marked
 from workers import demo_redis
-from workers.embedded_redis import EmbeddedRedis, free_port
+from workers.embedded_redis import PATH_NAMES, EmbeddedRedis, free_port
 from workers.settings import Settings
 from workers.worker_process import WorkerProcess
 
@@ -33,6 +34,9 @@ pytestmark = pytest.mark.integration
 MARK = "TTS_DEMO_TEST_MARK"
 # A demo takes seconds; this only stops a hung one from hanging the suite.
 DEMO_TIMEOUT_S = 120
+# The private server's names (workers/embedded_redis.py), and a pattern matching either.
+SERVERS = PATH_NAMES
+PRIVATE = "(?:" + "|".join(SERVERS) + ")"
 
 
 def can_unshare() -> bool:
@@ -55,14 +59,14 @@ def left_behind(mark: str, out: str) -> list[str]:
 
 
 def redis_servers_on(port: int) -> list[str]:
-    title = f"redis-server 127.0.0.1:{port}"
+    titles = [f"{name} 127.0.0.1:{port}" for name in SERVERS]
     found = []
     for proc in psutil.process_iter():
         try:
             cmdline = " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        if title in cmdline and proc.status() != psutil.STATUS_ZOMBIE:
+        if any(t in cmdline for t in titles) and proc.status() != psutil.STATUS_ZOMBIE:
             found.append(cmdline.strip())
     return found
 
@@ -90,7 +94,7 @@ def test_demo_with_no_network_at_all(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "loopback was down" in out
-    assert "(a private redis-server, stopped at the end)" in out
+    assert re.search(rf"\(a private {PRIVATE}, stopped at the end\)", out), out
     assert "NanoGPT  simulator at http://127.0.0.1:" in out
     assert re.search(r"polling · queue position 3 · 1 poll · [\d.]+ s", out)
     assert re.search(r"completed · 5 polls · [\d.]+ s", out)
@@ -125,7 +129,7 @@ def test_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         out, err = demo.communicate(timeout=60)
 
-    assert any("redis-server" in cmd for cmd in running), running
+    assert any(re.search(PRIVATE, cmd) for cmd in running), running
     assert any("celery -A workers.app worker" in cmd for cmd in running), running
     assert demo.returncode == 130, seen + out + err
     assert "interrupted; everything the demo started is stopped" in assert_one_line(err)
@@ -153,7 +157,7 @@ def test_demo_failure_is_one_line_and_cleans_up(tmp_path: Path) -> None:
     assert f"job {job_id} failed: UPSTREAM_ERROR" in log.read_text()
     shutil.rmtree(log.parent)
     assert "not-a-real-key" not in done.stdout + done.stderr
-    assert "private redis-server" in done.stdout
+    assert re.search(rf"private {PRIVATE}", done.stdout)
     assert left_behind(mark, done.stdout) == []
 
 
@@ -199,7 +203,7 @@ def test_demo_passes_over_a_local_redis_with_workers(
         private = settings.broker_url
         assert private != redis_server.url
         assert settings.redis_url == private
-        assert "a private redis-server" in where
+        assert re.search(rf"a private {PRIVATE}", where)
         assert len(notes) == 1
         assert f"{redis_server.url} has workers of its own (itest-" in notes[0]
         port = int(private.rsplit(":", 1)[1].split("/")[0])

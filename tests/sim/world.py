@@ -290,3 +290,6 @@ class MemoryStore:
 
     def fresh(self, audio: dict[str, Any]) -> dict[str, Any]:
         return audio
+
+    def delete(self, audio: StoredAudio) -> None:
+        self.saved.pop(audio.url.removeprefix("mem://"), None)

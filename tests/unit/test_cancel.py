@@ -7,15 +7,18 @@ the cost a submit's answer states: kept in the job record, counted once, never a
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from tasks import names, steps, validation
+from tasks.audio_store import AudioStore, LocalStore
 from tasks.context import Ctx
 from tasks.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
 from tasks.parsing import AudioLink, Pending, StatusResult, Ticket
@@ -29,7 +32,7 @@ MODEL = "Elevenlabs-Turbo-V2.5"
 HOOK = "https://hooks.example.com/tts"
 OWNER = "submit-task-1"
 TICKET = Ticket("run-1", MODEL, 0.0006, "USD")
-STORED = StoredAudio("audio/wav", 4, "0" * 64, "file:///a.wav", path="/a.wav")
+AUDIO = b"RIFF"
 
 
 @dataclass
@@ -56,16 +59,23 @@ class Upstream:
 
 @dataclass
 class Fetch:
-    """The audio fetch-and-store, recording every call; ``during`` runs while it is out."""
+    """The audio fetch, recording every call, storing :data:`AUDIO` in the real store it is
+    given; ``during`` runs while it is out."""
 
     calls: list[str] = field(default_factory=list)
     during: Callable[[], object] | None = None
 
-    def __call__(self, url: str, **_: Any) -> StoredAudio:
+    def __call__(self, url: str, *, store: AudioStore, job_id: str, **_: Any) -> StoredAudio:
         self.calls.append(url)
         if self.during:
             self.during()
-        return STORED
+        return store.save(
+            [AUDIO],
+            job_id=job_id,
+            content_type="audio/wav",
+            max_bytes=len(AUDIO),
+            deadline_monotonic=math.inf,
+        )
 
 
 @dataclass
@@ -81,8 +91,8 @@ class World:
         assert job is not None
         return job
 
-    def cancel(self, jid: object) -> str:
-        return str(steps.cancel(self.ctx, steps.Delivery(names.CANCEL, "cancel-1"), jid))
+    def cancel(self, jid: object, task_id: str = "cancel-1") -> str:
+        return str(steps.cancel(self.ctx, steps.Delivery(names.CANCEL, task_id), jid))
 
     def submit(self, jid: str) -> object:
         d = steps.Delivery(names.SUBMIT_TTS, OWNER)
@@ -117,10 +127,16 @@ def jid(redis_client: redis.Redis) -> Iterator[str]:
 
 
 @pytest.fixture
-def w(redis_client: redis.Redis) -> World:
+def w(redis_client: redis.Redis, tmp_path: Path) -> World:
     upstream, fetch = Upstream(), Fetch()
-    ctx, outbox = make_ctx(redis_client, upstream=upstream, fetch=fetch)
+    store = LocalStore(tmp_path)
+    ctx, outbox = make_ctx(redis_client, upstream=upstream, fetch=fetch, audio_store=store)
     return World(ctx, outbox, upstream, fetch, redis_client)
+
+
+def files(w: World) -> list[str]:
+    """The audio files in the store's directory."""
+    return sorted(p.name for p in w.ctx.audio_store.dest_dir.iterdir())  # type: ignore[attr-defined]
 
 
 def accept(w: World, jid: str) -> None:
@@ -249,6 +265,20 @@ def test_download_in_flight_finishes_but_does_not_complete_the_job(w: World, jid
 
     assert len(w.fetch.calls) == 1
     assert_cancelled_once(w, jid)
+    assert files(w) == []  # what it stored for nobody is removed, not kept forever
+
+
+def test_a_duplicate_download_keeps_the_audio_the_job_completed_with(w: World, jid: str) -> None:
+    """Two copies of the download store the same file; the one refused must not remove it."""
+    to_downloading(w, jid)
+    w.fetch.during = lambda: (setattr(w.fetch, "during", None), w.download(jid))
+    w.download(jid)
+
+    job = w.job(jid)
+    assert job.status == Status.COMPLETED
+    assert job.outcome is not None
+    assert Path(job.outcome["audio"]["path"]).read_bytes() == AUDIO
+    assert len(files(w)) == 1
 
 
 def test_ended_job_is_left_as_it_was(w: World, jid: str) -> None:
@@ -268,7 +298,18 @@ def test_cancel_twice_ends_the_job_once(w: World, jid: str) -> None:
     assert w.cancel(jid) == "cancelled"
     before = w.snapshot(jid)
 
-    assert w.cancel(jid) == "already ended: failed"
+    assert w.cancel(jid, task_id="cancel-2") == "already ended: failed"
+    assert w.snapshot(jid) == before
+    assert w.outbox.names() == [names.NOTIFY]
+
+
+def test_one_cancel_run_twice_says_cancelled_both_times(w: World, jid: str) -> None:
+    """The worker that received it ran it (tasks/received.py), then the task runs it again."""
+    to_polling(w, jid)
+    assert w.cancel(jid) == "cancelled"
+    before = w.snapshot(jid)
+
+    assert w.cancel(jid) == "cancelled"
     assert w.snapshot(jid) == before
     assert w.outbox.names() == [names.NOTIFY]
 

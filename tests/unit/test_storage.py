@@ -106,3 +106,23 @@ def test_local_store_names_by_job_and_gives_a_file_url(tmp_path: Path) -> None:
     assert "a%20b" in stored.url
     assert path.read_bytes() == b"RIFFdata"
     assert LocalStore(tmp_path).fresh(stored.as_dict()) == stored.as_dict()
+
+
+def test_local_store_deletes_only_files_it_named(tmp_path: Path) -> None:
+    from tasks.audio_store import LocalStore
+
+    store = LocalStore(tmp_path / "audio")
+    stored = store.save(
+        [b"RIFF"],
+        job_id="j",
+        content_type="audio/wav",
+        max_bytes=1000,
+        deadline_monotonic=time.monotonic() + 60,
+    )
+    elsewhere = tmp_path / "keep.wav"
+    elsewhere.write_bytes(b"RIFF")
+    store.delete(storage.StoredAudio("audio/wav", 4, "0", "file://x", path=str(elsewhere)))
+    assert elsewhere.exists()
+    store.delete(stored)
+    assert list((tmp_path / "audio").iterdir()) == []
+    store.delete(stored)  # gone already: fine
