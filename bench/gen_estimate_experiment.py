@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from bench import row5_schedule
 from bench.rig import percentile
-from tasks import schedule
+from tasks.pacing import schedule
 from workers.simulator_scenario import UpstreamQueue
 
 S_PER_CHAR = 0.015  # any value: the schedule only ever sees the rate it learned

@@ -9,7 +9,7 @@ in a real line and moves as the jobs ahead finish.
 Every lane runs the whole workload at the same moments through its own worker, Redis database
 and simulator (so the lanes' upstream queues are identical and independent):
 
-* ``schedule``: ``tasks/schedule.py`` as it is, with the default ``TTS_POLL_INTERVAL=3`` and
+* ``schedule``: ``tasks/pacing/schedule.py`` as it is, with the default ``TTS_POLL_INTERVAL=3`` and
   ``TTS_POLL_MAX_INTERVAL=30`` (it uses the queue positions and the time at the head);
 * ``fixed F``: the same code with ``TTS_POLL_INTERVAL = TTS_POLL_MAX_INTERVAL = F``: a fixed
   interval (with the same jitter), for F in a grid around 3 s (the target's baseline).
@@ -223,8 +223,8 @@ def run(size_name: str) -> Row:
         *rows,
         "",
         "The model column replays the same workload through `bench/schedule_model.py` (the"
-        " upstream queue and `tasks/schedule.py`, no worker): it should match the measurement"
-        " less the worker's processing time.",
+        " upstream queue and `tasks/pacing/schedule.py`, no worker): it should match the"
+        " measurement less the worker's processing time.",
         "",
         f"Against fixed 3 s: the schedule makes {vs3:.2f}× the calls, with p95"
         f" {schedule.p95:.1f} s vs {fixed3.p95:.1f} s.",

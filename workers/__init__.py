@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.settings import Settings, get_settings
+from tasks.config.settings import Settings, get_settings
 
 __all__ = ["Settings", "app", "get_settings"]
 
 
 def __getattr__(name: str) -> Any:
-    # The app is built on first use, so `import workers.settings` never builds Celery.
+    # The app is built on first use, so `import tasks.config.settings` never builds Celery.
     if name == "app":
         from workers.app import app
 

@@ -2,7 +2,7 @@
 
 Running it inside the workers (rather than only from ``celery beat``) means recovery needs no
 extra process: any live worker re-sends what a dead one lost. The scan itself is
-:func:`tasks.reconcile.scan`.
+:func:`tasks.sweeps.reconcile.scan`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import socket
 import threading
 from typing import Any
 
-from tasks import reconcile
-from tasks import runtime as rt
+from tasks.adapters import runtime as rt
+from tasks.sweeps import reconcile
 
 log = logging.getLogger(__name__)
 

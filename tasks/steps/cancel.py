@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 
 from tasks import errors, logctx
-from tasks.context import Ctx
-from tasks.outcomes import failed
-from tasks.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
+from tasks.record.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
 from tasks.steps.base import Delivery
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import failed
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.test import Client
 from django.test.utils import override_settings
 
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.examples.support import LoopbackServer, Received, check_replays_and_forgeries
 from tests.support.stack import ELEVEN, SECRET, wait_until
 from tests.support.worker import WorkerProcess

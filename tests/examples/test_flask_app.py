@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from examples.flask_app.app import create_app
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.examples.support import LoopbackServer, Received, check_replays_and_forgeries
 from tests.support.stack import ELEVEN, SECRET, wait_until
 from tests.support.worker import WorkerProcess

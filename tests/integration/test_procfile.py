@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from tasks import names
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.integration.conftest import API_KEY, ELEVEN, SECRET, wait_until
 from tests.support.honcho import HonchoProcess, pids_with_marker
 from workers.embedded_redis import EmbeddedRedis, free_port

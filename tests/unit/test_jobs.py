@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.jobs import DUE_KEY, KEY_PREFIX, JobStore
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, JobStore
 
 
 @pytest.fixture

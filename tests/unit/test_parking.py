@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks import parking, reconcile
-from tasks.jobs import WAIT_KEY, Job, JobStore
-from tasks.states import Step
+from tasks.record.jobs import WAIT_KEY, Job, JobStore
+from tasks.record.states import Step
+from tasks.sweeps import parking, reconcile
 from tests.support.ctx import make_ctx
 
 

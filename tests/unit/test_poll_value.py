@@ -1,4 +1,5 @@
-"""Which waiting polls get the budget's tokens (tasks/poll_value.py): pure, no Redis, no clock.
+"""Which waiting polls get the budget's tokens (tasks/pacing/poll_value.py): pure, no Redis, no
+clock.
 
 The generation times below are made up so each expected chance can be worked out by hand: 30
 samples at 2, 4, ..., 60 seconds give an empirical cdf of ``floor(e / 2) / 30``.
@@ -12,8 +13,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tasks import poll_value, schedule
-from tasks.poll_value import Candidate, Generations
+from tasks.pacing import poll_value, schedule
+from tasks.pacing.poll_value import Candidate, Generations
 
 NOW = 1_800_000_000.0
 # Generation times of 2, 4, ..., 60 s: cdf(e) = floor(e / 2) / 30 for 0 <= e <= 60.

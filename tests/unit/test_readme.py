@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks import names
-from workers.settings import env_names
+from tasks.config.settings import env_names
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

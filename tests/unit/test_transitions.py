@@ -1,6 +1,7 @@
 """Each named transition of a job, against a real Redis: it acts only from the state it names,
 refuses (and changes nothing) otherwise, and moves the reconciler's watch (``tts:due``) with it.
-Then the questions :mod:`tasks.states` answers about the jobs those transitions leave behind."""
+Then the questions :mod:`tasks.record.states` answers about the jobs those transitions leave
+behind."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, JobStore
-from tasks.states import (
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, JobStore
+from tasks.record.states import (
     SEQ_DONE,
     NotifyState,
     Status,
@@ -491,7 +492,7 @@ def test_spool_ttl_is_at_least_a_second(
     assert 0 < redis_client.pttl(SPOOL_PREFIX + jid) <= 1000
 
 
-# --- tasks/states.py: the questions asked of a job ---------------------------------------------
+# --- tasks/record/states.py: the questions asked of a job ----------------------------------------
 
 
 def job(**fields: Any) -> Job:
