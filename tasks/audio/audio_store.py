@@ -1,11 +1,12 @@
 """Where audio goes: the store interface, and the local-directory store.
 
-A process picks one store at start (:func:`tasks.adapters.runtime.audio_store`, from ``TTS_STORAGE_URL``):
-:class:`LocalStore` writes under a directory, :class:`tasks.audio.s3_store.S3Store` uploads to a
-bucket. Both take the body as an iterable of chunks and give the same guarantees: the byte cap
-and wall clock enforced while streaming (:class:`tasks.audio.storage.Meter`), the sha256 computed on
-the way, nothing left behind on refusal, and a location derived from the job id alone, so a
-redelivered download writes the same file or object again.
+A process picks one store at start (:func:`tasks.adapters.runtime.audio_store`, from
+``TTS_STORAGE_URL``): :class:`LocalStore` writes under a directory,
+:class:`tasks.audio.s3_store.S3Store` uploads to a bucket. Both take the body as an iterable of
+chunks and give the same guarantees: the byte cap and wall clock enforced while streaming
+(:class:`tasks.audio.storage.Meter`), the sha256 computed on the way, nothing left behind on
+refusal, and a location derived from the job id alone, so a redelivered download writes the same
+file or object again.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Audio in S3-compatible object storage (AWS S3, MinIO, Cloudflare R2, GCS's S3 API), via boto3.
 
-Upload: the body is read through :class:`tasks.audio.storage.Meter` (byte cap, wall clock, sha256) and
-cut into parts of :data:`PART_BYTES`. A body that ends within the first part, which is nearly
+Upload: the body is read through :class:`tasks.audio.storage.Meter` (byte cap, wall clock, sha256)
+and cut into parts of :data:`PART_BYTES`. A body that ends within the first part, which is nearly
 every TTS clip, goes up in one ``put_object``: nothing exists in the bucket until that request
 succeeds, so a refusal leaves nothing behind. A longer body becomes a multipart upload (parts of
 ``PART_BYTES``, the last one shorter, then ``complete``); any error on the way (the cap, the wall
