@@ -75,6 +75,17 @@ SIZES = {
 }
 
 
+# What a text-length generation estimate would do here (a paper experiment, since deleted).
+GEN_ESTIMATE_NOTE = (
+    "A generation estimate from the text's length (a per-model seconds-per-character rate "
+    "learned from completions, aimed at like the queued phase), replayed on paper: equal-p95 "
+    "ratio 0.67 on this workload and 0.61 pooled over 20 like it even when length fixes "
+    "generation exactly (today's schedule on paper: 0.85 and 0.73; the rate known: 0.59; an "
+    "oracle of the end of generation: 0.50), so short of ≤ 0.6 and not adopted (the "
+    "experiment: `git show 9427e2c:bench/gen_estimate_experiment.py`)."
+)
+
+
 def workload(size: Size) -> list[tuple[float, float]]:
     """(arrival, generation seconds) per job, uncompressed; the same for every lane."""
     rng = random.Random(size.seed)
@@ -225,6 +236,8 @@ def run(size_name: str) -> Row:
         "The model column replays the same workload through `bench/schedule_model.py` (the"
         " upstream queue and `tasks/pacing/schedule.py`, no worker): it should match the"
         " measurement less the worker's processing time.",
+        "",
+        GEN_ESTIMATE_NOTE,
         "",
         f"Against fixed 3 s: the schedule makes {vs3:.2f}× the calls, with p95"
         f" {schedule.p95:.1f} s vs {fixed3.p95:.1f} s.",
