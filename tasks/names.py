@@ -20,9 +20,6 @@ NOTIFY_QUEUE = "tts.notify"
 # Workers consume it too unless TTS_CONSUME_DEFAULT_QUEUE is off (tasks/config/celery_config.py).
 CELERY_DEFAULT_QUEUE = "celery"
 
-#: The steps one job goes through, in order.
-PIPELINE = (SUBMIT_TTS, POLL_TTS, DOWNLOAD_AUDIO, NOTIFY)
-
 #: Where each task is routed; apps sending by name pass ``queue=QUEUES[name]``.
 QUEUES = {
     SUBMIT_TTS: SUBMIT_QUEUE,

@@ -72,10 +72,6 @@ class Generations:
             share *= math.exp(-(elapsed_s - self._sorted[-1]) / TAIL_S)
         return share
 
-    def cdf(self, elapsed_s: float) -> float:
-        """P(a generation takes at most ``elapsed_s``)."""
-        return 1.0 - self.survival(elapsed_s)
-
 
 def generation_start(c: Candidate, now: float) -> float | None:
     """When the job's generation started (or will): None if it was never seen."""

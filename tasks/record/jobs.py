@@ -334,10 +334,6 @@ class JobStore:
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
         return Job.from_hash(raw), int(count)
 
-    def count_delivery(self, job_id: str, delivery: str) -> int:
-        """:meth:`load` without the job: the count alone (0 when there is no such job)."""
-        return self.load(job_id, delivery=delivery)[1]
-
     def overdue(self, now: float, *, limit: int) -> list[str]:
         """Job ids whose check time has passed, oldest first."""
         ids = self._redis.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)

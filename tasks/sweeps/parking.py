@@ -59,12 +59,9 @@ class Releaser:
         self._redis = client
         self._release = client.register_script(_RELEASE)
 
-    def due(self, now: float, *, limit: int) -> list[Job]:
-        """Take up to ``limit`` polls due by ``now`` off the wait set, as the jobs they poll."""
-        return self.pop(now, limit=limit)[1]
-
     def pop(self, now: float, *, limit: int) -> tuple[int, list[Job]]:
-        """Like :meth:`due`, with how many entries it took off the wait set.
+        """Take up to ``limit`` polls due by ``now`` off the wait set: how many entries it took,
+        and the jobs they poll.
 
         Jobs that ended meanwhile (or expired) are dropped here: their poll has nothing to do.
         They count as taken, so a caller that pops batch after batch stops on a short one.
