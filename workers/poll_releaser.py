@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from tasks.adapters import runtime as rt
+from tasks.config.settings import get_settings
 from tasks.sweeps import granting, parking
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class PollReleaser(threading.Thread):
 
     def run(self) -> None:
         releaser = parking.Releaser(rt.redis_client())
-        s = rt.settings()
+        s = get_settings()
         if s.upstream_rate_per_s > 0:
             # Under a budget a tick grants at most a burst: tick at least twice per burst.
             self.tick_s = min(self.tick_s, s.upstream_burst / s.upstream_rate_per_s / 2)

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from tasks.adapters import runtime as rt
+from tasks.config.settings import get_settings
 from tasks.sweeps import reconcile
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ _thread: ReconcilerThread | None = None
 def start(**_: Any) -> None:
     global _thread
     if _thread is None:
-        _thread = ReconcilerThread(rt.settings().reconcile_interval_s)
+        _thread = ReconcilerThread(get_settings().reconcile_interval_s)
         _thread.start()
 
 

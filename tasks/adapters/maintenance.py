@@ -8,8 +8,8 @@ import time
 from celery import shared_task
 
 from tasks import names
-from tasks.adapters import runtime as rt
 from tasks.audio import retention
+from tasks.config.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def cleanup_audio() -> dict[str, int]:
     temporary files killed workers left. Returns the counts removed. A no-op for S3 storage,
     where a bucket lifecycle rule does the same job.
     """
-    s = rt.settings()
+    s = get_settings()
     where = s.storage
     if where.kind != "file" or where.path is None:
         log.info("audio clean-up skipped: %s storage expires audio by lifecycle rule", where.kind)

@@ -17,7 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from tasks.audio import storage
 from tasks.audio.audio_store import AudioStore, LocalStore
-from tasks.config.settings import Settings, get_settings
+from tasks.config.settings import get_settings
 from tasks.nanogpt.client import NanoGPTClient, SubmitResult
 from tasks.nanogpt.parsing import StatusResult
 from tasks.nanogpt.validation import PollRequest, SubmitRequest
@@ -36,13 +36,9 @@ USER_AGENT = "tts-worker/0.1 (+celery)"
 REDIS_TIMEOUT_S = 5.0
 
 
-def settings() -> Settings:
-    return get_settings()
-
-
 @functools.cache
 def redis_client() -> redis.Redis:
-    s = settings()
+    s = get_settings()
     return redis.Redis.from_url(
         s.redis_url,
         decode_responses=True,
@@ -55,11 +51,11 @@ def redis_client() -> redis.Redis:
 
 @functools.cache
 def jobs() -> JobStore:
-    return JobStore(redis_client(), ttl_s=settings().job_ttl_s)
+    return JobStore(redis_client(), ttl_s=get_settings().job_ttl_s)
 
 
 def timeout_s() -> tuple[float, float]:
-    s = settings()
+    s = get_settings()
     return (s.http_connect_timeout_s, s.http_read_timeout_s)
 
 
@@ -71,7 +67,7 @@ NANOGPT_CONNECTIONS = 64
 
 @functools.cache
 def nanogpt() -> NanoGPTClient:
-    s = settings()
+    s = get_settings()
     if s.api_key is None:
         raise RuntimeError("NANOGPT_API_KEY is not set")
     session = requests.Session()
@@ -93,7 +89,7 @@ def nanogpt() -> NanoGPTClient:
 def safe_http() -> SafeHttp:
     """For the audio files upstream points at (``TTS_TRUSTED_HOSTS``)."""
     return SafeHttp(
-        trusted_hosts=settings().trusted_hosts, timeout_s=timeout_s(), user_agent=USER_AGENT
+        trusted_hosts=get_settings().trusted_hosts, timeout_s=timeout_s(), user_agent=USER_AGENT
     )
 
 
@@ -101,7 +97,7 @@ def safe_http() -> SafeHttp:
 def webhook_http() -> SafeHttp:
     """For the receivers callers name in ``notify_url`` (``TTS_TRUSTED_WEBHOOK_HOSTS``)."""
     return SafeHttp(
-        trusted_hosts=settings().trusted_webhook_hosts,
+        trusted_hosts=get_settings().trusted_webhook_hosts,
         timeout_s=timeout_s(),
         user_agent=USER_AGENT,
     )
@@ -112,13 +108,13 @@ def s3_client() -> S3Client:
     # Imported here: a worker storing to a local directory never loads boto3.
     from tasks.audio import s3_store
 
-    return s3_store.make_client(settings(), user_agent=USER_AGENT)
+    return s3_store.make_client(get_settings(), user_agent=USER_AGENT)
 
 
 @functools.cache
 def audio_store() -> AudioStore:
     """The store ``TTS_STORAGE_URL`` names: a local directory or an S3 bucket."""
-    s = settings()
+    s = get_settings()
     where = s.storage
     if where.kind == "s3":
         from tasks.audio.s3_store import S3Store
@@ -174,7 +170,7 @@ def _fetch(
 
 
 def _webhook(url: str, body: dict[str, Any], *, msg_id: str) -> int:
-    secret = settings().webhook_secret
+    secret = get_settings().webhook_secret
     return webhooks.deliver(
         webhook_http(),
         url,
@@ -186,7 +182,7 @@ def _webhook(url: str, body: dict[str, Any], *, msg_id: str) -> int:
 
 @functools.cache
 def budget() -> Budget:
-    s = settings()
+    s = get_settings()
     return Budget(
         redis_client(), rate_per_s=s.upstream_rate_per_s, burst=s.upstream_burst, clock=time.time
     )
@@ -196,13 +192,13 @@ def budget() -> Budget:
 def context() -> Ctx:
     """This process's :class:`Ctx`: the real Redis, NanoGPT, audio store, webhooks and clock."""
     return Ctx(
-        settings=settings(),
+        settings=get_settings(),
         jobs=jobs(),
         upstream=_Upstream(),
         fetch=_fetch,
         audio_store=_AudioStore(),
         webhook=_webhook,
-        dispatch=Dispatcher(celery_send, settings),
+        dispatch=Dispatcher(celery_send, get_settings),
         clock=time.time,
         budget=budget(),
     )
