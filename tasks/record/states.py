@@ -19,7 +19,7 @@ questions about a job read from Redis, so no other module compares status string
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tasks.record.jobs import Job
@@ -85,6 +85,15 @@ def notify_pending(job: Job) -> bool:
     return job.outcome is not None and job.notify_state in (None, NotifyState.QUEUED)
 
 
+def submit_to_resend(job: Job) -> tuple[dict[str, Any], str] | None:
+    """The caller's request and the task id to send the job's submit again under, while the job
+    waits on its submit (``submitting``, or ``posting`` with its POST's fate still open); else
+    None. Sent under that same task id, a copy is recognised as the same message."""
+    if job.status in (Status.SUBMITTING, Status.POSTING) and job.request and job.submit_owner:
+        return job.request, job.submit_owner
+    return None
+
+
 def next_step(job: Job) -> Step | None:
     """The step the job is waiting on, or None when it needs nothing more from us."""
     if job.outcome is not None:
@@ -93,6 +102,6 @@ def next_step(job: Job) -> Step | None:
         return Step.POLL
     if job.status == Status.DOWNLOADING:
         return Step.DOWNLOAD
-    if job.status in (Status.SUBMITTING, Status.POSTING) and job.request and job.submit_owner:
+    if submit_to_resend(job) is not None:
         return Step.SUBMIT
     return None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from tasks import metrics
 from tasks.pacing import poll_value
 from tasks.record.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, Job
-from tasks.record.states import Status, has_live_poll
+from tasks.record.states import Status, has_live_poll, submit_to_resend
 from tasks.steps.context import Ctx
 from tasks.steps.poll import candidate
 
@@ -107,8 +107,9 @@ def _publish(ctx: Ctx, kind: str, job: Job) -> None:
     if kind == "p":
         if has_live_poll(job):
             ctx.dispatch.poll_job(job)
-    elif job.status == Status.SUBMITTING and job.request and job.submit_owner:
-        ctx.dispatch.submit(job.request, task_id=job.submit_owner)
+    elif job.status == Status.SUBMITTING and (submit := submit_to_resend(job)):
+        request, owner = submit
+        ctx.dispatch.submit(request, task_id=owner)
 
 
 def _interleave(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> list[tuple[str, str]]:

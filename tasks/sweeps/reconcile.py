@@ -19,7 +19,7 @@ import logging
 from collections import Counter
 
 from tasks.record.jobs import Job
-from tasks.record.states import Step, next_step
+from tasks.record.states import Step, next_step, submit_to_resend
 from tasks.steps.context import Ctx
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> None:
         ctx.dispatch.download(job.job_id)
     elif step == Step.NOTIFY:
         ctx.dispatch.notify(job.job_id)
-    elif step == Step.SUBMIT and job.request and job.submit_owner:
-        ctx.dispatch.submit(job.request, task_id=job.submit_owner)
+    elif step == Step.SUBMIT and (submit := submit_to_resend(job)):
+        request, owner = submit
+        ctx.dispatch.submit(request, task_id=owner)
 
 
 def scan(ctx: Ctx, *, now: float | None = None) -> Counter[str]:

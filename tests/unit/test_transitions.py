@@ -24,6 +24,7 @@ from tasks.record.states import (
     has_live_poll,
     next_step,
     notify_pending,
+    submit_to_resend,
 )
 
 # The store's TTL for a record with nothing in flight (seconds).
@@ -560,6 +561,24 @@ SUBMIT_FIELDS = {"request": REQUEST, "submit_owner": OWNER}
 )
 def test_next_step(fields: dict[str, Any], step: Step | None) -> None:
     assert next_step(job(**fields)) == step
+
+
+@pytest.mark.parametrize(
+    ("fields", "resend"),
+    [
+        ({"status": Status.SUBMITTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
+        ({"status": Status.POSTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
+        ({"status": Status.POSTING, "submit_owner": OWNER}, None),
+        ({"status": Status.SUBMITTING, "request": REQUEST}, None),
+        ({**LIVE, **SUBMIT_FIELDS}, None),
+        ({"status": Status.FAILED, **SUBMIT_FIELDS}, None),
+    ],
+)
+def test_submit_to_resend(
+    fields: dict[str, Any], resend: tuple[dict[str, Any], str] | None
+) -> None:
+    """What the reconciler and the releaser send a waiting submit again with."""
+    assert submit_to_resend(job(**fields)) == resend
 
 
 def test_next_step_follows_the_transitions(store: JobStore, new_id: Callable[[], str]) -> None:
