@@ -22,7 +22,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "DUE_KEY",
     "FINAL",
     "KEY_PREFIX",
+    "PARKED_FIELDS",
     "SEQ_DONE",
     "SPOOL_PREFIX",
     "SUBMIT_WAIT_KEY",
@@ -57,6 +58,25 @@ WAIT_KEY = "tts:wait"
 #: Sorted set of submitting job ids that wait for the NanoGPT budget (tasks/pacing/budget.py),
 #: scored by when each first waited: the poll releaser grants them tokens, oldest first.
 SUBMIT_WAIT_KEY = "tts:submit-wait"
+#: The hash fields a parked poll is read with (HMGET), by the releasers: what its poll message
+#: needs (tasks/sweeps/parking.py) and what ranks it (tasks/sweeps/granting.py).
+PARKED_FIELDS = (
+    "run_id",
+    "model",
+    "token",
+    "seq",
+    "cost",
+    "payment_source",
+    "is_api_request",
+    "notify_url",
+    "status",
+    "seen_at",
+    "queue_position",
+    "queue_first_position",
+    "queue_first_seen_at",
+    "gen_start_at",
+    "deadline_at",
+)
 # ARGV value for "leave the job's check time as it is".
 _KEEP = "-"
 
@@ -269,6 +289,14 @@ class Job:
             chain_owner=raw.get("chain_owner"),
             grant=raw.get("grant"),
         )
+
+    @classmethod
+    def parked(cls, job_id: str, values: Sequence[str | None]) -> Job:
+        """The job from its :data:`PARKED_FIELDS` (HMGET's answer, None: unset). A record that
+        expired meanwhile reads as failed: its poll has nothing to do."""
+        raw = {"job_id": job_id, "status": Status.FAILED}
+        raw |= {k: v for k, v in zip(PARKED_FIELDS, values, strict=True) if v is not None}
+        return cls.from_hash(raw)
 
     def holds(self, token: str, seq: int) -> bool:
         """Whether a poll message carrying this lease is the one that is due."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from tasks import metrics
 from tasks.pacing import poll_value
-from tasks.record.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, Job
+from tasks.record.jobs import PARKED_FIELDS, SUBMIT_WAIT_KEY, WAIT_KEY, Job
 from tasks.record.states import Status, has_live_poll, submit_to_resend
 from tasks.steps.context import Ctx
 from tasks.steps.poll import candidate
@@ -32,29 +32,16 @@ log = logging.getLogger(__name__)
 # Due polls read to rank them when more are due than the budget serves: bounds a tick's work
 # (one HMGET each); the rest wait for a later tick, when those ranked first have gone.
 CANDIDATES = 2000
-# The job fields a Candidate needs, in order.
-_FIELDS = (
-    "seen_at",
-    "queue_position",
-    "queue_first_position",
-    "queue_first_seen_at",
-    "gen_start_at",
-    "deadline_at",
-)
 
 
 def _candidates(ctx: Ctx, ids: list[str]) -> list[poll_value.Candidate]:
     client = ctx.jobs.redis
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hmget(ctx.jobs.key(job_id), _FIELDS)
+            pipe.hmget(ctx.jobs.key(job_id), PARKED_FIELDS)
         rows = pipe.execute()
-    out = []
-    for job_id, values in zip(ids, rows, strict=True):
-        raw = {"job_id": job_id, "status": ""}
-        raw |= {k: v for k, v in zip(_FIELDS, values, strict=True) if v is not None}
-        out.append(candidate(Job.from_hash(raw)))  # the record's own parsing, not a copy
-    return out
+    # The record's own parsing, not a copy.
+    return [candidate(Job.parked(job_id, values)) for job_id, values in zip(ids, rows, strict=True)]
 
 
 def choose(ctx: Ctx, *, now: float, tokens: int, draw: float) -> tuple[list[str], list[str]]:

@@ -19,23 +19,10 @@ from collections.abc import Callable
 
 import redis
 
-from tasks.record.jobs import KEY_PREFIX, WAIT_KEY, Job
-from tasks.record.states import Status, has_live_poll
+from tasks.record.jobs import KEY_PREFIX, PARKED_FIELDS, WAIT_KEY, Job
+from tasks.record.states import has_live_poll
 
 log = logging.getLogger(__name__)
-
-# The hash fields a released poll needs, in the order the script returns them.
-_FIELDS = (
-    "run_id",
-    "model",
-    "token",
-    "seq",
-    "cost",
-    "payment_source",
-    "is_api_request",
-    "notify_url",
-    "status",
-)
 
 # Pop up to ARGV[2] ids due by ARGV[1]; return each with its job's poll fields (false = unset).
 _RELEASE = """
@@ -66,12 +53,10 @@ class Releaser:
         Jobs that ended meanwhile (or expired) are dropped here: their poll has nothing to do.
         They count as taken, so a caller that pops batch after batch stops on a short one.
         """
-        rows = self._release(keys=[WAIT_KEY], args=[repr(now), limit, KEY_PREFIX, *_FIELDS])
+        rows = self._release(keys=[WAIT_KEY], args=[repr(now), limit, KEY_PREFIX, *PARKED_FIELDS])
         jobs = []
         for job_id, *values in rows:
-            raw = {"job_id": job_id, "status": Status.FAILED}  # an expired job: nothing to do
-            raw |= {k: v for k, v in zip(_FIELDS, values, strict=True) if v is not None}
-            job = Job.from_hash(raw)
+            job = Job.parked(job_id, values)
             if has_live_poll(job):
                 jobs.append(job)
         return len(rows), jobs
