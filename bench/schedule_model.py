@@ -2,7 +2,7 @@
 
 No worker, no HTTP: each job is polled one interval after its submit and then after each delay that
 :func:`tasks.pacing.schedule.next_poll_delay_s` returns for what the job record has seen (built as
-``tasks/adapters/tts.py``'s ``_requeue`` builds it), until a poll lands after its generation ended.
+``tasks/steps/poll.py``'s ``_requeue`` builds it), until a poll lands after its generation ended.
 It predicts what the real lanes should measure (less the worker's processing time), so a
 disagreement points at the harness; and it answers "what if the schedule were different" in a
 second, for whoever tunes ``tasks/pacing/schedule.py``.

@@ -1,8 +1,11 @@
 """Send TTS jobs by task name and read their state: what the CLI and the demo enqueue with.
 
-It imports none of the task code, like any app that only knows the task names: a Celery app of
-its own (same serializer and routes as the worker) and a job store on the job-state Redis.
-Broker or Redis trouble surfaces as :class:`Unreachable`, with a message fit for one line.
+It sends like any app that only knows the task names: a Celery app of its own (the worker's
+serializer and routes, from :mod:`tasks.config.celery_config`), never the task functions or the
+steps. It does import the worker's own plain code to read what the worker writes: the job record
+(:mod:`tasks.record`), the budget's snapshot, and the argument checks (so the CLI refuses what a
+worker would). Broker or Redis trouble surfaces as :class:`Unreachable`, with a message fit for
+one line.
 """
 
 from __future__ import annotations

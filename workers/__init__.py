@@ -1,4 +1,5 @@
-"""The Celery app, the settings and the command line of the TTS worker."""
+"""The Celery app, the command line and the threads of the TTS worker. The settings live in
+:mod:`tasks.config.settings`; they are re-exported here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ __all__ = ["Settings", "app", "get_settings"]
 
 
 def __getattr__(name: str) -> Any:
-    # The app is built on first use, so `import tasks.config.settings` never builds Celery.
+    # The app is built on first use, so importing `workers` (or `workers.cli`) never builds Celery.
     if name == "app":
         from workers.app import app
 

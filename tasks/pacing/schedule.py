@@ -73,7 +73,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class Seen:
-    """What a job record keeps between polls for the schedule (``tasks/adapters/tts.py``)."""
+    """What a job record keeps between polls for the schedule (the poll step,
+    ``tasks/steps/poll.py``)."""
 
     first_position: int | None = None  # the first queued position seen ...
     first_seen_at: float | None = None  # ... and when (epoch seconds)
