@@ -23,7 +23,7 @@ from celery import shared_task
 from celery.worker.control import control_command
 
 from bench import seed_loop
-from workers.settings import get_settings
+from tasks.config.settings import get_settings
 
 NOOP = "bench.noop"
 BLOCKING_JOB = "bench.blocking_job"

@@ -5,7 +5,7 @@ worker, on the same Redis in the same run: Celery's own ceiling, with nothing of
 events, signal handlers, the redacting task class, job records) on the path. It imports nothing
 but Celery, so that holds by construction (tests/unit/test_bench_plain_app.py checks it).
 
-Configuration, against the project's (workers/celery_config.py):
+Configuration, against the project's (tasks/config/celery_config.py):
 
 * broker: ``CELERY_BROKER_URL``, which Celery itself reads from the environment (the rig sets it to
   the row's Redis, its own database); no result backend (the rig sets ``CELERY_RESULT_BACKEND``

@@ -29,10 +29,10 @@ from celery import Celery, chain, signature
 
 from bench import baselines, plain_app
 from tasks import names
-from workers.celery_config import celery_config
+from tasks.config.celery_config import celery_config
+from tasks.config.settings import Settings
 from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Delivery, Receiver
-from workers.settings import Settings
 from workers.simulator import Simulator
 from workers.worker_process import WorkerProcess
 

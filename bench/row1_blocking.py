@@ -8,7 +8,7 @@ The upstream (the simulator) finishes each job ``upstream_s`` after its submit.
 
 The project runs twice: with no ``queuePosition`` in the pending answers, and with the
 simulator's default position 3 (the README's demo shows 3, 2, 1, 0), from which
-``tasks/schedule.py`` places the next poll.
+``tasks/pacing/schedule.py`` places the next poll.
 """
 
 from __future__ import annotations
@@ -127,10 +127,10 @@ def run(size_name: str) -> Row:
         "",
         f"With queue positions the project is {queued_speedup:.1f}× faster ({queued_verdict}"
         " against the 8× target): the same jobs, but each pending answer carries a queue"
-        " position (3, then 2, 1, 0), and `tasks/schedule.py` places the next poll from it.",
+        " position (3, then 2, 1, 0), and `tasks/pacing/schedule.py` places the next poll from it.",
         f"Each project job makes {project.calls_per_job:.2f} status calls, placed by"
-        " `tasks/schedule.py` from `TTS_POLL_INTERVAL`; a job's time is those waits, plus up to"
-        " one 0.2 s tick of the releaser for each, plus the download and the webhook.",
+        " `tasks/pacing/schedule.py` from `TTS_POLL_INTERVAL`; a job's time is those waits, plus"
+        " up to one 0.2 s tick of the releaser for each, plus the download and the webhook.",
     ]
     return Row(
         number=1,

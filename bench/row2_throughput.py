@@ -46,7 +46,7 @@ from bench.rig import (
     used_memory,
 )
 from tasks import names
-from tasks.jobs import WAIT_KEY
+from tasks.record.jobs import WAIT_KEY
 from workers.simulator import Scenario
 
 TITLE = (

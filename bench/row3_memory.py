@@ -12,8 +12,8 @@ all started together so their waits overlap:
 5. the other half, and the same samples once every poll waits ("after").
 
 Why the pause: the prefork pool arms a timer in the main process for the hard time limit of
-every task it runs (``tasks/tts.py``: 120 s for a poll) and a finished task's timer stays in
-the heap until it would have fired, about 0.6 KB each. Freed after those 120 s, that memory stays
+every task it runs (``tasks/adapters/tts.py``: 120 s for a poll) and a finished task's timer stays
+in the heap until it would have fired, about 0.6 KB each. Freed after those 120 s, that memory stays
 in the process (the allocator keeps it) and is reused by the next tasks' timers.
 
 * all-in = (after - baseline) / jobs: everything the worker grew by from idle to ``jobs``
@@ -52,8 +52,8 @@ from bench.rig import (
     wait_for,
 )
 from tasks import names
-from tasks.jobs import WAIT_KEY
-from tasks.tts import API_TIME_LIMIT_S
+from tasks.adapters.tts import API_TIME_LIMIT_S
+from tasks.record.jobs import WAIT_KEY
 from workers.embedded_redis import EmbeddedRedis
 from workers.simulator import Scenario
 

@@ -9,7 +9,7 @@ in a real line and moves as the jobs ahead finish.
 Every lane runs the whole workload at the same moments through its own worker, Redis database
 and simulator (so the lanes' upstream queues are identical and independent):
 
-* ``schedule``: ``tasks/schedule.py`` as it is, with the default ``TTS_POLL_INTERVAL=3`` and
+* ``schedule``: ``tasks/pacing/schedule.py`` as it is, with the default ``TTS_POLL_INTERVAL=3`` and
   ``TTS_POLL_MAX_INTERVAL=30`` (it uses the queue positions and the time at the head);
 * ``fixed F``: the same code with ``TTS_POLL_INTERVAL = TTS_POLL_MAX_INTERVAL = F``: a fixed
   interval (with the same jitter), for F in a grid around 3 s (the target's baseline).
@@ -73,6 +73,17 @@ SIZES = {
     ),
     "mini": Size(jobs=10, burst=4, mean_gap_s=3.0, slots=2, scale=0.05, fixed_s=(1, 3, 24)),
 }
+
+
+# What a text-length generation estimate would do here (a paper experiment, since deleted).
+GEN_ESTIMATE_NOTE = (
+    "A generation estimate from the text's length (a per-model seconds-per-character rate "
+    "learned from completions, aimed at like the queued phase), replayed on paper: equal-p95 "
+    "ratio 0.67 on this workload and 0.61 pooled over 20 like it even when length fixes "
+    "generation exactly (today's schedule on paper: 0.85 and 0.73; the rate known: 0.59; an "
+    "oracle of the end of generation: 0.50), so short of ≤ 0.6 and not adopted (the "
+    "experiment: `git show 9427e2c:bench/gen_estimate_experiment.py`)."
+)
 
 
 def workload(size: Size) -> list[tuple[float, float]]:
@@ -223,8 +234,10 @@ def run(size_name: str) -> Row:
         *rows,
         "",
         "The model column replays the same workload through `bench/schedule_model.py` (the"
-        " upstream queue and `tasks/schedule.py`, no worker): it should match the measurement"
-        " less the worker's processing time.",
+        " upstream queue and `tasks/pacing/schedule.py`, no worker): it should match the"
+        " measurement less the worker's processing time.",
+        "",
+        GEN_ESTIMATE_NOTE,
         "",
         f"Against fixed 3 s: the schedule makes {vs3:.2f}× the calls, with p95"
         f" {schedule.p95:.1f} s vs {fixed3.p95:.1f} s.",

@@ -1,11 +1,11 @@
 """Row 5's workload replayed on paper: the same upstream queue, polls placed by the schedule.
 
 No worker, no HTTP: each job is polled one interval after its submit and then after each delay that
-:func:`tasks.schedule.next_poll_delay_s` returns for what the job record has seen (built as
-``tasks/tts.py``'s ``_requeue`` builds it), until a poll lands after its generation ended. It
-predicts what the real lanes should measure (less the worker's processing time), so a
+:func:`tasks.pacing.schedule.next_poll_delay_s` returns for what the job record has seen (built as
+``tasks/steps/poll.py``'s ``_requeue`` builds it), until a poll lands after its generation ended.
+It predicts what the real lanes should measure (less the worker's processing time), so a
 disagreement points at the harness; and it answers "what if the schedule were different" in a
-second, for whoever tunes ``tasks/schedule.py``.
+second, for whoever tunes ``tasks/pacing/schedule.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from tasks import schedule
+from tasks.pacing import schedule
 from workers.simulator_scenario import Slot, UpstreamQueue
 
 # Far beyond any job here: the model is about spacing, not deadlines.

@@ -30,7 +30,7 @@ __all__ = [
 
 def get_job(job_id: str) -> dict[str, Any] | None:
     """The stored state of a job (status, run id, polls, queue position, outcome...), or None."""
-    from tasks import runtime
+    from tasks.adapters import runtime
 
     job = runtime.jobs().get(job_id)
     return job.public() if job else None
@@ -44,8 +44,8 @@ def cancel_job(job_id: str, *, timeout_s: float = 10.0) -> str:
     the job's outcome, raising ``TimeoutError`` if no worker took it by then. NanoGPT has no
     cancel endpoint: a run it already accepted may still finish, and is billed.
     """
-    from workers.client import Client
-    from workers.settings import get_settings
+    from tasks.client import Client
+    from tasks.config.settings import get_settings
 
     with Client(get_settings()) as client:
         return client.cancel(job_id, timeout_s=timeout_s)

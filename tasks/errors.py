@@ -30,8 +30,8 @@
         └── WebhookRefused            WEBHOOK_FAILED   (5xx, 408/409/425/429, or unreachable)
 
 ``requests`` exceptions and HTTP statuses are mapped to these classes at one boundary
-(:mod:`tasks.http_errors`), ``botocore`` exceptions at another (:mod:`tasks.s3_store`); tasks
-never catch ``requests.*`` or ``botocore.*``. When a transient error has used up its
+(:mod:`tasks.net.http_errors`), ``botocore`` exceptions at another (:mod:`tasks.audio.s3_store`);
+tasks never catch ``requests.*`` or ``botocore.*``. When a transient error has used up its
 retries, its ``code`` becomes the job's outcome.
 """
 

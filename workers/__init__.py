@@ -1,16 +1,17 @@
-"""The Celery app, the settings and the command line of the TTS worker."""
+"""The Celery app, the command line and the threads of the TTS worker. The settings live in
+:mod:`tasks.config.settings`; they are re-exported here."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from workers.settings import Settings, get_settings
+from tasks.config.settings import Settings, get_settings
 
 __all__ = ["Settings", "app", "get_settings"]
 
 
 def __getattr__(name: str) -> Any:
-    # The app is built on first use, so `import workers.settings` never builds Celery.
+    # The app is built on first use, so importing `workers` (or `workers.cli`) never builds Celery.
     if name == "app":
         from workers.app import app
 

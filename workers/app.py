@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from celery import Celery
 
+from tasks.config.celery_config import celery_config
+from tasks.config.settings import get_settings
 from workers import control, liveness, signals
-from workers.celery_config import celery_config
-from workers.settings import get_settings
 
 # RedactedTask: every message our processes publish (retries included) shows Flower short,
 # secret-free argument text.
 app = Celery(
-    "tts_worker", include=["tasks.tts", "tasks.maintenance"], task_cls="tasks.base:RedactedTask"
+    "tts_worker",
+    include=["tasks.adapters.tts", "tasks.adapters.maintenance"],
+    task_cls="tasks.adapters.base:RedactedTask",
 )
 app.config_from_object(celery_config(get_settings()))
 signals.connect()

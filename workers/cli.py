@@ -1,10 +1,10 @@
 """The ``tts-worker`` command line: enqueue jobs, follow them, read them, cancel them, simulate,
 demo.
 
-Commands only: enqueueing and job state live in :mod:`workers.client`, the live view in
+Commands only: enqueueing and job state live in :mod:`tasks.client`, the live view in
 :mod:`workers.progress`, the demo in :mod:`workers.demo`. Arguments are checked with the same
-:mod:`tasks.validation` functions the tasks use, so the CLI refuses exactly what a worker would.
-Enqueueing needs the broker only, never ``NANOGPT_API_KEY``.
+:mod:`tasks.nanogpt.validation` functions the tasks use, so the CLI refuses exactly what a worker
+would. Enqueueing needs the broker only, never ``NANOGPT_API_KEY``.
 
 Exit codes: 0 done; 1 the job failed, is unknown, or the broker/Redis is unreachable; 2 bad
 input or configuration; 130 interrupted. Errors are one line on stderr; with ``--json`` stdout
@@ -26,14 +26,14 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from tasks import validation
+from tasks.client import CancelNotTaken, Client, Enqueued, Unreachable
+from tasks.config.settings import Settings, get_settings
 from tasks.errors import InvalidInput
-from tasks.states import UNKNOWN_JOB, Status
+from tasks.nanogpt import validation
+from tasks.record.states import UNKNOWN_JOB, Status
 from workers import demo as demo_module
 from workers import simulator
-from workers.client import CancelNotTaken, Client, Enqueued, Unreachable
 from workers.progress import WAIT_SLACK_S, WaitTimeout, follow, outcome_lines
-from workers.settings import Settings, get_settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -328,7 +328,7 @@ def _client() -> Client:
 
 
 def _valid(check: Callable[[], T]) -> T:
-    """Run a tasks.validation check; bad input ends the command with exit code 2."""
+    """Run a tasks.nanogpt.validation check; bad input ends the command with exit code 2."""
     try:
         return check()
     except InvalidInput as exc:

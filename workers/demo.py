@@ -29,14 +29,14 @@ from types import FrameType
 
 from rich.console import Console
 
-from tasks import validation
-from tasks.jobs import Job
-from tasks.states import Status
+from tasks.client import Client, Unreachable
+from tasks.config.settings import Settings, get_settings
+from tasks.nanogpt import validation
+from tasks.record.jobs import Job
+from tasks.record.states import Status
 from workers import demo_redis, loopback
-from workers.client import Client, Unreachable
 from workers.progress import WAIT_SLACK_S, WaitTimeout, error_text, follow, outcome_lines
 from workers.receiver import Delivery, Receiver
-from workers.settings import Settings, get_settings
 from workers.simulator import Simulator
 from workers.worker_process import WorkerProcess
 

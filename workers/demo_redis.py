@@ -15,9 +15,9 @@ from pathlib import Path
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
-from workers.client import Client
+from tasks.client import Client
+from tasks.config.settings import DEFAULT_REDIS_URL, Settings
 from workers.embedded_redis import EmbeddedRedis
-from workers.settings import DEFAULT_REDIS_URL, Settings
 
 # A local Redis answers a ping in microseconds; half a second of silence means there is none.
 PROBE_TIMEOUT_S = 0.5

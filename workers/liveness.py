@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from workers.settings import get_settings
+from tasks.config.settings import get_settings
 
 # Well under the probe's staleness limit (60 s in deploy/), so one late tick never fails it.
 TOUCH_INTERVAL_S = 10.0

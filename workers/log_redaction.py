@@ -11,7 +11,7 @@ import logging
 import urllib.parse
 from collections.abc import Iterable, Iterator
 
-from workers.settings import Settings
+from tasks.config.settings import Settings
 
 MASK = "[redacted]"
 # Shorter values are not secrets worth masking and would blank out ordinary words.

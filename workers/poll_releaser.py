@@ -1,4 +1,4 @@
-"""Every worker releases due parked polls (``tasks/parking.py``) from a thread of its own.
+"""Every worker releases due parked polls (``tasks/sweeps/parking.py``) from a thread of its own.
 
 The release is an atomic pop, so the threads of many workers never release one poll twice and
 need no lock; together they keep polls on time as long as any worker runs. A tick is short
@@ -11,8 +11,9 @@ import logging
 import threading
 from typing import Any
 
-from tasks import granting, parking
-from tasks import runtime as rt
+from tasks.adapters import runtime as rt
+from tasks.config.settings import get_settings
+from tasks.sweeps import granting, parking
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class PollReleaser(threading.Thread):
 
     def run(self) -> None:
         releaser = parking.Releaser(rt.redis_client())
-        s = rt.settings()
+        s = get_settings()
         if s.upstream_rate_per_s > 0:
             # Under a budget a tick grants at most a burst: tick at least twice per burst.
             self.tick_s = min(self.tick_s, s.upstream_burst / s.upstream_rate_per_s / 2)
@@ -50,7 +51,7 @@ class PollReleaser(threading.Thread):
     def release_all(self, releaser: parking.Releaser) -> int:
         """Publish every poll due now, batch after batch; returns how many were taken. Under
         a NanoGPT budget (``TTS_UPSTREAM_RATE``), only as many polls and waiting submits as it
-        has tokens for, chosen by :mod:`tasks.granting`."""
+        has tokens for, chosen by :mod:`tasks.sweeps.granting`."""
         ctx = rt.context()
         if ctx.budget.on:
             return granting.release(ctx)

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from tasks.jobs import Job
-from tasks.states import FINAL, Status
+from tasks.record.jobs import Job
+from tasks.record.states import FINAL, Status
 
 # How often the job record is read: fast enough for a smooth clock, a trivial load on Redis.
 REFRESH_S = 0.2

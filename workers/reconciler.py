@@ -2,7 +2,7 @@
 
 Running it inside the workers (rather than only from ``celery beat``) means recovery needs no
 extra process: any live worker re-sends what a dead one lost. The scan itself is
-:func:`tasks.reconcile.scan`.
+:func:`tasks.sweeps.reconcile.scan`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import socket
 import threading
 from typing import Any
 
-from tasks import reconcile
-from tasks import runtime as rt
+from tasks.adapters import runtime as rt
+from tasks.config.settings import get_settings
+from tasks.sweeps import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ _thread: ReconcilerThread | None = None
 def start(**_: Any) -> None:
     global _thread
     if _thread is None:
-        _thread = ReconcilerThread(rt.settings().reconcile_interval_s)
+        _thread = ReconcilerThread(get_settings().reconcile_interval_s)
         _thread.start()
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 from celery import Task, signals
 
-from tasks import logctx, received, redact, runtime
+from tasks import logctx, redact
+from tasks.adapters import received, runtime
+from tasks.config.settings import Settings, get_settings
 from workers import log_redaction, metrics_server, poll_releaser, reconciler
-from workers.settings import Settings, get_settings
 
 log = logging.getLogger("workers")
 
@@ -110,7 +111,7 @@ def redact_received(request: Any = None, **_: Any) -> None:
 
 def record_received(request: Any = None, **_: Any) -> None:
     """Give the job a caller's message starts a record as soon as the worker holds it
-    (:mod:`tasks.received`), so a worker that dies before running it loses nothing."""
+    (:mod:`tasks.adapters.received`), so a worker that dies before running it loses nothing."""
     if request is None:
         return
     try:

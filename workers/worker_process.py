@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from workers.settings import child_env
+from tasks.config.settings import child_env
 
 # A cold worker imports Celery, kombu and our tasks, then connects: seconds, not minutes.
 READY_TIMEOUT_S = 60.0

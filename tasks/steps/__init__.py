@@ -1,15 +1,20 @@
 """The steps of a job as plain functions: submit, poll, download, notify (and cancel).
 
-Each takes a :class:`tasks.context.Ctx` (everything it touches outside) and a :class:`Delivery`
-(which message this is), and returns the job id when the message is done with, or a
-:class:`Retry` when this very message must run again later (Celery's ``Task.retry``: same task
-id, ``retries + 1``). The Celery tasks in :mod:`tasks.tts` only unpack and translate; the
+Each takes a :class:`tasks.steps.context.Ctx` (everything it touches outside) and a
+:class:`Delivery` (which message this is), and returns the job id when the message is done with, or
+a :class:`Retry` when this very message must run again later (Celery's ``Task.retry``: same task
+id, ``retries + 1``). The Celery tasks in :mod:`tasks.adapters.tts` only unpack and translate; the
 simulation (tests/sim) calls these functions directly with fakes and a fake broker.
 
 Retry policy by class: :class:`errors.TransientError` is retried with backoff, bounded by
 ``TTS_MAX_RETRIES`` and the job's deadline; :class:`errors.PermanentError` fails the job at once.
 Anything else is a bug: it propagates (Celery logs it and acks the message) and the reconciler
 re-sends the job's step once it is overdue; the delivery count parks a step that keeps crashing.
+
+The package also owns what a step is handed (:mod:`tasks.steps.context`) and how a job ends
+(:mod:`tasks.steps.outcomes`). It may import ``pacing``, ``webhooks``, ``nanogpt``, ``audio``,
+``net``, ``record``, ``config`` and the leaf modules at the top of ``tasks``; never ``sweeps``,
+``adapters``, ``client`` or ``workers``.
 """
 
 from __future__ import annotations

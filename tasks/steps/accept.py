@@ -1,16 +1,17 @@
 """A job's identity and its first record: made by the step, or earlier, when a worker receives
-the message (:mod:`tasks.received`), by the same functions."""
+the message (:mod:`tasks.adapters.received`), by the same functions."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 
-from tasks import errors, logctx, validation
-from tasks.context import Ctx
-from tasks.outcomes import fail
-from tasks.states import Status
+from tasks import errors, logctx
+from tasks.nanogpt import validation
+from tasks.record.states import Status
 from tasks.steps.base import Delivery
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import fail
 
 log = logging.getLogger(__name__)
 

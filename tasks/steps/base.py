@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tasks import errors, names, schedule
-from tasks.context import Ctx
-from tasks.outcomes import check_at, fail
-from tasks.states import NotifyState
+from tasks import errors, names
+from tasks.pacing import schedule
+from tasks.record.states import NotifyState
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import check_at, fail
 
 log = logging.getLogger(__name__)
 

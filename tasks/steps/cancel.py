@@ -14,10 +14,11 @@ stops the job's other messages are the guards they already meet:
 
 NanoGPT has no cancel endpoint: a run it accepted may still finish (and be billed) upstream.
 
-The worker that receives a ``tts.cancel`` runs this step at once (:mod:`tasks.received`), so a
-worker killed while holding the message has already ended the job. The outcome records the
-message's task id: the same message run later (the task itself, or a redelivery) recognises
-its own cancel and says ``cancelled`` again; any other cancel says ``already ended: failed``.
+The worker that receives a ``tts.cancel`` runs this step at once
+(:mod:`tasks.adapters.received`), so a worker killed while holding the message has already
+ended the job. The outcome records the message's task id: the same message run later (the task
+itself, or a redelivery) recognises its own cancel and says ``cancelled`` again; any other
+cancel says ``already ended: failed``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from __future__ import annotations
 import logging
 
 from tasks import errors, logctx
-from tasks.context import Ctx
-from tasks.outcomes import failed
-from tasks.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
+from tasks.record.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
 from tasks.steps.base import Delivery
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import failed
 
 log = logging.getLogger(__name__)
 

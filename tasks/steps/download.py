@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from tasks import errors, logctx, metrics, storage
-from tasks.context import Ctx
-from tasks.jobs import Job
-from tasks.outcomes import fail, succeeded
-from tasks.states import Status, notify_pending
+from tasks import errors, logctx, metrics
+from tasks.audio import storage
+from tasks.record.jobs import Job
+from tasks.record.states import Status, notify_pending
 from tasks.steps.base import (
     DOWNLOAD_MAX_RETRIES,
     Delivery,
@@ -17,6 +16,8 @@ from tasks.steps.base import (
     poisoned,
     retry_or_fail,
 )
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import fail, succeeded
 
 log = logging.getLogger(__name__)
 

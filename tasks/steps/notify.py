@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 
-from tasks import errors, logctx, metrics, schedule, webhooks
-from tasks.context import Ctx
-from tasks.outcomes import check_at
-from tasks.states import NotifyState, notify_pending
+from tasks import errors, logctx, metrics
+from tasks.pacing import schedule
+from tasks.record.states import NotifyState, notify_pending
 from tasks.steps.base import NOTIFY_LEASE_SLACK_S, Delivery, Result, Retry, named_job, poisoned
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import check_at
+from tasks.webhooks import delivery as webhooks
 
 log = logging.getLogger(__name__)
 

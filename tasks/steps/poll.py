@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 
-from tasks import errors, logctx, metrics, poll_value, schedule, validation
-from tasks.context import Ctx
-from tasks.jobs import Job
-from tasks.outcomes import check_at, fail
-from tasks.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
+from tasks import errors, logctx, metrics
+from tasks.nanogpt import validation
+from tasks.nanogpt.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
+from tasks.pacing import poll_value, schedule
+from tasks.record.jobs import Job
 from tasks.steps import accept
 from tasks.steps.base import Delivery, Result, poisoned, retry_or_fail
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import check_at, fail
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ def poll(
     if ctx.budget.spend(jid, budget_grant(seq)) > 0:
         # No budget now: the call is not made, and this is not a retry. The poll waits in the
         # wait set, due at once, for the releaser to grant it a token by its chance of finding
-        # audio (tasks/poll_value.py); no worker slot holds it meanwhile.
+        # audio (tasks/pacing/poll_value.py); no worker slot holds it meanwhile.
         metrics.poll_deferred()
         ctx.jobs.defer_poll(jid, lease, seq, due_at=now, deliveries=deliveries)
         return jid
@@ -158,7 +160,7 @@ def _requeue(
             ctx, job.job_id, errors.DeadlineExceeded("still pending at the deadline"), lease=held
         )
     if pending.status not in PENDING_STATUSES:
-        # Neither a pending word nor a terminal one (tasks/parsing.py): polled on, but said.
+        # Neither a pending word nor a terminal one (tasks/nanogpt/parsing.py): polled on, but said.
         log.warning(
             "job %s: status %r is not documented; treated as pending", job.job_id, pending.status
         )
@@ -166,7 +168,7 @@ def _requeue(
     gen_start_at = job.gen_start_at
     if gen_start_at is None and seen.head_since is not None:
         # First seen at the head: it started after the last answer that showed it queued, about
-        # when that answer's place in line came up (tasks/poll_value.py).
+        # when that answer's place in line came up (tasks/pacing/poll_value.py).
         start = poll_value.generation_start(candidate(job), now)
         gen_start_at = now if start is None else min(now, start)
     # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves.
@@ -202,7 +204,7 @@ def _requeue(
 
 
 def budget_grant(seq: int) -> str:
-    """The grant the releaser writes for poll ``seq`` of a job (tasks/budget.py)."""
+    """The grant the releaser writes for poll ``seq`` of a job (tasks/pacing/budget.py)."""
     return f"poll:{seq}"
 
 
@@ -220,8 +222,8 @@ def candidate(job: Job) -> poll_value.Candidate:
 
 
 def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
-    """Keep how long this job's generation took, for ranking polls (tasks/poll_value.py): from
-    its estimated start to halfway between the last answer that showed it pending and this one
+    """Keep how long this job's generation took, for ranking polls (tasks/pacing/poll_value.py):
+    from its estimated start to halfway between the last answer that showed it pending and this one
     (it finished somewhere in between)."""
     if not ctx.budget.on or job.seen_at is None:
         return

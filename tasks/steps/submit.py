@@ -1,5 +1,5 @@
 """The submit step: one paid ``POST /api/tts``, claimed before it is sent and sent again only
-when NanoGPT provably did not take it (tasks/states.py draws the states)."""
+when NanoGPT provably did not take it (tasks/record/states.py draws the states)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import logging
 import uuid
 from typing import Any
 
-from tasks import errors, logctx, metrics, schedule, validation
-from tasks.context import Ctx
-from tasks.jobs import Job
-from tasks.nanogpt import InlineAudio
-from tasks.outcomes import check_at, fail
-from tasks.parsing import AudioLink, Ticket
-from tasks.states import Status
+from tasks import errors, logctx, metrics
+from tasks.nanogpt import validation
+from tasks.nanogpt.client import InlineAudio
+from tasks.nanogpt.parsing import AudioLink, Ticket
+from tasks.pacing import schedule
+from tasks.record.jobs import Job
+from tasks.record.states import Status
 from tasks.steps import accept
 from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
+from tasks.steps.context import Ctx
+from tasks.steps.outcomes import check_at, fail
 
 log = logging.getLogger(__name__)
 
-#: The grant the releaser writes for a waiting submit (tasks/budget.py).
+#: The grant the releaser writes for a waiting submit (tasks/pacing/budget.py).
 BUDGET_GRANT = "submit"
 
 
@@ -77,8 +79,8 @@ def submit(
         )
     if ctx.budget.spend(jid, BUDGET_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
-        # token in the submit wait set (oldest first; tasks/budget.py), holding no worker slot;
-        # it ends at its deadline if the budget never comes.
+        # token in the submit wait set (oldest first; tasks/pacing/budget.py), holding no worker
+        # slot; it ends at its deadline if the budget never comes.
         metrics.submit_deferred()
         ctx.jobs.defer_submit(
             jid,

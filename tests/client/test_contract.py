@@ -10,11 +10,13 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from tasks import jobs, names, states, webhooks
+from tasks import names
+from tasks.config.celery_config import task_queues
+from tasks.config.settings import Settings
+from tasks.record import jobs, states
+from tasks.webhooks import delivery as webhooks
 from tts_client import __version__, contract
 from tts_client.client import celery_app
-from workers.celery_config import task_queues
-from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.support.ctx import make_ctx
 from tts_client import TTSClient
 

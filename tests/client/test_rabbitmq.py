@@ -3,7 +3,7 @@ neither is refused; its messages land on the worker's quorum queues through the 
 
 A private virtual host on the local RabbitMQ (tests/integration/test_rabbitmq.py's fixtures: it
 skips off CI when RabbitMQ or rabbitmqctl is missing, and fails on CI). No worker is needed: the
-worker's declarations come from its own code (workers/celery_config.py).
+worker's declarations come from its own code (tasks/config/celery_config.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+from tasks.config.celery_config import task_queues
+from tasks.config.settings import Settings
 from tests.integration.test_rabbitmq import amqp_url, vhost
 from tts_client import TTSClient
-from workers.celery_config import task_queues
-from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
 __all__ = ["amqp_url", "vhost"]  # the fixtures, imported for use here

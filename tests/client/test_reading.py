@@ -11,8 +11,8 @@ import pytest
 import redis
 
 import tts_client.client
-from tasks.jobs import JobStore
-from tasks.storage import StoredAudio
+from tasks.audio.storage import StoredAudio
+from tasks.record.jobs import JobStore
 from tts_client import Audio, Error, TTSClient, Update
 
 SHA = "ab" * 32

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import tts_client.client
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.client.conftest import published
 from tts_client import TTSClient
 

@@ -1,6 +1,6 @@
-"""verify_webhook on bodies and headers made by the worker's own code (tasks/webhooks.py,
-tasks/outcomes.py, tasks/storage.py), for local disk, S3 and a failure; and the shipped JSON
-Schema, which every such body must satisfy."""
+"""verify_webhook on bodies and headers made by the worker's own code (tasks/webhooks/delivery.py,
+tasks/steps/outcomes.py, tasks/audio/storage.py), for local disk, S3 and a failure; and the
+shipped JSON Schema, which every such body must satisfy."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 
 from tasks import errors
-from tasks.storage import StoredAudio
-from tasks.webhooks import message_id, outcome_body, signed_headers
+from tasks.audio.storage import StoredAudio
+from tasks.webhooks.delivery import message_id, outcome_body, signed_headers
 from tests.support.stack import SECRET
 from tts_client import Audio, Error, TTSEvent, WebhookVerificationError, verify_webhook
 from tts_client.schema import event_schema

@@ -35,10 +35,11 @@ from celery.bin.celery import celery as celery_cli
 from kubernetes.client import ApiClient, Configuration
 from tornado.options import options as tornado_options
 
-from tasks import names, tts
+from tasks import names
+from tasks.adapters import tts
+from tasks.config.celery_config import submit_time_limit_s
+from tasks.config.settings import Settings, env_names
 from workers.app import app
-from workers.celery_config import submit_time_limit_s
-from workers.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

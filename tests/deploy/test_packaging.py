@@ -47,8 +47,11 @@ def test_dev_pulls_in_every_other_extra() -> None:
 
 # Floors the code relies on, each with the newest version it must refuse and why.
 FLOORS = {
-    "urllib3": ("2.5.99", "read1 bounds what one call decompresses from 2.6 (tasks/storage.py)"),
-    "pydantic-settings": ("2.6.99", "NoDecode (workers/settings.py) is new in 2.7"),
+    "urllib3": (
+        "2.5.99",
+        "read1 bounds what one call decompresses from 2.6 (tasks/audio/storage.py)",
+    ),
+    "pydantic-settings": ("2.6.99", "NoDecode (tasks/config/settings.py) is new in 2.7"),
     "redis": ("6.3.99", "kombu 5.7's redis extra requires redis >= 6.4"),
 }
 

@@ -26,7 +26,7 @@ from django.test import Client
 from django.test.utils import override_settings
 from standardwebhooks.webhooks import Webhook
 
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.examples.support import (
     LoopbackServer,
     ProgressPlayer,

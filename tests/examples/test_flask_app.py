@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from examples.flask_app.app import create_app
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.examples.support import (
     LoopbackServer,
     ProgressPlayer,

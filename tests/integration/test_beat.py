@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from tasks import names
-from tasks.storage import file_name
+from tasks.audio.storage import file_name
+from tasks.config.settings import child_env
 from tests.integration.conftest import wait_until
 from tests.support.stack import Lane, Spawn
 from tests.support.worker import ROOT, assert_runs_this_tree
-from workers.settings import child_env
 
 pytestmark = pytest.mark.integration
 

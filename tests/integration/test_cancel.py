@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasks import names
-from tasks.jobs import Job, JobStore
+from tasks.record.jobs import Job, JobStore
 from tests.integration.conftest import ELEVEN, Send, wait_until
 from tests.support.cli import invoke
 from tests.support.stack import Lane, Spawn

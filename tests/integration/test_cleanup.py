@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from tasks import names
-from tasks.storage import file_name
+from tasks.audio.storage import file_name
 from tests.integration.conftest import wait_until
 from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis

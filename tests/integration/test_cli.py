@@ -18,7 +18,7 @@ import redis
 import requests
 
 from tasks import names
-from tasks.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.record.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tests.integration.conftest import ELEVEN, Send, wait_until
 from tests.support.cli import TTS_WORKER, assert_one_line, invoke, process_env
 from workers.embedded_redis import EmbeddedRedis, free_port

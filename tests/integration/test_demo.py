@@ -23,10 +23,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tasks.config.settings import Settings
 from tests.support.cli import TTS_WORKER, assert_one_line, process_env, processes_marked
 from workers import demo_redis
 from workers.embedded_redis import PATH_NAMES, EmbeddedRedis, free_port
-from workers.settings import Settings
 from workers.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration

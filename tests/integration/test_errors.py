@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks import names
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.integration.conftest import ELEVEN, Send, wait_until
 from workers.receiver import Receiver
 from workers.simulator import Scenario, Simulator

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks import names
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.integration.conftest import ELEVEN, Responder, Send, wait_until
 from workers.receiver import Receiver
 from workers.simulator import Scenario, Simulator

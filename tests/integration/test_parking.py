@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tasks import names
-from tasks.jobs import WAIT_KEY
+from tasks.record.jobs import WAIT_KEY
 from tests.support.stack import ELEVEN, Lane, Spawn, wait_until
 from workers.receiver import Receiver
 

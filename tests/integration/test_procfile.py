@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from tasks import names
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.integration.conftest import API_KEY, ELEVEN, SECRET, wait_until
 from tests.support.honcho import HonchoProcess, pids_with_marker
 from workers.embedded_redis import EmbeddedRedis, free_port
@@ -157,7 +157,8 @@ def test_a_job_runs_through_the_procfile_worker(run: Run, receiver: Receiver) ->
         mine.update({tid: t for tid, t in tasks.items() if jid in str(t.get("args"))})
         seen = {t["name"] for t in mine.values()}
         done = all(t["state"] == "SUCCESS" for t in mine.values())
-        return mine if done and seen >= set(names.PIPELINE) else None
+        steps = {names.SUBMIT_TTS, names.POLL_TTS, names.DOWNLOAD_AUDIO, names.NOTIFY}
+        return mine if done and seen >= steps else None
 
     mine = wait_until(settled, timeout_s=20)
     submit = run.flower.api(f"/api/task/info/{submit_id}")

@@ -24,7 +24,7 @@ import requests
 from celery import Celery
 
 from tasks import names
-from tasks.jobs import JobStore
+from tasks.record.jobs import JobStore
 from tests.integration.conftest import ELEVEN, Responder, wait_until
 from tests.support import redis_dump
 from tests.support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoS3

@@ -53,7 +53,7 @@ def test_worker_with_a_clear_text_base_url_refuses_to_start(worker_env: dict[str
 def test_bad_webhook_secret_is_a_clear_error(worker_env: dict[str, str]) -> None:
     env = {**os.environ, **worker_env, "TTS_WEBHOOK_SECRET": "not base64!"}
     done = subprocess.run(
-        [sys.executable, "-c", "from workers.settings import get_settings; get_settings()"],
+        [sys.executable, "-c", "from tasks.config.settings import get_settings; get_settings()"],
         env=env,
         capture_output=True,
         text=True,

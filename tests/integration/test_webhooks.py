@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from tasks import names
-from tasks.jobs import KEY_PREFIX
-from tasks.states import NotifyState
+from tasks.record.jobs import KEY_PREFIX
+from tasks.record.states import NotifyState
 from tests.reliability.test_promise import assert_runs_this_tree
 from tests.support.gzip_bomb import MIB, BombReceiver
 from tests.support.stack import ELEVEN, Lane, Send, Spawn, wait_until

@@ -20,8 +20,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from tasks.jobs import Job, JobStore
 from tasks.names import QUEUES
+from tasks.record.jobs import Job, JobStore
 from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis, free_port
 from workers.receiver import Delivery, Receiver

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from tasks import errors
-from tasks.audio_store import LocalStore
+from tasks.audio.audio_store import LocalStore
+from tasks.config.settings import child_env
 from tasks.names import SUBMIT_TTS
 from tests.reliability.rig import Figures, Rig
 from tests.support.worker import WorkerProcess
-from workers.settings import child_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,16 +28,20 @@ from typing import Any
 import greenlet
 import redis
 
-from tasks import granting, names, received, reconcile, steps
-from tasks.budget import Budget
-from tasks.context import Ctx
-from tasks.dispatch import Dispatcher
-from tasks.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
-from tasks.nanogpt import NanoGPTClient
-from tasks.parking import Releaser, release
-from tasks.states import NotifyState
-from tasks.storage import download
-from tasks.webhooks import deliver
+from tasks import names, steps
+from tasks.adapters import received
+from tasks.audio.storage import download
+from tasks.config import celery_config
+from tasks.config.settings import Settings
+from tasks.nanogpt.client import NanoGPTClient
+from tasks.pacing.budget import Budget
+from tasks.pacing.dispatch import Dispatcher
+from tasks.record.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.record.states import NotifyState
+from tasks.steps.context import Ctx
+from tasks.sweeps import granting, reconcile
+from tasks.sweeps.parking import Releaser, release
+from tasks.webhooks.delivery import deliver
 from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
 from tests.sim.world import (
     API_BASE,
@@ -49,8 +53,6 @@ from tests.sim.world import (
     Plan,
     Transport,
 )
-from workers import celery_config
-from workers.settings import Settings
 
 # Production defaults but shorter waits, so that a schedule plays out in a few simulated
 # minutes; the recovery grace and reconcile interval are production's.

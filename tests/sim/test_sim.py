@@ -13,13 +13,15 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import redis
 
-from tasks import received, steps, validation
-from tasks.jobs import Job
+from tasks import steps
+from tasks.adapters import received
+from tasks.config.settings import Settings
+from tasks.nanogpt import validation
+from tasks.record.jobs import Job
 from tasks.steps import accept
 from tests.sim.run import SIM_ENV, Report, Sim, run_seed
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
-from workers.settings import Settings
 
 # Seeds per run of the suite (README, "Testing"); SIM_SEEDS=20000 for a longer hunt.
 SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))

@@ -2,9 +2,9 @@
 webhook receivers and the audio store.
 
 NanoGPT, the audio host and the receivers sit behind a ``requests`` transport adapter
-(:class:`Transport`), so the real :class:`tasks.nanogpt.NanoGPTClient`,
-:func:`tasks.storage.download` and :func:`tasks.webhooks.deliver` run unchanged, request
-building, status mapping and parsing included (httpx's habit: tests inject a transport).
+(:class:`Transport`), so the real :class:`tasks.nanogpt.client.NanoGPTClient`,
+:func:`tasks.audio.storage.download` and :func:`tasks.webhooks.delivery.deliver` run unchanged,
+request building, status mapping and parsing included (httpx's habit: tests inject a transport).
 Answers come from the simulator's own scenario engine (:mod:`workers.simulator_scenario`),
 without HTTP. Faults are plain lists per job, taken one per request. No socket is ever opened:
 the loopback URLs below only route inside the adapter.
@@ -25,7 +25,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from tasks import errors
-from tasks.storage import Meter, StoredAudio
+from tasks.audio.storage import Meter, StoredAudio
 from workers.sample_audio import make_wav
 from workers.simulator_scenario import Run, Scenario, failure_answer, json_answer
 
@@ -245,8 +245,8 @@ def _refused(url: str | None) -> requests.ConnectionError:
 
 
 class Http:
-    """What :func:`tasks.storage.download` and :func:`tasks.webhooks.deliver` call
-    (:class:`tasks.safe_http.SafeHttp`'s ``request``), over the simulation's transport."""
+    """What :func:`tasks.audio.storage.download` and :func:`tasks.webhooks.delivery.deliver` call
+    (:class:`tasks.net.safe_http.SafeHttp`'s ``request``), over the simulation's transport."""
 
     def __init__(self, transport: Transport, timeout_s: tuple[float, float]) -> None:
         self.session = requests.Session()

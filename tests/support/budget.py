@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.budget import BUDGET_KEY, GENERATION_KEY, GRANTED_KEY
-from tasks.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY
+from tasks.pacing.budget import BUDGET_KEY, GENERATION_KEY, GRANTED_KEY
+from tasks.record.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY
 
 # A realistic epoch time with a fraction no binary or decimal rounding leaves alone.
 EPOCH = 1_800_000_000.123456

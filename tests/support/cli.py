@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 from typer.testing import CliRunner, Result
 
+from tasks.config.settings import get_settings
 from workers.cli import app
-from workers.settings import get_settings
 
 # The console script pip installed beside this Python (the same venv).
 TTS_WORKER = str(Path(sys.executable).with_name("tts-worker"))

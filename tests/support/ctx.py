@@ -1,4 +1,4 @@
-"""A :class:`tasks.context.Ctx` for in-process tests: the real job store on a test Redis, a
+"""A :class:`tasks.steps.context.Ctx` for in-process tests: the real job store on a test Redis, a
 dispatcher that records what it would publish, and whatever else the test hands in."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 
 import redis
 
-from tasks.budget import Budget
-from tasks.context import Ctx
-from tasks.dispatch import Dispatcher
-from tasks.jobs import JobStore
-from workers.settings import Settings
+from tasks.config.settings import Settings
+from tasks.pacing.budget import Budget
+from tasks.pacing.dispatch import Dispatcher
+from tasks.record.jobs import JobStore
+from tasks.steps.context import Ctx
 
 # A key the settings accept; no test sends it anywhere but a loopback simulator.
 TEST_KEY = "test-key-0c1d"

@@ -23,8 +23,8 @@ import pytest
 import redis
 from celery import Celery
 
-from tasks.jobs import JobStore
 from tasks.names import QUEUES
+from tasks.record.jobs import JobStore
 from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Delivery, Receiver

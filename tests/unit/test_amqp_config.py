@@ -9,13 +9,13 @@ from celery.utils.quorum_queues import detect_quorum_queues
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from tasks import names
-from workers.celery_config import (
+from tasks.config.celery_config import (
     AMQP_EXCHANGE,
     MIN_NATIVE_DELAY_S,
     broker_countdown_s,
     celery_config,
 )
-from workers.settings import Settings
+from tasks.config.settings import Settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS_URL = "redis://127.0.0.1:6379/0"

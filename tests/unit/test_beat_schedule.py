@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import Celery
 
 from tasks import names
-from workers.celery_config import celery_config
-from workers.settings import Settings
+from tasks.config.celery_config import celery_config
+from tasks.config.settings import Settings
 
 
 def beat_app(**env: str) -> Celery:

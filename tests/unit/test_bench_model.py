@@ -8,7 +8,7 @@ import pytest
 
 from bench import report, schedule_model
 from bench.rig import BenchError, percentile
-from tasks import schedule
+from tasks.pacing import schedule
 
 
 def test_fixed_interval_polls_every_interval_and_sees_completion_within_one() -> None:

@@ -1,4 +1,4 @@
-"""The fleet's NanoGPT call budget (tasks/budget.py) against a real Redis and a fake clock.
+"""The fleet's NanoGPT call budget (tasks/pacing/budget.py) against a real Redis and a fake clock.
 
 The clock starts at a realistic epoch time (~1.8e9 s, with a fraction): a double carries only
 ~2e-7 s there, and the scripts keep their state as text, so precision bugs show only at such
@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tasks import budget as budget_module
-from tasks.budget import BUDGET_KEY, GRANTED_KEY, Budget
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
-from tasks.states import Status
+from tasks.pacing import budget as budget_module
+from tasks.pacing.budget import BUDGET_KEY, GRANTED_KEY, Budget
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.record.states import Status
 from tests.support.budget import EPOCH, SHARED_KEYS, Clock
 from workers.embedded_redis import EmbeddedRedis
 

@@ -1,6 +1,6 @@
 """The budget where it is spent: the poll and submit steps, the releaser's turn
-(tasks/granting.py) and the reconciler, run in-process against a real Redis, a frozen fake clock
-and fake NanoGPTs that count (or forbid) every call.
+(tasks/sweeps/granting.py) and the reconciler, run in-process against a real Redis, a frozen fake
+clock and fake NanoGPTs that count (or forbid) every call.
 
 The budget is 1 call per second with a burst of 1, so one spend empties it until the test moves
 the clock.
@@ -17,12 +17,14 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from tasks import errors, granting, names, reconcile, steps, validation
-from tasks.budget import BUDGET_KEY
-from tasks.context import Ctx
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, Job
-from tasks.parsing import Pending, StatusResult, Ticket
-from tasks.states import Status
+from tasks import errors, names, steps
+from tasks.nanogpt import validation
+from tasks.nanogpt.parsing import Pending, StatusResult, Ticket
+from tasks.pacing.budget import BUDGET_KEY
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, Job
+from tasks.record.states import Status
+from tasks.steps.context import Ctx
+from tasks.sweeps import granting, reconcile
 from tests.support.budget import EPOCH, SHARED_KEYS, Clock
 from tests.support.ctx import Outbox, Sent, make_ctx
 

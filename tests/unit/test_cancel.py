@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 import redis
 
-from tasks import names, steps, validation
-from tasks.audio_store import AudioStore, LocalStore
-from tasks.context import Ctx
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
-from tasks.parsing import AudioLink, Pending, StatusResult, Ticket
-from tasks.states import SEQ_DONE, Status
-from tasks.storage import StoredAudio
+from tasks import names, steps
+from tasks.audio.audio_store import AudioStore, LocalStore
+from tasks.audio.storage import StoredAudio
+from tasks.client import CancelNotTaken, Client
+from tasks.nanogpt import validation
+from tasks.nanogpt.parsing import AudioLink, Pending, StatusResult, Ticket
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
+from tasks.record.states import SEQ_DONE, Status
+from tasks.steps.context import Ctx
 from tests.support.ctx import Outbox, make_ctx, settings
-from workers.client import CancelNotTaken, Client
 from workers.embedded_redis import EmbeddedRedis
 
 MODEL = "Elevenlabs-Turbo-V2.5"
@@ -202,7 +203,7 @@ def test_post_in_flight_is_answered_into_a_refused_transition(
 
 
 def test_inline_audio_answered_after_the_cancel_leaves_no_spool(w: World, jid: str) -> None:
-    from tasks.nanogpt import InlineAudio
+    from tasks.nanogpt.client import InlineAudio
 
     w.upstream.submit_answer = InlineAudio(b"RIFF", "audio/wav")
     accept(w, jid)
@@ -304,7 +305,8 @@ def test_cancel_twice_ends_the_job_once(w: World, jid: str) -> None:
 
 
 def test_one_cancel_run_twice_says_cancelled_both_times(w: World, jid: str) -> None:
-    """The worker that received it ran it (tasks/received.py), then the task runs it again."""
+    """The worker that received it ran it (tasks/adapters/received.py), then the task runs it
+    again."""
     to_polling(w, jid)
     assert w.cancel(jid) == "cancelled"
     before = w.snapshot(jid)
@@ -363,7 +365,7 @@ def test_sync_answer_cost_is_kept_at_audio_ready(w: World, jid: str) -> None:
 
 
 def test_inline_audio_has_no_cost(w: World, jid: str) -> None:
-    from tasks.nanogpt import InlineAudio
+    from tasks.nanogpt.client import InlineAudio
 
     w.upstream.submit_answer = InlineAudio(b"RIFF", "audio/wav")
     accept(w, jid)
@@ -380,7 +382,7 @@ def test_answer_after_a_cancel_is_not_recorded_or_counted(w: World, jid: str) ->
     assert spend(MODEL, "USD") == before
 
 
-# --- the caller's side: tasks.cancel_job and tts-worker cancel, through workers.client ---------
+# --- the caller's side: tasks.cancel_job and tts-worker cancel, through tasks.client ---------
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 from celery import Celery
 
 from tasks import names
-from workers.celery_config import celery_config
-from workers.settings import Settings
+from tasks.config.celery_config import celery_config
+from tasks.config.settings import Settings
 
 BROKERS = ["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"]
 

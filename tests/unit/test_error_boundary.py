@@ -17,9 +17,11 @@ import pytest
 import requests
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from tasks import errors, s3_store, storage, webhooks
-from tasks.http_errors import mapped
-from tasks.safe_http import SafeHttp
+from tasks import errors
+from tasks.audio import s3_store, storage
+from tasks.net.http_errors import mapped
+from tasks.net.safe_http import SafeHttp
+from tasks.webhooks import delivery as webhooks
 
 TOKEN = "SECRETTOKEN42"
 NO_STORE: Any = None  # the download fails before anything is stored

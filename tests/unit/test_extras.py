@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tasks.config.settings import Settings
 from workers import embedded_redis
-from workers.settings import Settings
 from workers.signals import ConfigurationError, check_storage_extra
 
 

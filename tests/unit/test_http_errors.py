@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tasks import errors
-from tasks.http_errors import MAX_RETRY_AFTER_S, mapped, parse_retry_after, raise_for_status
+from tasks.net.http_errors import MAX_RETRY_AFTER_S, mapped, parse_retry_after, raise_for_status
 
 
 def response(

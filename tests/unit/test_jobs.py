@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.jobs import DUE_KEY, KEY_PREFIX, JobStore
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, JobStore
 
 
 @pytest.fixture
@@ -144,13 +144,13 @@ def test_every_transition_moves_the_watch(store: JobStore, redis_client: redis.R
 
 def test_delivery_count(store: JobStore, redis_client: redis.Redis) -> None:
     jid = new_id()
-    assert store.count_delivery(jid, "tts.poll_tts:0:0") == 0  # no job, nothing counted
+    assert store.load(jid, delivery="tts.poll_tts:0:0") == (None, 0)  # no job, nothing counted
     assert not redis_client.exists(f"tts:job:{jid}")
     store.start_chain(jid, {"model": "m"}, deadline_at=time.time() + 30, check_at=time.time())
-    assert [store.count_delivery(jid, "tts.poll_tts:0:0") for _ in range(3)] == [1, 2, 3]
+    assert [store.load(jid, delivery="tts.poll_tts:0:0")[1] for _ in range(3)] == [1, 2, 3]
     job, count = store.load(jid, delivery="tts.poll_tts:0:0")
     assert job is not None
     assert (job.job_id, count) == (jid, 4)
-    assert store.count_delivery(jid, "tts.poll_tts:1:0") == 1  # the next step starts again
+    assert store.load(jid, delivery="tts.poll_tts:1:0")[1] == 1  # the next step starts again
     # Nothing outside the job's own hash: it goes when the job goes.
     assert redis_client.keys("tts:delivery:*") == []

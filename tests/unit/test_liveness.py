@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from tasks.config.settings import get_settings
 from workers import liveness
-from workers.settings import get_settings
 
 
 class FakeTimer:

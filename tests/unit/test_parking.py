@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks import parking, reconcile
-from tasks.jobs import WAIT_KEY, Job, JobStore
-from tasks.states import Step
+from tasks.record.jobs import WAIT_KEY, Job, JobStore
+from tasks.record.states import Step
+from tasks.sweeps import parking, reconcile
 from tests.support.ctx import make_ctx
 
 
@@ -48,14 +48,14 @@ def test_only_due_polls_are_released_with_their_lease(store: JobStore) -> None:
     polling_job(store, due_in=60)
     releaser = parking.Releaser(store._redis)
 
-    released = releaser.due(time.time(), limit=10)
+    released = releaser.pop(time.time(), limit=10)[1]
 
     assert [j.job_id for j in released] == [due]
     job = released[0]
     assert job.holds(token, 1)
     assert (job.run_id, job.model, job.cost, job.payment_source) == (due, "m", 0.25, "XNO")
     assert job.is_api_request is False
-    assert releaser.due(time.time(), limit=10) == []  # popped: never released twice
+    assert releaser.pop(time.time(), limit=10)[1] == []  # popped: never released twice
 
 
 def test_concurrent_releasers_release_each_poll_once(store: JobStore) -> None:
@@ -64,7 +64,7 @@ def test_concurrent_releasers_release_each_poll_once(store: JobStore) -> None:
 
     def drain(r: parking.Releaser) -> list[str]:
         got: list[str] = []
-        while batch := r.due(time.time(), limit=7):
+        while batch := r.pop(time.time(), limit=7)[1]:
             got += [j.job_id for j in batch]
         return got
 
@@ -79,7 +79,7 @@ def test_an_ended_job_releases_nothing(store: JobStore, redis_client: redis.Redi
     assert store.settle(jid, {"type": "tts.failed"}, check_at=time.time(), lease=(token, 1))
     assert redis_client.zscore(WAIT_KEY, jid) is None  # settling unparks
     redis_client.zadd(WAIT_KEY, {jid: 0})  # even if it were still parked
-    assert parking.Releaser(redis_client).due(time.time(), limit=10) == []
+    assert parking.Releaser(redis_client).pop(time.time(), limit=10)[1] == []
 
 
 def test_a_failed_publish_parks_the_rest_again(store: JobStore, redis_client: redis.Redis) -> None:

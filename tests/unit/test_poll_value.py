@@ -1,4 +1,5 @@
-"""Which waiting polls get the budget's tokens (tasks/poll_value.py): pure, no Redis, no clock.
+"""Which waiting polls get the budget's tokens (tasks/pacing/poll_value.py): pure, no Redis, no
+clock.
 
 The generation times below are made up so each expected chance can be worked out by hand: 30
 samples at 2, 4, ..., 60 seconds give an empirical cdf of ``floor(e / 2) / 30``.
@@ -12,8 +13,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tasks import poll_value, schedule
-from tasks.poll_value import Candidate, Generations
+from tasks.pacing import poll_value, schedule
+from tasks.pacing.poll_value import Candidate, Generations
 
 NOW = 1_800_000_000.0
 # Generation times of 2, 4, ..., 60 s: cdf(e) = floor(e / 2) / 30 for 0 <= e <= 60.
@@ -40,8 +41,8 @@ def test_too_few_samples_use_the_exponential_prior() -> None:
     few = Generations([5.0] * (poll_value.MIN_SAMPLES - 1))
     prior = 1.0 - math.exp(-20.0 / poll_value.PRIOR_GENERATION_S)
     # Learned, nine samples of 5 s would say "surely done by 20 s" (1.0).
-    assert few.cdf(20.0) == pytest.approx(prior)
-    assert Generations([]).cdf(20.0) == pytest.approx(prior)
+    assert 1.0 - few.survival(20.0) == pytest.approx(prior)
+    assert 1.0 - Generations([]).survival(20.0) == pytest.approx(prior)
 
 
 def test_enough_samples_give_the_empirical_survival_with_a_tail() -> None:
@@ -50,7 +51,6 @@ def test_enough_samples_give_the_empirical_survival_with_a_tail() -> None:
     assert gens.survival(0.5) == 1.0
     assert gens.survival(3.0) == pytest.approx(8 / 11)  # at most: a sample equal to it is done
     assert gens.survival(3.5) == pytest.approx(8 / 11)
-    assert gens.cdf(3.0) == pytest.approx(3 / 11)
     assert gens.survival(10.0) == pytest.approx(1 / 11)
     # Past the longest the last share decays with TAIL_S: never 0, so such a job still ranks.
     past = gens.survival(10.0 + poll_value.TAIL_S)
@@ -62,15 +62,15 @@ def test_unusable_samples_are_dropped_and_do_not_count_towards_learning() -> Non
     junk = [math.nan, math.inf, -math.inf, -1.0]
     nine = [float(s) for s in range(1, poll_value.MIN_SAMPLES)]
     # Nine usable samples plus junk: still the prior.
-    assert Generations(nine + junk).cdf(3.0) == pytest.approx(1.0 - math.exp(-3.0 / 20.0))
+    assert Generations(nine + junk).survival(3.0) == pytest.approx(math.exp(-3.0 / 20.0))
     ten = Generations([*junk, *nine, 10.0])
-    assert ten.cdf(3.0) == pytest.approx(3 / 11)
+    assert ten.survival(3.0) == pytest.approx(8 / 11)
 
 
 @pytest.mark.parametrize("elapsed_s", [0.0, -5.0])
 def test_nothing_is_done_before_it_starts(elapsed_s: float) -> None:
-    assert Generations([]).cdf(elapsed_s) == 0.0
-    assert Generations(SAMPLES).cdf(elapsed_s) == 0.0
+    assert Generations([]).survival(elapsed_s) == 1.0
+    assert Generations(SAMPLES).survival(elapsed_s) == 1.0
 
 
 # --- generation_start and done_chance -----------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from rich.console import Console
 
-from tasks.jobs import Job
+from tasks.record.jobs import Job
 from workers.progress import WaitTimeout, describe, follow, outcome_lines
 
 AUDIO = {"path": "/a/b.wav", "content_type": "audio/wav", "bytes": 12844, "sha256": "ab" * 32}

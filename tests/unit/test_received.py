@@ -1,4 +1,5 @@
-"""A caller's message gets its job record the moment a worker receives it (tasks/received.py):
+"""A caller's message gets its job record the moment a worker receives it
+(tasks/adapters/received.py):
 against a real Redis, with the dispatcher's messages collected instead of published."""
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import pytest
 import redis
 
 from tasks import names, steps
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
-from tasks.parsing import Pending, Ticket
-from tasks.received import on_received
-from tasks.states import Status, Step, next_step
-from tasks.validation import PollRequest, SubmitRequest
+from tasks.adapters.received import on_received
+from tasks.nanogpt.parsing import Pending, Ticket
+from tasks.nanogpt.validation import PollRequest, SubmitRequest
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
+from tasks.record.states import Status, Step, next_step
 from tests.support.ctx import Outbox, make_ctx
 
 GRACE_S = 30.0

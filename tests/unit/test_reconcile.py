@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import redis
 
-from tasks import reconcile
-from tasks.jobs import DUE_KEY, Job
-from tasks.states import next_step
+from tasks.record.jobs import DUE_KEY, Job
+from tasks.record.states import next_step
+from tasks.sweeps import reconcile
 from tests.support.ctx import make_ctx
 
 

@@ -7,8 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks import retention
-from tasks.storage import file_name
+from tasks.audio import retention
+from tasks.audio.storage import file_name
 
 DAY_S = 86_400
 

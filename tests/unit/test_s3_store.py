@@ -13,9 +13,10 @@ import pytest
 import requests
 from botocore.exceptions import ClientError, ConnectTimeoutError, NoCredentialsError
 
-from tasks import errors, s3_store, storage
-from tasks.s3_store import MIB, S3Store
-from tasks.storage import StoredAudio
+from tasks import errors
+from tasks.audio import s3_store, storage
+from tasks.audio.s3_store import MIB, S3Store
+from tasks.audio.storage import StoredAudio
 from tests.support.s3 import MotoS3
 
 if TYPE_CHECKING:
@@ -235,9 +236,9 @@ def test_missing_bucket_is_permanent(client: S3Client) -> None:
 
 
 def test_unreachable_store_is_transient(s3_server: MotoS3) -> None:
+    from tasks.config.settings import Settings
     from tests.support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY
     from workers.embedded_redis import free_port
-    from workers.settings import Settings
 
     settings = Settings(
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens there

@@ -15,11 +15,14 @@ import pytest
 import urllib3
 from pydantic import ValidationError
 
-from tasks import errors, runtime, storage, webhooks
-from tasks.audio_store import LocalStore
-from tasks.safe_http import SafeHttp, refused_address
+from tasks import errors
+from tasks.adapters import runtime
+from tasks.audio import storage
+from tasks.audio.audio_store import LocalStore
+from tasks.config.settings import Settings, get_settings, parse_hosts
+from tasks.net.safe_http import SafeHttp, refused_address
+from tasks.webhooks import delivery as webhooks
 from workers.sample_audio import make_wav
-from workers.settings import Settings, get_settings, parse_hosts
 
 WAV = make_wav()
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tasks import schedule
+from tasks.pacing import schedule
 
 intervals = st.floats(min_value=0.05, max_value=60)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from workers.settings import Settings, StorageLocation, parse_storage_url
+from tasks.config.settings import Settings, StorageLocation, parse_storage_url
 
 AWS_ENV = (
     "AWS_ACCESS_KEY_ID",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import errors, storage
+from tasks import errors
+from tasks.audio import storage
 
 
 def store(
@@ -85,7 +86,7 @@ def test_audio_type_strips_parameters() -> None:
 
 
 def test_local_store_names_by_job_and_gives_a_file_url(tmp_path: Path) -> None:
-    from tasks.audio_store import LocalStore
+    from tasks.audio.audio_store import LocalStore
 
     stored = LocalStore(tmp_path / "a b").save(
         [b"RIFF", b"data"],
@@ -109,7 +110,7 @@ def test_local_store_names_by_job_and_gives_a_file_url(tmp_path: Path) -> None:
 
 
 def test_local_store_deletes_only_files_it_named(tmp_path: Path) -> None:
-    from tasks.audio_store import LocalStore
+    from tasks.audio.audio_store import LocalStore
 
     store = LocalStore(tmp_path / "audio")
     stored = store.save(

@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks import errors, parsing
-from tasks.nanogpt import InlineAudio, NanoGPTClient
-from tasks.storage import CHUNK_BYTES
-from tasks.validation import SubmitRequest, submit_request
+from tasks import errors
+from tasks.audio.storage import CHUNK_BYTES
+from tasks.nanogpt import parsing
+from tasks.nanogpt.client import InlineAudio, NanoGPTClient
+from tasks.nanogpt.validation import SubmitRequest, submit_request
 from tests.support.ctx import TEST_KEY
 
 REQUEST = submit_request("Hello there", "Kokoro-82m", voice="af_bella")
@@ -112,7 +113,7 @@ def upstream() -> Iterator[FakeNanoGPT]:
 def client(
     base_url: str, *, read_timeout_s: float = 1.0, session: requests.Session | None = None
 ) -> NanoGPTClient:
-    """Built as tasks/runtime.py ``nanogpt()`` builds it."""
+    """Built as tasks/adapters/runtime.py ``nanogpt()`` builds it."""
     return NanoGPTClient(
         session or requests.Session(),
         base_url=base_url,

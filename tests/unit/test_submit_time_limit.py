@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
-import tasks.tts  # registers the shared tasks the apps below bind
+import tasks.adapters.tts  # registers the shared tasks the apps below bind
 from tasks import names
+from tasks.config.celery_config import celery_config, submit_time_limit_s
+from tasks.config.settings import Settings
 from tasks.steps.base import post_lease_s
 from tests.support.ctx import settings
-from workers.celery_config import celery_config, submit_time_limit_s
-from workers.settings import Settings
 
 EXTREMES = [
     {},  # the defaults: 5 s connect, 30 s read, 120 s of audio
@@ -58,7 +58,9 @@ def test_the_other_tasks_keep_their_own_limits() -> None:
     app = Celery("limits", set_as_current=False)
     app.config_from_object(celery_config(settings()))
     try:
-        assert app.tasks[names.POLL_TTS].time_limit == tasks.tts.API_TIME_LIMIT_S
-        assert app.tasks[names.DOWNLOAD_AUDIO].time_limit == tasks.tts.DOWNLOAD_TIME_LIMIT_S
+        assert app.tasks[names.POLL_TTS].time_limit == tasks.adapters.tts.API_TIME_LIMIT_S
+        assert (
+            app.tasks[names.DOWNLOAD_AUDIO].time_limit == tasks.adapters.tts.DOWNLOAD_TIME_LIMIT_S
+        )
     finally:
         app.close()

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
-from tasks.base import RedactedTask
+from tasks.adapters.base import RedactedTask
 from workers.embedded_redis import EmbeddedRedis
 
 TOKEN = "tok-77aa"

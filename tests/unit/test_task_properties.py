@@ -1,7 +1,7 @@
 """Any JSON a caller can send ends as a typed outcome: property tests over every step.
 
 Hypothesis drives the steps (:mod:`tasks.steps`: submit, poll, download, notify) and the hook
-that records a job when a worker receives its message (:func:`tasks.received.on_received`)
+that records a job when a worker receives its message (:func:`tasks.adapters.received.on_received`)
 in-process, on a real Redis, with arbitrary JSON-able arguments: None, booleans, ints far beyond
 any float, nan and infinities, strings with control characters and lone surrogates, lists,
 dicts; and with arguments that do not fit the task's signature at all.
@@ -36,13 +36,15 @@ import redis
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from tasks import errors, names, steps, tts, validation
-from tasks.context import Ctx
-from tasks.jobs import Job
-from tasks.parsing import Pending, Ticket
-from tasks.received import on_received
-from tasks.states import ACTIVE, NotifyState, Status
-from tasks.validation import PollRequest, SubmitRequest
+from tasks import errors, names, steps
+from tasks.adapters import tts
+from tasks.adapters.received import on_received
+from tasks.nanogpt import validation
+from tasks.nanogpt.parsing import Pending, Ticket
+from tasks.nanogpt.validation import PollRequest, SubmitRequest
+from tasks.record.jobs import Job
+from tasks.record.states import ACTIVE, NotifyState, Status
+from tasks.steps.context import Ctx
 from tests.support.ctx import Outbox, make_ctx
 from workers.embedded_redis import EmbeddedRedis
 

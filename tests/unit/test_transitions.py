@@ -1,6 +1,7 @@
 """Each named transition of a job, against a real Redis: it acts only from the state it names,
 refuses (and changes nothing) otherwise, and moves the reconciler's watch (``tts:due``) with it.
-Then the questions :mod:`tasks.states` answers about the jobs those transitions leave behind."""
+Then the questions :mod:`tasks.record.states` answers about the jobs those transitions leave
+behind."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, JobStore
-from tasks.states import (
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, JobStore
+from tasks.record.states import (
     SEQ_DONE,
     NotifyState,
     Status,
@@ -23,6 +24,7 @@ from tasks.states import (
     has_live_poll,
     next_step,
     notify_pending,
+    submit_to_resend,
 )
 
 # The store's TTL for a record with nothing in flight (seconds).
@@ -491,7 +493,7 @@ def test_spool_ttl_is_at_least_a_second(
     assert 0 < redis_client.pttl(SPOOL_PREFIX + jid) <= 1000
 
 
-# --- tasks/states.py: the questions asked of a job ---------------------------------------------
+# --- tasks/record/states.py: the questions asked of a job ----------------------------------------
 
 
 def job(**fields: Any) -> Job:
@@ -559,6 +561,24 @@ SUBMIT_FIELDS = {"request": REQUEST, "submit_owner": OWNER}
 )
 def test_next_step(fields: dict[str, Any], step: Step | None) -> None:
     assert next_step(job(**fields)) == step
+
+
+@pytest.mark.parametrize(
+    ("fields", "resend"),
+    [
+        ({"status": Status.SUBMITTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
+        ({"status": Status.POSTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
+        ({"status": Status.POSTING, "submit_owner": OWNER}, None),
+        ({"status": Status.SUBMITTING, "request": REQUEST}, None),
+        ({**LIVE, **SUBMIT_FIELDS}, None),
+        ({"status": Status.FAILED, **SUBMIT_FIELDS}, None),
+    ],
+)
+def test_submit_to_resend(
+    fields: dict[str, Any], resend: tuple[dict[str, Any], str] | None
+) -> None:
+    """What the reconciler and the releaser send a waiting submit again with."""
+    assert submit_to_resend(job(**fields)) == resend
 
 
 def test_next_step_follows_the_transitions(store: JobStore, new_id: Callable[[], str]) -> None:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks import errors, validation
+from tasks import errors
+from tasks.nanogpt import validation
 
 anything = (
     st.none()

@@ -12,11 +12,12 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tasks import errors, webhooks
-from tasks.safe_http import SafeHttp
+from tasks import errors
+from tasks.config.settings import Settings
+from tasks.net.safe_http import SafeHttp
+from tasks.webhooks import delivery as webhooks
 from tests.support.gzip_bomb import MIB, BombReceiver
 from workers.receiver import Receiver
-from workers.settings import Settings
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 

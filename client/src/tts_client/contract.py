@@ -1,8 +1,8 @@
 """The worker's public contract as constants: task names, queues, Redis keys, statuses.
 
 Copied, not imported: an app installs this package without the worker. tests/client checks
-every value here against the worker's own (tasks/names.py, tasks/jobs.py, tasks/states.py,
-workers/celery_config.py), so the two cannot drift apart unnoticed.
+every value here against the worker's own (tasks/names.py, tasks/record/jobs.py,
+tasks/record/states.py, tasks/config/celery_config.py), so the two cannot drift apart unnoticed.
 """
 
 from __future__ import annotations

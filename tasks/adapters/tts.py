@@ -1,0 +1,132 @@
+"""The Celery tasks: thin adapters over :mod:`tasks.steps`.
+
+Each unpacks its message, runs the step with this process's :class:`tasks.steps.context.Ctx`, and
+turns a :class:`tasks.steps.Retry` into ``Task.retry`` (the same message, same task id, after a
+countdown: never a sleep). The job id a caller leaves out is the task id (:func:`steps.submit`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from tasks import names, steps
+from tasks.adapters import runtime as rt
+
+# Hard ceilings on one execution (Celery kills the process past these). Generous: HTTP calls
+# have their own timeouts; these only catch the unforeseen. The submit's is replaced by one
+# derived from the settings (tasks.config.celery_config.submit_time_limit_s, through
+# task_annotations), which always outlasts its POST's claim.
+API_TIME_LIMIT_S = 120
+NOTIFY_TIME_LIMIT_S = 120
+# A download's own limits end it by about 185 s with the defaults (5 s connect, 30 s to the
+# headers, the 120 s wall clock, one last 30 s read); this only catches what they miss.
+DOWNLOAD_TIME_LIMIT_S = 200
+
+COMMON: dict[str, Any] = {
+    "bind": True,
+    # Redelivered if the worker dies mid-task; the job record makes a repeat harmless.
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    # Retries are bounded by our own count and deadline, not Celery's default of 3.
+    "max_retries": None,
+}
+
+
+def _run(task: Task, step: Any, *args: Any, **kwargs: Any) -> str:  # type: ignore[type-arg]
+    request = task.request
+    delivery = steps.Delivery(task.name, request.id or "", request.retries or 0)
+    ctx = rt.context()
+    result = step(ctx, delivery, *args, **kwargs)
+    if isinstance(result, steps.Retry):
+        raise task.retry(exc=result.error, countdown=ctx.dispatch.countdown_s(result.wait_s))
+    return str(result)
+
+
+@shared_task(name=names.SUBMIT_TTS, time_limit=API_TIME_LIMIT_S, **COMMON)
+def submit_tts(
+    self: Task,  # type: ignore[type-arg]
+    text: str,
+    model: str,
+    *,
+    voice: str | None = None,
+    speed: float | None = None,
+    response_format: str | None = None,
+    instructions: str | None = None,
+    stability: float | None = None,
+    similarity_boost: float | None = None,
+    style: float | None = None,
+    notify_url: str | None = None,
+    job_id: str | None = None,
+) -> str:
+    """Submit one text; the job continues by polling, downloading or storing. Returns the job
+    id: ``job_id``, or this message's task id when left out."""
+    return _run(
+        self,
+        steps.submit,
+        text,
+        model,
+        voice=voice,
+        speed=speed,
+        response_format=response_format,
+        instructions=instructions,
+        stability=stability,
+        similarity_boost=similarity_boost,
+        style=style,
+        notify_url=notify_url,
+        job_id=job_id,
+    )
+
+
+@shared_task(name=names.POLL_TTS, time_limit=API_TIME_LIMIT_S, **COMMON)
+def poll_tts(
+    self: Task,  # type: ignore[type-arg]
+    run_id: str,
+    model: str,
+    *,
+    cost: float | None = None,
+    payment_source: str | None = None,
+    is_api_request: bool = True,
+    notify_url: str | None = None,
+    job_id: str | None = None,
+    lease: str | None = None,
+    seq: int = 0,
+) -> str:
+    """Check a run's status once; re-queue with a countdown while pending. Returns the job id.
+
+    ``lease`` and ``seq`` are internal: the chain's token and this poll's number. Callers leave
+    them out; a call without them starts a new chain unless the job id is already known.
+    """
+    return _run(
+        self,
+        steps.poll,
+        run_id,
+        model,
+        cost=cost,
+        payment_source=payment_source,
+        is_api_request=is_api_request,
+        notify_url=notify_url,
+        job_id=job_id,
+        lease=lease,
+        seq=seq,
+    )
+
+
+@shared_task(name=names.DOWNLOAD_AUDIO, time_limit=DOWNLOAD_TIME_LIMIT_S, **COMMON)
+def download_audio(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
+    """Store the job's audio (downloaded, or spooled from the submit), record the outcome."""
+    return _run(self, steps.download, job_id)
+
+
+@shared_task(name=names.NOTIFY, time_limit=NOTIFY_TIME_LIMIT_S, **COMMON)
+def notify(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
+    """POST the job's outcome to its ``notify_url``, signed; retried until accepted or expired."""
+    return _run(self, steps.notify, job_id)
+
+
+@shared_task(name=names.CANCEL, time_limit=API_TIME_LIMIT_S, **COMMON)
+def cancel(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
+    """End a job that has not ended as failed (``CANCELLED``); returns ``cancelled``,
+    ``already ended: <status>`` or ``unknown job``. NanoGPT may still finish (and bill) it."""
+    return _run(self, steps.cancel, job_id)

@@ -1,0 +1,318 @@
+"""One NanoGPT call budget for the whole fleet: a GCRA limiter in Redis, shared by every worker
+and every call (submit and status), that lowers itself when NanoGPT refuses calls anyway.
+
+NanoGPT allows 25 requests per second per account, across endpoints; Celery's ``rate_limit`` is
+per worker and per task, so it cannot say "this account". The budget is the Generic Cell Rate
+Algorithm (the one redis-cell and Stripe's and GitHub's published limiters use): one number in
+Redis, the *theoretical arrival time* ``tat``; a call is allowed when ``tat`` is less than
+``burst`` emission intervals ahead of now, and moves it one interval on. One small Lua script
+decides and records a call atomically, so any number of workers share it without a lock. (The
+``limits`` library has the same algorithm as a script, but its API takes one hit at a time and
+cannot consume a token and grant it to a job in the same step, which parking needs; the whole
+algorithm is the ten lines below.)
+
+Who gets a token when callers want more than the budget:
+
+* a call made straight from a task (a caller's submit, a poll's retry, a re-sent step) takes a
+  token only while the budget can spare one beyond what is already waiting for it (due parked
+  polls and parked submits); otherwise it is **not made**: the task parks its job (a poll back in
+  ``tts:wait``, a submit in :data:`SUBMIT_WAIT_KEY`) and returns, holding no worker slot;
+* the poll releaser (``tasks/sweeps/granting.py``) promises the tokens left to waiting jobs, chosen
+  by :mod:`tasks.pacing.poll_value`, writing a **grant** in each job's record in the same script.
+  The released step takes its token only when it calls, ahead of everyone else: tokens taken at the
+  grant would let steps that waited behind a backlog in the broker call all at once (bench row 6
+  met 55 calls in half a second that way). A parked call is not a retry.
+
+AIMD: NanoGPT answering 429 despite the budget (another client on the account, a lower limit
+than configured) lowers the fleet's rate: halved on a burst of refusals, then raised by
+:data:`RECOVERY_PER_S` each second back to the configured rate. Times are epoch seconds from the
+caller's clock, like the job store's; workers' clocks must agree (NTP) for the budget to hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY
+
+log = logging.getLogger(__name__)
+
+#: The budget's state: ``tat``, and while lowered ``low_rate`` / ``low_at`` and the 429 window.
+BUDGET_KEY = "tts:budget"
+#: Job ids granted a call whose step has not spent it yet, scored by when
+#: (tasks/sweeps/granting.py).
+GRANTED_KEY = "tts:granted"
+#: Recent generation times (seconds) seen by polls, newest first: what tasks/pacing/poll_value.py
+#: learns.
+GENERATION_KEY = "tts:generation-s"
+# Enough samples for a distribution, few enough to follow a change in NanoGPT's speed quickly.
+GENERATION_SAMPLES = 256
+# Calls per second the lowered rate climbs back each second: from half of 20/s to all of it in
+# 20 s, slower than the halving so a limit that persists keeps the rate low.
+RECOVERY_PER_S = 0.5
+# A burst of 429s is this many within REFUSAL_WINDOW_S: one refusal may be another client's
+# spike; three within seconds mean the account's limit is below the budget's rate.
+REFUSALS_TO_LOWER = 3
+REFUSAL_WINDOW_S = 5.0
+# A grant not spent within this long is taken for lost (its message died with a worker; the
+# reconciler re-sends the step, which still finds its grant): its token is no longer held.
+GRANT_TTL_S = 10.0
+# Never lower below this: a budget of zero would stop every job instead of slowing it.
+MIN_RATE_PER_S = 1.0
+# The state outlives idle gaps by far; it expires so a removed deployment leaves nothing.
+STATE_TTL_S = 86_400
+
+# Shared by every script: the rate now (the configured one, or the lowered one climbing back),
+# the emission interval, tat no earlier than now, and the tokens free now. The 1e-3 of a token
+# absorbs rounding: epoch seconds (~1.8e9) carry only ~2e-7 s of precision in a double.
+# ARGV[1] now, ARGV[2] configured rate, ARGV[3] burst.
+_STATE = """
+local now, cfg, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local h = redis.call('HMGET', KEYS[1], 'tat', 'low_rate', 'low_at')
+local rate = cfg
+if h[2] then
+  local r = tonumber(h[2]) + (now - tonumber(h[3])) * RECOVERY
+  if r < cfg then rate = math.max(r, MIN_RATE) end
+end
+local t = 1 / rate
+local tat = math.max(tonumber(h[1]) or now, now)
+local free = math.floor((now + burst * t - tat) / t + 1e-3)
+if free < 0 then free = 0 end
+""".replace("RECOVERY", repr(RECOVERY_PER_S)).replace("MIN_RATE", repr(MIN_RATE_PER_S))
+
+# tat is saved with all 17 digits: Lua's tostring keeps 14, 1e-4 s at ~1.8e9, and each call would
+# then move tat by 1/rate rounded to 1e-4 s, so the budget drifted from its rate (+0.1 % at 30/s).
+_SAVE = f"""
+redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat))
+redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
+"""
+
+# Grants handed out but not yet spent (their steps still in the broker): they hold tokens the
+# releaser must not hand out again. One lost with its message stops counting after GRANT_TTL_S.
+# GK: the key of the granted set; ARGV[1] is now.
+_RESERVED = f"""
+redis.call('ZREMRANGEBYSCORE', GK, '-inf', now - {GRANT_TTL_S})
+local reserved = redis.call('ZCARD', GK)
+"""
+
+# A step's call. The token is always taken here, when the call is about to be made, so the calls
+# NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
+# holding its grant (ARGV[4]) may take any free token; any other call only one the budget can
+# spare beyond the grants outstanding, the due parked polls and the parked submits. Returns {1}
+# (make the call) or {0, seconds until the next token}.
+# KEYS: budget, job, wait set, submit wait set, granted set. ARGV[5]: the job id.
+_SPEND = (
+    _STATE
+    + _RESERVED.replace("GK", "KEYS[5]")
+    + """
+local need = 1
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'grant') == ARGV[4] then
+  redis.call('HDEL', KEYS[2], 'grant')
+  redis.call('ZREM', KEYS[5], ARGV[5])
+else
+  need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1])
+    + redis.call('ZCARD', KEYS[4])
+end
+if free >= need then
+  tat = tat + t
+"""
+    + _SAVE
+    + """
+  return {1, '0'}
+end
+return {0, tostring(math.max(tat + t - burst * t - now, 0))}
+"""
+)
+
+# The releaser's grant: for each (kind, job id) pair in ARGV[5..], while free tokens are not yet
+# promised to earlier grants, take the job off its wait set (ZREM: exactly one releaser wins
+# it), check it still waits for that call, write its grant and move its check time to ARGV[5]
+# (a releaser killed before publishing its step leaves it to the reconciler, soon). Returns the
+# granted ids, in order. KEYS: budget, wait set, submit wait set, granted set, the reconciler's
+# due set. ARGV[4]: the job key prefix; the pairs start at ARGV[6].
+_GRANT = (
+    _STATE
+    + _RESERVED.replace("GK", "KEYS[4]")
+    + """
+local avail = free - reserved
+local out = {}
+for i = 6, #ARGV - 1, 2 do
+  if avail < 1 then break end
+  local kind, id = ARGV[i], ARGV[i + 1]
+  local key = ARGV[4] .. id
+  local set = KEYS[2]
+  if kind == 's' then set = KEYS[3] end
+  if redis.call('ZREM', set, id) == 1 then
+    local f = redis.call('HMGET', key, 'status', 'seq')
+    local grant = nil
+    if kind == 'p' and f[1] == 'polling' and f[2] and f[2] ~= '-1' then grant = 'poll:' .. f[2]
+    elseif kind == 's' and f[1] == 'submitting' then grant = 'submit' end
+    if grant then
+      redis.call('HSET', key, 'grant', grant)
+      redis.call('ZADD', KEYS[4], ARGV[1], id)
+      redis.call('ZADD', KEYS[5], 'XX', ARGV[5], id)
+      avail = avail - 1
+      table.insert(out, id)
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[4], STATE_TTL)
+return out
+""".replace("STATE_TTL", str(STATE_TTL_S))
+)
+
+# Read-only but for expired grants: {tokens free now and not promised to a grant, rate now}.
+# KEYS: budget, granted set.
+_PEEK = (
+    _STATE
+    + _RESERVED.replace("GK", "KEYS[2]")
+    + "return {math.max(free - reserved, 0), tostring(rate)}"
+)
+
+# NanoGPT refused a call (429) despite the budget. Count it in a short window; on a burst, halve
+# the rate now (no lower than ARGV[4]) and restart the window. Returns {1 if this lowered the
+# rate, 1 if it was at the configured rate before, the rate now}.
+_REFUSED = (
+    _STATE
+    + f"""
+local w = redis.call('HMGET', KEYS[1], 'ref_n', 'ref_at')
+local n, since = tonumber(w[1]) or 0, tonumber(w[2]) or now
+if now - since > {REFUSAL_WINDOW_S} then n, since = 0, now end
+n = n + 1
+if n < {REFUSALS_TO_LOWER} then
+  redis.call('HSET', KEYS[1], 'ref_n', n, 'ref_at', string.format('%.17g', since))
+  redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
+  return {{0, 0, tostring(rate)}}
+end
+local was_full = 0
+if rate >= cfg then was_full = 1 end
+local lowered = math.max(rate / 2, tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], 'low_rate', tostring(lowered), 'low_at', ARGV[1],
+  'ref_n', 0, 'ref_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
+return {{1, was_full, tostring(lowered)}}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The budget as ``tts-worker status`` shows it."""
+
+    rate_per_s: float  # configured (TTS_UPSTREAM_RATE)
+    current_rate_per_s: float  # lower while NanoGPT's 429s keep it lowered
+    burst: int
+    tokens_free: int
+    polls_due: int  # parked polls that are due and wait for a token
+    submits_waiting: int
+
+
+class Budget:
+    """The fleet's NanoGPT call budget; one per process. ``rate_per_s`` 0 turns it off: every
+    call is made at once (the project before issue 15; for benchmarks of the worker itself)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        rate_per_s: float,
+        burst: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._redis = client
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._clock = clock
+        self._spend = client.register_script(_SPEND)
+        self._grant = client.register_script(_GRANT)
+        self._peek = client.register_script(_PEEK)
+        self._refused = client.register_script(_REFUSED)
+
+    @property
+    def on(self) -> bool:
+        return self.rate_per_s > 0
+
+    def _argv(self, now: float) -> list[str | int | float]:
+        return [repr(now), repr(self.rate_per_s), self.burst]
+
+    def spend(self, job_id: str, grant: str) -> float:
+        """Before a NanoGPT call for ``job_id``: 0.0 if the call may be made now (a token was
+        taken: any free one if the job holds its ``grant``, which is spent; otherwise only one
+        the budget can spare beyond what is promised and waiting), else the seconds until the
+        next token; the caller then parks the job instead of calling."""
+        if not self.on:
+            return 0.0
+        now = self._clock()
+        keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY]
+        allowed, wait_s = self._spend(keys=keys, args=[*self._argv(now), grant, job_id])
+        return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
+
+    def free(self) -> tuple[int, float]:
+        """(tokens free now and not promised to a grant, the rate now), without spending any;
+        (0, 0.0) when off: there is nothing to count (the script would divide by a rate of 0)."""
+        if not self.on:
+            return 0, 0.0
+        free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv(self._clock()))
+        return int(free), float(rate)
+
+    def grant(self, choices: Sequence[tuple[str, str]], *, check_at: float) -> list[str]:
+        """Promise free tokens to waiting jobs in the order of ``choices`` (``("p", id)`` a
+        parked poll, ``("s", id)`` a parked submit) while some are not yet promised; returns
+        the granted ids. Each is off its wait set; its next step takes the token when it calls
+        (:meth:`spend`), so a message that waited in the broker does not call late in a burst.
+        Each granted job's check time moves to ``check_at`` in the same script."""
+        if not choices:
+            return []
+        args: list[str | int | float] = [*self._argv(self._clock()), KEY_PREFIX, repr(check_at)]
+        for kind, job_id in choices:
+            args += [kind, job_id]
+        keys = [BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY, DUE_KEY]
+        granted = self._grant(keys=keys, args=args)
+        return [str(job_id) for job_id in granted]
+
+    def refused(self) -> None:
+        """NanoGPT answered 429: count it; on a burst, lower the fleet's rate (logged once per
+        episode, when the rate leaves its configured value)."""
+        if not self.on:
+            return
+        now = self._clock()
+        lowered, was_full, rate = self._refused(
+            keys=[BUDGET_KEY], args=[*self._argv(now), repr(MIN_RATE_PER_S)]
+        )
+        if int(lowered) and int(was_full):
+            log.warning(
+                "NanoGPT refused %d calls within %.0fs despite the budget of %g calls/s "
+                "(TTS_UPSTREAM_RATE); the fleet's rate is lowered to %.3g/s and climbs back "
+                "by %g/s each second",
+                REFUSALS_TO_LOWER,
+                REFUSAL_WINDOW_S,
+                self.rate_per_s,
+                float(rate),
+                RECOVERY_PER_S,
+            )
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        free, rate = self.free()
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(WAIT_KEY, "-inf", now)
+            pipe.zcard(SUBMIT_WAIT_KEY)
+            due, submits = pipe.execute()
+        return Snapshot(self.rate_per_s, rate, self.burst, free, int(due), int(submits))
+
+    # --- what polls learn about NanoGPT's generation times ----------------------------------
+
+    def record_generation(self, seconds: float) -> None:
+        """Keep one observed generation time (a completed job's time from its estimated start)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(GENERATION_KEY, repr(round(seconds, 3)))
+            pipe.ltrim(GENERATION_KEY, 0, GENERATION_SAMPLES - 1)
+            pipe.expire(GENERATION_KEY, STATE_TTL_S)
+            pipe.execute()
+
+    def generation_samples(self) -> list[float]:
+        return [float(x) for x in self._redis.lrange(GENERATION_KEY, 0, -1)]

@@ -1,0 +1,97 @@
+"""Ending a job (first outcome wins, then its webhook is queued) and when a step is overdue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from tasks import errors, metrics
+from tasks.audio import storage
+from tasks.record.states import Status
+
+if TYPE_CHECKING:
+    from tasks.steps.context import Ctx
+
+log = logging.getLogger(__name__)
+
+
+def check_at(ctx: Ctx, after_s: float) -> float:
+    """When a step planned ``after_s`` seconds from now counts as lost if it has not acted.
+
+    Beyond the plan: the recovery grace, and one HTTP call's worth of time (a step that is
+    running but waiting on a slow answer is not lost).
+    """
+    s = ctx.settings
+    budget_s = s.recovery_grace_s + s.http_connect_timeout_s + s.http_read_timeout_s
+    return ctx.clock() + max(0.0, after_s) + budget_s
+
+
+def fail(
+    ctx: Ctx,
+    job_id: str,
+    exc: errors.TTSError,
+    *,
+    lease: tuple[str, int] | None = None,
+    guards: Mapping[str, str] | None = None,
+    polls: int | None = None,
+) -> str:
+    """Record a failed outcome (first writer wins) and queue its webhook; returns the job id.
+
+    ``lease``/``guards``: only while the job is in that state (see :meth:`JobStore.settle`).
+    ``polls``: the poll count including the status call that found the failure, if one did.
+    """
+    failed(ctx, job_id, exc, lease=lease, guards=guards, polls=polls)
+    return job_id
+
+
+def failed(
+    ctx: Ctx,
+    job_id: str,
+    exc: errors.TTSError,
+    *,
+    lease: tuple[str, int] | None = None,
+    guards: Mapping[str, str] | None = None,
+    polls: int | None = None,
+    cancel_id: str | None = None,
+) -> bool:
+    """:func:`fail`, saying whether this call recorded the outcome (True once per job).
+    ``cancel_id``: the task id of the ``tts.cancel`` that ends the job, recorded with it."""
+    outcome = {"type": "tts.failed", "error": exc.as_dict()}
+    if not ctx.jobs.settle(
+        job_id,
+        outcome,
+        lease=lease,
+        guards=guards,
+        check_at=check_at(ctx, 0),
+        polls=polls,
+        cancel_id=cancel_id,
+    ):
+        return False
+    if isinstance(exc, errors.InsufficientBalance):
+        # Every job fails like this until the account is topped up: one line to alert on.
+        log.error("job %s failed: INSUFFICIENT_BALANCE: top up the NanoGPT account", job_id)
+    else:
+        log.info("job %s failed: %s", job_id, exc.code)
+    metrics.job_finished(exc.code)
+    ctx.dispatch.notify(job_id)
+    return True
+
+
+def succeed(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> str:
+    """Record a completed outcome (first writer wins, from ``downloading``); queue its webhook."""
+    succeeded(ctx, job_id, audio)
+    return job_id
+
+
+def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
+    """:func:`succeed`, saying whether this call recorded the outcome (True once per job)."""
+    outcome = {"type": "tts.completed", "audio": audio.as_dict()}
+    if not ctx.jobs.settle(
+        job_id, outcome, guards={"status": Status.DOWNLOADING}, check_at=check_at(ctx, 0)
+    ):
+        return False
+    log.info("job %s completed: %d bytes", job_id, audio.bytes)
+    metrics.job_finished("completed")
+    ctx.dispatch.notify(job_id)
+    return True
