@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from tasks import errors, metrics, storage
+from tasks import errors, metrics, progress, storage
 from tasks.states import Status
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def failed(
     else:
         log.info("job %s failed: %s", job_id, exc.code)
     metrics.job_finished(exc.code)
+    progress.publish(ctx, job_id, Status.FAILED)
     ctx.dispatch.notify(job_id)
     return True
 
@@ -77,5 +78,6 @@ def succeed(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> str:
     ):
         log.info("job %s completed: %d bytes", job_id, audio.bytes)
         metrics.job_finished("completed")
+        progress.publish(ctx, job_id, Status.COMPLETED)
         ctx.dispatch.notify(job_id)
     return job_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from tasks import errors, logctx, validation
+from tasks import errors, logctx, progress, validation
 from tasks.context import Ctx
 from tasks.outcomes import fail
 from tasks.states import Status
@@ -83,9 +83,12 @@ def accept_submit(
         "request": {**request.body(), "notify_url": notify_url, "job_id": job_id},
         "deadline_at": deadline_at,
     }
-    return ctx.jobs.create(
+    created = ctx.jobs.create(
         job_id, fields, ttl_s=deadline_at - now, check_at=received_check_at(ctx, start_at)
     )
+    if created:
+        progress.publish(ctx, job_id, Status.SUBMITTING)
+    return created
 
 
 def accept_poll(
@@ -99,7 +102,7 @@ def accept_poll(
 ) -> str | None:
     """Start the poll chain of a run sent by name if the job is new; returns its token."""
     now = ctx.clock()
-    return ctx.jobs.start_chain(
+    token = ctx.jobs.start_chain(
         job_id,
         {
             "run_id": request.run_id,
@@ -114,3 +117,6 @@ def accept_poll(
         deadline_at=max(now, start_at or now) + ctx.settings.poll_timeout_s,
         check_at=received_check_at(ctx, start_at),
     )
+    if token is not None:
+        progress.publish(ctx, job_id, Status.POLLING)
+    return token

@@ -10,6 +10,9 @@ from tasks.context import Ctx
 from tasks.jobs import Job
 from tasks.outcomes import check_at, fail
 from tasks.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
+from tasks.progress import publish as publish_progress
+from tasks.progress import queue_eta_s
+from tasks.states import Status
 from tasks.steps import accept
 from tasks.steps.base import Delivery, Result, poisoned, retry_or_fail
 
@@ -131,6 +134,7 @@ def poll(
         if ctx.jobs.end_polling(
             jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s)
         ):
+            publish_progress(ctx, jid, Status.DOWNLOADING)
             ctx.dispatch.download(jid)
             _learn_generation(ctx, job, now)
         return jid
@@ -192,6 +196,8 @@ def _requeue(
         park_at=park_at,
     ):
         return job.job_id
+    eta_s = queue_eta_s(progress)
+    publish_progress(ctx, job.job_id, Status.POLLING, queue_position=position, eta_s=eta_s)
     if park_at is None:
         assert job.run_id
         assert job.model

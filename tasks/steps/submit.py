@@ -7,7 +7,7 @@ import logging
 import uuid
 from typing import Any
 
-from tasks import errors, logctx, metrics, schedule, validation
+from tasks import errors, logctx, metrics, progress, schedule, validation
 from tasks.context import Ctx
 from tasks.jobs import Job
 from tasks.nanogpt import InlineAudio
@@ -99,6 +99,7 @@ def submit(
         check_at=lease_until + ctx.settings.recovery_grace_s,
     ):
         return jid
+    progress.publish(ctx, jid, Status.POSTING)
     posting = {"status": Status.POSTING, "post_attempt": attempt}
     metrics.upstream_call("submit")
     try:
@@ -164,6 +165,7 @@ def _post_refused(
         check_at=check_at(ctx, delay_s),
     ):
         return job_id  # the claim ran out meanwhile and the job was settled
+    progress.publish(ctx, job_id, Status.SUBMITTING)
     log.warning("job %s: %s; POST not accepted, retry %d in %.1fs", job_id, exc, done + 1, delay_s)
     return Retry(delay_s, exc)
 
@@ -207,6 +209,8 @@ def _accepted(
             ctx.dispatch.download(job_id)
         else:
             ctx.jobs.drop_spool(job_id)
+    if moved and not isinstance(answer, Ticket):
+        progress.publish(ctx, job_id, Status.DOWNLOADING)
     if not moved:
         # Cancelled (or given up) while the POST was in flight: NanoGPT has billed it anyway.
         run = f" as run {answer.run_id}" if isinstance(answer, Ticket) else ""
@@ -251,6 +255,7 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
     )
     if token is None:
         return False
+    progress.publish(ctx, job_id, Status.POLLING)
     if park_at is None:
         ctx.dispatch.poll(
             ticket.run_id, ticket.model, job_id=job_id, lease=token, seq=0, wait_s=first_s
