@@ -43,3 +43,11 @@ def test_default_queue_is_declared_as_a_bare_client_declares_it(url: str) -> Non
         bare.exchange.type,
         bare.exchange.durable,
     )
+
+
+def test_the_worker_uses_the_consumer_that_hands_foreign_tasks_back() -> None:
+    from workers import consumer
+
+    conf = conf_for(BROKERS[0])
+    module, _, name = str(conf["worker_consumer"]).partition(":")
+    assert (module, name) == (consumer.__name__, consumer.Consumer.__name__)
