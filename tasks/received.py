@@ -73,7 +73,7 @@ def on_received(
         return misfit.reject(ctx, name, task_id, args, kwargs, reason, count=True)
     if name not in (names.SUBMIT_TTS, names.POLL_TTS):
         return None
-    if kwargs.get("lease") is not None:
+    if name == names.POLL_TTS and kwargs.get("lease") is not None:
         return None  # a poll of our own (most messages): its job has a record; no binding
     d = steps.Delivery(name, task_id)
     step = steps.submit if name == names.SUBMIT_TTS else steps.poll
