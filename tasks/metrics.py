@@ -44,6 +44,9 @@ class _Metrics:
     deferred: Counter
     tokens_free: Gauge
     rate: Gauge
+    progress_dropped: Counter
+    unusable: Counter
+    foreign: Counter
 
 
 @functools.cache
@@ -102,6 +105,22 @@ def _metrics() -> _Metrics:
             "tts_budget_rate",
             "The budget's calls per second now (below TTS_UPSTREAM_RATE while lowered by 429s).",
             multiprocess_mode="mostrecent",
+        ),
+        progress_dropped=Counter(
+            "tts_progress_dropped",
+            "Progress entries not published because Redis refused them (tasks/steps/progress.py).",
+        ),
+        unusable=Counter(
+            "tts_unusable_messages",
+            "tts.* messages the worker could not use and could not announce by webhook, by "
+            "reason (no_job_id, no_notify_url, unknown_task).",
+            ["reason"],
+        ),
+        foreign=Counter(
+            "tts_foreign_tasks",
+            "Tasks of other apps that reached a worker, by what it did (requeued: handed back "
+            "to the broker; discarded: on one of our own queues, where nobody else looks).",
+            ["action"],
         ),
     )
 
@@ -163,3 +182,18 @@ def budget(tokens_free: int, rate_per_s: float) -> None:
     m = _metrics()
     m.tokens_free.set(tokens_free)
     m.rate.set(rate_per_s)
+
+
+def progress_dropped() -> None:
+    """Count a progress entry Redis refused (the step went on)."""
+    _metrics().progress_dropped.inc()
+
+
+def unusable_message(reason: str) -> None:
+    """Count a ``tts.*`` message that could not be used nor announced by webhook."""
+    _metrics().unusable.labels(reason).inc()
+
+
+def foreign_task(action: str) -> None:
+    """Count a task of another app that reached this worker: ``requeued`` or ``discarded``."""
+    _metrics().foreign.labels(action).inc()

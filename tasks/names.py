@@ -17,7 +17,7 @@ POLL_QUEUE = "tts.poll"
 DOWNLOAD_QUEUE = "tts.download"
 NOTIFY_QUEUE = "tts.notify"
 # Celery's own default queue: where a bare client's ``send_task`` lands without ``queue=``.
-# Workers consume it too unless TTS_CONSUME_DEFAULT_QUEUE is off (tasks/config/celery_config.py).
+# Workers consume it too only when TTS_CONSUME_DEFAULT_QUEUE is on (tasks/config/celery_config.py).
 CELERY_DEFAULT_QUEUE = "celery"
 
 #: Where each task is routed; apps sending by name pass ``queue=QUEUES[name]``.

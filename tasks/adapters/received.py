@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tasks import errors, names, steps
+from tasks.adapters import misfit
 from tasks.nanogpt import validation
 from tasks.steps import accept
 from tasks.steps.context import Ctx
@@ -46,13 +47,17 @@ def _signature(step: Callable[..., Any]) -> inspect.Signature:
 
 def _bound(step: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The message's arguments by name, as the step (after its ctx and delivery) would take
-    them; None when they do not fit (the task reports the bad call when it runs)."""
+    them; None when they do not fit (:mod:`tasks.adapters.misfit` ends such a message)."""
     try:
         bound = _signature(step).bind(None, None, *args, **kwargs)
     except TypeError:
         return None
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+def _unused(*_: Any, **__: Any) -> None:
+    """A signature anything fits: for :func:`misfit.problem` on the message's containers."""
 
 
 def on_received(
@@ -70,16 +75,23 @@ def on_received(
     Bad arguments are recorded as the task itself would (``INVALID_INPUT``, announced), so a
     worker that dies before running the message loses nothing either.
     """
+    if name in names.QUEUES and not misfit.containers_ok(args, kwargs):
+        # Celery's tracer refuses these before the task could: counted here.
+        reason = misfit.problem(_unused, args, kwargs) or "unusable arguments"
+        return misfit.reject(ctx, name, task_id, args, kwargs, reason, count=True)
     if name == names.CANCEL:
         return _cancel(ctx, task_id, args, kwargs, start_at=start_at)
     if name not in (names.SUBMIT_TTS, names.POLL_TTS):
         return None
-    if kwargs.get("lease") is not None:
+    if name == names.POLL_TTS and kwargs.get("lease") is not None:
         return None  # a poll of our own (most messages): its job has a record; no binding
     d = steps.Delivery(name, task_id)
-    given = _bound(steps.submit if name == names.SUBMIT_TTS else steps.poll, args, kwargs)
+    step = steps.submit if name == names.SUBMIT_TTS else steps.poll
+    given = _bound(step, args, kwargs)
     if given is None:
-        return None
+        # Recorded and announced now, like any bad input; the task counts it when it runs.
+        reason = misfit.problem(step, args, kwargs, leading=2) or "unusable arguments"
+        return misfit.reject(ctx, name, task_id, args, kwargs, reason, count=False)
     try:
         url = validation.notify_url(given["notify_url"])
         if name == names.SUBMIT_TTS:

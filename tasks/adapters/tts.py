@@ -12,6 +12,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from tasks import names, steps
+from tasks.adapters import misfit
 from tasks.adapters import runtime as rt
 
 # Hard ceilings on one execution (Celery kills the process past these). Generous: HTTP calls
@@ -26,6 +27,8 @@ DOWNLOAD_TIME_LIMIT_S = 200
 
 COMMON: dict[str, Any] = {
     "bind": True,
+    # A message whose arguments do not fit ends as INVALID_INPUT, never as a TypeError.
+    "base": misfit.CheckedTask,
     # Redelivered if the worker dies mid-task; the job record makes a repeat harmless.
     "acks_late": True,
     "reject_on_worker_lost": True,

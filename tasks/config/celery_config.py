@@ -164,6 +164,8 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "event_serializer": "json",
         # A worker started without -Q consumes every queue listed here.
         "task_queues": task_queues(s),
+        # Hands a task of another app back to the broker instead of discarding it.
+        "worker_consumer": "workers.consumer:Consumer",
         "task_default_queue": names.SUBMIT_QUEUE,
         "task_routes": {task: {"queue": queue} for task, queue in names.QUEUES.items()},
         # Ack after the task ran, and re-queue it if the worker process died: the job record

@@ -204,9 +204,11 @@ class Settings(BaseSettings):
         20.0, ge=0, validation_alias="TTS_WORKER_SOFT_SHUTDOWN_TIMEOUT"
     )
     # Also consume Celery's default queue ``celery``, where an app's ``send_task`` without
-    # ``queue=`` lands: otherwise such a job silently never runs. Turn off on a broker (or
-    # virtual host) whose ``celery`` queue belongs to another app.
-    consume_default_queue: bool = Field(True, validation_alias="TTS_CONSUME_DEFAULT_QUEUE")
+    # ``queue=`` lands. Off by default: on a broker shared with an app (both at
+    # redis://localhost:6379/0) that queue is the app's own, and its worker must get every task
+    # there. An opt-in for a broker of our own; even then a foreign task is handed back, never
+    # discarded (workers/consumer.py).
+    consume_default_queue: bool = Field(False, validation_alias="TTS_CONSUME_DEFAULT_QUEUE")
     # Pool processes per worker; I/O-bound tasks, so more than the CPU count is fine.
     worker_concurrency: int = Field(8, gt=0, validation_alias="TTS_WORKER_CONCURRENCY")
     # Where beat keeps its last-run times (a file it rewrites; must be writable). /tmp suits a

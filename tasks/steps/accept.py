@@ -9,6 +9,7 @@ import uuid
 from tasks import errors, logctx
 from tasks.nanogpt import validation
 from tasks.record.states import Status
+from tasks.steps import progress
 from tasks.steps.base import Delivery
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import fail
@@ -84,9 +85,12 @@ def accept_submit(
         "request": {**request.body(), "notify_url": notify_url, "job_id": job_id},
         "deadline_at": deadline_at,
     }
-    return ctx.jobs.create(
+    created = ctx.jobs.create(
         job_id, fields, ttl_s=deadline_at - now, check_at=received_check_at(ctx, start_at)
     )
+    if created:
+        progress.publish(ctx, job_id, Status.SUBMITTING)
+    return created
 
 
 def accept_poll(
@@ -100,7 +104,7 @@ def accept_poll(
 ) -> str | None:
     """Start the poll chain of a run sent by name if the job is new; returns its token."""
     now = ctx.clock()
-    return ctx.jobs.start_chain(
+    token = ctx.jobs.start_chain(
         job_id,
         {
             "run_id": request.run_id,
@@ -115,3 +119,6 @@ def accept_poll(
         deadline_at=max(now, start_at or now) + ctx.settings.poll_timeout_s,
         check_at=received_check_at(ctx, start_at),
     )
+    if token is not None:
+        progress.publish(ctx, job_id, Status.POLLING)
+    return token

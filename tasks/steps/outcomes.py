@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tasks import errors, metrics
 from tasks.audio import storage
 from tasks.record.states import Status
+from tasks.steps import progress
 
 if TYPE_CHECKING:
     from tasks.steps.context import Ctx
@@ -74,6 +75,7 @@ def failed(
     else:
         log.info("job %s failed: %s", job_id, exc.code)
     metrics.job_finished(exc.code)
+    progress.publish(ctx, job_id, Status.FAILED)
     ctx.dispatch.notify(job_id)
     return True
 
@@ -93,5 +95,6 @@ def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
         return False
     log.info("job %s completed: %d bytes", job_id, audio.bytes)
     metrics.job_finished("completed")
+    progress.publish(ctx, job_id, Status.COMPLETED)
     ctx.dispatch.notify(job_id)
     return True

@@ -10,10 +10,13 @@ from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
 from tasks.pacing import poll_value, schedule
 from tasks.record.jobs import Job
+from tasks.record.states import Status
 from tasks.steps import accept
 from tasks.steps.base import Delivery, Result, poisoned, retry_or_fail
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at, fail
+from tasks.steps.progress import publish as publish_progress
+from tasks.steps.progress import queue_eta_s
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,7 @@ def poll(
         if ctx.jobs.end_polling(
             jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s)
         ):
+            publish_progress(ctx, jid, Status.DOWNLOADING)
             ctx.dispatch.download(jid)
             _learn_generation(ctx, job, now)
         return jid
@@ -194,6 +198,8 @@ def _requeue(
         park_at=park_at,
     ):
         return job.job_id
+    eta_s = queue_eta_s(progress)
+    publish_progress(ctx, job.job_id, Status.POLLING, queue_position=position, eta_s=eta_s)
     if park_at is None:
         assert job.run_id
         assert job.model

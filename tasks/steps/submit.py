@@ -14,7 +14,7 @@ from tasks.nanogpt.parsing import AudioLink, Ticket
 from tasks.pacing import schedule
 from tasks.record.jobs import Job
 from tasks.record.states import Status
-from tasks.steps import accept
+from tasks.steps import accept, progress
 from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at, fail
@@ -101,6 +101,7 @@ def submit(
         check_at=lease_until + ctx.settings.recovery_grace_s,
     ):
         return jid
+    progress.publish(ctx, jid, Status.POSTING)
     posting = {"status": Status.POSTING, "post_attempt": attempt}
     metrics.upstream_call("submit")
     try:
@@ -166,6 +167,7 @@ def _post_refused(
         check_at=check_at(ctx, delay_s),
     ):
         return job_id  # the claim ran out meanwhile and the job was settled
+    progress.publish(ctx, job_id, Status.SUBMITTING)
     log.warning("job %s: %s; POST not accepted, retry %d in %.1fs", job_id, exc, done + 1, delay_s)
     return Retry(delay_s, exc)
 
@@ -209,6 +211,8 @@ def _accepted(
             ctx.dispatch.download(job_id)
         else:
             ctx.jobs.drop_spool(job_id)
+    if moved and not isinstance(answer, Ticket):
+        progress.publish(ctx, job_id, Status.DOWNLOADING)
     if not moved:
         # Cancelled (or given up) while the POST was in flight: NanoGPT has billed it anyway.
         run = f" as run {answer.run_id}" if isinstance(answer, Ticket) else ""
@@ -253,6 +257,7 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
     )
     if token is None:
         return False
+    progress.publish(ctx, job_id, Status.POLLING)
     if park_at is None:
         ctx.dispatch.poll(
             ticket.run_id, ticket.model, job_id=job_id, lease=token, seq=0, wait_s=first_s

@@ -1,22 +1,16 @@
 """The progress stream from both sides: entries published by the worker's own code
-(tasks/progress.py) read by watch() as typed updates.
-
-tasks/progress.py comes with the worker side of issue 20 (branch ``front``); until it is merged
-this module skips. test_reading.py tests watch() against the contract's entries meanwhile.
-"""
+(tasks/steps/progress.py) read by watch() as typed updates."""
 
 from __future__ import annotations
 
 import time
 
-import pytest
 import redis
 
 from tasks.record.jobs import JobStore
+from tasks.steps import progress
 from tests.support.ctx import make_ctx
 from tts_client import TTSClient
-
-progress = pytest.importorskip("tasks.progress", reason="the worker's progress stream (front)")
 
 
 def test_watch_reads_what_the_worker_publishes(tts: TTSClient, db: redis.Redis) -> None:

@@ -73,7 +73,6 @@ def test_watch_follows_a_real_job_to_its_end(tts: TTSClient) -> None:
     assert [u.status for u in again] == ["completed"]
 
 
-@pytest.mark.skip(reason="needs the worker's progress stream (issue 20 item 2, branch front)")
 def test_watch_of_a_three_second_generation_shows_it_pending(tts: TTSClient) -> None:
     """Enable once the worker writes tts:progress:<job_id>: before it, watch() sees only the
     job's end (from its record)."""

@@ -1,5 +1,6 @@
 """A task sent by name without ``queue=`` lands in Celery's default queue ``celery``: a worker
-started as the README says runs it, unless TTS_CONSUME_DEFAULT_QUEUE is off."""
+runs it only with TTS_CONSUME_DEFAULT_QUEUE on (an opt-in for a broker of its own); at its
+defaults the queue is left to the app that owns it (tests/integration/test_shared_broker.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from celery import Celery
 from tasks import names
 from tests.integration.conftest import ELEVEN
 from tests.support.stack import Lane, Spawn
-from tests.support.worker import WorkerProcess, assert_runs_this_tree
+from tests.support.worker import assert_runs_this_tree
 from workers.receiver import Receiver
 from workers.simulator import Simulator
 
@@ -26,22 +27,24 @@ def send_bare(broker_url: str, run_id: str, notify_url: str) -> None:
         bare.send_task(names.POLL_TTS, args=[run_id, ELEVEN], kwargs={"notify_url": notify_url})
 
 
-def test_a_send_without_queue_runs(
-    worker: WorkerProcess, receiver: Receiver, simulator: Simulator
+def test_opted_in_a_send_without_queue_runs(
+    lanes: Callable[[], Lane], spawn: Spawn, receiver: Receiver, simulator: Simulator
 ) -> None:
+    lane = lanes()
+    worker = spawn(lane.env(TTS_CONSUME_DEFAULT_QUEUE="true")).start()
     assert_runs_this_tree(worker)
     run_id = simulator.create_run(model=ELEVEN)
-    send_bare(worker.env["CELERY_BROKER_URL"], run_id, receiver.url)
+    send_bare(lane.url, run_id, receiver.url)
     body = receiver.wait_for(run_id).json()
     assert body["type"] == "tts.completed"
     assert body["run_id"] == run_id
 
 
-def test_turned_off_the_default_queue_is_left_alone(
+def test_at_its_defaults_the_default_queue_is_left_alone(
     lanes: Callable[[], Lane], spawn: Spawn, receiver: Receiver, simulator: Simulator
 ) -> None:
     lane = lanes()
-    off = spawn(lane.env(TTS_CONSUME_DEFAULT_QUEUE="false")).start()
+    off = spawn(lane.env()).start()
     assert_runs_this_tree(off)
     stray = simulator.create_run(model=ELEVEN)
     send_bare(lane.url, stray, receiver.url)
@@ -56,6 +59,6 @@ def test_turned_off_the_default_queue_is_left_alone(
         client.close()
     assert receiver.for_job(stray) == []
     assert simulator.status_polls(stray) == []
-    # The same message runs as soon as a worker with the default setting starts.
-    spawn(lane.env()).start()
+    # The same message runs as soon as a worker that opted in starts.
+    spawn(lane.env(TTS_CONSUME_DEFAULT_QUEUE="true")).start()
     assert receiver.wait_for(stray).json()["type"] == "tts.completed"

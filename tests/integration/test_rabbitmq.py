@@ -128,6 +128,8 @@ def rabbit_worker(
         TTS_POLL_INTERVAL=POLL_WAIT_S,
         TTS_POLL_MAX_INTERVAL=POLL_WAIT_S,
         TTS_POLL_TIMEOUT="45",
+        # A virtual host of its own: its `celery` queue is ours (test_a_send_without_queue_...).
+        TTS_CONSUME_DEFAULT_QUEUE="true",
         # The retry backoffs stay WORKER_ENV's sub-second ones, on purpose: the native-delay
         # path must turn them into whole seconds (test_sub_second_retries_wait_in_rabbitmq).
     )

@@ -1,5 +1,6 @@
-"""Celery's default queue ``celery``: consumed unless TTS_CONSUME_DEFAULT_QUEUE is off, and
-declared exactly as a client with no configuration declares it (RabbitMQ refuses a mismatch)."""
+"""Celery's default queue ``celery``: consumed only when TTS_CONSUME_DEFAULT_QUEUE is on (off
+by default: on a shared broker it is the app's), and declared exactly as a client with no
+configuration declares it (RabbitMQ refuses a mismatch)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ def queue_names(conf: dict[str, object]) -> set[str]:
 
 
 @pytest.mark.parametrize("url", BROKERS)
-def test_default_queue_is_consumed_unless_turned_off(url: str) -> None:
+def test_default_queue_is_consumed_only_when_turned_on(url: str) -> None:
     ours = set(names.QUEUES.values())
-    assert queue_names(conf_for(url)) == ours | {"celery"}
-    assert queue_names(conf_for(url, TTS_CONSUME_DEFAULT_QUEUE="false")) == ours
+    assert queue_names(conf_for(url)) == ours
+    assert queue_names(conf_for(url, TTS_CONSUME_DEFAULT_QUEUE="true")) == ours | {"celery"}
 
 
 @pytest.mark.parametrize("url", BROKERS)
 def test_default_queue_is_declared_as_a_bare_client_declares_it(url: str) -> None:
-    [ours] = [q for q in conf_for(url)["task_queues"] if q.name == "celery"]  # type: ignore[attr-defined]
+    conf = conf_for(url, TTS_CONSUME_DEFAULT_QUEUE="true")
+    [ours] = [q for q in conf["task_queues"] if q.name == "celery"]  # type: ignore[attr-defined]
     bare = Celery("bare", broker=url, set_as_current=False).amqp.default_queue
     assert bare.name == names.CELERY_DEFAULT_QUEUE
     for attr in ("routing_key", "durable", "exclusive", "auto_delete", "queue_arguments"):
@@ -41,3 +43,11 @@ def test_default_queue_is_declared_as_a_bare_client_declares_it(url: str) -> Non
         bare.exchange.type,
         bare.exchange.durable,
     )
+
+
+def test_the_worker_uses_the_consumer_that_hands_foreign_tasks_back() -> None:
+    from workers import consumer
+
+    conf = conf_for(BROKERS[0])
+    module, _, name = str(conf["worker_consumer"]).partition(":")
+    assert (module, name) == (consumer.__name__, consumer.Consumer.__name__)

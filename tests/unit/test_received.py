@@ -397,17 +397,40 @@ def test_bad_poll_input_is_recorded_as_failed(
         (["Hello", MODEL], {"colour": "blue"}),  # no such option
     ],
 )
-def test_arguments_that_do_not_bind_make_no_record(
+@pytest.mark.parametrize("name", [names.SUBMIT_TTS, names.POLL_TTS])
+def test_arguments_that_do_not_bind_are_rejected_under_the_task_id(
     received: Receive,
     redis_client: redis.Redis,
     ids: Callable[[str], str],
+    name: str,
     args: list[Any],
     kwargs: dict[str, Any],
 ) -> None:
+    """tasks/adapters/misfit.py: recorded as INVALID_INPUT at once and announced, like any bad
+    input."""
     receive, outbox = received
     tid = task_id(ids)
-    assert receive(names.SUBMIT_TTS, tid, args, kwargs) is None
-    assert receive(names.POLL_TTS, tid, args, kwargs) is None
+    assert receive(name, tid, args, {**kwargs, "notify_url": HOOK}) == tid
+    job = record(redis_client, tid)
+    assert job is not None
+    assert job.status == Status.FAILED
+    assert job.outcome is not None
+    assert job.outcome["error"]["code"] == "INVALID_INPUT"
+    assert name in job.outcome["error"]["message"]
+    assert job.notify_url == HOOK
+    assert outbox.names() == [names.NOTIFY]
+
+
+def test_a_misspelled_keyword_is_rejected_under_the_job_id_it_names(
+    received: Receive, redis_client: redis.Redis, ids: Callable[[str], str]
+) -> None:
+    receive, outbox = received
+    tid, jid = task_id(ids), ids(f"job-{uuid.uuid4().hex}")
+    kwargs = {"voice_id": "x", "job_id": jid, "notify_url": HOOK}
+    assert receive(names.SUBMIT_TTS, tid, ["hi", MODEL], kwargs) == jid
+    job = record(redis_client, jid)
+    assert job is not None
+    assert job.outcome is not None
+    assert "voice_id" in job.outcome["error"]["message"]
     assert not redis_client.exists(KEY_PREFIX + tid)
-    assert redis_client.zscore(DUE_KEY, tid) is None
-    assert outbox.sent == []
+    assert outbox.names() == [names.NOTIFY]

@@ -37,7 +37,7 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from tasks import errors, names, steps
-from tasks.adapters import tts
+from tasks.adapters import misfit, tts
 from tasks.adapters.received import on_received
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import Pending, Ticket
@@ -345,11 +345,33 @@ def assert_accepted(w: World, jid: str, names_given: dict[str, Any]) -> None:
 
 
 def assert_not_bound(w: World, name: str, task_id: str, call: Call) -> None:
-    """Celery's TypeError: the received hook makes no record and publishes nothing."""
+    """Arguments Celery could not bind (its TypeError): the received hook ends the message as
+    INVALID_INPUT under the job id it names, else its task id, announced once, and the task's
+    own check (tasks/adapters/misfit.py) then changes nothing; a job id no job can have: no
+    record."""
+    given = call.kwargs.get("job_id")
+    jid = on_received(w.ctx, name, task_id, call.args, call.kwargs)
+    if name == names.POLL_TTS and call.kwargs.get("lease") is not None:
+        # A poll carrying a lease looks like ours: the receipt leaves it to the task's check.
+        assert jid is None
+        assert w.db.dbsize() == 0
+        jid = misfit.reject(w.ctx, name, task_id, call.args, call.kwargs, "r", count=False)
+    if given is not None and not valid_id(given):
+        event("does not bind, no usable job id")
+        assert jid is None
+        assert w.db.dbsize() == 0
+        assert w.outbox.sent == []
+        return
     event("does not bind")
-    assert on_received(w.ctx, name, task_id, call.args, call.kwargs) is None
-    assert w.db.dbsize() == 0
-    assert w.outbox.sent == []
+    assert jid == (task_id if given is None else given)
+    job = w.job(jid)
+    assert job is not None
+    assert job.outcome is not None
+    assert job.outcome["error"]["code"] == "INVALID_INPUT"
+    assert job.notify_url == usable_url(call.kwargs.get("notify_url"))
+    again = misfit.reject(w.ctx, name, task_id, call.args, call.kwargs, "again", count=False)
+    assert again == jid
+    assert [(s.name, s.args) for s in w.outbox.sent] == [(names.NOTIFY, (jid,))]
 
 
 def run(w: World, step: Callable[..., steps.Result], name: str, task_id: str, call: Call) -> str:
@@ -445,7 +467,7 @@ def test_internal_steps_for_no_job_create_nothing(
     w = new_world()
     task = {names.DOWNLOAD_AUDIO: tts.download_audio, names.NOTIFY: tts.notify}[name]
     if bind(task, call) is None:
-        return  # Celery's TypeError; the received hook ignores these tasks anyway
+        return  # the task class counts it (tasks/adapters/misfit.py); no record either
     d = steps.Delivery(name, str(uuid.uuid4()))
     result = steps.STEPS[name](w.ctx, d, *call.args, **call.kwargs)
     assert isinstance(result, str)
@@ -475,15 +497,29 @@ def test_each_step_takes_what_its_task_binds(task: Any) -> None:
         (tts.notify, ["job-1", "extra"], {}),
     ],
 )
-def test_a_call_that_does_not_bind_fails_in_celery_before_our_code(
+def test_a_call_that_does_not_bind_ends_through_the_misfit_path(
     monkeypatch: pytest.MonkeyPatch, task: Any, args: list[Any], kwargs: dict[str, Any]
 ) -> None:
-    """What the properties skip: Celery's tracer calls the task, Python refuses the call, and
-    the task ends FAILURE with that TypeError; no step (hence no job record) ever runs. Eager
-    ``apply`` here only to show where the error is raised: the same tracer runs in a worker."""
+    """What the properties skip: Celery's tracer calls the task with arguments Python would
+    refuse (a TypeError before our code, once). The task class (tasks/adapters/misfit.py)
+    checks them first and hands the message as sent to ``misfit.reject``; the step never runs. Eager
+    ``apply`` here only to show where it happens: the same tracer runs in a worker."""
     reached: list[Any] = []
+    rejected: list[tuple[Any, ...]] = []
     monkeypatch.setattr(tts, "_run", lambda *a, **k: reached.append(a))
-    result = task.apply(args=args, kwargs=kwargs, task_id=str(uuid.uuid4()))
-    assert result.failed()
-    assert isinstance(result.result, TypeError)
+    monkeypatch.setattr(misfit.runtime, "context", lambda: "ctx")
+
+    def reject(*a: Any, count: bool) -> str:
+        rejected.append((*a, count))
+        return "job-x"
+
+    monkeypatch.setattr(misfit, "reject", reject)
+    tid = str(uuid.uuid4())
+    result = task.apply(args=args, kwargs=kwargs, task_id=tid)
+    assert result.successful()
+    assert result.result == "job-x"
     assert reached == []
+    [(ctx, name, task_id, sent_args, sent_kwargs, reason, count)] = rejected
+    assert (ctx, name, task_id, count) == ("ctx", task.name, tid, True)
+    assert (list(sent_args), sent_kwargs) == (args, kwargs)
+    assert reason == misfit.problem(task.run, args, kwargs)
