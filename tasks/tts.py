@@ -7,12 +7,16 @@ countdown: never a sleep). The job id a caller leaves out is the task id (:func:
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 
-from tasks import names, steps
+from tasks import acks, names, steps
 from tasks import runtime as rt
+
+log = logging.getLogger(__name__)
 
 # Hard ceilings on one execution (Celery kills the process past these). Generous: HTTP calls
 # have their own timeouts; these only catch the unforeseen.
@@ -27,19 +31,50 @@ COMMON: dict[str, Any] = {
     # Redelivered if the worker dies mid-task; the job record makes a repeat harmless.
     "acks_late": True,
     "reject_on_worker_lost": True,
+    # A failure or hard time limit is not done: rejected (the time limit: re-queued), never
+    # acked. Our own failures never get here: _run turns them into retries (tasks/acks.py).
+    "acks_on_failure_or_timeout": False,
     # Retries are bounded by our own count and deadline, not Celery's default of 3.
     "max_retries": None,
 }
 
 
 def _run(task: Task, step: Any, *args: Any, **kwargs: Any) -> str:  # type: ignore[type-arg]
+    """Run ``step`` for this message; the message is acked only when the step returned (its
+    job is durable or ended). A step that raised is retried: :mod:`tasks.acks` says why."""
     request = task.request
-    delivery = steps.Delivery(task.name, request.id or "", request.retries or 0)
+    resent = acks.Resent.of(request.headers)
+    retries = max(0, (request.retries or 0) - resent.total)
+    delivery = steps.Delivery(task.name, request.id or "", retries, resent.total)
     ctx = rt.context()
-    result = step(ctx, delivery, *args, **kwargs)
+    try:
+        result = step(ctx, delivery, *args, **kwargs)
+    except Exception as exc:
+        again = acks.after_error(
+            ctx, delivery, exc, resent, lambda: acks.job_of(task.name, delivery, args, kwargs)
+        )
+        if again is None:
+            return "ended"
+        _retry(task, ctx.dispatch.countdown_s(again.wait_s), again.resent, again.reason)
     if isinstance(result, steps.Retry):
-        raise task.retry(exc=result.error, countdown=ctx.dispatch.countdown_s(result.wait_s))
+        _retry(task, ctx.dispatch.countdown_s(result.wait_s), resent, result.error)
     return str(result)
+
+
+def _retry(task: Task, countdown_s: float, resent: acks.Resent, exc: Exception) -> NoReturn:  # type: ignore[type-arg]
+    """``Task.retry`` carrying the re-send counts; if the copy cannot be published (the broker
+    is down too), the message goes back to the broker instead of being acked."""
+    headers = {**(task.request.headers or {}), **resent.headers()}
+    try:
+        raise task.retry(exc=exc, countdown=countdown_s, headers=headers)
+    except Reject as refused:
+        # Celery's answer to a publish that failed is reject(requeue=False): the message would
+        # be dropped (Redis) or dead-lettered (RabbitMQ). Give it back instead.
+        if getattr(refused, "requeue", False):
+            raise
+        reason = getattr(refused, "reason", refused)
+        log.error("%s: its retry could not be published (%s); given back", task.name, reason)
+        raise Reject(reason, requeue=True) from exc
 
 
 @shared_task(name=names.SUBMIT_TTS, time_limit=API_TIME_LIMIT_S, **COMMON)

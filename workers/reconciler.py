@@ -12,7 +12,7 @@ import socket
 import threading
 from typing import Any
 
-from tasks import reconcile
+from tasks import acks, reconcile
 from tasks import runtime as rt
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,17 @@ class ReconcilerThread(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             try:
                 self.scan_once()
-            except Exception:  # a broker or Redis blip must not end the thread
-                log.exception("reconciler scan failed; trying again in %.0fs", self.interval_s)
+            except Exception as exc:  # a broker or Redis blip must not end the thread
+                # Only a delay: a scan moves a job's check before re-sending its step, and ends
+                # nothing; what it did not reach, the next scan does.
+                if acks.store_unavailable(exc):
+                    log.warning(
+                        "reconciler: job store unavailable (%s); again in %.0fs",
+                        exc,
+                        self.interval_s,
+                    )
+                else:
+                    log.exception("reconciler scan failed; trying again in %.0fs", self.interval_s)
 
     def scan_once(self) -> bool:
         """Scan if no other worker holds the lock for this interval; True if it scanned."""
