@@ -54,6 +54,7 @@ from tasks.context import Ctx
 from tasks.outcomes import failed
 from tasks.states import NotifyState
 from tasks.steps import Delivery, accept
+from tasks.steps.submit import AnswerUnrecorded
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def after_error(
     same message), or None once a step that keeps failing has been ended with an announced
     outcome (the message may then be acked). ``job_of`` names the message's job, if it can."""
     s = ctx.settings
+    if isinstance(exc, AnswerUnrecorded) and exc.__cause__ is not None:
+        exc = exc.__cause__  # type: ignore[assignment]  # what failed: the store, or a bug
     if store_unavailable(exc):
         after = Resent(resent.store + 1, resent.crashes)
         wait_s = schedule.retry_delay_s(

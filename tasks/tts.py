@@ -55,18 +55,32 @@ def _run(task: Task, step: Any, *args: Any, **kwargs: Any) -> str:  # type: igno
         )
         if again is None:
             return "ended"
-        _retry(task, ctx.dispatch.countdown_s(again.wait_s), again.resent, again.reason)
+        # NanoGPT's answer that the store could not take travels with the retry (internal).
+        carry = {"accepted": exc.answer} if isinstance(exc, steps.AnswerUnrecorded) else None
+        wait_s = ctx.dispatch.countdown_s(again.wait_s)
+        _retry(task, wait_s, again.resent, again.reason, kwargs=carry)
     if isinstance(result, steps.Retry):
         _retry(task, ctx.dispatch.countdown_s(result.wait_s), resent, result.error)
     return str(result)
 
 
-def _retry(task: Task, countdown_s: float, resent: acks.Resent, exc: Exception) -> NoReturn:  # type: ignore[type-arg]
-    """``Task.retry`` carrying the re-send counts; if the copy cannot be published (the broker
-    is down too), the message goes back to the broker instead of being acked."""
+def _retry(
+    task: Task,  # type: ignore[type-arg]
+    countdown_s: float,
+    resent: acks.Resent,
+    exc: Exception,
+    *,
+    kwargs: dict[str, Any] | None = None,
+) -> NoReturn:
+    """``Task.retry`` carrying the re-send counts (and ``kwargs`` added to the message's own);
+    if the copy cannot be published (the broker is down too), the message goes back to the
+    broker instead of being acked."""
     headers = {**(task.request.headers or {}), **resent.headers()}
+    more: dict[str, Any] = {}
+    if kwargs:
+        more["kwargs"] = {**(task.request.kwargs or {}), **kwargs}
     try:
-        raise task.retry(exc=exc, countdown=countdown_s, headers=headers)
+        raise task.retry(exc=exc, countdown=countdown_s, headers=headers, **more)
     except Reject as refused:
         # Celery's answer to a publish that failed is reject(requeue=False): the message would
         # be dropped (Redis) or dead-lettered (RabbitMQ). Give it back instead.
@@ -92,9 +106,11 @@ def submit_tts(
     style: float | None = None,
     notify_url: str | None = None,
     job_id: str | None = None,
+    accepted: dict[str, Any] | None = None,
 ) -> str:
     """Submit one text; the job continues by polling, downloading or storing. Returns the job
-    id: ``job_id``, or this message's task id when left out."""
+    id: ``job_id``, or this message's task id when left out. ``accepted`` is internal (NanoGPT's
+    answer, carried by a retry when the job store could not take it): callers leave it out."""
     return _run(
         self,
         steps.submit,
@@ -109,6 +125,7 @@ def submit_tts(
         style=style,
         notify_url=notify_url,
         job_id=job_id,
+        accepted=accepted,
     )
 
 

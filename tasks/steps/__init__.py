@@ -25,10 +25,11 @@ from tasks.steps.cancel import cancel
 from tasks.steps.download import download
 from tasks.steps.notify import notify
 from tasks.steps.poll import poll
-from tasks.steps.submit import submit
+from tasks.steps.submit import AnswerUnrecorded, submit
 
 __all__ = [
     "STEPS",
+    "AnswerUnrecorded",
     "Delivery",
     "Result",
     "Retry",

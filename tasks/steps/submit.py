@@ -3,6 +3,7 @@ when NanoGPT provably did not take it (tasks/states.py draws the states)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -38,8 +39,11 @@ def submit(
     style: object = None,
     notify_url: object = None,
     job_id: object = None,
+    accepted: object = None,
 ) -> Result:
-    """Submit one text once; the job goes on by polling, downloading or storing."""
+    """Submit one text once; the job goes on by polling, downloading or storing.
+    ``accepted`` is internal: NanoGPT's answer to this message's POST, carried by its retry
+    when the job store could not take it (:class:`AnswerUnrecorded`)."""
     try:
         jid = accept.job_identity(d, job_id)
         request = validation.submit_request(
@@ -69,6 +73,10 @@ def submit(
         return jid
     now = ctx.clock()
     if job.status == Status.POSTING:
+        carried = _carried_answer(accepted, job.post_attempt)
+        if carried is not None:
+            _record_answer(ctx, jid, job.post_attempt or "", carried, model=request.model)
+            return jid
         return _post_in_doubt(ctx, job, now)
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
@@ -111,8 +119,50 @@ def submit(
         if isinstance(exc, errors.SubmitUnconfirmed):
             log.error("job %s: %s; NanoGPT may have accepted it; not sent again", jid, exc)
         return fail(ctx, jid, exc, guards=posting)
-    _accepted(ctx, jid, attempt, answer, model=request.model)
+    _record_answer(ctx, jid, attempt, answer, model=request.model)
     return jid
+
+
+class AnswerUnrecorded(Exception):
+    """NanoGPT took the POST but its answer could not be recorded (the job store failed): the
+    message's retry carries ``answer`` (its ``accepted`` argument), so the paid run is not lost
+    as ``SUBMIT_UNCONFIRMED``. The cause is the ``__cause__`` (tasks/acks.py reads it)."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("NanoGPT's answer to the submit could not be recorded")
+        self.answer = answer
+
+
+def _record_answer(
+    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio, *, model: str
+) -> None:
+    """:func:`_accepted`; if that raises, the answer leaves with the error, to come back with
+    the retry. Audio bytes do not fit in a message: an inline answer that could not be spooled
+    is lost, and the job ends ``SUBMIT_UNCONFIRMED`` when its claim runs out, as before."""
+    try:
+        _accepted(ctx, job_id, attempt, answer, model=model)
+    except Exception as exc:
+        if isinstance(answer, InlineAudio):
+            raise
+        kind = "ticket" if isinstance(answer, Ticket) else "audio_link"
+        carried = {"attempt": attempt, "kind": kind, **dataclasses.asdict(answer)}
+        raise AnswerUnrecorded(carried) from exc
+
+
+def _carried_answer(accepted: object, attempt: str | None) -> Ticket | AudioLink | None:
+    """The answer a retry carries for the job's current POST claim; None for none, for
+    another claim's, or for anything malformed (a crafted message)."""
+    if not isinstance(accepted, dict) or not attempt or accepted.get("attempt") != attempt:
+        return None
+    fields = {k: v for k, v in accepted.items() if k not in ("attempt", "kind")}
+    try:
+        if accepted.get("kind") == "ticket" and isinstance(fields.get("run_id"), str):
+            return Ticket(**fields)
+        if accepted.get("kind") == "audio_link" and isinstance(fields.get("audio_url"), str):
+            return AudioLink(**fields)
+    except TypeError:
+        pass
+    return None
 
 
 def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:

@@ -5,6 +5,7 @@ The policy against a real job store; the Celery side with a task whose request t
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -223,3 +224,67 @@ def test_a_retry_that_cannot_be_published_is_given_back(
 def test_tasks_never_ack_a_failure() -> None:
     assert tts.COMMON["acks_late"] is True
     assert tts.COMMON["acks_on_failure_or_timeout"] is False
+
+
+# --- NanoGPT's answer that the store could not take travels with the retry -----------------------
+
+
+class OneTicket:
+    """NanoGPT taking every POST (and counting them)."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    def submit(self, request: Any) -> Any:
+        from tasks.parsing import Ticket
+
+        self.posts += 1
+        return Ticket("run-paid-once", request.model, 0.05, "USD")
+
+
+def test_an_answer_the_store_refused_is_recorded_by_the_retry(
+    redis_client: redis.Redis, job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = OneTicket()
+    ctx, _ = make_ctx(redis_client, env=ENV, upstream=upstream)
+    store = type(ctx.jobs)
+    real = store.post_accepted
+
+    def full(*_: Any, **__: Any) -> Any:
+        raise redis.exceptions.OutOfMemoryError("command not allowed when used memory")
+
+    monkeypatch.setattr(store, "post_accepted", full)
+    d = steps.Delivery(names.SUBMIT_TTS, job)
+    with pytest.raises(steps.AnswerUnrecorded) as raised:
+        steps.submit(ctx, d, "Hello", MODEL, job_id=job)
+    carried = raised.value.answer
+    assert carried["run_id"] == "run-paid-once"
+    # What _run does with it: a store retry (not a crash), the answer in the message.
+    again = acks.after_error(ctx, d, raised.value, acks.Resent(), lambda: job)
+    assert again is not None
+    assert again.resent == acks.Resent(store=1)
+    # Before: the retry found the claim with no answer and the job ended SUBMIT_UNCONFIRMED.
+    monkeypatch.setattr(store, "post_accepted", real)
+    retried = steps.Delivery(names.SUBMIT_TTS, job, 0, 1)
+    assert steps.submit(ctx, retried, "Hello", MODEL, job_id=job, accepted=carried) == job
+    recorded = ctx.jobs.get(job)
+    assert recorded is not None
+    assert (recorded.status, recorded.run_id, upstream.posts) == (
+        Status.POLLING,
+        "run-paid-once",
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    "accepted",
+    [None, "x", {"attempt": "another", "kind": "ticket", "run_id": "r", "model": MODEL}],
+)
+def test_an_answer_for_another_claim_is_not_taken(accepted: object) -> None:
+    module = importlib.import_module("tasks.steps.submit")  # the package's name is the function
+    assert module._carried_answer(accepted, "this-claim") is None
+    crafted = {"attempt": "this-claim", "kind": "ticket", "run_id": "r", "bogus": 1}
+    assert module._carried_answer(crafted, "this-claim") is None
+    good = {"attempt": "this-claim", "kind": "ticket", "run_id": "r", "model": MODEL}
+    good |= {"cost": None, "payment_source": None}
+    assert module._carried_answer(good, "this-claim") is not None
