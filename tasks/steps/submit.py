@@ -72,18 +72,22 @@ def submit(
     if poisoned(ctx, d, jid, deliveries):
         return jid
     now = ctx.clock()
+    lost_claim = None
     if job.status == Status.POSTING:
         carried = _carried_answer(accepted, job.post_attempt)
         if carried is not None:
             _record_answer(ctx, jid, job.post_attempt or "", carried, model=request.model)
             return jid
-        return _post_in_doubt(ctx, job, now)
+        lost_claim = _lost_claim(accepted, job.post_attempt)
+        if lost_claim is None:
+            return _post_in_doubt(ctx, job, now)
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
         return fail(
             ctx, jid, errors.DeadlineExceeded("the submit did not succeed before its deadline")
         )
-    if ctx.budget.spend(jid, BUDGET_GRANT) > 0:
+    # A lost claim's execution spent the budget's token already, and sent nothing with it.
+    if lost_claim is None and ctx.budget.spend(jid, BUDGET_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
         # token in the submit wait set (oldest first; tasks/budget.py), holding no worker slot;
         # it ends at its deadline if the budget never comes.
@@ -98,14 +102,26 @@ def submit(
         return jid
     attempt = uuid.uuid4().hex
     lease_until = now + post_lease_s(ctx)
-    if not ctx.jobs.begin_post(
-        jid,
-        d.task_id,
-        attempt,
-        posts=job.posts + 1,
-        lease_until=lease_until,
-        check_at=lease_until + ctx.settings.recovery_grace_s,
-    ):
+    claim_check_at = lease_until + ctx.settings.recovery_grace_s
+    try:
+        if lost_claim is not None:
+            claimed = ctx.jobs.take_over_post(
+                jid, lost_claim, attempt, lease_until=lease_until, check_at=claim_check_at
+            )
+        else:
+            claimed = ctx.jobs.begin_post(
+                jid,
+                d.task_id,
+                attempt,
+                posts=job.posts + 1,
+                lease_until=lease_until,
+                check_at=claim_check_at,
+            )
+    except Exception as exc:
+        # The claim may have been taken without its reply reaching us (a timeout, a connection
+        # cut after the script ran). Nothing was sent under it: the retry may take it over.
+        raise AnswerUnrecorded({"attempt": attempt, "kind": "claim"}) from exc
+    if not claimed:
         return jid
     posting = {"status": Status.POSTING, "post_attempt": attempt}
     metrics.upstream_call("submit")
@@ -124,9 +140,12 @@ def submit(
 
 
 class AnswerUnrecorded(Exception):
-    """NanoGPT took the POST but its answer could not be recorded (the job store failed): the
-    message's retry carries ``answer`` (its ``accepted`` argument), so the paid run is not lost
-    as ``SUBMIT_UNCONFIRMED``. The cause is the ``__cause__`` (tasks/acks.py reads it)."""
+    """A job-store write whose outcome this execution cannot know, with what its retry needs
+    (``answer``, carried as the message's ``accepted`` argument): NanoGPT's answer that the
+    store could not take (so the paid run is not lost as ``SUBMIT_UNCONFIRMED``), or the POST
+    claim whose reply was lost before anything was sent (so the retry may take it over instead
+    of ending the job ``SUBMIT_UNCONFIRMED`` with no POST). The cause is the ``__cause__``
+    (tasks/acks.py reads it)."""
 
     def __init__(self, answer: dict[str, Any]) -> None:
         super().__init__("NanoGPT's answer to the submit could not be recorded")
@@ -147,6 +166,14 @@ def _record_answer(
         kind = "ticket" if isinstance(answer, Ticket) else "audio_link"
         carried = {"attempt": attempt, "kind": kind, **dataclasses.asdict(answer)}
         raise AnswerUnrecorded(carried) from exc
+
+
+def _lost_claim(accepted: object, attempt: str | None) -> str | None:
+    """The job's current POST claim, if the retry carries it as one whose reply was lost (no
+    POST went out under it); None otherwise."""
+    if not isinstance(accepted, dict) or not attempt or accepted.get("attempt") != attempt:
+        return None
+    return attempt if accepted.get("kind") == "claim" else None
 
 
 def _carried_answer(accepted: object, attempt: str | None) -> Ticket | AudioLink | None:

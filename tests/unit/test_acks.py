@@ -288,3 +288,42 @@ def test_an_answer_for_another_claim_is_not_taken(accepted: object) -> None:
     good = {"attempt": "this-claim", "kind": "ticket", "run_id": "r", "model": MODEL}
     good |= {"cost": None, "payment_source": None}
     assert module._carried_answer(good, "this-claim") is not None
+
+
+def test_a_claim_whose_reply_was_lost_is_taken_over_by_one_retry(
+    redis_client: redis.Redis, job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job store ran begin_post but its reply never came (frozen, then resumed): before,
+    the retry found the claim, left it, and the job ended SUBMIT_UNCONFIRMED with no POST."""
+    upstream = OneTicket()
+    ctx, _ = make_ctx(redis_client, env=ENV, upstream=upstream)
+    store = type(ctx.jobs)
+    real = store.begin_post
+
+    def ran_but_timed_out(self: Any, *args: Any, **kwargs: Any) -> bool:
+        assert real(self, *args, **kwargs)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(store, "begin_post", ran_but_timed_out)
+    d = steps.Delivery(names.SUBMIT_TTS, job)
+    with pytest.raises(steps.AnswerUnrecorded) as raised:
+        steps.submit(ctx, d, "Hello", MODEL, job_id=job)
+    carried = raised.value.answer
+    assert carried["kind"] == "claim"
+    assert upstream.posts == 0
+    claimed = ctx.jobs.get(job)
+    assert claimed is not None
+    assert (claimed.status, claimed.post_attempt) == (Status.POSTING, carried["attempt"])
+    monkeypatch.setattr(store, "begin_post", real)
+    # Two copies of the retry (a duplicate delivery): one takes the claim over and POSTs.
+    for resent in (1, 1):
+        retried = steps.Delivery(names.SUBMIT_TTS, job, 0, resent)
+        assert steps.submit(ctx, retried, "Hello", MODEL, job_id=job, accepted=carried) == job
+    recorded = ctx.jobs.get(job)
+    assert recorded is not None
+    assert (recorded.status, recorded.run_id, recorded.posts, upstream.posts) == (
+        Status.POLLING,
+        "run-paid-once",
+        1,
+        1,
+    )
