@@ -22,16 +22,23 @@ Two kinds of error, two bounds (:func:`after_error`):
   failover, ``MASTERDOWN``, ``TRYAGAIN``, ``BUSY``). Retried with exponential backoff capped at
   ``TTS_RETRY_MAX_DELAY``, with **no count cap**: while the store is down the job's record (and
   so its deadline) cannot be read, and nothing else can be recorded either, so ending the job
-  would mean dropping it unannounced. The bound is the job's own deadline: the first run after
-  the store answers again meets the step's deadline check and ends the job (``TIMEOUT``) if it
-  is past. A store that never comes back leaves the messages cycling at the capped backoff, as
-  they would wait in a queue. These retries do not use up the step's own retries
-  (``TTS_MAX_RETRIES``, for NanoGPT's faults): they are counted apart, in a message header.
+  would mean dropping it unannounced. The bound is the step's own: the first run after the
+  store answers again meets its deadline check (the job's ``TIMEOUT``, the webhook's retry
+  period) and ends the job if it is past. A store that never comes back leaves the messages
+  cycling at the capped backoff, as they would wait in a queue. These retries do not use up
+  the step's own (``TTS_MAX_RETRIES``, for NanoGPT's faults): they are counted apart, in a
+  message header.
 * **Anything else** (a bug, a crafted message that trips one, a job-store error that is about
   this message rather than the store, such as ``WRONGTYPE``): retried the same way, counted in
   another header, at most ``TTS_MAX_DELIVERIES`` times; then the job is failed with an announced
   outcome (``WORKER_LOST``, as for a step that keeps crashing its process), so a bug costs one
   job, not a loop. Only if even that cannot be recorded is the message dropped, with an error.
+
+What a submit learnt and could not record travels with its retry
+(:class:`tasks.steps.AnswerUnrecorded`, the internal ``accepted`` argument): NanoGPT's answer
+to the paid POST, or a POST claim whose reply was lost before anything was sent. Without it the
+retry would find the job ``posting`` with nothing to go on, and it would end
+``SUBMIT_UNCONFIRMED`` (with no POST at all, in the second case).
 
 If the copy cannot be published (the broker is down too), the original is given back to the
 broker (``Reject(requeue=True)``), never acked. ``task_acks_on_failure_or_timeout`` is off
