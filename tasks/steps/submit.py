@@ -121,7 +121,7 @@ def submit(
         # The claim may have been taken without its reply reaching us (a timeout, a connection
         # cut after the script ran). Nothing was sent under it: the retry may take it over.
         raise AnswerUnrecorded({"attempt": attempt, "kind": "claim"}) from exc
-    if not claimed:
+    if not claimed and not _claimed_before(ctx, jid, attempt):
         return jid
     posting = {"status": Status.POSTING, "post_attempt": attempt}
     metrics.upstream_call("submit")
@@ -166,6 +166,14 @@ def _record_answer(
         kind = "ticket" if isinstance(answer, Ticket) else "audio_link"
         carried = {"attempt": attempt, "kind": kind, **dataclasses.asdict(answer)}
         raise AnswerUnrecorded(carried) from exc
+
+
+def _claimed_before(ctx: Ctx, job_id: str, attempt: str) -> bool:
+    """True if the claim was refused because this very execution holds it: redis-py re-sent
+    the script after a timeout (``retry_on_timeout``) and its first run, whose reply was lost,
+    took it. ``attempt`` is fresh per execution, so no one else's claim can match."""
+    job = ctx.jobs.get(job_id)
+    return job is not None and job.status == Status.POSTING and job.post_attempt == attempt
 
 
 def _lost_claim(accepted: object, attempt: str | None) -> str | None:

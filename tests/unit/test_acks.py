@@ -327,3 +327,25 @@ def test_a_claim_whose_reply_was_lost_is_taken_over_by_one_retry(
         1,
         1,
     )
+
+
+def test_a_claim_refused_because_its_first_run_took_it_is_ours(
+    redis_client: redis.Redis, job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py re-sends a script whose reply timed out: the re-sent begin_post is refused by
+    the claim its first run took. Before, the job then sat in posting and ended
+    SUBMIT_UNCONFIRMED with no POST."""
+    upstream = OneTicket()
+    ctx, _ = make_ctx(redis_client, env=ENV, upstream=upstream)
+    store = type(ctx.jobs)
+    real = store.begin_post
+
+    def sent_twice(self: Any, *args: Any, **kwargs: Any) -> bool:
+        real(self, *args, **kwargs)  # the first run, whose reply was lost
+        return bool(real(self, *args, **kwargs))  # the re-send's answer: refused
+
+    monkeypatch.setattr(store, "begin_post", sent_twice)
+    assert steps.submit(ctx, steps.Delivery(names.SUBMIT_TTS, job), "Hi", MODEL, job_id=job) == job
+    recorded = ctx.jobs.get(job)
+    assert recorded is not None
+    assert (recorded.status, recorded.posts, upstream.posts) == (Status.POLLING, 1, 1)
