@@ -27,7 +27,8 @@ Two kinds of error, two bounds (:func:`after_error`):
   period) and ends the job if it is past. A store that never comes back leaves the messages
   cycling at the capped backoff, as they would wait in a queue. These retries do not use up
   the step's own (``TTS_MAX_RETRIES``, for NanoGPT's faults): they are counted apart, in a
-  message header.
+  message header. A step's own publish that meets a broker that is down
+  (``kombu.exceptions.OperationalError``) is such a wait as well.
 * **Anything else** (a bug, a crafted message that trips one, a job-store error that is about
   this message rather than the store, such as ``WRONGTYPE``): retried the same way, counted in
   another header, at most ``TTS_MAX_DELIVERIES`` times; then the job is failed with an announced
@@ -54,6 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
 import redis
 
 from tasks import errors, names, schedule, validation
@@ -144,13 +146,14 @@ def after_error(
     s = ctx.settings
     if isinstance(exc, AnswerUnrecorded) and exc.__cause__ is not None:
         exc = exc.__cause__  # type: ignore[assignment]  # what failed: the store, or a bug
-    if store_unavailable(exc):
+    if store_unavailable(exc) or isinstance(exc, kombu.exceptions.OperationalError):
+        # A step's own publish meeting a broker that is down is a wait too, not a bug.
         after = Resent(resent.store + 1, resent.crashes)
         wait_s = schedule.retry_delay_s(
             resent.store, base_s=s.retry_base_delay_s, max_s=s.retry_max_delay_s
         )
         log.warning(
-            "%s: the job store is unavailable (%s: %s); retry %d in %.1fs",
+            "%s: the job store (or broker) is unavailable (%s: %s); retry %d in %.1fs",
             d.name,
             type(exc).__name__,
             exc,

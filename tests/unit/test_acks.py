@@ -98,6 +98,17 @@ def test_the_store_unavailable_is_retried_without_a_cap(redis_client: redis.Redi
     assert outbox.sent == []
 
 
+def test_a_broker_that_is_down_for_a_steps_publish_is_a_wait(redis_client: redis.Redis) -> None:
+    import kombu.exceptions
+
+    ctx, _ = make_ctx(redis_client, env=ENV)
+    d = steps.Delivery(names.NOTIFY, "t")
+    down = kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:5672.")
+    again = acks.after_error(ctx, d, down, acks.Resent(crashes=2), lambda: None)
+    assert again is not None
+    assert again.resent == acks.Resent(store=1, crashes=2)  # not counted as a crash
+
+
 def test_a_bug_is_retried_then_its_job_fails_announced(redis_client: redis.Redis, job: str) -> None:
     ctx, outbox = make_ctx(redis_client, env=ENV)
     request = validation.submit_request("Hello", MODEL)
