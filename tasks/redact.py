@@ -61,7 +61,7 @@ def kwargs_repr(kwargs: dict[str, Any]) -> str:
     internals hidden."""
     shown: dict[str, object] = {}
     for key, value in kwargs.items():
-        if value is None or key == "lease":
+        if value is None or key in ("lease", "accepted"):  # internal: a token, an answer
             continue
         if SECRET_KEY_RE.search(str(key)):
             shown[key] = HIDDEN

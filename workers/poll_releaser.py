@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any
 
+from tasks.adapters import acks
 from tasks.adapters import runtime as rt
 from tasks.config.settings import get_settings
 from tasks.sweeps import granting, parking
@@ -44,8 +45,20 @@ class PollReleaser(threading.Thread):
             try:
                 self.release_all(releaser)
                 pause_s = self.tick_s
-            except Exception:  # a broker or Redis blip must not end the thread
-                log.exception("releasing parked polls failed; trying again in %.0fs", ERROR_PAUSE_S)
+            except Exception as exc:  # a broker or Redis blip must not end the thread
+                # Only a delay: a popped poll whose publish failed is parked again
+                # (parking.release), and a granted one whose job could not be read stays on the
+                # reconciler's watch (granting.release); nothing is ended here.
+                if acks.store_unavailable(exc):
+                    log.warning(
+                        "releasing parked polls: job store unavailable (%s); again in %.0fs",
+                        exc,
+                        ERROR_PAUSE_S,
+                    )
+                else:
+                    log.exception(
+                        "releasing parked polls failed; trying again in %.0fs", ERROR_PAUSE_S
+                    )
                 pause_s = ERROR_PAUSE_S
 
     def release_all(self, releaser: parking.Releaser) -> int:

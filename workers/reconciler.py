@@ -12,6 +12,7 @@ import socket
 import threading
 from typing import Any
 
+from tasks.adapters import acks
 from tasks.adapters import runtime as rt
 from tasks.config.settings import get_settings
 from tasks.sweeps import reconcile
@@ -34,8 +35,17 @@ class ReconcilerThread(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             try:
                 self.scan_once()
-            except Exception:  # a broker or Redis blip must not end the thread
-                log.exception("reconciler scan failed; trying again in %.0fs", self.interval_s)
+            except Exception as exc:  # a broker or Redis blip must not end the thread
+                # Only a delay: a scan moves a job's check before re-sending its step, and ends
+                # nothing; what it did not reach, the next scan does.
+                if acks.store_unavailable(exc):
+                    log.warning(
+                        "reconciler: job store unavailable (%s); again in %.0fs",
+                        exc,
+                        self.interval_s,
+                    )
+                else:
+                    log.exception("reconciler scan failed; trying again in %.0fs", self.interval_s)
 
     def scan_once(self) -> bool:
         """Scan if no other worker holds the lock for this interval; True if it scanned."""

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task, signals
 
 from tasks import logctx, redact
-from tasks.adapters import received, runtime
+from tasks.adapters import acks, received, runtime
 from tasks.config.settings import Settings, get_settings
 from workers import log_redaction, metrics_server, poll_releaser, reconciler
 
@@ -124,8 +124,18 @@ def record_received(request: Any = None, **_: Any) -> None:
             request.kwargs or {},
             start_at=start_at,
         )
-    except Exception:  # the consumer must go on; the task records the job when it runs
-        log.exception("recording received task %s failed", request.id)
+    except Exception as exc:
+        # The consumer must go on, and the message is still safe: the task records the job
+        # first thing when it runs (the same accept code), and a job-store error there is a
+        # retry of this very message, never an ack (tasks/adapters/acks.py). What is lost is
+        # only the early watch for a worker that dies before running it: RabbitMQ then gives the
+        # message back when the channel closes; Redis after the visibility timeout.
+        if acks.store_unavailable(exc):
+            log.warning(
+                "recording received task %s failed: job store unavailable: %s", request.id, exc
+            )
+        else:
+            log.exception("recording received task %s failed", request.id)
 
 
 def _eta_s(eta: object) -> float | None:

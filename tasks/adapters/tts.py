@@ -7,13 +7,17 @@ countdown: never a sleep). The job id a caller leaves out is the task id (:func:
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 
 from tasks import names, steps
-from tasks.adapters import misfit
+from tasks.adapters import acks, misfit
 from tasks.adapters import runtime as rt
+
+log = logging.getLogger(__name__)
 
 # Hard ceilings on one execution (Celery kills the process past these). Generous: HTTP calls
 # have their own timeouts; these only catch the unforeseen. The submit's is replaced by one
@@ -32,19 +36,64 @@ COMMON: dict[str, Any] = {
     # Redelivered if the worker dies mid-task; the job record makes a repeat harmless.
     "acks_late": True,
     "reject_on_worker_lost": True,
+    # A failure or hard time limit is not done: rejected (the time limit: re-queued), never
+    # acked. Our own failures never get here: _run turns them into retries (tasks/adapters/acks.py).
+    "acks_on_failure_or_timeout": False,
     # Retries are bounded by our own count and deadline, not Celery's default of 3.
     "max_retries": None,
 }
 
 
 def _run(task: Task, step: Any, *args: Any, **kwargs: Any) -> str:  # type: ignore[type-arg]
+    """Run ``step`` for this message; the message is acked only when the step returned (its
+    job is durable or ended). A step that raised is retried: :mod:`tasks.adapters.acks` says why."""
     request = task.request
-    delivery = steps.Delivery(task.name, request.id or "", request.retries or 0)
+    resent = acks.Resent.of(request.headers)
+    retries = max(0, (request.retries or 0) - resent.total)
+    delivery = steps.Delivery(task.name, request.id or "", retries, resent.total)
     ctx = rt.context()
-    result = step(ctx, delivery, *args, **kwargs)
+    try:
+        result = step(ctx, delivery, *args, **kwargs)
+    except Exception as exc:
+        again = acks.after_error(
+            ctx, delivery, exc, resent, lambda: acks.job_of(task.name, delivery, args, kwargs)
+        )
+        if again is None:
+            return "ended"
+        # NanoGPT's answer that the store could not take travels with the retry (internal).
+        carry = {"accepted": exc.answer} if isinstance(exc, steps.AnswerUnrecorded) else None
+        wait_s = ctx.dispatch.countdown_s(again.wait_s)
+        _retry(task, wait_s, again.resent, again.reason, kwargs=carry)
     if isinstance(result, steps.Retry):
-        raise task.retry(exc=result.error, countdown=ctx.dispatch.countdown_s(result.wait_s))
+        _retry(task, ctx.dispatch.countdown_s(result.wait_s), resent, result.error)
     return str(result)
+
+
+def _retry(
+    task: Task,  # type: ignore[type-arg]
+    countdown_s: float,
+    resent: acks.Resent,
+    exc: Exception,
+    *,
+    kwargs: dict[str, Any] | None = None,
+) -> NoReturn:
+    """``Task.retry`` carrying the re-send counts (and ``kwargs`` added to the message's own);
+    if the copy cannot be published (the broker is down too), the message goes back to the
+    broker instead of being acked."""
+    headers = {**(task.request.headers or {}), **resent.headers()}
+    more: dict[str, Any] = {}
+    if kwargs:
+        more["kwargs"] = {**(task.request.kwargs or {}), **kwargs}
+    try:
+        raise task.retry(exc=exc, countdown=countdown_s, headers=headers, **more)
+    except Reject as refused:
+        # Celery's answer to a publish that failed is reject(requeue=False): the message would
+        # be dropped (Redis) or dead-lettered (RabbitMQ). Give it back instead.
+        if getattr(refused, "requeue", False):
+            raise
+        reason = getattr(refused, "reason", refused)
+        log.error("%s: its retry could not be published (%s); given back", task.name, reason)
+        raise Reject(reason, requeue=True) from exc
 
 
 @shared_task(name=names.SUBMIT_TTS, time_limit=API_TIME_LIMIT_S, **COMMON)
@@ -62,9 +111,11 @@ def submit_tts(
     style: float | None = None,
     notify_url: str | None = None,
     job_id: str | None = None,
+    accepted: dict[str, Any] | None = None,
 ) -> str:
     """Submit one text; the job continues by polling, downloading or storing. Returns the job
-    id: ``job_id``, or this message's task id when left out."""
+    id: ``job_id``, or this message's task id when left out. ``accepted`` is internal (NanoGPT's
+    answer, carried by a retry when the job store could not take it): callers leave it out."""
     return _run(
         self,
         steps.submit,
@@ -79,6 +130,7 @@ def submit_tts(
         style=style,
         notify_url=notify_url,
         job_id=job_id,
+        accepted=accepted,
     )
 
 

@@ -172,6 +172,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # turns the resulting repeat into a no-op.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task that failed is not done: rejected, never acked (a hard time limit re-queues).
+        # Our tasks turn their own failures into retries (tasks/adapters/acks.py); this catches the
+        # rest.
+        "task_acks_on_failure_or_timeout": False,
         # Polls are short and I/O bound; a small prefetch keeps work spread across workers.
         # On quorum queues Celery applies it per consumer (RabbitMQ has no global QoS there) and
         # cannot raise it for ETA messages it holds: why countdowns must wait in the broker.

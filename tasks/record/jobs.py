@@ -454,6 +454,19 @@ class JobStore:
             check_at=check_at,
         )
 
+    def take_over_post(
+        self, job_id: str, lost: str, attempt: str, *, lease_until: float, check_at: float
+    ) -> bool:
+        """posting → posting under ``attempt``: the claim ``lost`` was taken by an execution
+        that never learnt it had it, so sent nothing; only one retry (of possibly duplicated
+        copies) wins it and may send the POST."""
+        return self._move(
+            job_id,
+            {"status": Status.POSTING, "post_attempt": lost},
+            {"post_attempt": attempt, "post_lease_until": lease_until},
+            check_at=check_at,
+        )
+
     def post_refused(
         self, job_id: str, attempt: str, fields: dict[str, Any], *, check_at: float
     ) -> bool:

@@ -8,8 +8,10 @@ simulation (tests/sim) calls these functions directly with fakes and a fake brok
 
 Retry policy by class: :class:`errors.TransientError` is retried with backoff, bounded by
 ``TTS_MAX_RETRIES`` and the job's deadline; :class:`errors.PermanentError` fails the job at once.
-Anything else is a bug: it propagates (Celery logs it and acks the message) and the reconciler
-re-sends the job's step once it is overdue; the delivery count parks a step that keeps crashing.
+Anything else propagates, and the message is not acked as done: a job-store error (the store is
+down, full, read-only, loading) is a retry of the same message with no count cap; any other
+exception (a bug) is retried up to ``TTS_MAX_DELIVERIES`` times, then the job fails announced
+(:mod:`tasks.adapters.acks`). The delivery count parks a step that keeps crashing its process.
 
 The package also owns what a step is handed (:mod:`tasks.steps.context`) and how a job ends
 (:mod:`tasks.steps.outcomes`). It may import ``pacing``, ``webhooks``, ``nanogpt``, ``audio``,
@@ -28,10 +30,11 @@ from tasks.steps.cancel import cancel
 from tasks.steps.download import download
 from tasks.steps.notify import notify
 from tasks.steps.poll import poll
-from tasks.steps.submit import submit
+from tasks.steps.submit import AnswerUnrecorded, submit
 
 __all__ = [
     "STEPS",
+    "AnswerUnrecorded",
     "Delivery",
     "Result",
     "Retry",

@@ -26,16 +26,22 @@ NOTIFY_LEASE_SLACK_S = 120.0
 
 @dataclass(frozen=True)
 class Delivery:
-    """The message a step runs for: its task name, task id, and Celery's retry count."""
+    """The message a step runs for: its task name, task id, the step's own retry count, and
+    how often it was re-sent after an error (a job-store outage, a crash:
+    :mod:`tasks.adapters.acks`), which Celery counts in its retries too but which are no
+    retries of the step."""
 
     name: str
     task_id: str
     retries: int = 0
+    resent: int = 0
 
     def step(self, seq: int = 0) -> str:
-        """What a delivery counts for (task, poll number, retry): a re-sent copy counts with
-        the original."""
-        return f"{self.name}:{seq}:{self.retries}"
+        """What a delivery counts for (task, poll number, retry, re-send): a copy redelivered
+        or re-sent by the reconciler counts with the original; a copy re-sent after an error
+        is a message of its own (else a job-store outage would park its job as poisoned)."""
+        key = f"{self.name}:{seq}:{self.retries}"
+        return f"{key}:{self.resent}" if self.resent else key
 
 
 @dataclass(frozen=True)

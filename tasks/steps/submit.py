@@ -3,6 +3,7 @@ when NanoGPT provably did not take it (tasks/record/states.py draws the states).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -40,8 +41,11 @@ def submit(
     style: object = None,
     notify_url: object = None,
     job_id: object = None,
+    accepted: object = None,
 ) -> Result:
-    """Submit one text once; the job goes on by polling, downloading or storing."""
+    """Submit one text once; the job goes on by polling, downloading or storing.
+    ``accepted`` is internal: NanoGPT's answer to this message's POST, carried by its retry
+    when the job store could not take it (:class:`AnswerUnrecorded`)."""
     try:
         jid = accept.job_identity(d, job_id)
         request = validation.submit_request(
@@ -70,14 +74,22 @@ def submit(
     if poisoned(ctx, d, jid, deliveries):
         return jid
     now = ctx.clock()
+    lost_claim = None
     if job.status == Status.POSTING:
-        return _post_in_doubt(ctx, job, now)
+        carried = _carried_answer(accepted, job.post_attempt)
+        if carried is not None:
+            _record_answer(ctx, jid, job.post_attempt or "", carried, model=request.model)
+            return jid
+        lost_claim = _lost_claim(accepted, job.post_attempt)
+        if lost_claim is None:
+            return _post_in_doubt(ctx, job, now)
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
         return fail(
             ctx, jid, errors.DeadlineExceeded("the submit did not succeed before its deadline")
         )
-    if ctx.budget.spend(jid, BUDGET_GRANT) > 0:
+    # A lost claim's execution spent the budget's token already, and sent nothing with it.
+    if lost_claim is None and ctx.budget.spend(jid, BUDGET_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
         # token in the submit wait set (oldest first; tasks/pacing/budget.py), holding no worker
         # slot; it ends at its deadline if the budget never comes.
@@ -92,14 +104,26 @@ def submit(
         return jid
     attempt = uuid.uuid4().hex
     lease_until = now + post_lease_s(ctx)
-    if not ctx.jobs.begin_post(
-        jid,
-        d.task_id,
-        attempt,
-        posts=job.posts + 1,
-        lease_until=lease_until,
-        check_at=lease_until + ctx.settings.recovery_grace_s,
-    ):
+    claim_check_at = lease_until + ctx.settings.recovery_grace_s
+    try:
+        if lost_claim is not None:
+            claimed = ctx.jobs.take_over_post(
+                jid, lost_claim, attempt, lease_until=lease_until, check_at=claim_check_at
+            )
+        else:
+            claimed = ctx.jobs.begin_post(
+                jid,
+                d.task_id,
+                attempt,
+                posts=job.posts + 1,
+                lease_until=lease_until,
+                check_at=claim_check_at,
+            )
+    except Exception as exc:
+        # The claim may have been taken without its reply reaching us (a timeout, a connection
+        # cut after the script ran). Nothing was sent under it: the retry may take it over.
+        raise AnswerUnrecorded({"attempt": attempt, "kind": "claim"}) from exc
+    if not claimed and not _claimed_before(ctx, jid, attempt):
         return jid
     progress.publish(ctx, jid, Status.POSTING)
     posting = {"status": Status.POSTING, "post_attempt": attempt}
@@ -114,8 +138,69 @@ def submit(
         if isinstance(exc, errors.SubmitUnconfirmed):
             log.error("job %s: %s; NanoGPT may have accepted it; not sent again", jid, exc)
         return fail(ctx, jid, exc, guards=posting)
-    _accepted(ctx, jid, attempt, answer, model=request.model)
+    _record_answer(ctx, jid, attempt, answer, model=request.model)
     return jid
+
+
+class AnswerUnrecorded(Exception):
+    """A job-store write whose outcome this execution cannot know, with what its retry needs
+    (``answer``, carried as the message's ``accepted`` argument): NanoGPT's answer that the
+    store could not take (so the paid run is not lost as ``SUBMIT_UNCONFIRMED``), or the POST
+    claim whose reply was lost before anything was sent (so the retry may take it over instead
+    of ending the job ``SUBMIT_UNCONFIRMED`` with no POST). The cause is the ``__cause__``
+    (tasks/adapters/acks.py reads it)."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("NanoGPT's answer to the submit could not be recorded")
+        self.answer = answer
+
+
+def _record_answer(
+    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio, *, model: str
+) -> None:
+    """:func:`_accepted`; if that raises, the answer leaves with the error, to come back with
+    the retry. Audio bytes do not fit in a message: an inline answer that could not be spooled
+    is lost, and the job ends ``SUBMIT_UNCONFIRMED`` when its claim runs out, as before."""
+    try:
+        _accepted(ctx, job_id, attempt, answer, model=model)
+    except Exception as exc:
+        if isinstance(answer, InlineAudio):
+            raise
+        kind = "ticket" if isinstance(answer, Ticket) else "audio_link"
+        carried = {"attempt": attempt, "kind": kind, **dataclasses.asdict(answer)}
+        raise AnswerUnrecorded(carried) from exc
+
+
+def _claimed_before(ctx: Ctx, job_id: str, attempt: str) -> bool:
+    """True if the claim was refused because this very execution holds it: redis-py re-sent
+    the script after a timeout (``retry_on_timeout``) and its first run, whose reply was lost,
+    took it. ``attempt`` is fresh per execution, so no one else's claim can match."""
+    job = ctx.jobs.get(job_id)
+    return job is not None and job.status == Status.POSTING and job.post_attempt == attempt
+
+
+def _lost_claim(accepted: object, attempt: str | None) -> str | None:
+    """The job's current POST claim, if the retry carries it as one whose reply was lost (no
+    POST went out under it); None otherwise."""
+    if not isinstance(accepted, dict) or not attempt or accepted.get("attempt") != attempt:
+        return None
+    return attempt if accepted.get("kind") == "claim" else None
+
+
+def _carried_answer(accepted: object, attempt: str | None) -> Ticket | AudioLink | None:
+    """The answer a retry carries for the job's current POST claim; None for none, for
+    another claim's, or for anything malformed (a crafted message)."""
+    if not isinstance(accepted, dict) or not attempt or accepted.get("attempt") != attempt:
+        return None
+    fields = {k: v for k, v in accepted.items() if k not in ("attempt", "kind")}
+    try:
+        if accepted.get("kind") == "ticket" and isinstance(fields.get("run_id"), str):
+            return Ticket(**fields)
+        if accepted.get("kind") == "audio_link" and isinstance(fields.get("audio_url"), str):
+            return AudioLink(**fields)
+    except TypeError:
+        pass
+    return None
 
 
 def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:

@@ -19,7 +19,9 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu import Exchange, Queue
 
+from tasks.config.celery_config import AMQP_EXCHANGE
 from tasks.names import QUEUES
 from tasks.record.jobs import Job, JobStore
 from tests.support.worker import WorkerProcess
@@ -99,6 +101,11 @@ class Rig:
         self.receiver: Receiver | None = None
         self.start_receiver()
         self.workers: list[WorkerProcess] = []
+        # Where the workers and the caller find the broker: the rig's Redis unless a test moves
+        # it (:meth:`use_broker`); what else the workers see differently (:meth:`split_job_store`).
+        self.broker_url = self.redis.url
+        self.overrides: dict[str, str] = {}
+        self.job_redis: EmbeddedRedis | None = None
         self.caller = Celery("rel-caller", broker=self.redis.url)
         self.store = JobStore(
             redis.Redis.from_url(self.redis.url, decode_responses=True), ttl_s=3600
@@ -113,11 +120,43 @@ class Rig:
     def env(self, **overrides: str) -> dict[str, str]:
         return {
             **RIG_ENV,
-            "CELERY_BROKER_URL": self.redis.url,
+            "CELERY_BROKER_URL": self.broker_url,
             "NANOGPT_BASE_URL": self.sim.base_url,
             "TTS_AUDIO_DIR": str(self.audio_dir),
+            **self.overrides,
             **overrides,
         }
+
+    def use_broker(self, url: str) -> None:
+        """Send through another broker (RabbitMQ): before any worker starts. The caller declares
+        our queues as the README's RabbitMQ section says (quorum, on the ``tts`` topic exchange),
+        as the worker does, so a second declaration never differs."""
+        assert not self.workers, "choose the broker before starting workers"
+        self.broker_url = url
+        self.caller.close()
+        self.caller = Celery("rel-caller", broker=url)
+        self.caller.conf.task_serializer = "json"
+        if url.startswith("amqp"):
+            tts = Exchange(AMQP_EXCHANGE, type="topic")
+            quorum = {"x-queue-type": "quorum"}
+            self.caller.conf.task_queues = [
+                Queue(q, tts, routing_key=q, queue_arguments=quorum)
+                for q in sorted(set(QUEUES.values()))
+            ]
+
+    def split_job_store(self) -> EmbeddedRedis:
+        """Keep job state in a redis-server of its own (``TTS_REDIS_URL``), apart from the
+        broker, as the README's split set-up does: AOF everysec, ``noeviction``. Its faults
+        (:func:`store_down`, :func:`store_full`, :func:`store_frozen`) leave the broker alive."""
+        assert not self.workers, "split the job store before starting workers"
+        (self.tmp / "store").mkdir()
+        self.job_redis = EmbeddedRedis(appendonly=True, data_dir=self.tmp / "store").start()
+        _no_eviction(self.job_redis)
+        self.store = JobStore(
+            redis.Redis.from_url(self.job_redis.url, decode_responses=True), ttl_s=3600
+        )
+        self.overrides["TTS_REDIS_URL"] = self.job_redis.url
+        return self.job_redis
 
     def start_worker(self, *, concurrency: int = 8, **overrides: str) -> WorkerProcess:
         log = self.tmp / f"worker-{len(self.workers)}.log"
@@ -172,6 +211,9 @@ class Rig:
         self.stop_receiver()
         self.sim.stop()
         self.caller.close()
+        if self.job_redis is not None:
+            _resume(self.job_redis)  # a test that failed mid-SIGSTOP
+            self.job_redis.stop()
         self.redis.stop()
 
     # --- jobs --------------------------------------------------------------------------------
@@ -302,6 +344,72 @@ class Rig:
         for pid in kids:
             os.kill(pid, signal.SIGKILL)
         return kids
+
+
+# --- faults of the job store alone (the broker lives) ----------------------------------------
+
+
+# What store_full writes to find the job store's limit.
+PROBE_KEY = "tts:rig:probe"
+
+
+def _no_eviction(server: EmbeddedRedis) -> None:
+    """Redis' own advice for data that must not vanish: refuse writes when full, evict nothing."""
+    client = redis.Redis(port=server.port)
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+    finally:
+        client.close()
+
+
+def _resume(server: EmbeddedRedis) -> None:
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def store_down(server: EmbeddedRedis, down_s: float) -> str:
+    """SIGKILL the job store (no shutdown save: it loses what ``everysec`` had not synced) and
+    start it again on its files (AOF) ``down_s`` later. Returns what it did, for the table."""
+    server.kill()
+    time.sleep(down_s)
+    server.start()
+    _no_eviction(server)
+    return f"SIGKILLed, restarted on its AOF {down_s:.0f} s later"
+
+
+def store_full(server: EmbeddedRedis, full_s: float) -> str:
+    """``maxmemory`` set to the memory the job store uses now (``noeviction``): every command
+    that may add memory answers ``OOM`` for ``full_s``; then the limit is lifted."""
+    client = redis.Redis(port=server.port)
+    try:
+        # Redis leaves its AOF buffer out of the count, so the limit that refuses the next write
+        # lies a little below used_memory: step down until a 1 KiB write is refused.
+        limit = int(client.info("memory")["used_memory"])
+        while True:
+            client.config_set("maxmemory", limit)
+            try:
+                client.set(PROBE_KEY, "x" * 1024)
+            except redis.exceptions.OutOfMemoryError:
+                break
+            limit = int(limit * 0.95)
+            assert limit > 0, "the job store took writes at any maxmemory"
+        time.sleep(full_s)
+        client.config_set("maxmemory", 0)
+        client.delete(PROBE_KEY)
+    finally:
+        client.close()
+    return f"at maxmemory (noeviction) for {full_s:.0f} s: every write answers OOM"
+
+
+def store_frozen(server: EmbeddedRedis, frozen_s: float) -> str:
+    """SIGSTOP the job store for ``frozen_s`` (connections open, nothing answers), SIGCONT."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        time.sleep(frozen_s)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    return f"SIGSTOPped for {frozen_s:.0f} s"
 
 
 def children(pid: int) -> list[int]:
