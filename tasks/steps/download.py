@@ -1,4 +1,5 @@
-"""The download step: the audio into the audio store, from its URL or from the spool."""
+"""The download step: the audio into the audio store, from its URL or from the spool, or only
+its record when the submit stored it already."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     s = ctx.settings
     downloading = {"status": Status.DOWNLOADING}
     started_at = ctx.clock()
+    if job.stored_audio is not None:
+        # The submit stored the audio it was answered with: only the outcome is left to record.
+        return succeed(ctx, job_id, storage.StoredAudio(**job.stored_audio))
     try:
         if job.spooled:
             stored = _store_spooled(ctx, job)

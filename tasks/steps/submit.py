@@ -3,19 +3,28 @@ when NanoGPT provably did not take it (tasks/states.py draws the states)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
 
-from tasks import errors, logctx, metrics, schedule, validation
+from tasks import errors, logctx, metrics, schedule, storage, validation
 from tasks.context import Ctx
-from tasks.jobs import Job
+from tasks.jobs import SPOOL_MAX_BYTES, Job
 from tasks.nanogpt import InlineAudio
 from tasks.outcomes import check_at, fail
 from tasks.parsing import AudioLink, Ticket
 from tasks.states import Status
 from tasks.steps import accept
-from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
+from tasks.steps.base import (
+    POST_LEASE_SLACK_S,
+    Delivery,
+    Result,
+    Retry,
+    past_deadline,
+    poisoned,
+    post_lease_s,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +78,9 @@ def submit(
         return jid
     now = ctx.clock()
     if job.status == Status.POSTING:
-        return _post_in_doubt(ctx, job, now)
+        if not _unsent_claim_returned(ctx, job, now):
+            return _post_in_doubt(ctx, job, now)
+        job = dataclasses.replace(job, status=Status.SUBMITTING)
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
         return fail(
@@ -100,6 +111,8 @@ def submit(
     ):
         return jid
     posting = {"status": Status.POSTING, "post_attempt": attempt}
+    if not ctx.jobs.post_sent(jid, attempt):
+        return jid  # the claim ran out before the POST left, and was taken back: not sent
     metrics.upstream_call("submit")
     try:
         answer = ctx.upstream.submit(request)
@@ -111,8 +124,26 @@ def submit(
         if isinstance(exc, errors.SubmitUnconfirmed):
             log.error("job %s: %s; NanoGPT may have accepted it; not sent again", jid, exc)
         return fail(ctx, jid, exc, guards=posting)
-    _accepted(ctx, jid, attempt, answer, model=request.model)
+    _accepted(ctx, jid, attempt, answer, model=request.model, lease_until=lease_until)
     return jid
+
+
+def _unsent_claim_returned(ctx: Ctx, job: Job, now: float) -> bool:
+    """A claim that ran out before its POST left (its worker died, or lost Redis' reply,
+    between the claim and the send) sent nothing: give it back so this delivery may send it,
+    rather than end the job as "may have been billed". True if this call gave it back.
+
+    A record without the ``post_sent`` mark (claimed by an older version) is taken as sent."""
+    unsent = job.post_sent is not None and job.post_sent != job.post_attempt
+    if not unsent or (job.post_lease_until or 0.0) > now:
+        return False
+    log.warning("job %s: the POST's claim ran out before it was sent; sending it", job.job_id)
+    return ctx.jobs.post_refused(
+        job.job_id,
+        job.post_attempt or "",
+        {"last_error": "the claim on the POST ran out before the POST was sent"},
+        check_at=check_at(ctx, 0),
+    )
 
 
 def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:
@@ -169,7 +200,13 @@ def _post_refused(
 
 
 def _accepted(
-    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio, *, model: str
+    ctx: Ctx,
+    job_id: str,
+    attempt: str,
+    answer: Ticket | AudioLink | InlineAudio,
+    *,
+    model: str,
+    lease_until: float,
 ) -> None:
     """NanoGPT took the POST: hand the job to polling, or to storing the audio it answered.
     What it said the POST cost is recorded with the answer, and counted once per job."""
@@ -192,8 +229,9 @@ def _accepted(
         if moved:
             metrics.spent(model, answer.currency, answer.cost)
             ctx.dispatch.download(job_id)
-    else:
-        # Spooled first: a storage outage is then retried from the spool, never by a new POST.
+    elif len(answer.audio) <= SPOOL_MAX_BYTES:
+        # Small: spooled first, so a storage outage is retried from the spool, never by a new
+        # POST, and a worker killed now loses nothing.
         ctx.jobs.spool(job_id, answer.audio, ttl_s=s.poll_timeout_s)
         fields = {
             "spooled": True,
@@ -207,6 +245,8 @@ def _accepted(
             ctx.dispatch.download(job_id)
         else:
             ctx.jobs.drop_spool(job_id)
+    else:
+        moved = _store_inline(ctx, job_id, attempt, answer, lease_until=lease_until)
     if not moved:
         # Cancelled (or given up) while the POST was in flight: NanoGPT has billed it anyway.
         run = f" as run {answer.run_id}" if isinstance(answer, Ticket) else ""
@@ -216,6 +256,49 @@ def _accepted(
             job_id,
             run,
         )
+
+
+def _store_inline(
+    ctx: Ctx, job_id: str, attempt: str, answer: InlineAudio, *, lease_until: float
+) -> bool:
+    """Larger audio goes straight to its final place in the audio store (named by the job id,
+    so storing it again rewrites the same bytes), within the POST's claim; the download step
+    then only records it. The bytes exist nowhere else: if the store refuses them, the job
+    fails STORAGE_FAILED (NanoGPT has billed it) rather than parking megabytes in Redis.
+    Returns whether the job moved on (False: it had ended meanwhile, or failed here)."""
+    s = ctx.settings
+    posting = {"status": Status.POSTING, "post_attempt": attempt}
+    # Leave the claim's own slack for recording the answer once the audio is stored.
+    left_s = min(s.download_timeout_s, lease_until - ctx.clock() - POST_LEASE_SLACK_S)
+    try:
+        stored = storage.store_bytes(
+            answer.audio,
+            store=ctx.audio_store,
+            job_id=job_id,
+            content_type=answer.content_type,
+            max_bytes=s.max_audio_bytes,
+            timeout_s=max(0.0, left_s),
+        )
+    except errors.TTSError as exc:
+        reason: errors.TTSError = exc
+        if isinstance(exc, errors.TransientError):
+            reason = errors.StorageFailed(
+                f"the {len(answer.audio)} bytes of audio NanoGPT answered with could not be "
+                f"stored: {exc.message}"
+            )
+        fail(ctx, job_id, reason, guards=posting)
+        return False
+    fields = {
+        "stored_audio": stored.as_dict(),
+        "content_type": answer.content_type,
+        "request_id": answer.request_id,
+    }
+    if not ctx.jobs.audio_ready(
+        job_id, attempt, fields, check_at=check_at(ctx, s.download_timeout_s)
+    ):
+        return False
+    ctx.dispatch.download(job_id)
+    return True
 
 
 def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
