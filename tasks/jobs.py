@@ -12,6 +12,13 @@ duplicated or crafted message meets a transition that refuses it. The guards:
 * a **first-writer-wins outcome**: ``settle`` writes the outcome only if none exists, and the
   notify step claims the right to send with an owner and a lease.
 
+Every transition is safe to run twice for one caller (a reply lost after the script ran, then
+the step's own retry; the client itself never re-sends, tasks/runtime.py): it recognises the
+state its own earlier run left, by the caller's id (``post_attempt`` for the submit's claim, a
+per-execution ``poll_attempt`` for a poll, ``outcome_id`` for settle, the message's task id for
+create), and answers as that run did, changing nothing. A duplicate from anyone else is still
+refused. The delivery count (:meth:`JobStore.load`) is the exception: run twice, it counts two.
+
 Times are epoch seconds from the store's ``clock`` (``time.time`` in a worker; the simulation's
 fake clock in tests/sim): the scripts never read Redis' own clock.
 """
