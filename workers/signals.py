@@ -10,10 +10,12 @@ import logging
 import urllib.parse
 from typing import Any
 
+import redis
 from celery import Task, signals
 
 from tasks import logctx, redact
 from tasks.adapters import acks, received, runtime
+from tasks.config import celery_config
 from tasks.config.settings import Settings, get_settings
 from workers import log_redaction, metrics_server, poll_releaser, reconciler
 
@@ -38,6 +40,73 @@ def check_worker_settings(**_: Any) -> None:
         log.warning("TTS_WEBHOOK_SECRET is not set: webhooks will be sent unsigned.")
     check_base_url(s)
     check_storage_extra(s)
+    check_job_ttl(s)
+    check_eviction_policy(s)
+
+
+def _refuse(message: str) -> None:
+    log.critical(message)
+    raise ConfigurationError(f"tts-worker: {message}")
+
+
+def check_job_ttl(s: Settings) -> None:
+    """A job's record (its identity) must outlive every copy of its messages: a copy that comes
+    back after the record expired would make a new job, and POST the text again."""
+    floor_s = celery_config.redelivery_window_s(s)
+    if s.job_ttl_s < floor_s:
+        broker = (
+            "RabbitMQ's consumer timeout"
+            if s.broker_kind == "amqp"
+            else ("the Redis transport's visibility timeout")
+        )
+        _refuse(
+            f"TTS_JOB_TTL is {s.job_ttl_s} s, below the {floor_s} s in which a message can "
+            f"still come back ({broker} plus the longest countdown): a redelivered message "
+            "would find no record, start the job again and POST its text twice. Raise "
+            f"TTS_JOB_TTL to at least {floor_s}. The worker will not start."
+        )
+
+
+# Redis' own advice for data that must not vanish: refuse writes when full, never evict.
+SAFE_EVICTION_POLICY = "noeviction"
+
+
+def check_eviction_policy(s: Settings) -> None:
+    """A job store that evicts keys when full (``allkeys-*``, or ``volatile-*``, which takes
+    job records since they all have a TTL) loses jobs, and with them their identity: refuse
+    to start. When the policy cannot be read (CONFIG denied by an ACL, renamed on a managed
+    service), say so and start: the operator must check it."""
+    client = redis.Redis.from_url(
+        s.redis_url,
+        decode_responses=True,
+        socket_timeout=runtime.REDIS_TIMEOUT_S,
+        socket_connect_timeout=runtime.REDIS_TIMEOUT_S,
+        retry=runtime.no_resend(),
+    )
+    where = redact.redact_url(s.redis_url)
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.ResponseError as exc:  # NOPERM from an ACL, or CONFIG renamed away
+        log.warning(
+            "cannot read maxmemory-policy of the job store %s (%s): make sure it is %r, or a "
+            "full Redis will evict job records",
+            where,
+            str(exc).split("\n")[0][:200],
+            SAFE_EVICTION_POLICY,
+        )
+        return
+    except redis.RedisError as exc:
+        log.warning("cannot reach the job store %s to check its maxmemory-policy: %s", where, exc)
+        return
+    finally:
+        client.close()
+    if policy is not None and policy != SAFE_EVICTION_POLICY:
+        _refuse(
+            f"the job store {where} has maxmemory-policy {policy}: when full it would evict job "
+            "records, and a job whose record vanished is lost, or run (and paid for) twice. "
+            f'Set maxmemory-policy {SAFE_EVICTION_POLICY} (see the README, "Sizing Redis"). '
+            "The worker will not start."
+        )
 
 
 def check_base_url(s: Settings) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from requests.adapters import HTTPAdapter
 
 from tasks.audio import storage
@@ -36,6 +38,15 @@ USER_AGENT = "tts-worker/0.1 (+celery)"
 REDIS_TIMEOUT_S = 5.0
 
 
+def no_resend() -> Retry:
+    """The client's retry policy: none. A command whose reply was late or cut off may have run
+    (a Lua transition, a budget grant), and redis-py would send it again unseen (its default
+    ``Retry`` covers ConnectionError and TimeoutError too). The error reaches the step instead,
+    whose own retry meets the transition's guards, each of which knows its own earlier run
+    (tasks/record/jobs.py)."""
+    return Retry(NoBackoff(), 0)
+
+
 @functools.cache
 def redis_client() -> redis.Redis:
     s = get_settings()
@@ -45,7 +56,8 @@ def redis_client() -> redis.Redis:
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry_on_timeout=False,
+        retry=no_resend(),
     )
 
 

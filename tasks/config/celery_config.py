@@ -40,6 +40,11 @@ def post_claim_s(*, connect_s: float, read_s: float, audio_s: float) -> float:
     return connect_s + read_s + audio_s + POST_LEASE_SLACK_S
 
 
+# RabbitMQ's default consumer_timeout (seconds, 30 min since 3.8.15): a consumer that holds a
+# delivery unacknowledged longer has its channel closed, and the message is delivered again.
+RABBITMQ_CONSUMER_TIMEOUT_S = 1800
+
+
 def longest_countdown_s(s: Settings) -> float:
     """The longest wait any task is ever re-queued with."""
     return max(s.poll_max_interval_s, s.retry_max_delay_s, s.webhook_max_retry_delay_s)
@@ -56,6 +61,30 @@ def submit_time_limit_s(s: Settings) -> float:
         audio_s=s.download_timeout_s,
     )
     return claim_s + SUBMIT_TIME_SLACK_S
+
+
+def visibility_timeout_s(s: Settings) -> int:
+    """Seconds after which the Redis transport gives an unacknowledged message back."""
+    return max(MIN_VISIBILITY_TIMEOUT_S, int(4 * longest_countdown_s(s)))
+
+
+def redelivery_window_s(s: Settings) -> int:
+    """How long after a job's record was last written a message of that job can still arrive
+    (seconds): the floor of ``TTS_JOB_TTL``, so a late copy meets the record and not a new job.
+
+    A message taken before the job ended (a submit that ran, a countdown held for later) but
+    never acknowledged (its worker was SIGKILLed, lost the broker) comes back:
+
+    * Redis transport: once the visibility timeout has passed since it was taken (and the
+      worker holds countdown messages as taken ones, so they are inside that timeout too);
+    * RabbitMQ: at once when the channel dies, or after ``consumer_timeout`` (its default,
+      :data:`RABBITMQ_CONSUMER_TIMEOUT_S`) when the consumer hangs; a countdown waits in the
+      broker's delay queues for at most the longest countdown before it is routed.
+
+    Plus the longest countdown on either: a copy given back may still wait out its own delay.
+    """
+    held_s = RABBITMQ_CONSUMER_TIMEOUT_S if s.broker_kind == "amqp" else visibility_timeout_s(s)
+    return held_s + math.ceil(longest_countdown_s(s))
 
 
 def broker_countdown_s(delay_s: float, s: Settings) -> float:
@@ -125,11 +154,7 @@ def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
 def _broker_options(s: Settings) -> dict[str, Any]:
     if s.broker_kind != "amqp":
         return {
-            "broker_transport_options": {
-                "visibility_timeout": max(
-                    MIN_VISIBILITY_TIMEOUT_S, int(4 * longest_countdown_s(s))
-                ),
-            },
+            "broker_transport_options": {"visibility_timeout": visibility_timeout_s(s)},
         }
     return {
         # A publish returns once RabbitMQ has taken the message (on a quorum queue: once a

@@ -12,6 +12,14 @@ duplicated or crafted message meets a transition that refuses it. The guards:
 * a **first-writer-wins outcome**: ``settle`` writes the outcome only if none exists, and the
   notify step claims the right to send with an owner and a lease.
 
+Every transition is safe to run twice for one caller (a reply lost after the script ran, then
+the step's own retry; the client itself never re-sends, tasks/adapters/runtime.py): it
+recognises the state its own earlier run left, by the caller's id (``post_attempt`` for the
+submit's claim, a per-execution ``poll_attempt`` for a poll, ``outcome_id`` for settle, the
+message's task id for create), and answers as that run did, changing nothing. A duplicate from
+anyone else is still refused. The delivery count (:meth:`JobStore.load`) is the exception: run
+twice, it counts two.
+
 Times are epoch seconds from the store's ``clock`` (``time.time`` in a worker; the simulation's
 fake clock in tests/sim): the scripts never read Redis' own clock.
 """
@@ -37,6 +45,7 @@ __all__ = [
     "KEY_PREFIX",
     "PARKED_FIELDS",
     "SEQ_DONE",
+    "SPOOL_MAX_BYTES",
     "SPOOL_PREFIX",
     "SUBMIT_WAIT_KEY",
     "WAIT_KEY",
@@ -47,6 +56,10 @@ __all__ = [
 KEY_PREFIX = "tts:job:"
 #: Audio that arrived in a submit's answer, kept until it is stored (base64 text, with a TTL).
 SPOOL_PREFIX = "tts:spool:"
+#: The largest audio the spool keeps (bytes; 256 KiB, about 8 s of 16-bit 16 kHz WAV): a submit
+#: answered with more stores it in the audio store straight away. Redis holds state; a spool of
+#: the 50 MiB TTS_MAX_AUDIO_BYTES took 84 MB of Redis for one key.
+SPOOL_MAX_BYTES = 256 * 1024
 #: Sorted set of job ids scored by when each job must next show progress (epoch seconds). A job
 #: still in it past that time lost a message (worker killed, failed publish): the reconciler
 #: re-sends its current step. Every state change below moves the score in the same script.
@@ -80,26 +93,50 @@ PARKED_FIELDS = (
 # ARGV value for "leave the job's check time as it is".
 _KEEP = "-"
 
-# Accept a job: create the record only if the job id is new. Returns 1 when this call created it.
+# Accept a job: create the record only if the job id is new. Returns 1 when this call created it,
+# 2 when the record exists and field ARGV[4] holds ARGV[5] (this same caller made it: a re-run),
+# 0 otherwise. ARGV: [1] TTL, [2] check_at ('' none), [3] job id, [4] [5] owner pair ('' none).
 _ACCEPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], ARGV[4]) == ARGV[5] then return 2 end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
 return 1
 """
 
 # Every guarded transition: act only if each guard field holds its expected value ('' = unset);
-# then set the fields, count a poll, renew the TTL, move the check time and park the next poll.
+# then set the fields, drop the named ones, count a poll, renew the TTL, move the check time and
+# park the next poll. Run again after it acted (its reply lost), it finds the job as it left
+# it: the "done" pairs (the state this very caller's run leaves behind) all hold, and it
+# answers 2 ("done already") and changes nothing.
 # ARGV: [1] guards, [2] check_at ('' drops it, '-' keeps it), [3] job id, [4] park_at ('' none),
-# [5] polls to add, [6] TTL seconds ('' keeps it), then guard pairs, then field pairs.
+# [5] polls to add, [6] TTL seconds ('' keeps it), [7] done pairs, [8] fields to drop, then
+# guard pairs, then done pairs, then the names to drop, then field pairs.
 _TRANSITION = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = tonumber(ARGV[1])
-for i = 0, n - 1 do
-  if (redis.call('HGET', KEYS[1], ARGV[7 + 2 * i]) or '') ~= ARGV[8 + 2 * i] then return 0 end
+local m = tonumber(ARGV[7])
+local k = tonumber(ARGV[8])
+local done = 9 + 2 * n
+if m > 0 then
+  local same = true
+  for i = 0, m - 1 do
+    if (redis.call('HGET', KEYS[1], ARGV[done + 2 * i]) or '') ~= ARGV[done + 1 + 2 * i] then
+      same = false
+      break
+    end
+  end
+  if same then return 2 end
 end
-local first = 7 + 2 * n
+for i = 0, n - 1 do
+  if (redis.call('HGET', KEYS[1], ARGV[9 + 2 * i]) or '') ~= ARGV[10 + 2 * i] then return 0 end
+end
+local drop = done + 2 * m
+if k > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, drop, drop + k - 1)) end
+local first = drop + k
 if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], 'polls', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
@@ -110,16 +147,23 @@ return 1
 """
 
 # Settle: the first outcome wins (and, with guards, only from the state they name). The poll
-# chain closes, the parked poll and the spooled audio go, the record lives TTL more seconds.
-# ARGV: [1] TTL, [2] guards, [3] check_at, [4] job id, then guard pairs, then field pairs.
+# chain closes, the parked poll and the spooled audio go, the caller's text goes (nothing will
+# send it again), the record lives TTL more seconds. An outcome already there under this
+# caller's outcome id is this caller's own earlier run (its reply lost): 2, nothing changes.
+# ARGV: [1] TTL, [2] guards, [3] check_at, [4] job id, [5] outcome id, then guard pairs, then
+# field pairs.
 _SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then
+  if redis.call('HGET', KEYS[1], 'outcome_id') == ARGV[5] then return 2 end
+  return 0
+end
 local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  if (redis.call('HGET', KEYS[1], ARGV[5 + 2 * i]) or '') ~= ARGV[6 + 2 * i] then return 0 end
+  if (redis.call('HGET', KEYS[1], ARGV[6 + 2 * i]) or '') ~= ARGV[7 + 2 * i] then return 0 end
 end
-redis.call('HSET', KEYS[1], 'seq', '-1', unpack(ARGV, 5 + 2 * n))
+redis.call('HDEL', KEYS[1], 'request')
+redis.call('HSET', KEYS[1], 'seq', '-1', 'outcome_id', ARGV[5], unpack(ARGV, 6 + 2 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[4])
@@ -173,6 +217,17 @@ def _time_arg(at: float | None) -> str:
     return "" if at is None else repr(at)
 
 
+def _poll_attempt(attempt: str | None) -> dict[str, str]:
+    return {} if attempt is None else {"poll_attempt": attempt}
+
+
+def _poll_done(status: str, token: str, seq: str, attempt: str | None) -> dict[str, str] | None:
+    """What a poll's transition leaves behind, naming the execution that moved it."""
+    if attempt is None:
+        return None
+    return {"status": status, "token": token, "seq": seq, "poll_attempt": attempt}
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as stored; ``outcome`` is the webhook's ``type``/``audio``/``error`` part."""
@@ -210,6 +265,9 @@ class Job:
     audio_url: str | None = None
     # The audio came in the submit's answer and waits in the spool (SPOOL_PREFIX + job id).
     spooled: bool = False
+    # The audio came in the submit's answer and was stored by the submit (the webhook's
+    # ``audio`` object, tasks/audio/storage.py): the download step only records it.
+    stored_audio: dict[str, Any] | None = None
     content_type: str | None = None
     outcome: dict[str, Any] | None = None
     # Random, set with the outcome: the webhook-id is made from it (tasks/webhooks/delivery.py).
@@ -231,6 +289,8 @@ class Job:
     seq: str | None = field(default=None, repr=False)
     submit_owner: str | None = field(default=None, repr=False)
     post_attempt: str | None = field(default=None, repr=False)
+    # The attempt whose POST left (marked just before sending): a claim without it sent nothing.
+    post_sent: str | None = field(default=None, repr=False)
     chain_owner: str | None = field(default=None, repr=False)
     # A NanoGPT call the budget granted to this job's next step: ``poll:<seq>`` or ``submit``.
     grant: str | None = field(default=None, repr=False)
@@ -273,6 +333,7 @@ class Job:
             last_status=raw.get("last_status"),
             audio_url=raw.get("audio_url"),
             spooled=raw.get("spooled") == "1",
+            stored_audio=json.loads(raw["stored_audio"]) if raw.get("stored_audio") else None,
             content_type=raw.get("content_type"),
             outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
             outcome_id=raw.get("outcome_id"),
@@ -290,6 +351,7 @@ class Job:
             seq=raw.get("seq"),
             submit_owner=raw.get("submit_owner"),
             post_attempt=raw.get("post_attempt"),
+            post_sent=raw.get("post_sent"),
             chain_owner=raw.get("chain_owner"),
             grant=raw.get("grant"),
             cancel_id=raw.get("cancel_id"),
@@ -316,6 +378,7 @@ class Job:
             "chain_owner",
             "request",
             "post_attempt",
+            "post_sent",
             "grant",
             "cancel_id",
         }
@@ -381,18 +444,43 @@ class JobStore:
     # --- transitions -------------------------------------------------------------------------
 
     def create(
-        self, job_id: str, fields: dict[str, Any], *, ttl_s: float, check_at: float | None
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        ttl_s: float,
+        check_at: float | None,
+        owner: str | None = None,
     ) -> bool:
-        """Accept a job: create the record if the job id is new; False if it exists."""
+        """Accept a job: create the record if the job id is new; False if it exists.
+
+        ``owner``: the field that names who creates it (``submit_owner``, ``chain_owner``,
+        ``created_by``), whose value in ``fields`` is the caller's task id: a record that
+        already holds it is this caller's own (a re-run, or a redelivery of the same
+        message), and the answer is True again, as it was the first time.
+        """
+        return self._create(job_id, fields, ttl_s=ttl_s, check_at=check_at, owner=owner) > 0
+
+    def _create(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        ttl_s: float,
+        check_at: float | None,
+        owner: str | None,
+    ) -> int:
         now = self._clock()
         record = {"job_id": job_id, "created_at": now, "updated_at": now, **fields}
+        mine = ["", ""] if owner is None else [owner, str(fields[owner])]
         argv: list[str | int] = [
             max(1, int(ttl_s) + self._ttl_s),
             _time_arg(check_at),
             job_id,
+            *mine,
             *_flatten(record),
         ]
-        return bool(self._accept(keys=self._keys(job_id), args=argv))
+        return int(self._accept(keys=self._keys(job_id), args=argv))
 
     def _move(
         self,
@@ -405,8 +493,13 @@ class JobStore:
         polls: int = 0,
         ttl_s: float | None = None,
         park_key: str = WAIT_KEY,
-    ) -> bool:
+        done: Mapping[str, str] | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> int:
+        """One guarded transition: 1 when it acted, 2 when ``done`` (the state this caller's
+        own run leaves behind) already holds, 0 when refused. ``drop``: fields to delete."""
         check = check_at if isinstance(check_at, str) else _time_arg(check_at)
+        after = dict(done or {})
         argv: list[str | int] = [
             len(guards),
             check,
@@ -414,12 +507,15 @@ class JobStore:
             _time_arg(park_at),
             polls,
             "" if ttl_s is None else max(1, int(ttl_s) + self._ttl_s),
+            len(after),
+            len(drop),
         ]
-        for name, expected in guards.items():
+        for name, expected in [*guards.items(), *after.items()]:
             argv += [name, expected]
+        argv += drop
         argv += _flatten({**fields, "updated_at": self._clock()})
         keys = [_key(job_id), DUE_KEY, park_key]
-        return bool(self._transition(keys=keys, args=argv))
+        return int(self._transition(keys=keys, args=argv))
 
     def update(self, job_id: str, fields: dict[str, Any], *, check_at: float | None = None) -> None:
         """Unguarded write of informational fields, and optionally a new check time."""
@@ -441,17 +537,36 @@ class JobStore:
         check_at: float,
     ) -> bool:
         """submitting → posting: this execution (``attempt``) of the submit message ``owner``
-        alone may send the POST, the job's ``posts``-th; the claim runs out at ``lease_until``."""
-        return self._move(
-            job_id,
-            {"status": Status.SUBMITTING, "submit_owner": owner},
-            {
-                "status": Status.POSTING,
-                "post_attempt": attempt,
-                "post_lease_until": lease_until,
-                "posts": posts,
-            },
-            check_at=check_at,
+        alone may send the POST, the job's ``posts``-th; the claim runs out at ``lease_until``.
+        Run again by the same execution (its reply lost), it finds its own claim: True."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.SUBMITTING, "submit_owner": owner},
+                {
+                    "status": Status.POSTING,
+                    "post_attempt": attempt,
+                    "post_lease_until": lease_until,
+                    "posts": posts,
+                    # Not sent yet: post_sent marks it just before it leaves.
+                    "post_sent": "",
+                },
+                check_at=check_at,
+                done={"status": Status.POSTING, "post_attempt": attempt},
+            )
+        )
+
+    def post_sent(self, job_id: str, attempt: str) -> bool:
+        """The claim's POST is about to leave: marked first, so a claim whose POST never left
+        (its worker died, or its reply was lost, before sending) is never taken for one that
+        may have been billed. False if ``attempt`` no longer holds the claim: do not send.
+        Running it twice marks the same attempt twice."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POSTING, "post_attempt": attempt},
+                {"post_sent": attempt},
+            )
         )
 
     def take_over_post(
@@ -459,23 +574,30 @@ class JobStore:
     ) -> bool:
         """posting → posting under ``attempt``: the claim ``lost`` was taken by an execution
         that never learnt it had it, so sent nothing; only one retry (of possibly duplicated
-        copies) wins it and may send the POST."""
-        return self._move(
-            job_id,
-            {"status": Status.POSTING, "post_attempt": lost},
-            {"post_attempt": attempt, "post_lease_until": lease_until},
-            check_at=check_at,
+        copies) wins it and may send the POST. Run again by the same execution: True."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POSTING, "post_attempt": lost},
+                {"post_attempt": attempt, "post_lease_until": lease_until, "post_sent": ""},
+                check_at=check_at,
+                done={"status": Status.POSTING, "post_attempt": attempt},
+            )
         )
 
     def post_refused(
         self, job_id: str, attempt: str, fields: dict[str, Any], *, check_at: float
     ) -> bool:
-        """posting → submitting: the POST provably was not accepted; it may be sent again."""
-        return self._move(
-            job_id,
-            {"status": Status.POSTING, "post_attempt": attempt},
-            {**fields, "status": Status.SUBMITTING},
-            check_at=check_at,
+        """posting → submitting: the POST provably was not accepted (or never left); it may
+        be sent again. Run again by the same execution, it finds the claim it gave back."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POSTING, "post_attempt": attempt},
+                {**fields, "status": Status.SUBMITTING},
+                check_at=check_at,
+                done={"status": Status.SUBMITTING, "post_attempt": attempt},
+            )
         )
 
     def post_accepted(
@@ -489,7 +611,9 @@ class JobStore:
         park_at: float | None = None,
     ) -> str | None:
         """posting → polling: the ticket starts a poll chain; returns its token (None if this
-        attempt no longer holds the claim). ``park_at``: park the first poll in Redis."""
+        attempt no longer holds the claim). ``park_at``: park the first poll in Redis. The
+        caller's text goes: NanoGPT has it, nothing will send it again. Run again by the same
+        attempt, it returns the token its first run set."""
         token = uuid.uuid4().hex
         moved = self._move(
             job_id,
@@ -504,22 +628,38 @@ class JobStore:
             check_at=check_at,
             park_at=park_at,
             ttl_s=deadline_at - self._clock(),
+            done={"status": Status.POLLING, "post_attempt": attempt},
+            drop=("request",),
         )
+        if moved == 2:
+            return str(self._redis.hget(_key(job_id), "token") or "") or None
         return token if moved else None
 
     def audio_ready(
         self, job_id: str, attempt: str, fields: dict[str, Any], *, check_at: float
     ) -> bool:
-        """posting → downloading: the submit answered with the audio (a link, or spooled)."""
-        return self._move(
-            job_id,
-            {"status": Status.POSTING, "post_attempt": attempt},
-            {**fields, "status": Status.DOWNLOADING},
-            check_at=check_at,
+        """posting → downloading: the submit answered with the audio (a link, or the bytes
+        themselves). The caller's text goes, as with :meth:`post_accepted`. Run again by the
+        same attempt, it finds the job it moved: True."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POSTING, "post_attempt": attempt},
+                {**fields, "status": Status.DOWNLOADING},
+                check_at=check_at,
+                done={"status": Status.DOWNLOADING, "post_attempt": attempt},
+                drop=("request",),
+            )
         )
 
     def spool(self, job_id: str, audio: bytes, *, ttl_s: float) -> None:
-        """Keep audio that arrived in a submit's answer until it is stored (settle drops it)."""
+        """Keep audio that arrived in a submit's answer until it is stored (settle drops it).
+
+        Only small audio (:data:`SPOOL_MAX_BYTES`): Redis holds state, not payloads. Larger
+        audio goes to the audio store straight from the submit (tasks/steps/submit.py).
+        Raises ValueError above the limit."""
+        if len(audio) > SPOOL_MAX_BYTES:
+            raise ValueError(f"{len(audio)} bytes of audio is over the spool's {SPOOL_MAX_BYTES}")
         self._redis.set(
             SPOOL_PREFIX + job_id, base64.b64encode(audio).decode(), ex=max(1, int(ttl_s))
         )
@@ -530,9 +670,13 @@ class JobStore:
     def start_chain(
         self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
     ) -> str | None:
-        """Accept a poll chain started by name; returns its token, or None for a duplicate."""
+        """Accept a poll chain started by name; returns its token, or None for a duplicate.
+
+        With ``chain_owner`` in ``fields`` (the message's task id), a chain this same message
+        started already (a re-run, a redelivery) answers with that chain's token while its
+        first poll is still due; the poll's lease then decides whether it may act."""
         token = uuid.uuid4().hex
-        created = self.create(
+        created = self._create(
             job_id,
             {
                 **fields,
@@ -543,7 +687,11 @@ class JobStore:
             },
             ttl_s=deadline_at - self._clock(),
             check_at=check_at,
+            owner="chain_owner" if fields.get("chain_owner") else None,
         )
+        if created == 2:
+            known, seq = self._redis.hmget(_key(job_id), ["token", "seq"])
+            return str(known) if known and seq == "0" else None
         return token if created else None
 
     def advance(
@@ -555,28 +703,46 @@ class JobStore:
         *,
         check_at: float,
         park_at: float | None = None,
+        attempt: str | None = None,
     ) -> bool:
         """Next poll: move the lease from poll ``seq`` to ``seq + 1``; False if this poll is
-        not current. ``park_at``: park the next poll in Redis until then, in the same step."""
-        return self._move(
-            job_id,
-            {"status": Status.POLLING, "token": token, "seq": str(seq)},
-            {**fields, "seq": str(seq + 1)},
-            check_at=check_at,
-            park_at=park_at,
-            polls=1,
+        not current. ``park_at``: park the next poll in Redis until then, in the same step.
+        ``attempt``: this execution's own id (random): run again by it, the transition finds
+        the lease it moved and answers True; a duplicate message (another execution of poll
+        ``seq``) still finds a mismatch."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POLLING, "token": token, "seq": str(seq)},
+                {**fields, "seq": str(seq + 1), **_poll_attempt(attempt)},
+                check_at=check_at,
+                park_at=park_at,
+                polls=1,
+                done=_poll_done(Status.POLLING, token, str(seq + 1), attempt),
+            )
         )
 
     def end_polling(
-        self, job_id: str, token: str, seq: int, fields: dict[str, Any], *, check_at: float
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        fields: dict[str, Any],
+        *,
+        check_at: float,
+        attempt: str | None = None,
     ) -> bool:
-        """polling → downloading (the audio is ready); False if this poll is not current."""
-        return self._move(
-            job_id,
-            {"status": Status.POLLING, "token": token, "seq": str(seq)},
-            {**fields, "status": Status.DOWNLOADING, "seq": SEQ_DONE},
-            check_at=check_at,
-            polls=1,
+        """polling → downloading (the audio is ready); False if this poll is not current.
+        ``attempt``: as for :meth:`advance`."""
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POLLING, "token": token, "seq": str(seq)},
+                {**fields, "status": Status.DOWNLOADING, "seq": SEQ_DONE, **_poll_attempt(attempt)},
+                check_at=check_at,
+                polls=1,
+                done=_poll_done(Status.DOWNLOADING, token, SEQ_DONE, attempt),
+            )
         )
 
     def settle(
@@ -589,11 +755,14 @@ class JobStore:
         guards: Mapping[str, str] | None = None,
         polls: int | None = None,
         cancel_id: str | None = None,
+        outcome_id: str | None = None,
     ) -> bool:
         """→ completed / failed: record the job's outcome if it has none yet; True for the one
         caller that did. ``lease``: only the current poll may settle; ``guards``: only while
         these fields hold these values. ``polls``: the poll count including the one that
-        ended the job, when a poll did. ``cancel_id``: the cancel message that ends it."""
+        ended the job, when a poll did. ``cancel_id``: the cancel message that ends it.
+        ``outcome_id``: names the outcome (random if not given); an outcome already recorded
+        under it is this caller's own: True again."""
         now = self._clock()
         status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
@@ -603,15 +772,21 @@ class JobStore:
             "finished_at": now,
             "updated_at": now,
             "notify_state": NotifyState.QUEUED,
-            # Names this outcome (its webhook-id): the same for every attempt at its webhook,
-            # new if the job id is used again once this record has expired.
-            "outcome_id": uuid.uuid4().hex,
             "cancel_id": cancel_id,
         }
+        # Names this outcome (its webhook-id): the same for every attempt at its webhook, new if
+        # the job id is used again once this record has expired.
+        outcome_id = outcome_id or uuid.uuid4().hex
         expected = dict(guards or {})
         if lease is not None:
             expected |= {"token": lease[0], "seq": str(lease[1])}
-        argv: list[str | int] = [self._ttl_s, len(expected), _time_arg(check_at), job_id]
+        argv: list[str | int] = [
+            self._ttl_s,
+            len(expected),
+            _time_arg(check_at),
+            job_id,
+            outcome_id,
+        ]
         for name, value in expected.items():
             argv += [name, value]
         argv += _flatten(fields)
@@ -619,7 +794,8 @@ class JobStore:
         return bool(self._settle(keys=keys, args=argv))
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
-        """Take the right to send this job's webhook (re-entrant for the same task id)."""
+        """Take the right to send this job's webhook (re-entrant for the same task id, so a
+        re-run answers as the first run did)."""
         now = self._clock()
         argv = [owner, repr(now), repr(now + lease_s)]
         return bool(self._claim_notify(keys=[_key(job_id)], args=argv))
@@ -638,11 +814,14 @@ class JobStore:
         """The current poll found no budget: park it again, due at ``due_at``, without making
         its call. Not a retry, and not a delivery: the count this delivery added is taken back,
         so a poll deferred many times is never mistaken for a poison message."""
-        return self._move(
-            job_id,
-            {"status": Status.POLLING, "token": token, "seq": str(seq)},
-            {"delivery_count": max(0, deliveries - 1)},
-            park_at=due_at,
+        # Run twice, it writes the same count and the same due time: the same answer.
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.POLLING, "token": token, "seq": str(seq)},
+                {"delivery_count": max(0, deliveries - 1)},
+                park_at=due_at,
+            )
         )
 
     def defer_submit(
@@ -658,13 +837,16 @@ class JobStore:
         ``queued_at`` (when the job was accepted), without sending the POST; the delivery is
         taken back as for a poll. One script: a worker killed in between cannot leave the job
         out of line, watched only at its deadline."""
-        return self._move(
-            job_id,
-            {"status": Status.SUBMITTING, "submit_owner": owner},
-            {"delivery_count": max(0, deliveries - 1)},
-            check_at=check_at,
-            park_at=queued_at,
-            park_key=SUBMIT_WAIT_KEY,
+        # Run twice, it writes the same count and the same place in line: the same answer.
+        return bool(
+            self._move(
+                job_id,
+                {"status": Status.SUBMITTING, "submit_owner": owner},
+                {"delivery_count": max(0, deliveries - 1)},
+                check_at=check_at,
+                park_at=queued_at,
+                park_key=SUBMIT_WAIT_KEY,
+            )
         )
 
     def waiting_for_budget(self, job_id: str) -> bool:

@@ -47,7 +47,10 @@ def reject(
         url = validation.notify_url(notify_url)
     except errors.InvalidInput:
         url = None
-    if ctx.jobs.create(jid, {"status": Status.FAILED, "notify_url": url}, ttl_s=0, check_at=None):
+    # created_by: a re-run of this very message (its reply lost, or a redelivery) finds its own
+    # record and finishes the work: the outcome and its webhook (settle: first outcome wins).
+    fields = {"status": Status.FAILED, "notify_url": url, "created_by": d.task_id}
+    if ctx.jobs.create(jid, fields, ttl_s=0, check_at=None, owner="created_by"):
         log.warning("job %s rejected: %s", jid, exc.message)
         fail(ctx, jid, exc)
     return jid
@@ -68,10 +71,12 @@ def accept_submit(
     owner: str,
     start_at: float | None = None,
 ) -> bool:
-    """Make the job's record (``submitting``) if it is new; True if this call made it.
+    """Make the job's record (``submitting``) if it is new; True if this call made it (or
+    this same message did, earlier).
 
-    The request is kept, so the reconciler can re-send a submit whose message was lost, and the
-    job gets a deadline like a poll chain, so nothing can wait outside the reconciler's sight.
+    The request is kept while the POST may still be sent, so the reconciler can re-send a
+    submit whose message was lost (it goes once NanoGPT has accepted it), and the job gets a
+    deadline like a poll chain, so nothing can wait outside the reconciler's sight.
     """
     s = ctx.settings
     now = ctx.clock()
@@ -86,7 +91,11 @@ def accept_submit(
         "deadline_at": deadline_at,
     }
     created = ctx.jobs.create(
-        job_id, fields, ttl_s=deadline_at - now, check_at=received_check_at(ctx, start_at)
+        job_id,
+        fields,
+        ttl_s=deadline_at - now,
+        check_at=received_check_at(ctx, start_at),
+        owner="submit_owner",
     )
     if created:
         progress.publish(ctx, job_id, Status.SUBMITTING)

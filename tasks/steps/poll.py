@@ -4,6 +4,7 @@ sent with a countdown), never waited for."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 from tasks import errors, logctx, metrics
 from tasks.nanogpt import validation
@@ -50,19 +51,12 @@ def poll(
         return accept.reject(ctx, d, job_id, exc, notify_url)
     logctx.bind_job(jid)
     if lease is None:
+        # This very message may have started the chain before (when the worker received it,
+        # or before a redelivery): then its token comes back, while its first poll is due.
         token = accept.accept_poll(ctx, jid, request, url, owner=d.task_id)
         if token is None:
-            known = ctx.jobs.get(jid)
-            # This very message may have started the chain before it was redelivered.
-            if (
-                known is None
-                or known.chain_owner != d.task_id
-                or known.seq != "0"
-                or not known.token
-            ):
-                log.info("job %s already exists; duplicate poll chain ignored", jid)
-                return jid
-            token = known.token
+            log.info("job %s already exists; duplicate poll chain ignored", jid)
+            return jid
         lease, seq = token, 0
     assert isinstance(lease, str)
     assert isinstance(seq, int)
@@ -94,6 +88,8 @@ def poll(
         )
 
     s = ctx.settings
+    # This execution's own id: its transitions, run again (a lost reply), know their own work.
+    attempt = uuid.uuid4().hex
     if ctx.budget.spend(jid, budget_grant(seq)) > 0:
         # No budget now: the call is not made, and this is not a retry. The poll waits in the
         # wait set, due at once, for the releaser to grant it a token by its chance of finding
@@ -134,18 +130,24 @@ def poll(
             "request_id": result.request_id,
         }
         if ctx.jobs.end_polling(
-            jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s)
+            jid, lease, seq, fields, check_at=check_at(ctx, s.download_timeout_s), attempt=attempt
         ):
             publish_progress(ctx, jid, Status.DOWNLOADING)
             ctx.dispatch.download(jid)
             _learn_generation(ctx, job, now)
         return jid
     metrics.poll("pending")
-    return _requeue(ctx, job, result, held, deadline_at)
+    return _requeue(ctx, job, result, held, deadline_at, attempt=attempt)
 
 
 def _requeue(
-    ctx: Ctx, job: Job, pending: Pending, held: tuple[str, int], deadline_at: float
+    ctx: Ctx,
+    job: Job,
+    pending: Pending,
+    held: tuple[str, int],
+    deadline_at: float,
+    *,
+    attempt: str,
 ) -> str:
     s = ctx.settings
     now = ctx.clock()
@@ -196,6 +198,7 @@ def _requeue(
         },
         check_at=check_at(ctx, delay_s),
         park_at=park_at,
+        attempt=attempt,
     ):
         return job.job_id
     eta_s = queue_eta_s(progress)

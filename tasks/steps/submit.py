@@ -9,11 +9,13 @@ import uuid
 from typing import Any
 
 from tasks import errors, logctx, metrics
+from tasks.audio import storage
+from tasks.config.celery_config import POST_LEASE_SLACK_S
 from tasks.nanogpt import validation
 from tasks.nanogpt.client import InlineAudio
 from tasks.nanogpt.parsing import AudioLink, Ticket
 from tasks.pacing import schedule
-from tasks.record.jobs import Job
+from tasks.record.jobs import SPOOL_MAX_BYTES, Job
 from tasks.record.states import Status
 from tasks.steps import accept, progress
 from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
@@ -78,11 +80,21 @@ def submit(
     if job.status == Status.POSTING:
         carried = _carried_answer(accepted, job.post_attempt)
         if carried is not None:
-            _record_answer(ctx, jid, job.post_attempt or "", carried, model=request.model)
+            lease_until = job.post_lease_until or now + post_lease_s(ctx)
+            _record_answer(
+                ctx,
+                jid,
+                job.post_attempt or "",
+                carried,
+                model=request.model,
+                lease_until=lease_until,
+            )
             return jid
         lost_claim = _lost_claim(accepted, job.post_attempt)
         if lost_claim is None:
-            return _post_in_doubt(ctx, job, now)
+            if not _unsent_claim_returned(ctx, job, now):
+                return _post_in_doubt(ctx, job, now)
+            job = dataclasses.replace(job, status=Status.SUBMITTING)
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
         return fail(
@@ -119,12 +131,15 @@ def submit(
                 lease_until=lease_until,
                 check_at=claim_check_at,
             )
+        # Marked just before it leaves: a claim without the mark provably sent nothing.
+        sending = claimed and ctx.jobs.post_sent(jid, attempt)
     except Exception as exc:
-        # The claim may have been taken without its reply reaching us (a timeout, a connection
-        # cut after the script ran). Nothing was sent under it: the retry may take it over.
+        # The claim (or its mark) may have been written without its reply reaching us (a
+        # timeout, a connection cut after the script ran). Nothing was sent under it: the
+        # retry carries it and takes it over at once (take_over_post).
         raise AnswerUnrecorded({"attempt": attempt, "kind": "claim"}) from exc
-    if not claimed and not _claimed_before(ctx, jid, attempt):
-        return jid
+    if not sending:
+        return jid  # refused, or the claim ran out before the POST left and was taken back
     progress.publish(ctx, jid, Status.POSTING)
     posting = {"status": Status.POSTING, "post_attempt": attempt}
     metrics.upstream_call("submit")
@@ -138,7 +153,7 @@ def submit(
         if isinstance(exc, errors.SubmitUnconfirmed):
             log.error("job %s: %s; NanoGPT may have accepted it; not sent again", jid, exc)
         return fail(ctx, jid, exc, guards=posting)
-    _record_answer(ctx, jid, attempt, answer, model=request.model)
+    _record_answer(ctx, jid, attempt, answer, model=request.model, lease_until=lease_until)
     return jid
 
 
@@ -156,27 +171,25 @@ class AnswerUnrecorded(Exception):
 
 
 def _record_answer(
-    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio, *, model: str
+    ctx: Ctx,
+    job_id: str,
+    attempt: str,
+    answer: Ticket | AudioLink | InlineAudio,
+    *,
+    model: str,
+    lease_until: float,
 ) -> None:
     """:func:`_accepted`; if that raises, the answer leaves with the error, to come back with
-    the retry. Audio bytes do not fit in a message: an inline answer that could not be spooled
-    is lost, and the job ends ``SUBMIT_UNCONFIRMED`` when its claim runs out, as before."""
+    the retry. Audio bytes do not fit in a message: an inline answer that could not be
+    recorded is lost, and the job ends ``SUBMIT_UNCONFIRMED`` when its claim runs out."""
     try:
-        _accepted(ctx, job_id, attempt, answer, model=model)
+        _accepted(ctx, job_id, attempt, answer, model=model, lease_until=lease_until)
     except Exception as exc:
         if isinstance(answer, InlineAudio):
             raise
         kind = "ticket" if isinstance(answer, Ticket) else "audio_link"
         carried = {"attempt": attempt, "kind": kind, **dataclasses.asdict(answer)}
         raise AnswerUnrecorded(carried) from exc
-
-
-def _claimed_before(ctx: Ctx, job_id: str, attempt: str) -> bool:
-    """True if the claim was refused because this very execution holds it: redis-py re-sent
-    the script after a timeout (``retry_on_timeout``) and its first run, whose reply was lost,
-    took it. ``attempt`` is fresh per execution, so no one else's claim can match."""
-    job = ctx.jobs.get(job_id)
-    return job is not None and job.status == Status.POSTING and job.post_attempt == attempt
 
 
 def _lost_claim(accepted: object, attempt: str | None) -> str | None:
@@ -201,6 +214,24 @@ def _carried_answer(accepted: object, attempt: str | None) -> Ticket | AudioLink
     except TypeError:
         pass
     return None
+
+
+def _unsent_claim_returned(ctx: Ctx, job: Job, now: float) -> bool:
+    """A claim that ran out before its POST left (its worker died, or lost Redis' reply,
+    between the claim and the send) sent nothing: give it back so this delivery may send it,
+    rather than end the job as "may have been billed". True if this call gave it back.
+
+    A record without the ``post_sent`` mark (claimed by an older version) is taken as sent."""
+    unsent = job.post_sent is not None and job.post_sent != job.post_attempt
+    if not unsent or (job.post_lease_until or 0.0) > now:
+        return False
+    log.warning("job %s: the POST's claim ran out before it was sent; sending it", job.job_id)
+    return ctx.jobs.post_refused(
+        job.job_id,
+        job.post_attempt or "",
+        {"last_error": "the claim on the POST ran out before the POST was sent"},
+        check_at=check_at(ctx, 0),
+    )
 
 
 def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:
@@ -258,7 +289,13 @@ def _post_refused(
 
 
 def _accepted(
-    ctx: Ctx, job_id: str, attempt: str, answer: Ticket | AudioLink | InlineAudio, *, model: str
+    ctx: Ctx,
+    job_id: str,
+    attempt: str,
+    answer: Ticket | AudioLink | InlineAudio,
+    *,
+    model: str,
+    lease_until: float,
 ) -> None:
     """NanoGPT took the POST: hand the job to polling, or to storing the audio it answered.
     What it said the POST cost is recorded with the answer, and counted once per job."""
@@ -281,8 +318,9 @@ def _accepted(
         if moved:
             metrics.spent(model, answer.currency, answer.cost)
             ctx.dispatch.download(job_id)
-    else:
-        # Spooled first: a storage outage is then retried from the spool, never by a new POST.
+    elif len(answer.audio) <= SPOOL_MAX_BYTES:
+        # Small: spooled first, so a storage outage is retried from the spool, never by a new
+        # POST, and a worker killed now loses nothing.
         ctx.jobs.spool(job_id, answer.audio, ttl_s=s.poll_timeout_s)
         fields = {
             "spooled": True,
@@ -296,6 +334,8 @@ def _accepted(
             ctx.dispatch.download(job_id)
         else:
             ctx.jobs.drop_spool(job_id)
+    else:
+        moved = _store_inline(ctx, job_id, attempt, answer, lease_until=lease_until)
     if moved and not isinstance(answer, Ticket):
         progress.publish(ctx, job_id, Status.DOWNLOADING)
     if not moved:
@@ -307,6 +347,49 @@ def _accepted(
             job_id,
             run,
         )
+
+
+def _store_inline(
+    ctx: Ctx, job_id: str, attempt: str, answer: InlineAudio, *, lease_until: float
+) -> bool:
+    """Larger audio goes straight to its final place in the audio store (named by the job id,
+    so storing it again rewrites the same bytes), within the POST's claim; the download step
+    then only records it. The bytes exist nowhere else: if the store refuses them, the job
+    fails STORAGE_FAILED (NanoGPT has billed it) rather than parking megabytes in Redis.
+    Returns whether the job moved on (False: it had ended meanwhile, or failed here)."""
+    s = ctx.settings
+    posting = {"status": Status.POSTING, "post_attempt": attempt}
+    # Leave the claim's own slack for recording the answer once the audio is stored.
+    left_s = min(s.download_timeout_s, lease_until - ctx.clock() - POST_LEASE_SLACK_S)
+    try:
+        stored = storage.store_bytes(
+            answer.audio,
+            store=ctx.audio_store,
+            job_id=job_id,
+            content_type=answer.content_type,
+            max_bytes=s.max_audio_bytes,
+            timeout_s=max(0.0, left_s),
+        )
+    except errors.TTSError as exc:
+        reason: errors.TTSError = exc
+        if isinstance(exc, errors.TransientError):
+            reason = errors.StorageFailed(
+                f"the {len(answer.audio)} bytes of audio NanoGPT answered with could not be "
+                f"stored: {exc.message}"
+            )
+        fail(ctx, job_id, reason, guards=posting)
+        return False
+    fields = {
+        "stored_audio": stored.as_dict(),
+        "content_type": answer.content_type,
+        "request_id": answer.request_id,
+    }
+    if not ctx.jobs.audio_ready(
+        job_id, attempt, fields, check_at=check_at(ctx, s.download_timeout_s)
+    ):
+        return False
+    ctx.dispatch.download(job_id)
+    return True
 
 
 def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:

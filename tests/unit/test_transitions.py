@@ -276,10 +276,16 @@ def test_post_accepted_only_once(
     jid = new_id()
     token = polling(store, jid)
     before = snapshot(redis_client, jid)
+    # The same attempt again (its reply was lost) gets its own token back, and changes nothing.
     again = store.post_accepted(
         jid, "attempt-1", {"run_id": "r2"}, deadline_at=time.time() + 9, check_at=9.0
     )
-    assert again is None
+    assert again == token
+    assert snapshot(redis_client, jid) == before
+    other = store.post_accepted(
+        jid, "attempt-2", {"run_id": "r2"}, deadline_at=time.time() + 9, check_at=9.0
+    )
+    assert other is None
     assert snapshot(redis_client, jid) == before
     assert get(store, jid).holds(token, 0)
 
