@@ -69,6 +69,28 @@ def _run(task: Task, step: Any, *args: Any, **kwargs: Any) -> str:  # type: igno
     return str(result)
 
 
+# RabbitMQ's dead-lettering marks: a copy that carried them into the native-delay queues again
+# would be taken for a dead-letter cycle and dropped (a 1 s retry, then a 3 s one through the
+# same 1 s queue, vanished: celery/celery#10111). Celery's own retry filters them; ours passes
+# headers of its own, so it must too.
+DEAD_LETTER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
+
+
+def _own_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """The message's headers a retry carries on: all but the broker's dead-letter marks."""
+    return {k: v for k, v in (headers or {}).items() if k not in DEAD_LETTER_HEADERS}
+
+
 def _retry(
     task: Task,  # type: ignore[type-arg]
     countdown_s: float,
@@ -80,7 +102,7 @@ def _retry(
     """``Task.retry`` carrying the re-send counts (and ``kwargs`` added to the message's own);
     if the copy cannot be published (the broker is down too), the message goes back to the
     broker instead of being acked."""
-    headers = {**(task.request.headers or {}), **resent.headers()}
+    headers = {**_own_headers(task.request.headers), **resent.headers()}
     more: dict[str, Any] = {}
     if kwargs:
         more["kwargs"] = {**(task.request.kwargs or {}), **kwargs}

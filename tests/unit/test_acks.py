@@ -214,6 +214,24 @@ def test_a_steps_own_retry_keeps_the_counts(task: Task) -> None:  # type: ignore
     assert retry.sig.options["headers"] == {"tts_store_retries": 3, "tts_crashes": 0}
 
 
+def test_a_retry_drops_rabbitmqs_dead_letter_marks(task: Task) -> None:  # type: ignore[type-arg]
+    """A copy that still carried ``x-death`` from its last trip through the native-delay queues
+    was dropped by RabbitMQ as a dead-letter cycle on its next one (every 3 s store retry after
+    a 1 s one was lost in the job-store fault runs)."""
+
+    def step(_ctx: Any, _d: steps.Delivery, job_id: str) -> str:
+        raise redis.exceptions.ConnectionError("refused")
+
+    marks = {
+        "x-death": [{"queue": "celery_delayed_0", "count": 1}],
+        "x-first-death-queue": "celery_delayed_0",
+        "x-last-death-reason": "expired",
+    }
+    retry = run(task, step, headers={**marks, "tts_store_retries": 1, "app": "x"}, is_eager=True)
+    assert retry.sig is not None
+    assert retry.sig.options["headers"] == {"app": "x", "tts_store_retries": 2, "tts_crashes": 0}
+
+
 def test_a_retry_that_cannot_be_published_is_given_back(
     task: Task,  # type: ignore[type-arg]
     monkeypatch: pytest.MonkeyPatch,
