@@ -290,6 +290,7 @@ class Sim:
                     rate_per_s=s.upstream_rate_per_s,
                     burst=s.upstream_burst,
                     clock=self.clock,
+                    script_clock=self.clock,  # the sim's time, not Redis'
                 ),
                 "budget",
             ),
