@@ -146,7 +146,8 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 
 # The releaser's grant: for each (kind, job id) pair in ARGV[5..], while free tokens are not yet
 # promised to earlier grants, take the job off its wait set (ZREM: exactly one releaser wins
-# it), check it still waits for that call, write its grant and move its check time to ARGV[5]
+# it; a poll only once it is due, as a ranking a moment old may name one parked again since),
+# check it still waits for that call, write its grant and move its check time to ARGV[5]
 # (a releaser killed before publishing its step leaves it to the reconciler, soon). Returns the
 # granted ids, in order. KEYS: budget, wait set, submit wait set, granted set, the reconciler's
 # due set. ARGV[4]: the job key prefix; the pairs start at ARGV[6].
@@ -161,8 +162,10 @@ for i = 6, #ARGV - 1, 2 do
   local kind, id = ARGV[i], ARGV[i + 1]
   local key = ARGV[4] .. id
   local set = KEYS[2]
-  if kind == 's' then set = KEYS[3] end
-  if redis.call('ZREM', set, id) == 1 then
+  local due = true
+  if kind == 's' then set = KEYS[3]
+  else due = tonumber(redis.call('ZSCORE', set, id) or '+inf') <= now end
+  if due and redis.call('ZREM', set, id) == 1 then
     local f = redis.call('HMGET', key, 'status', 'seq')
     local grant = nil
     if kind == 'p' and f[1] == 'polling' and f[2] and f[2] ~= '-1' then grant = 'poll:' .. f[2]

@@ -34,7 +34,7 @@ from tasks.context import Ctx
 from tasks.dispatch import Dispatcher
 from tasks.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tasks.nanogpt import NanoGPTClient
-from tasks.parking import Releaser, release
+from tasks.parking import Releaser, release_all
 from tasks.states import NotifyState
 from tasks.storage import download
 from tasks.webhooks import deliver
@@ -295,7 +295,9 @@ class Sim:
                 "budget",
             ),
         )
-        self.releaser = Releaser(client)
+        self.releaser = Releaser(client, recovery_grace_s=s.recovery_grace_s)
+        # The releaser threads' standing: the lock and the ranking they grant from.
+        self.granting = granting.Releasing(owner="sim")
         self.main = greenlet.getcurrent()
         self.workers: list[Worker] = []
         self.executions: list[Execution] = []
@@ -462,13 +464,9 @@ class Sim:
         if now >= next_at["release"]:
             try:
                 if self.ctx.budget.on:
-                    granting.release(self.ctx, rand=self.rng.random)
+                    granting.release(self.ctx, rand=self.rng.random, state=self.granting)
                 else:
-                    while (
-                        release(self.releaser, self.ctx.dispatch.poll_job, now=now, limit=100)
-                        == 100
-                    ):
-                        pass
+                    release_all(self.releaser, self.ctx.dispatch, now=now, limit=100)
             except PublishFailed:
                 pass
         if now >= next_at["reconcile"]:

@@ -18,7 +18,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from tasks import errors, granting, names, reconcile, steps, validation
-from tasks.budget import BUDGET_KEY
+from tasks.budget import BUDGET_KEY, GRANT_TTL_S
 from tasks.context import Ctx
 from tasks.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, Job
 from tasks.parsing import Pending, StatusResult, Ticket
@@ -311,8 +311,9 @@ def test_the_reconciler_leaves_a_parked_submit_until_its_deadline(w: World) -> N
     w.clock.advance(100)
     reconcile.scan(w.ctx)
     assert w.outbox.sent == []
-    grace = w.ctx.settings.recovery_grace_s
-    assert w.client.zscore(DUE_KEY, task_id) == min(deadline_at, w.clock() + grace)
+    # Parked: not looked at again before its deadline (issue 19: the scan crawled through
+    # parked jobs every grace while lost steps waited).
+    assert w.client.zscore(DUE_KEY, task_id) == deadline_at
     assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) is not None
 
     w.clock.now = deadline_at
@@ -338,7 +339,7 @@ def test_the_reconciler_leaves_a_parked_poll_until_its_deadline(w: World) -> Non
     w.clock.advance(100)
     reconcile.scan(w.ctx)
     assert w.outbox.sent == []
-    assert w.client.zscore(DUE_KEY, jid) == w.clock() + w.ctx.settings.recovery_grace_s
+    assert w.client.zscore(DUE_KEY, jid) == deadline_at  # parked: watched at its deadline
     assert w.client.zscore(WAIT_KEY, jid) is not None
 
     w.clock.now = deadline_at + 1
@@ -434,3 +435,52 @@ def test_release_gives_waiting_submits_their_share(w2: World) -> None:
     assert polls[0] in likely
     [submit] = [s for s in w.outbox.sent if s.name == names.SUBMIT_TTS]
     assert submit.task_id == task_id
+
+
+# --- issue 19: background work that grows with the backlog --------------------------------------
+
+
+def test_parked_polls_stay_out_of_the_way_of_a_lost_step(w: World) -> None:
+    """Issue 19: with 6,000 parked polls a lost download was re-sent 65 s late: the parked
+    polls stayed on the reconciler's watch at their old check times, every scan (500 jobs)
+    re-checked them first, and the lost step waited behind them. Parked, a job is watched only
+    at its deadline; the first scan finds the lost step."""
+    w.empty_the_budget()
+    w.upstream.closed = True
+    for _ in range(reconcile.SCAN_LIMIT + 50):
+        jid, token = w.polling()
+        assert w.poll(jid, token) == jid  # no budget: parked, due now
+        assert w.client.zscore(DUE_KEY, jid) == w.job(jid).deadline_at
+    lost = new_id()
+    # A download whose message died, due a moment after the polls were last checked.
+    assert w.ctx.jobs.create(
+        lost, {"status": Status.DOWNLOADING}, ttl_s=900, check_at=w.clock() + 61
+    )
+
+    w.clock.advance(100)
+    assert w.ctx.jobs.overdue(w.clock(), limit=reconcile.SCAN_LIMIT) == [lost]
+    assert reconcile.scan(w.ctx) == {"download": 1}
+    assert [(s.name, s.args) for s in w.outbox.sent] == [(names.DOWNLOAD_AUDIO, (lost,))]
+
+
+def test_a_granted_poll_is_watched_again_and_a_redeferred_one_is_not(w: World) -> None:
+    """The grant moves the job's check time back to a grace from now (its message may die);
+    deferred again, it leaves the watch until its deadline."""
+    jid, token = w.polling()
+    w.empty_the_budget()
+    assert w.poll(jid, token) == jid
+    deadline_at = w.job(jid).deadline_at
+    assert w.client.zscore(DUE_KEY, jid) == deadline_at
+
+    w.clock.advance(1)
+    assert granting.release(w.ctx, rand=lambda: 0.5) == 1
+    grace = w.ctx.settings.recovery_grace_s
+    assert w.client.zscore(DUE_KEY, jid) == w.clock() + grace
+    [sent] = w.outbox.sent
+    # Its message waits past the grant's hold; a direct call takes the token meanwhile.
+    w.clock.advance(GRANT_TTL_S + 0.5)
+    w.empty_the_budget()
+    w.upstream.closed = True
+    assert w.run(sent) == jid  # no token: parked again, its grant kept
+    assert w.raw(jid, "grant") == "poll:0"
+    assert w.client.zscore(DUE_KEY, jid) == deadline_at
