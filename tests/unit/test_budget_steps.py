@@ -484,3 +484,79 @@ def test_a_granted_poll_is_watched_again_and_a_redeferred_one_is_not(w: World) -
     assert w.run(sent) == jid  # no token: parked again, its grant kept
     assert w.raw(jid, "grant") == "poll:0"
     assert w.client.zscore(DUE_KEY, jid) == deadline_at
+
+
+@pytest.fixture
+def fast(client: redis.Redis) -> World:
+    """Two tokens that come back within a tenth of a second (10 calls/s, burst 2)."""
+    client.delete(granting.LEADER_KEY)
+    return world(client, {**ENV, "TTS_UPSTREAM_RATE": "10", "TTS_UPSTREAM_BURST": "2"})
+
+
+def run_sent(w: World) -> list[str]:
+    """Run the steps the releaser sent (each spends its grant); their job ids."""
+    sent, w.outbox.sent = list(w.outbox.sent), []
+    for s in sent:
+        w.run(s)
+    return [str(s.kwargs["job_id"]) for s in sent]
+
+
+def test_one_releaser_grants_for_the_fleet_and_another_takes_over_when_it_stops(
+    fast: World,
+) -> None:
+    """Issue 19: every worker's releaser read and ranked up to 2,000 parked polls each tick.
+    One holds the fleet's lock and grants; the others only read the budget, until the lock's
+    short TTL runs out after its holder stopped."""
+    w = fast
+    likely, _, _ = likely_and_unlikely(w)
+    first, second = granting.Releasing(), granting.Releasing()
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=first) == 2
+    assert set(run_sent(w)) == likely
+
+    w.clock.advance(1.0)  # two tokens again, but the lock is held
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=second) == 0
+    assert w.outbox.sent == []
+    assert w.ctx.budget.free()[0] == 2  # nothing promised
+
+    # The holder stops renewing: its lock expires (as after LEADER_TTL_S), the other grants.
+    assert w.client.pttl(granting.LEADER_KEY) <= granting.LEADER_TTL_S * 1000
+    w.client.delete(granting.LEADER_KEY)
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=second) == 2
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=first) == 0
+
+
+def test_the_holder_ranks_once_per_ttl_and_grants_from_that_ranking_between(
+    fast: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: ranking 2,000 candidates costs ~70 ms of CPU; done each tick (up to 10 a
+    second) it was most of a releaser's work. Ranked once, the ranking serves the ticks of the
+    next RANK_TTL_S; a job it names that was parked again for later is not granted early."""
+    w = fast
+    now = w.clock()
+    head = {"queue_position": "", "seen_at": now - 30, "gen_start_at": now - 30}
+    jobs = [parked(w, due_in_s=0, deadline_in_s=900 + i, **head) for i in range(8)]
+    reads: list[int] = []
+    real = granting._candidates
+    monkeypatch.setattr(
+        granting, "_candidates", lambda ctx, ids: reads.append(len(ids)) or real(ctx, ids)
+    )
+    state = granting.Releasing()
+
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
+    assert reads == [8]
+    granted = run_sent(w)
+    # One the ranking names next is served meanwhile and parked again, due in a minute.
+    served, token = next((j, t) for j, t in jobs if j not in granted)
+    assert w.ctx.jobs.advance(served, token, 1, {}, check_at=now + 900, park_at=now + 60)
+
+    w.clock.advance(granting.RANK_TTL_S / 2)  # two tokens again; the ranking is fresh
+    assert w.ctx.budget.free()[0] == 2
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
+    assert reads == [8]  # not read again
+    again = run_sent(w)
+    assert served not in again
+    assert not set(again) & set(granted)
+
+    w.clock.advance(granting.RANK_TTL_S)
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
+    assert reads == [8, 3]  # ranked afresh (the three still due): the ranking had aged out
