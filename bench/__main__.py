@@ -24,6 +24,7 @@ ROW_MODULES = {
     4: "bench.row4_short_jobs",
     5: "bench.row5_schedule",
     6: "bench.row6_budget",
+    7: "bench.row7_backlog",
 }
 
 

@@ -2,7 +2,9 @@
 
 The release is an atomic pop, so the threads of many workers never release one poll twice and
 need no lock; together they keep polls on time as long as any worker runs. A tick is short
-because a parked poll can be up to one tick late.
+because a parked poll can be up to one tick late. Under a NanoGPT budget one thread at a time
+grants for the fleet (``tasks/sweeps/granting.py``): ranking waiting polls costs CPU that would
+otherwise grow with the number of workers.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class PollReleaser(threading.Thread):
         super().__init__(name="tts-poll-releaser", daemon=True)
         self.tick_s = tick_s
         self._stop_event = threading.Event()
+        # Its standing among the fleet's releasers: one grants (and ranks) at a time.
+        self._granting = granting.Releasing()
 
     def run(self) -> None:
-        releaser = parking.Releaser(rt.redis_client())
         s = get_settings()
+        releaser = parking.Releaser(rt.redis_client(), recovery_grace_s=s.recovery_grace_s)
         if s.upstream_rate_per_s > 0:
             # Under a budget a tick grants at most a burst: tick at least twice per burst.
             self.tick_s = min(self.tick_s, s.upstream_burst / s.upstream_rate_per_s / 2)
@@ -64,18 +68,15 @@ class PollReleaser(threading.Thread):
     def release_all(self, releaser: parking.Releaser) -> int:
         """Publish every poll due now, batch after batch; returns how many were taken. Under
         a NanoGPT budget (``TTS_UPSTREAM_RATE``), only as many polls and waiting submits as it
-        has tokens for, chosen by :mod:`tasks.sweeps.granting`."""
+        has tokens for, chosen by :mod:`tasks.sweeps.granting`; with none, every waiting submit too
+        (parked while a budget was on)."""
         ctx = rt.context()
         if ctx.budget.on:
-            return granting.release(ctx)
-        taken = 0
-        while not self._stop_event.is_set():
-            ctx = rt.context()
-            n = parking.release(releaser, ctx.dispatch.poll_job, now=ctx.clock(), limit=BATCH)
-            taken += n
-            if n < BATCH:  # a short batch emptied what was due
-                break
-        return taken
+            return granting.release(ctx, state=self._granting)
+        stopped = self._stop_event.is_set
+        return parking.release_all(
+            releaser, ctx.dispatch, now=ctx.clock(), limit=BATCH, stop=stopped
+        )
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -26,12 +26,15 @@ Who gets a token when callers want more than the budget:
 AIMD: NanoGPT answering 429 despite the budget (another client on the account, a lower limit
 than configured) lowers the fleet's rate: halved on a burst of refusals, then raised by
 :data:`RECOVERY_PER_S` each second back to the configured rate. Times are epoch seconds from the
-caller's clock, like the job store's; workers' clocks must agree (NTP) for the budget to hold.
+server's clock (Redis' ``TIME``), not the workers': a worker whose clock runs ahead would
+otherwise take tokens before the others could (redis-cell and the published GCRA limiters do
+the same).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -66,12 +69,22 @@ MIN_RATE_PER_S = 1.0
 # The state outlives idle gaps by far; it expires so a removed deployment leaves nothing.
 STATE_TTL_S = 86_400
 
-# Shared by every script: the rate now (the configured one, or the lowered one climbing back),
-# the emission interval, tat no earlier than now, and the tokens free now. The 1e-3 of a token
-# absorbs rounding: epoch seconds (~1.8e9) carry only ~2e-7 s of precision in a double.
-# ARGV[1] now, ARGV[2] configured rate, ARGV[3] burst.
+# Shared by every script: the time now, the rate now (the configured one, or the lowered one
+# climbing back), the emission interval, tat no earlier than now, and the tokens free now. The
+# 1e-3 of a token absorbs rounding: epoch seconds (~1.8e9) carry only ~2e-7 s of precision in a
+# double. ARGV[1] now: '' (production) takes Redis' own clock, so every worker's calls are
+# measured against one clock, whatever its own says (redis-cell does the same); a time given
+# there is the simulation's or a test's fake clock. TIME is not deterministic: the script's
+# writes must be replicated as effects, the default since Redis 5 (and the only mode since 7);
+# replicate_commands() asks for it on older servers and is a no-op on newer ones.
+# ARGV[2] configured rate, ARGV[3] burst.
 _STATE = """
+redis.replicate_commands()
 local now, cfg, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
 local h = redis.call('HMGET', KEYS[1], 'tat', 'low_rate', 'low_at')
 local rate = cfg
 if h[2] then
@@ -82,6 +95,7 @@ local t = 1 / rate
 local tat = math.max(tonumber(h[1]) or now, now)
 local free = math.floor((now + burst * t - tat) / t + 1e-3)
 if free < 0 then free = 0 end
+local now_s = string.format('%.17g', now)
 """.replace("RECOVERY", repr(RECOVERY_PER_S)).replace("MIN_RATE", repr(MIN_RATE_PER_S))
 
 # tat is saved with all 17 digits: Lua's tostring keeps 14, 1e-4 s at ~1.8e9, and each call would
@@ -93,7 +107,7 @@ redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
 
 # Grants handed out but not yet spent (their steps still in the broker): they hold tokens the
 # releaser must not hand out again. One lost with its message stops counting after GRANT_TTL_S.
-# GK: the key of the granted set; ARGV[1] is now.
+# GK: the key of the granted set.
 _RESERVED = f"""
 redis.call('ZREMRANGEBYSCORE', GK, '-inf', now - {GRANT_TTL_S})
 local reserved = redis.call('ZCARD', GK)
@@ -102,22 +116,26 @@ local reserved = redis.call('ZCARD', GK)
 # A step's call. The token is always taken here, when the call is about to be made, so the calls
 # NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
 # holding its grant (ARGV[4]) may take any free token; any other call only one the budget can
-# spare beyond the grants outstanding, the due parked polls and the parked submits. Returns {1}
-# (make the call) or {0, seconds until the next token}.
+# spare beyond the grants outstanding, the due parked polls and the parked submits. The grant is
+# spent only with a token: a holder that finds none (the tokens went to calls that came first)
+# keeps it and parks again, first in line for the next one. Returns {1} (make the call) or
+# {0, seconds until the next token}.
 # KEYS: budget, job, wait set, submit wait set, granted set. ARGV[5]: the job id.
 _SPEND = (
     _STATE
     + _RESERVED.replace("GK", "KEYS[5]")
     + """
 local need = 1
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'grant') == ARGV[4] then
-  redis.call('HDEL', KEYS[2], 'grant')
-  redis.call('ZREM', KEYS[5], ARGV[5])
-else
-  need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', ARGV[1])
+local granted = ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'grant') == ARGV[4]
+if not granted then
+  need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', now_s)
     + redis.call('ZCARD', KEYS[4])
 end
 if free >= need then
+  if granted then
+    redis.call('HDEL', KEYS[2], 'grant')
+    redis.call('ZREM', KEYS[5], ARGV[5])
+  end
   tat = tat + t
 """
     + _SAVE
@@ -130,7 +148,8 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 
 # The releaser's grant: for each (kind, job id) pair in ARGV[5..], while free tokens are not yet
 # promised to earlier grants, take the job off its wait set (ZREM: exactly one releaser wins
-# it), check it still waits for that call, write its grant and move its check time to ARGV[5]
+# it; a poll only once it is due, as a ranking a moment old may name one parked again since),
+# check it still waits for that call, write its grant and move its check time to ARGV[5]
 # (a releaser killed before publishing its step leaves it to the reconciler, soon). Returns the
 # granted ids, in order. KEYS: budget, wait set, submit wait set, granted set, the reconciler's
 # due set. ARGV[4]: the job key prefix; the pairs start at ARGV[6].
@@ -145,15 +164,17 @@ for i = 6, #ARGV - 1, 2 do
   local kind, id = ARGV[i], ARGV[i + 1]
   local key = ARGV[4] .. id
   local set = KEYS[2]
-  if kind == 's' then set = KEYS[3] end
-  if redis.call('ZREM', set, id) == 1 then
+  local due = true
+  if kind == 's' then set = KEYS[3]
+  else due = tonumber(redis.call('ZSCORE', set, id) or '+inf') <= now end
+  if due and redis.call('ZREM', set, id) == 1 then
     local f = redis.call('HMGET', key, 'status', 'seq')
     local grant = nil
     if kind == 'p' and f[1] == 'polling' and f[2] and f[2] ~= '-1' then grant = 'poll:' .. f[2]
     elseif kind == 's' and f[1] == 'submitting' then grant = 'submit' end
     if grant then
       redis.call('HSET', key, 'grant', grant)
-      redis.call('ZADD', KEYS[4], ARGV[1], id)
+      redis.call('ZADD', KEYS[4], now_s, id)
       redis.call('ZADD', KEYS[5], 'XX', ARGV[5], id)
       avail = avail - 1
       table.insert(out, id)
@@ -191,8 +212,8 @@ end
 local was_full = 0
 if rate >= cfg then was_full = 1 end
 local lowered = math.max(rate / 2, tonumber(ARGV[4]))
-redis.call('HSET', KEYS[1], 'low_rate', tostring(lowered), 'low_at', ARGV[1],
-  'ref_n', 0, 'ref_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'low_rate', tostring(lowered), 'low_at', now_s,
+  'ref_n', 0, 'ref_at', now_s)
 redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
 return {{1, was_full, tostring(lowered)}}
 """
@@ -213,7 +234,15 @@ class Snapshot:
 
 class Budget:
     """The fleet's NanoGPT call budget; one per process. ``rate_per_s`` 0 turns it off: every
-    call is made at once (the project before issue 15; for benchmarks of the worker itself)."""
+    call is made at once (the project before issue 15; for benchmarks of the worker itself).
+
+    The scripts run on Redis' clock (``TIME``), so workers whose clocks disagree still share
+    the rate fairly and see the same grants expire. ``clock`` is the worker's own, used only
+    where the budget reads what workers wrote on theirs (the parked polls' due times, for
+    :meth:`snapshot`). ``script_clock`` replaces Redis' clock in the scripts: only the
+    simulation (tests/sim) and tests set it, to run the budget on a fake clock; a worker never
+    does.
+    """
 
     def __init__(
         self,
@@ -221,12 +250,14 @@ class Budget:
         *,
         rate_per_s: float,
         burst: int,
-        clock: Callable[[], float],
+        clock: Callable[[], float] = time.time,
+        script_clock: Callable[[], float] | None = None,
     ) -> None:
         self._redis = client
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._clock = clock
+        self._script_clock = script_clock
         self._spend = client.register_script(_SPEND)
         self._grant = client.register_script(_GRANT)
         self._peek = client.register_script(_PEEK)
@@ -236,8 +267,10 @@ class Budget:
     def on(self) -> bool:
         return self.rate_per_s > 0
 
-    def _argv(self, now: float) -> list[str | int | float]:
-        return [repr(now), repr(self.rate_per_s), self.burst]
+    def _argv(self) -> list[str | int | float]:
+        # '' lets the script read Redis' clock; a fake clock's time is passed instead.
+        now = "" if self._script_clock is None else repr(self._script_clock())
+        return [now, repr(self.rate_per_s), self.burst]
 
     def spend(self, job_id: str, grant: str) -> float:
         """Before a NanoGPT call for ``job_id``: 0.0 if the call may be made now (a token was
@@ -246,9 +279,8 @@ class Budget:
         next token; the caller then parks the job instead of calling."""
         if not self.on:
             return 0.0
-        now = self._clock()
         keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY]
-        allowed, wait_s = self._spend(keys=keys, args=[*self._argv(now), grant, job_id])
+        allowed, wait_s = self._spend(keys=keys, args=[*self._argv(), grant, job_id])
         return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
 
     def free(self) -> tuple[int, float]:
@@ -256,7 +288,7 @@ class Budget:
         (0, 0.0) when off: there is nothing to count (the script would divide by a rate of 0)."""
         if not self.on:
             return 0, 0.0
-        free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv(self._clock()))
+        free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv())
         return int(free), float(rate)
 
     def grant(self, choices: Sequence[tuple[str, str]], *, check_at: float) -> list[str]:
@@ -267,7 +299,7 @@ class Budget:
         Each granted job's check time moves to ``check_at`` in the same script."""
         if not choices:
             return []
-        args: list[str | int | float] = [*self._argv(self._clock()), KEY_PREFIX, repr(check_at)]
+        args: list[str | int | float] = [*self._argv(), KEY_PREFIX, repr(check_at)]
         for kind, job_id in choices:
             args += [kind, job_id]
         keys = [BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY, DUE_KEY]
@@ -279,9 +311,8 @@ class Budget:
         episode, when the rate leaves its configured value)."""
         if not self.on:
             return
-        now = self._clock()
         lowered, was_full, rate = self._refused(
-            keys=[BUDGET_KEY], args=[*self._argv(now), repr(MIN_RATE_PER_S)]
+            keys=[BUDGET_KEY], args=[*self._argv(), repr(MIN_RATE_PER_S)]
         )
         if int(lowered) and int(was_full):
             log.warning(

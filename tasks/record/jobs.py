@@ -62,7 +62,9 @@ SPOOL_PREFIX = "tts:spool:"
 SPOOL_MAX_BYTES = 256 * 1024
 #: Sorted set of job ids scored by when each job must next show progress (epoch seconds). A job
 #: still in it past that time lost a message (worker killed, failed publish): the reconciler
-#: re-sends its current step. Every state change below moves the score in the same script.
+#: re-sends its current step. Every state change below moves the score in the same script. A job
+#: parked in a wait set below is scored at its deadline: only Redis holds it, nothing can lose
+#: it, and the releaser that takes it moves the score back (tasks/sweeps/parking.py).
 DUE_KEY = "tts:due"
 #: Sorted set of polling job ids scored by when their next poll is due (epoch seconds), when
 #: polls wait in Redis (``TTS_POLL_WAIT``): the workers release due ones (tasks/sweeps/parking.py),
@@ -809,17 +811,27 @@ class JobStore:
             pipe.execute()
 
     def defer_poll(
-        self, job_id: str, token: str, seq: int, *, due_at: float, deliveries: int
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        *,
+        due_at: float,
+        deliveries: int,
+        deadline_at: float,
     ) -> bool:
         """The current poll found no budget: park it again, due at ``due_at``, without making
         its call. Not a retry, and not a delivery: the count this delivery added is taken back,
-        so a poll deferred many times is never mistaken for a poison message."""
+        so a poll deferred many times is never mistaken for a poison message. Parked, it is
+        watched only at its deadline (``deadline_at``): the releaser moves its check time back
+        when it takes the job (tasks/sweeps/parking.py)."""
         # Run twice, it writes the same count and the same due time: the same answer.
         return bool(
             self._move(
                 job_id,
                 {"status": Status.POLLING, "token": token, "seq": str(seq)},
                 {"delivery_count": max(0, deliveries - 1)},
+                check_at=deadline_at,
                 park_at=due_at,
             )
         )

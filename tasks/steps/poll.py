@@ -95,7 +95,9 @@ def poll(
         # wait set, due at once, for the releaser to grant it a token by its chance of finding
         # audio (tasks/pacing/poll_value.py); no worker slot holds it meanwhile.
         metrics.poll_deferred()
-        ctx.jobs.defer_poll(jid, lease, seq, due_at=now, deliveries=deliveries)
+        ctx.jobs.defer_poll(
+            jid, lease, seq, due_at=now, deliveries=deliveries, deadline_at=deadline_at
+        )
         return jid
     metrics.upstream_call("status")
     try:
@@ -177,8 +179,10 @@ def _requeue(
         # when that answer's place in line came up (tasks/pacing/poll_value.py).
         start = poll_value.generation_start(candidate(job), now)
         gen_start_at = now if start is None else min(now, start)
-    # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves.
+    # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves,
+    # and the reconciler need not look at the job before its deadline (tasks/sweeps/parking.py).
     park_at = now + delay_s if s.polls_wait_in_redis else None
+    watch_at = deadline_at if park_at is not None else check_at(ctx, delay_s)
     if not ctx.jobs.advance(
         job.job_id,
         lease,
@@ -196,7 +200,7 @@ def _requeue(
             "seen_at": now,
             "gen_start_at": gen_start_at,
         },
-        check_at=check_at(ctx, delay_s),
+        check_at=watch_at,
         park_at=park_at,
         attempt=attempt,
     ):

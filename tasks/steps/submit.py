@@ -420,7 +420,8 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
             "seen_at": now,
         },
         deadline_at=deadline_at,
-        check_at=check_at(ctx, first_s),
+        # Parked, the first poll is watched at its deadline (tasks/sweeps/parking.py).
+        check_at=deadline_at if park_at is not None else check_at(ctx, first_s),
         park_at=park_at,
     )
     if token is None:

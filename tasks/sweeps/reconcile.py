@@ -28,23 +28,23 @@ log = logging.getLogger(__name__)
 SCAN_LIMIT = 500
 
 
-def wait_grace(ctx: Ctx) -> float:
-    """How long a parked job goes unchecked: it is in Redis, nothing can lose it."""
-    return ctx.settings.recovery_grace_s
-
-
-def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> None:
-    """Publish ``step`` for ``job`` again, exactly as the pipeline would have.
+def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> bool:
+    """Publish ``step`` for ``job`` again, exactly as the pipeline would have; False if it was
+    not lost (parked, waiting for its turn) and nothing was sent.
 
     A poll that must not run before a later time (Retry-After) waits until then: parked in
     Redis when polls wait there (``TTS_POLL_WAIT``), else with a countdown.
     """
     if step in (Step.POLL, Step.SUBMIT) and ctx.jobs.waiting_for_budget(job.job_id):
-        # Not lost: parked, waiting for its turn or for NanoGPT budget. At its deadline it is
-        # taken out and sent, and the step ends the job (TIMEOUT) without calling NanoGPT.
+        # Not lost: parked, waiting for its turn or for NanoGPT budget. It is in Redis, nothing
+        # can lose it, so it is not looked at again before its deadline (a releaser that takes
+        # it moves the check back, tasks/sweeps/parking.py); re-checking parked jobs every grace
+        # made the scan crawl through them while lost steps waited (issue 19: 65 s late behind
+        # 6,000). At the deadline it is taken out and sent, and the step ends the job (TIMEOUT)
+        # without calling NanoGPT.
         if now < (job.deadline_at or now):
-            ctx.jobs.recheck_at(job.job_id, min(job.deadline_at or now, now + wait_grace(ctx)))
-            return
+            ctx.jobs.recheck_at(job.job_id, job.deadline_at)
+            return False
         ctx.jobs.unpark(job.job_id)
     if step == Step.POLL:
         wait_s = (job.not_before or now) - now
@@ -59,6 +59,7 @@ def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> None:
     elif step == Step.SUBMIT and (submit := submit_to_resend(job)):
         request, owner = submit
         ctx.dispatch.submit(request, task_id=owner)
+    return True
 
 
 def scan(ctx: Ctx, *, now: float | None = None) -> Counter[str]:
@@ -74,8 +75,8 @@ def scan(ctx: Ctx, *, now: float | None = None) -> Counter[str]:
             continue
         # Move the check first: if the publish below fails, the next scan tries again.
         store.recheck_at(job_id, now + ctx.settings.recovery_grace_s)
-        resend(ctx, job, step, now=now)
-        sent[step] += 1
+        if resend(ctx, job, step, now=now):
+            sent[step] += 1
     if sent:
         log.warning("reconciler re-sent lost steps: %s", dict(sent))
     return sent

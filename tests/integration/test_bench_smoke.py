@@ -44,7 +44,7 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(out.with_suffix(".json").read_text())
-    assert sorted(rows) == ["1", "2", "3", "4", "5", "6"]
+    assert sorted(rows) == ["1", "2", "3", "4", "5", "6", "7"]
     text = out.read_text()
     for number, row in rows.items():
         assert row["figure"], number
@@ -64,6 +64,9 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
     assert row2["plain_noops_per_s_after"] > 0
     assert row4["plain_chains_per_s_before"] > 0
     assert row4["plain_chains_per_s_after"] > 0
+    # Row 7 parked its polls, found the lost step and ticked its releasers.
+    assert rows["7"]["values"]["lost_delay_s"] is not None
+    assert rows["7"]["values"]["releaser_ticks"] > 0
     parked = rows["3"]["values"]["redis:redis"]
     held = rows["3"]["values"]["redis:broker"]
     assert parked["parked"] >= 150

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from tasks import names
+from tasks.pacing.budget import BUDGET_KEY
+from tasks.record.jobs import SUBMIT_WAIT_KEY
 from tests.support.stack import API_KEY, ELEVEN, Lane, Spawn, wait_until, webhooks_per_job
 from workers.receiver import Receiver
 from workers.simulator import Simulator
@@ -102,3 +104,37 @@ def test_a_429_that_would_outlast_the_deadline_ends_the_job_rate_limited(
     assert error["code"] == "RATE_LIMITED"
     assert "Rate limit exceeded" in error["message"]  # NanoGPT's own words: which limit
     assert job.polls == 0  # the only status call was refused; it was not retried
+
+
+def test_turning_the_budget_off_sends_the_submits_that_wait_for_it(
+    lanes: Callable[[], Lane], spawn: Spawn, simulator: Simulator, receiver: Receiver
+) -> None:
+    """Issue 19: with ``TTS_UPSTREAM_RATE=0``, a submit parked while the budget was on stayed
+    ``submitting`` with 0 POSTs until it ended TIMEOUT: nothing sent the submits that wait for
+    budget once there was none. The releaser of a worker without a budget sends them."""
+    lane = lanes()
+    client = lane.store.redis
+    # A budget with no token for the next 1,000 s, on Redis' own clock (the scripts' clock).
+    server_s = float(client.time()[0])
+    client.hset(BUDGET_KEY, "tat", repr(server_s + 1000))
+    budgeted = spawn(
+        lane.env(TTS_UPSTREAM_RATE="1", TTS_UPSTREAM_BURST="1", TTS_POLL_TIMEOUT="300")
+    )
+    budgeted.start()
+    jid = f"off-{uuid.uuid4().hex}"
+    lane.send(
+        names.SUBMIT_TTS, "Parked [[sim pending=1]]", ELEVEN, notify_url=receiver.url, job_id=jid
+    )
+    wait_until(lambda: client.zscore(SUBMIT_WAIT_KEY, jid) is not None, timeout_s=30)
+    job = lane.store.get(jid)
+    assert job is not None
+    assert (job.status, job.posts) == ("submitting", 0)
+    budgeted.stop()
+
+    # The deployment turns the budget off and restarts: the waiting submit is sent.
+    spawn(lane.env(TTS_UPSTREAM_RATE="0", TTS_POLL_TIMEOUT="300")).start()
+    wait_until(lambda: receiver.for_job(jid), timeout_s=45)
+    job = lane.store.get(jid)
+    assert job is not None
+    assert (job.status, job.posts) == ("completed", 1), job
+    assert client.zscore(SUBMIT_WAIT_KEY, jid) is None

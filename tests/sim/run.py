@@ -40,7 +40,7 @@ from tasks.record.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
 from tasks.record.states import NotifyState
 from tasks.steps.context import Ctx
 from tasks.sweeps import granting, reconcile
-from tasks.sweeps.parking import Releaser, release
+from tasks.sweeps.parking import Releaser, release_all
 from tasks.webhooks.delivery import deliver
 from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
 from tests.sim.world import (
@@ -292,11 +292,14 @@ class Sim:
                     rate_per_s=s.upstream_rate_per_s,
                     burst=s.upstream_burst,
                     clock=self.clock,
+                    script_clock=self.clock,  # the sim's time, not Redis'
                 ),
                 "budget",
             ),
         )
-        self.releaser = Releaser(client)
+        self.releaser = Releaser(client, recovery_grace_s=s.recovery_grace_s)
+        # The releaser threads' standing: the lock and the ranking they grant from.
+        self.granting = granting.Releasing(owner="sim")
         self.main = greenlet.getcurrent()
         self.workers: list[Worker] = []
         self.executions: list[Execution] = []
@@ -463,13 +466,9 @@ class Sim:
         if now >= next_at["release"]:
             try:
                 if self.ctx.budget.on:
-                    granting.release(self.ctx, rand=self.rng.random)
+                    granting.release(self.ctx, rand=self.rng.random, state=self.granting)
                 else:
-                    while (
-                        release(self.releaser, self.ctx.dispatch.poll_job, now=now, limit=100)
-                        == 100
-                    ):
-                        pass
+                    release_all(self.releaser, self.ctx.dispatch, now=now, limit=100)
             except PublishFailed:
                 pass
         if now >= next_at["reconcile"]:

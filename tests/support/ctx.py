@@ -85,7 +85,11 @@ def make_ctx(
         dispatch=Dispatcher(box, lambda: s),
         clock=clock,
         budget=Budget(
-            client, rate_per_s=s.upstream_rate_per_s, burst=s.upstream_burst, clock=clock
+            client,
+            rate_per_s=s.upstream_rate_per_s,
+            burst=s.upstream_burst,
+            clock=clock,
+            script_clock=clock,  # the test's frozen time, not Redis'
         ),
     )
     return ctx, box

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -54,7 +55,7 @@ def client(redis_client: redis.Redis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def make_budget(client: redis.Redis, clock: Clock) -> Callable[..., Budget]:
     def make(rate_per_s: float = 20.0, burst: int = 5) -> Budget:
-        return Budget(client, rate_per_s=rate_per_s, burst=burst, clock=clock)
+        return Budget(client, rate_per_s=rate_per_s, burst=burst, clock=clock, script_clock=clock)
 
     return make
 
@@ -410,7 +411,7 @@ def test_concurrent_grants_never_grant_a_job_twice(
     def grant(i: int) -> None:
         own = redis.Redis.from_url(quiet_redis_server.url, decode_responses=True)
         try:
-            budget = Budget(own, rate_per_s=20, burst=burst, clock=clock)
+            budget = Budget(own, rate_per_s=20, burst=burst, clock=clock, script_clock=clock)
             start.wait(10)
             for k in range(0, len(choices), 8):  # a batch at a time, like release ticks
                 results[i] += budget.grant(choices[k : k + 8], check_at=CHECK_AT)
@@ -425,7 +426,8 @@ def test_concurrent_grants_never_grant_a_job_twice(
     granted = [jid for got in results for jid in got]
 
     assert len(granted) == len(set(granted)) == min(burst, len(choices))
-    assert Budget(client, rate_per_s=20, burst=burst, clock=clock).free()[0] == burst - len(granted)
+    budget = Budget(client, rate_per_s=20, burst=burst, clock=clock, script_clock=clock)
+    assert budget.free()[0] == burst - len(granted)
     for jid in granted:
         assert grant_of(client, jid) is not None
 
@@ -568,3 +570,92 @@ def test_a_deferred_submit_waits_in_line_by_when_it_was_accepted(
     )
     assert client.zrange(SUBMIT_WAIT_KEY, 0, -1) == [first, second]
     assert client.zscore(SUBMIT_WAIT_KEY, first) == accepted_at[first]
+
+
+# --- issue 19: the server's clock, and grants taken only with their token ---------------------
+
+
+def contend(budgets: list[Budget], *, seconds: float) -> list[int]:
+    """Each budget's caller (a thread, like a worker) asks for a token as fast as it can for
+    ``seconds`` of real time; returns how many calls each was allowed."""
+    won = [0] * len(budgets)
+    start = threading.Barrier(len(budgets))
+
+    def run(i: int) -> None:
+        start.wait()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if budgets[i].spend(f"bt-skew-{i}", "") == 0.0:
+                won[i] += 1
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(budgets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 30)
+    return won
+
+
+def test_workers_whose_clocks_disagree_share_the_rate_fairly(
+    quiet_redis_server: EmbeddedRedis, client: redis.Redis
+) -> None:
+    """Issue 19: with each worker's clock in the scripts, one 10 ms ahead won 202 of 204
+    contended calls: its ``now`` always saw the token first. On Redis' clock the two workers'
+    own clocks do not matter: built as a worker builds it (no script clock), each gets about
+    half, and together no more than the rate allows."""
+    clients = [redis.Redis.from_url(quiet_redis_server.url, decode_responses=True) for _ in "ab"]
+    try:
+        rate, seconds = 50.0, 3.0
+        budgets = [
+            Budget(c, rate_per_s=rate, burst=1, clock=lambda skew=skew: time.time() + skew)
+            for c, skew in zip(clients, (0.0, 0.1), strict=True)
+        ]
+        won = contend(budgets, seconds=seconds)
+    finally:
+        for c in clients:
+            c.close()
+
+    total = sum(won)
+    assert total <= rate * seconds + 2  # the rate, plus the burst and one interval of slack
+    assert total >= rate * seconds * 0.6  # the machine is loaded, but both kept asking
+    assert min(won) >= 0.3 * total, won  # fair: today 202 of 204 went to the clock ahead
+
+
+def test_a_granted_call_that_finds_no_token_keeps_its_grant(
+    make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
+) -> None:
+    """Issue 19: ``_SPEND`` deleted the grant before it checked for a token, so a holder that
+    found none (its token taken meanwhile: the grant had expired while its message waited, or a
+    clock ahead took it) lost its promise without a call: 208 grants per 10 s at 100 ms of skew.
+    The grant is spent only with a token."""
+    poll = parked_poll(store, clock)
+    budget = make_budget(rate_per_s=0.05, burst=1)  # one token each 20 s
+    assert budget.grant([("p", poll)], check_at=CHECK_AT) == [poll]
+    # Its message waits longer than a grant is held; a direct call takes the token meanwhile.
+    clock.advance(budget_module.GRANT_TTL_S + 1)
+    assert budget.spend("bt-direct", "") == 0.0
+
+    assert budget.spend(poll, "poll:1") > 0  # no token: the call is not made...
+    assert grant_of(client, poll) == "poll:1"  # ...and the grant is still the job's
+    clock.advance(20)
+    assert budget.spend(poll, "poll:1") == 0.0  # the next token: spent with the grant
+    assert grant_of(client, poll) is None
+    assert client.zscore(GRANTED_KEY, poll) is None
+
+
+def test_the_scripts_take_time_from_redis_unless_a_script_clock_is_set(
+    client: redis.Redis,
+) -> None:
+    """A worker's budget (no script clock) writes Redis' time, whatever its own clock says; a
+    budget given a script clock (the simulation's) writes that clock's time."""
+    server_s = float(client.time()[0])
+    ahead = Budget(client, rate_per_s=20, burst=1, clock=lambda: time.time() + 3600)
+    assert ahead.spend("bt-time", "") == 0.0
+    assert abs(float(client.hget(BUDGET_KEY, "tat")) - server_s) < 5  # type: ignore[arg-type]
+
+    client.delete(BUDGET_KEY)
+    fake = Clock()
+    faked = Budget(client, rate_per_s=20, burst=1, clock=fake, script_clock=fake)
+    assert faked.spend("bt-time", "") == 0.0
+    assert float(client.hget(BUDGET_KEY, "tat")) == pytest.approx(EPOCH + 0.05)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from tasks import errors, names, steps
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import Pending, StatusResult, Ticket
-from tasks.pacing.budget import BUDGET_KEY
+from tasks.pacing.budget import BUDGET_KEY, GRANT_TTL_S
 from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, Job
 from tasks.record.states import Status
 from tasks.steps.context import Ctx
@@ -313,8 +313,9 @@ def test_the_reconciler_leaves_a_parked_submit_until_its_deadline(w: World) -> N
     w.clock.advance(100)
     reconcile.scan(w.ctx)
     assert w.outbox.sent == []
-    grace = w.ctx.settings.recovery_grace_s
-    assert w.client.zscore(DUE_KEY, task_id) == min(deadline_at, w.clock() + grace)
+    # Parked: not looked at again before its deadline (issue 19: the scan crawled through
+    # parked jobs every grace while lost steps waited).
+    assert w.client.zscore(DUE_KEY, task_id) == deadline_at
     assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) is not None
 
     w.clock.now = deadline_at
@@ -340,7 +341,7 @@ def test_the_reconciler_leaves_a_parked_poll_until_its_deadline(w: World) -> Non
     w.clock.advance(100)
     reconcile.scan(w.ctx)
     assert w.outbox.sent == []
-    assert w.client.zscore(DUE_KEY, jid) == w.clock() + w.ctx.settings.recovery_grace_s
+    assert w.client.zscore(DUE_KEY, jid) == deadline_at  # parked: watched at its deadline
     assert w.client.zscore(WAIT_KEY, jid) is not None
 
     w.clock.now = deadline_at + 1
@@ -436,3 +437,128 @@ def test_release_gives_waiting_submits_their_share(w2: World) -> None:
     assert polls[0] in likely
     [submit] = [s for s in w.outbox.sent if s.name == names.SUBMIT_TTS]
     assert submit.task_id == task_id
+
+
+# --- issue 19: background work that grows with the backlog --------------------------------------
+
+
+def test_parked_polls_stay_out_of_the_way_of_a_lost_step(w: World) -> None:
+    """Issue 19: with 6,000 parked polls a lost download was re-sent 65 s late: the parked
+    polls stayed on the reconciler's watch at their old check times, every scan (500 jobs)
+    re-checked them first, and the lost step waited behind them. Parked, a job is watched only
+    at its deadline; the first scan finds the lost step."""
+    w.empty_the_budget()
+    w.upstream.closed = True
+    for _ in range(reconcile.SCAN_LIMIT + 50):
+        jid, token = w.polling()
+        assert w.poll(jid, token) == jid  # no budget: parked, due now
+        assert w.client.zscore(DUE_KEY, jid) == w.job(jid).deadline_at
+    lost = new_id()
+    # A download whose message died, due a moment after the polls were last checked.
+    assert w.ctx.jobs.create(
+        lost, {"status": Status.DOWNLOADING}, ttl_s=900, check_at=w.clock() + 61
+    )
+
+    w.clock.advance(100)
+    assert w.ctx.jobs.overdue(w.clock(), limit=reconcile.SCAN_LIMIT) == [lost]
+    assert reconcile.scan(w.ctx) == {"download": 1}
+    assert [(s.name, s.args) for s in w.outbox.sent] == [(names.DOWNLOAD_AUDIO, (lost,))]
+
+
+def test_a_granted_poll_is_watched_again_and_a_redeferred_one_is_not(w: World) -> None:
+    """The grant moves the job's check time back to a grace from now (its message may die);
+    deferred again, it leaves the watch until its deadline."""
+    jid, token = w.polling()
+    w.empty_the_budget()
+    assert w.poll(jid, token) == jid
+    deadline_at = w.job(jid).deadline_at
+    assert w.client.zscore(DUE_KEY, jid) == deadline_at
+
+    w.clock.advance(1)
+    assert granting.release(w.ctx, rand=lambda: 0.5) == 1
+    grace = w.ctx.settings.recovery_grace_s
+    assert w.client.zscore(DUE_KEY, jid) == w.clock() + grace
+    [sent] = w.outbox.sent
+    # Its message waits past the grant's hold; a direct call takes the token meanwhile.
+    w.clock.advance(GRANT_TTL_S + 0.5)
+    w.empty_the_budget()
+    w.upstream.closed = True
+    assert w.run(sent) == jid  # no token: parked again, its grant kept
+    assert w.raw(jid, "grant") == "poll:0"
+    assert w.client.zscore(DUE_KEY, jid) == deadline_at
+
+
+@pytest.fixture
+def fast(client: redis.Redis) -> World:
+    """Two tokens that come back within a tenth of a second (10 calls/s, burst 2)."""
+    client.delete(granting.LEADER_KEY)
+    return world(client, {**ENV, "TTS_UPSTREAM_RATE": "10", "TTS_UPSTREAM_BURST": "2"})
+
+
+def run_sent(w: World) -> list[str]:
+    """Run the steps the releaser sent (each spends its grant); their job ids."""
+    sent, w.outbox.sent = list(w.outbox.sent), []
+    for s in sent:
+        w.run(s)
+    return [str(s.kwargs["job_id"]) for s in sent]
+
+
+def test_one_releaser_grants_for_the_fleet_and_another_takes_over_when_it_stops(
+    fast: World,
+) -> None:
+    """Issue 19: every worker's releaser read and ranked up to 2,000 parked polls each tick.
+    One holds the fleet's lock and grants; the others only read the budget, until the lock's
+    short TTL runs out after its holder stopped."""
+    w = fast
+    likely, _, _ = likely_and_unlikely(w)
+    first, second = granting.Releasing(), granting.Releasing()
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=first) == 2
+    assert set(run_sent(w)) == likely
+
+    w.clock.advance(1.0)  # two tokens again, but the lock is held
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=second) == 0
+    assert w.outbox.sent == []
+    assert w.ctx.budget.free()[0] == 2  # nothing promised
+
+    # The holder stops renewing: its lock expires (as after LEADER_TTL_S), the other grants.
+    assert w.client.pttl(granting.LEADER_KEY) <= granting.LEADER_TTL_S * 1000
+    w.client.delete(granting.LEADER_KEY)
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=second) == 2
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=first) == 0
+
+
+def test_the_holder_ranks_once_per_ttl_and_grants_from_that_ranking_between(
+    fast: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: ranking 2,000 candidates costs ~70 ms of CPU; done each tick (up to 10 a
+    second) it was most of a releaser's work. Ranked once, the ranking serves the ticks of the
+    next RANK_TTL_S; a job it names that was parked again for later is not granted early."""
+    w = fast
+    now = w.clock()
+    head = {"queue_position": "", "seen_at": now - 30, "gen_start_at": now - 30}
+    jobs = [parked(w, due_in_s=0, deadline_in_s=900 + i, **head) for i in range(8)]
+    reads: list[int] = []
+    real = granting._candidates
+    monkeypatch.setattr(
+        granting, "_candidates", lambda ctx, ids: reads.append(len(ids)) or real(ctx, ids)
+    )
+    state = granting.Releasing()
+
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
+    assert reads == [8]
+    granted = run_sent(w)
+    # One the ranking names next is served meanwhile and parked again, due in a minute.
+    served, token = next((j, t) for j, t in jobs if j not in granted)
+    assert w.ctx.jobs.advance(served, token, 1, {}, check_at=now + 900, park_at=now + 60)
+
+    w.clock.advance(granting.RANK_TTL_S / 2)  # two tokens again; the ranking is fresh
+    assert w.ctx.budget.free()[0] == 2
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
+    assert reads == [8]  # not read again
+    again = run_sent(w)
+    assert served not in again
+    assert not set(again) & set(granted)
+
+    w.clock.advance(granting.RANK_TTL_S)
+    assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
+    assert reads == [8, 3]  # ranked afresh (the three still due): the ranking had aged out

@@ -65,7 +65,7 @@ def test_scan_resends_only_overdue(
     )
     sent: list[tuple[str, str]] = []
     monkeypatch.setattr(
-        reconcile, "resend", lambda _ctx, j, step, **_: sent.append((j.job_id, step))
+        reconcile, "resend", lambda _ctx, j, step, **_: sent.append((j.job_id, step)) or True
     )
 
     counts = reconcile.scan(ctx, now=now)

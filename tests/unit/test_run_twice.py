@@ -280,7 +280,9 @@ def test_end_polling_twice_by_one_execution(store: Any, job_id: str) -> None:
 
 def test_defer_poll_twice(store: Any, job_id: str) -> None:
     token = _polling(store, job_id)
-    first, second = _twice(lambda: store.defer_poll(job_id, token, 0, due_at=5.0, deliveries=2))
+    first, second = _twice(
+        lambda: store.defer_poll(job_id, token, 0, due_at=5.0, deliveries=2, deadline_at=60.0)
+    )
     assert first is second is True
 
 
