@@ -13,10 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import redis
 
-from tasks import received, steps, validation
-from tasks.jobs import Job
+from tasks import names, received, steps, validation
+from tasks.jobs import Job, JobStore
 from tasks.steps import accept
-from tests.sim.run import SIM_ENV, Report, Sim, run_seed
+from tests.sim.broker import Message
+from tests.sim.run import SIM_ENV, Execution, Report, Sim, run_seed
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
 from workers.settings import Settings
@@ -163,3 +164,92 @@ def test_a_seed_replays_the_same(sim_redis: redis.Redis) -> None:
         return (r.executions, round(r.sim_s, 6), dict(r.crashes), dict(r.outcomes))
 
     assert figures(first) == figures(second)
+
+
+@dataclasses.dataclass
+class HeldSubmit:
+    """The schedule of :func:`_duplicate_between_load_and_claim`, and what each execution of
+    the submit did after the first was held (the labels it paused at, in order)."""
+
+    held: Execution | None = None
+    after: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    sim: Sim | None = None
+
+    def stall(self, sim: Sim, ex: Execution, label: str) -> float:
+        if ex.held.message.name != names.SUBMIT_TTS:
+            return 0.0
+        if self.held is None and label == "jobs.begin_post":
+            # The first execution has loaded its job (and asked the budget): hold it here, and
+            # deliver its message again (the same task id) to the other worker.
+            self.held = ex
+            m = ex.held.message
+            copy = Message(m.task_id, m.name, m.args, dict(m.kwargs), redelivered=True)
+            sim.broker.queues[names.QUEUES[m.name]].insert(0, copy)
+            return HOLD_S
+        if self.held is not None:
+            self.after.append((0 if ex is self.held else 1, label))
+        return 0.0
+
+
+# Long enough for the copy to be taken, loaded, claimed and POSTed (latency up to 1.5 s).
+HOLD_S = 5.0
+
+
+def _duplicate_between_load_and_claim(sim: Sim, schedule: HeldSubmit) -> None:
+    """One submit the default way (no job_id), no random fault; two workers of one slot each.
+    The first execution loads its job and stops before claiming its POST; its message is
+    delivered again meanwhile (a visibility timeout, a duplicated publish), and the copy runs
+    the whole submit; then the first goes on to claim. The seeds meet this in well under 1 % of
+    schedules; here it is forced."""
+    sim.plans[:] = [Plan(0, sim.new_task_id())]
+    k = sim.knobs
+    k.workers, k.prefetch, k.concurrency = 2, 1, 1
+    k.p_crash = k.p_duplicate = k.p_publish_fail = k.p_reorder = 0.0
+    sim.stall = schedule.stall
+    schedule.sim = sim
+
+
+def test_a_duplicate_between_loading_and_claiming_posts_once(sim_redis: redis.Redis) -> None:
+    schedule = HeldSubmit()
+    report = run_seed(12, sim_redis, shape=lambda s: _duplicate_between_load_and_claim(s, schedule))
+    assert report.violations == []
+    assert dict(report.outcomes) == {"completed": 1}
+    assert schedule.sim is not None
+    assert schedule.sim.ledger.posts == {"Sim job 0.": 1}
+    # The schedule happened as described: the copy claimed and POSTed while the first was held,
+    # and the first, going on, found the claim taken and stopped (its next step is its ack).
+    copy = [label for who, label in schedule.after if who == 1]
+    first = [label for who, label in schedule.after if who == 0]
+    assert "upstream.submit" in copy
+    assert first[:1] == ["ack"]
+    assert schedule.after.index((1, "upstream.submit")) < schedule.after.index((0, "ack"))
+
+
+def _claim_without_its_state_guard(
+    self: JobStore,
+    job_id: str,
+    owner: str,
+    attempt: str,
+    *,
+    posts: int,
+    lease_until: float,
+    check_at: float,
+) -> bool:
+    """The bug: begin_post checks only the message's ownership, not that the job still waits
+    to be submitted, so an execution that loaded the job before a copy POSTed claims again."""
+    fields = {
+        "status": "posting",
+        "post_attempt": attempt,
+        "post_lease_until": lease_until,
+        "posts": posts,
+    }
+    return self._move(job_id, {"submit_owner": owner}, fields, check_at=check_at)
+
+
+def test_a_claim_that_ignores_the_loaded_state_is_caught(
+    sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(JobStore, "begin_post", _claim_without_its_state_guard)
+    schedule = HeldSubmit()
+    report = run_seed(12, sim_redis, shape=lambda s: _duplicate_between_load_and_claim(s, schedule))
+    assert any("accepted its request 2 times" in v for v in report.violations), report.violations
