@@ -317,7 +317,7 @@ class Sim:
         plan = store_faults.StorePlan.draw(seed, self.clock(), on)
         self.faults: store_faults.Faults | None = None
         worker_client = client
-        if plan.any:
+        if on:  # even if this seed drew none: a hand-made case may place its own
             self.faults = store_faults.Faults(seed, plan, self.clock, client)
             worker_client = store_faults.FaultyRedis(client, self.faults)
         self.truth = JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock)
@@ -556,7 +556,9 @@ class Sim:
             self.report.store_errors += 1
         elif kind == "error" and not isinstance(value, PublishFailed):
             self.report.violations.append(f"{message.name} raised {value!r}")
-        unsafe = self._unsafe_ack(message)
+        # A retry handed the work to a new message (in the broker now): that one holds it.
+        retried = kind == "store-retry" or isinstance(value, steps.Retry)
+        unsafe = None if retried else self._unsafe_ack(message)
         if unsafe is not None:
             self.report.violations.append(
                 f"job {self._job_of(message)}: {message.name} acknowledged ({kind}"

@@ -12,10 +12,11 @@ the way a worker sees a job store in trouble (issue 19, item 7):
   last second is gone, the script cache is empty, and for a few seconds commands are refused,
   then answer ``LOADING``.
 
-What redis-py does with a failed command comes on top: it re-sends a command on a connection error
-or timeout (``Retry``, three times by default, and ``retry_on_timeout=True`` in tasks/runtime.py),
-so a script whose reply was lost runs twice and the caller sees the second answer; ``OOM`` is not
-re-sent. :data:`CLIENT_RESENDS` says whether the worker's client does that.
+What redis-py does with a failed command comes on top: it re-sends a command on a connection
+error or timeout (its default ``Retry``: up to ten times over about 4 s; tasks/runtime.py adds
+``retry_on_timeout=True``), so a script whose reply was lost runs twice and the caller sees the
+second answer; ``OOM`` is not re-sent. :data:`CLIENT_RESENDS` says whether the worker's client
+does that.
 
 Each seed draws its plan from a generator of its own (``store-<seed>``), so turning the faults on
 or off does not change the rest of a seed's draws.
@@ -57,8 +58,13 @@ STORE_FAULTS: frozenset[str] = fault_families(os.environ.get("SIM_STORE_FAULTS",
 #: (redis-py's default ``Retry``; ``retry_on_timeout=True`` in tasks/runtime.py). Turn off if the
 #: `scripts` branch builds the client without retries.
 CLIENT_RESENDS = True
-# redis-py's DEFAULT_RETRY_COUNT: a command is sent at most this many times more.
-RESENDS = 3
+# redis-py 8's default Retry: up to 10 re-sends (DEFAULT_RETRY_COUNT), each after an exponential
+# backoff with jitter from 10 ms (DEFAULT_RETRY_BASE) capped at 1 s (DEFAULT_RETRY_CAP): about 4 s
+# in all, so the client rides out a short restart by itself. The simulation's clock does not move
+# during one command: a re-send past the restart's end simply finds the store back.
+RESENDS = 10
+RESEND_BASE_S = 0.01
+RESEND_CAP_S = 1.0
 
 # Commands that only read: an OOM does not refuse them.
 READS = frozenset(
@@ -225,10 +231,13 @@ class Faults:
             )
         tries = 1 + (RESENDS if CLIENT_RESENDS else 0)
         error: redis.RedisError | None = None
+        at = now  # when this attempt is sent, after the client's backoffs
         for attempt in range(tries):
-            if p.restart_at is not None and p.restart_at <= now < p.restart_at + p.down_s:
+            if attempt:
+                at += min(RESEND_CAP_S, self._rng.random() * RESEND_BASE_S * 2**attempt)
+            if p.restart_at is not None and p.restart_at <= at < p.restart_at + p.down_s:
                 self.stats.refused += 1
-                if now < p.restart_at + p.down_s / 2:
+                if at < p.restart_at + p.down_s / 2:
                     error = redis.ConnectionError("Connection refused (simulated restart)")
                 else:
                     error = redis.BusyLoadingError("Redis is loading the dataset in memory")

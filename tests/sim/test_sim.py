@@ -13,11 +13,13 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import redis
 
-from tasks import names, received, steps, validation
+from tasks import jobs, names, received, steps, validation
 from tasks.jobs import Job, JobStore
 from tasks.steps import accept
+from tests.sim import run
 from tests.sim.broker import Message
 from tests.sim.run import SIM_ENV, Execution, Report, Sim, run_seed
+from tests.sim.store import StorePlan
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
 from workers.settings import Settings
@@ -253,3 +255,60 @@ def test_a_claim_that_ignores_the_loaded_state_is_caught(
     schedule = HeldSubmit()
     report = run_seed(12, sim_redis, shape=lambda s: _duplicate_between_load_and_claim(s, schedule))
     assert any("accepted its request 2 times" in v for v in report.violations), report.violations
+
+
+def _job_store_at_maxmemory_from_the_start(sim: Sim) -> None:
+    """Issue 19's run (b), in small: one submit the default way, and the job store answers OOM
+    to every write for the first 8 s, the moment the message is received included."""
+    sim.plans[:] = [Plan(0, sim.new_task_id())]
+    k = sim.knobs
+    k.p_crash = k.p_duplicate = k.p_publish_fail = 0.0
+    assert sim.faults is not None
+    sim.faults.plan = StorePlan(oom=(sim.clock(), sim.clock() + 8.0))
+
+
+def test_a_job_store_refusing_writes_at_receipt(sim_redis: redis.Redis) -> None:
+    """With Celery acknowledging a failed task (today), the message is acknowledged with no
+    record of its job: caught, and the job lost. With the failed task retried
+    (``STORE_ERROR_RETRIES``, once the `acksafe` fix is in), the job completes."""
+    report = run_seed(
+        13,
+        sim_redis,
+        shape=_job_store_at_maxmemory_from_the_start,
+        store_faults_on=frozenset({"oom"}),
+    )
+    assert report.store is not None
+    assert report.store.oom >= 2  # the receive hook's record and the task's
+    if run.STORE_ERROR_RETRIES:
+        assert report.violations == []
+        assert dict(report.outcomes) == {"completed": 1}
+    else:
+        assert any("neither durable nor ended (no record)" in v for v in report.violations)
+        assert any("no outcome by the end" in v for v in report.violations)
+
+
+def test_a_retried_store_error_completes_the_job(
+    sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulation's side of the `acksafe` switch: a failed task retried is not lost."""
+    monkeypatch.setattr(run, "STORE_ERROR_RETRIES", True)
+    report = run_seed(
+        13,
+        sim_redis,
+        shape=_job_store_at_maxmemory_from_the_start,
+        store_faults_on=frozenset({"oom"}),
+    )
+    assert report.violations == []
+    assert dict(report.outcomes) == {"completed": 1}
+
+
+def test_a_settle_without_first_outcome_wins_is_caught(
+    sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, item 8: ``_SETTLE`` without its ``HEXISTS outcome`` guard. Seed 126 is the
+    first of the 2,000 to catch it (a cancel and a failed store both settle the job)."""
+    guard = "if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then return 0 end\n"
+    assert guard in jobs._SETTLE
+    monkeypatch.setattr(jobs, "_SETTLE", jobs._SETTLE.replace(guard, ""))
+    report = run_seed(126, sim_redis)
+    assert any("settled 2 times" in v for v in report.violations), report.violations
