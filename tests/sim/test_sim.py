@@ -19,7 +19,7 @@ from tasks.steps import accept
 from tests.sim import run
 from tests.sim.broker import Message
 from tests.sim.run import SIM_ENV, Execution, Report, Sim, run_seed
-from tests.sim.store import StorePlan
+from tests.sim.store import STORE_FAULTS, StorePlan
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
 from workers.settings import Settings
@@ -55,8 +55,9 @@ def test_seeds_keep_every_promise(sim_server: EmbeddedRedis) -> None:
         failed = sorted(f for future in futures for f in future.result())
     elapsed_s = time.monotonic() - started
     print(f"\nsimulation: {SEEDS} seeds in {elapsed_s:.1f} s on {PROCESSES} processes")
+    faults = f" --store-faults {','.join(sorted(STORE_FAULTS))}" if STORE_FAULTS else ""
     lines = [
-        f"seed {seed}: {'; '.join(violations)}\n  replay: python -m tests.sim --seed {seed}"
+        f"seed {seed}: {'; '.join(violations)}\n  replay: python -m tests.sim --seed {seed}{faults}"
         for seed, violations in failed[:10]
     ]
     assert not failed, f"{len(failed)} of {SEEDS} seeds broke a promise:\n" + "\n".join(lines)

@@ -47,7 +47,8 @@ def test_a_retried_webhook_keeps_its_webhook_id(redis_client: redis.Redis, jid: 
     ctx.jobs.create(jid, {"status": Status.SUBMITTING, "notify_url": URL}, ttl_s=60, check_at=None)
     fail(ctx, jid, errors.UpstreamFailed("generation failed"))
     job = ctx.jobs.get(jid)
-    assert job is not None and job.outcome_id
+    assert job is not None
+    assert job.outcome_id
 
     task_id = str(uuid.uuid4())
     results = [steps.notify(ctx, steps.Delivery("tts.notify", task_id, n), jid) for n in range(3)]
@@ -55,7 +56,8 @@ def test_a_retried_webhook_keeps_its_webhook_id(redis_client: redis.Redis, jid: 
     assert [type(r) for r in results] == [steps.Retry, steps.Retry, str]
     assert receiver.ids == [webhooks.message_id(jid, job.outcome_id)] * 3
     done = ctx.jobs.get(jid)
-    assert done is not None and done.notify_state == NotifyState.DELIVERED
+    assert done is not None
+    assert done.notify_state == NotifyState.DELIVERED
     assert done.notify_attempts == 3
 
 
@@ -72,5 +74,7 @@ def test_a_resent_webhook_keeps_its_webhook_id(redis_client: redis.Redis, jid: s
     now[0] += 3_600  # the first sender died with its retry; its claim ran out long ago
     second = steps.notify(ctx, steps.Delivery("tts.notify", "reconciler-resend"), jid)
 
-    assert isinstance(first, steps.Retry) and second == jid
-    assert len(receiver.ids) == 2 and len(set(receiver.ids)) == 1
+    assert isinstance(first, steps.Retry)
+    assert second == jid
+    assert len(receiver.ids) == 2
+    assert len(set(receiver.ids)) == 1
