@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from tests.sim import store
+from tests.sim import run, store
 from tests.sim.run import run_seed
 from workers.embedded_redis import EmbeddedRedis
 
@@ -32,7 +32,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the job store's faults: all, none, or some of errors,timeouts,oom,restart "
         "(default: tests/sim/store.py STORE_FAULTS, or SIM_STORE_FAULTS)",
     )
+    parser.add_argument(
+        "--store-error-retries",
+        action="store_true",
+        help="a task that raised a job-store error is retried, not acknowledged (run.py "
+        "STORE_ERROR_RETRIES: the acksafe fix)",
+    )
+    parser.add_argument(
+        "--no-client-resends",
+        action="store_true",
+        help="the worker's Redis client sends a failed command once (store.py CLIENT_RESENDS)",
+    )
     args = parser.parse_args(argv)
+    if args.store_error_retries:
+        run.STORE_ERROR_RETRIES = True
+    if args.no_client_resends:
+        store.CLIENT_RESENDS = False
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds or range(100)
     server = EmbeddedRedis().start()
     failed = 0

@@ -485,6 +485,10 @@ class Sim:
         except redis.RedisError as exc:
             if not STORE_ERROR_RETRIES:
                 return ("error", exc)  # Celery acks a failed task (see STORE_ERROR_RETRIES)
+            failed = exc
+        except Exception as exc:  # a bug or a failed publish: Celery logs it and acks
+            return ("error", exc)
+        try:
             self.gate("retry")
             delay_s = schedule.retry_delay_s(
                 message.retries,
@@ -501,9 +505,11 @@ class Sim:
             )
             self.broker.publish(again)
             self.gate("ack")
-            return ("store-retry", exc)
-        except Exception as exc:  # a bug or a failed publish: Celery logs it and acks
+        except Crash as crash:
+            return ("crash", crash.kind)
+        except PublishFailed as exc:
             return ("error", exc)
+        return ("store-retry", failed)
 
     def _start(self, worker: Worker, held: Held) -> None:
         held.running = True
