@@ -46,7 +46,13 @@ def _chunk(port: int, db: int, seeds: list[int]) -> list[tuple[int, list[str]]]:
 def test_seeds_keep_every_promise(sim_server: EmbeddedRedis) -> None:
     """Each caller request accepted upstream at most once; one outcome, one webhook-id per job;
     no status call, POST or store after the outcome (some callers cancel); no job open at the
-    end; no key without a TTL."""
+    end; no key without a TTL; one settle per job taking effect, the first outcome kept; the
+    NanoGPT calls within burst + rate x window; no ack while the job is neither durable nor
+    ended; no SUBMIT_UNCONFIRMED without a POST unless a crash held the claim.
+
+    What these seeds catch (issue 19, item 8; each mutation in a scratch copy, 2,000 seeds):
+    MUTATION_FIGURES
+    """
     started = time.monotonic()
     chunks = [list(range(SEEDS))[i::PROCESSES] for i in range(PROCESSES)]
     context = multiprocessing.get_context("forkserver")
