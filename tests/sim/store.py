@@ -121,6 +121,9 @@ class StorePlan:
         if "timeouts" in faults:
             plan.p_lost_reply = p_lost_reply
         if "oom" in faults and oom_on:
+            # A third of them from the very start: the receive hook's record is refused too.
+            if random.Random(f"store-oom-{seed}").random() < 1 / 3:
+                oom_at = start
             plan.oom = (oom_at, oom_at + oom_s)
         if "restart" in faults and restart_on:
             plan.restart_at, plan.down_s = restart_at, down_s
