@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import redis
 
-from tasks import jobs, names, received, steps, validation
+from tasks import budget, jobs, names, received, steps, validation
 from tasks.jobs import Job, JobStore
 from tasks.steps import accept
 from tests.sim import run
@@ -319,3 +319,15 @@ def test_a_settle_without_first_outcome_wins_is_caught(
     monkeypatch.setattr(jobs, "_SETTLE", jobs._SETTLE.replace(guard, ""))
     report = run_seed(126, sim_redis)
     assert any("settled 2 times" in v for v in report.violations), report.violations
+
+
+def test_a_budget_that_grants_every_call_is_caught(
+    sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, item 8: ``_SPEND`` allowing every call (each still takes a token, so "calls
+    <= tokens" holds). Seed 2 is the first to catch it: 6 calls within 11.4 s at 0.2/s, burst 3."""
+    check = "if free >= need then\n"
+    assert check in budget._SPEND
+    monkeypatch.setattr(budget, "_SPEND", budget._SPEND.replace(check, "if true then\n"))
+    report = run_seed(2, sim_redis)
+    assert any("NanoGPT calls within" in v for v in report.violations), report.violations
