@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from tests.sim import run, store
 from tests.sim.run import run_seed
 from workers.embedded_redis import EmbeddedRedis
 
@@ -24,7 +25,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=_seeds, help="a range, e.g. 0-1999")
     parser.add_argument("-v", "--verbose", action="store_true", help="a line for every seed")
     parser.add_argument("--trace", action="store_true", help="print every side effect")
+    parser.add_argument(
+        "--store-faults",
+        type=store.fault_families,
+        default=None,
+        help="the job store's faults: all, none, or some of errors,timeouts,oom,restart "
+        "(default: tests/sim/store.py STORE_FAULTS, or SIM_STORE_FAULTS)",
+    )
+    parser.add_argument(
+        "--store-errors-acked",
+        action="store_true",
+        help="a task that raised a job-store error is acknowledged, as plain Celery does (run.py "
+        "STORE_ERROR_RETRIES off: the behaviour before issue 19)",
+    )
+    parser.add_argument(
+        "--client-resends",
+        action="store_true",
+        help="the worker's Redis client re-sends a failed command, as redis-py does by default "
+        "(store.py CLIENT_RESENDS: the behaviour before issue 19)",
+    )
     args = parser.parse_args(argv)
+    if args.store_errors_acked:
+        run.STORE_ERROR_RETRIES = False
+    if args.client_resends:
+        store.CLIENT_RESENDS = True
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds or range(100)
     server = EmbeddedRedis().start()
     failed = 0
@@ -33,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         client = redis.Redis.from_url(server.url, decode_responses=True)
         for seed in seeds:
             trace: list[str] | None = [] if args.trace else None
-            report = run_seed(seed, client, trace=trace)
+            report = run_seed(seed, client, trace=trace, store_faults_on=args.store_faults)
             for line in trace or []:
                 print(line)
             if report.violations or args.verbose or args.seed is not None:
@@ -43,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"cancels {report.cancels}, deferred {report.deferred}, "
                     f"outcomes {dict(report.outcomes)}"
                 )
+                if report.store is not None:
+                    print(f"  job store: {report.store}, {report.store_errors} tasks failed on it")
             for line in report.violations:
                 print(f"  VIOLATION {line}")
             failed += bool(report.violations)

@@ -9,6 +9,11 @@ the worker held stays unacked). So faults strike between any two side effects, a
 the same job interleave at every such point. Redis is real (the job store's Lua scripts run as in
 production); the clock is not.
 
+The job store fails too when a seed draws it (tests/sim/store.py: lost commands, late replies
+with the script run or not, OOM on writes, a restart that loses the last second), below the
+job store and the budget, at the client; and a task that raises is handled as Celery handles it
+(:data:`STORE_ERROR_RETRIES`).
+
 Not modelled: the microseconds between kombu moving a message to ``unacked`` and our
 ``task_received`` handler recording its job (a SIGKILL there still waits for the visibility
 timeout); a message taken and received is one event here.
@@ -34,6 +39,7 @@ from tasks.audio.storage import download
 from tasks.config import celery_config
 from tasks.config.settings import Settings
 from tasks.nanogpt.client import NanoGPTClient
+from tasks.pacing import schedule
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher
 from tasks.record.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
@@ -42,6 +48,7 @@ from tasks.steps.context import Ctx
 from tasks.sweeps import granting, reconcile
 from tasks.sweeps.parking import Releaser, release_all
 from tasks.webhooks.delivery import deliver
+from tests.sim import store as store_faults
 from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
 from tests.sim.world import (
     API_BASE,
@@ -78,6 +85,13 @@ SIM_ENV = {
     "TTS_JOB_TTL": "3600",
 }
 MODEL = "Elevenlabs-Turbo-V2.5"
+# What the fake Celery does with a task that raised a job-store error (redis.RedisError, or a
+# submit's AnswerUnrecorded). True: what tasks/adapters/tts.py does (tasks/adapters/acks.py): a
+# retry of the same message (Task.retry: same task id, retries + 1) after a backoff, carrying the
+# answer the store could not take. False: what plain Celery does (task_acks_on_failure_or_timeout
+# at its default): the message is acknowledged, and the job is lost unless the reconciler
+# watches it; `--store-error-retries` is the way back to it for a comparison.
+STORE_ERROR_RETRIES = True
 # How often every live worker puts back messages past the visibility timeout (kombu sweeps on
 # its poll cycle; a few seconds apart).
 RESTORE_EVERY_S = 10.0
@@ -175,6 +189,21 @@ class Execution:
     wake_at: float
     label: str = "start"
     loaded_at: int = 0  # the event at which it last read its job (jobs.load)
+    # The job whose POST it claimed (begin_post) and has not sent yet: a crash now leaves the
+    # job in doubt, the one case where SUBMIT_UNCONFIRMED without a POST is right.
+    claim: str | None = None
+
+
+@dataclass
+class Settle:
+    """One call of ``JobStore.settle``: what it returned and what it did to the record."""
+
+    job_id: str
+    event: int
+    returned: bool | None  # None: it raised (a job-store fault)
+    before: str | None  # the record's outcome_id before the call
+    after: str | None  # and right after it (no other execution runs in between)
+    outcome: dict[str, Any] | None  # the record's outcome right after it
 
 
 class Gated:
@@ -193,7 +222,15 @@ class Gated:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             sim = self._sim
+            # When a NanoGPT call leaves (the simulation's latency is its round trip).
+            sent_at = sim.clock()
             sim.gate(label)
+            if label.startswith("upstream."):
+                sim.call_times.append(sent_at)
+                if sim.current is not None:
+                    sim.current.claim = None  # the POST it claimed has left
+            if label == "jobs.settle":
+                return sim.settle(value, *args, **kwargs)
             if label == "upstream.status":
                 # When this execution last read the job: a poll must have seen it open.
                 sim.status_calls.setdefault(args[0].run_id, []).append(sim.loaded_at)
@@ -209,8 +246,8 @@ class Gated:
                     sim.report.deferred += 1
             if label == "jobs.load":
                 sim.loaded_at = sim.transport.events
-            if label == "jobs.settle" and result:
-                sim.settled.setdefault(args[0], sim.transport.events)
+            if label == "jobs.begin_post" and result and sim.current is not None:
+                sim.current.claim = args[0]
             return result
 
         return call
@@ -231,10 +268,19 @@ class Report:
     crashes: Counter[str] = field(default_factory=Counter)
     cancels: int = 0  # tts.cancel messages callers sent
     deferred: int = 0  # NanoGPT calls not made for want of budget (the step parked its job)
+    store: store_faults.Stats | None = None  # what the job store's faults did (None: off)
+    store_errors: int = 0  # executions that ended on a job-store error
 
 
 class Sim:
-    def __init__(self, seed: int, client: redis.Redis, *, knobs: Knobs | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        client: redis.Redis,
+        *,
+        knobs: Knobs | None = None,
+        store_faults_on: frozenset[str] | None = None,
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         random.seed(seed)  # the schedule's jitter draws from the module's generator
@@ -269,7 +315,17 @@ class Sim:
             max_audio_bytes=s.max_audio_bytes,
             audio_timeout_s=s.download_timeout_s,
         )
-        jobs = JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock)
+        # The job store's faults strike the client the job store, the budget and the releaser
+        # use; the simulation reads the truth through a client of its own.
+        on = store_faults.STORE_FAULTS if store_faults_on is None else store_faults_on
+        plan = store_faults.StorePlan.draw(seed, self.clock(), on)
+        self.faults: store_faults.Faults | None = None
+        worker_client = client
+        if on:  # even if this seed drew none: a hand-made case may place its own
+            self.faults = store_faults.Faults(seed, plan, self.clock, client)
+            worker_client = store_faults.FaultyRedis(client, self.faults)
+        self.truth = JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock)
+        jobs = JobStore(worker_client, ttl_s=s.job_ttl_s, clock=self.clock)
         self.ctx = Ctx(
             settings=s,
             jobs=Gated(self, jobs, "jobs"),  # type: ignore[arg-type]
@@ -288,7 +344,7 @@ class Sim:
             budget=Gated(  # type: ignore[arg-type]
                 self,
                 Budget(
-                    client,
+                    worker_client,
                     rate_per_s=s.upstream_rate_per_s,
                     burst=s.upstream_burst,
                     clock=self.clock,
@@ -297,7 +353,7 @@ class Sim:
                 "budget",
             ),
         )
-        self.releaser = Releaser(client, recovery_grace_s=s.recovery_grace_s)
+        self.releaser = Releaser(worker_client, recovery_grace_s=s.recovery_grace_s)
         # The releaser threads' standing: the lock and the ranking they grant from.
         self.granting = granting.Releasing(owner="sim")
         self.main = greenlet.getcurrent()
@@ -305,7 +361,17 @@ class Sim:
         self.executions: list[Execution] = []
         self.restarts: list[float] = []
         self.kills = 0
+        # Per job, the event of its first successful settle; and every settle call made.
         self.settled: dict[str, int] = {}
+        self.settles: list[Settle] = []
+        # When each NanoGPT call left (submits and status calls alike), for the budget's bound.
+        self.call_times: list[float] = []
+        # Jobs left in doubt by a crash between claiming their POST and sending it.
+        self.in_doubt: set[str] = set()
+        self.current: Execution | None = None  # the execution running now (None: background)
+        # A hand-made case may hold an execution at a side effect (seconds more before it goes
+        # on), to force an interleaving: called with the label it is about to pass.
+        self.stall: Callable[[Sim, Execution, str], float] | None = None
         # Per run id, for each status call: the event at which its execution read the job.
         self.status_calls: dict[str, list[int]] = {}
         # The same for every POST (per caller text) and every store (per job id).
@@ -352,11 +418,59 @@ class Sim:
         message = Message(task_id or self.new_task_id(), name, tuple(args), dict(kwargs), eta=eta)
         self.broker.publish(message)
 
+    def settle(self, settle: Callable[..., bool], job_id: str, *args: Any, **kwargs: Any) -> bool:
+        """``JobStore.settle``, with what it returned and what it did to the record kept (the
+        record is read just before and after: no other execution runs in between)."""
+        found = self.client.hmget(self.truth.key(job_id), "outcome_id")[0]
+        raw = None if found is None else str(found)
+        call = Settle(job_id, self.transport.events, None, raw, raw, None)
+        self.settles.append(call)
+        try:
+            call.returned = settle(job_id, *args, **kwargs)
+        finally:
+            after = self.truth.get(job_id)
+            call.after = after.outcome_id if after else None
+            call.outcome = after.outcome if after else None
+        if call.returned:
+            self.settled.setdefault(job_id, call.event)
+        return call.returned
+
+    def _job_of(self, message: Message) -> str | None:
+        """The job a message acts for (None: a cancel, which promises no job of its own)."""
+        if message.name == names.CANCEL:
+            return None
+        if message.name in (names.SUBMIT_TTS, names.POLL_TTS):
+            given = message.kwargs.get("job_id")
+            if given is not None:
+                return str(given)
+            return message.task_id if message.name == names.SUBMIT_TTS else str(message.args[0])
+        return str(message.args[0])
+
+    def _unsafe_ack(self, message: Message) -> str | None:
+        """Why acknowledging ``message`` now would lose its job (None: it would not): a job is
+        safe when its record is on the reconciler's watch or parked (it will be acted on), or
+        has its outcome with the webhook settled (ended)."""
+        jid = self._job_of(message)
+        if jid is None:
+            return None
+        job = self.truth.get(jid)
+        if job is None:
+            return "no record"
+        if job.outcome is not None and job.notify_state not in (None, NotifyState.QUEUED):
+            return None
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in (DUE_KEY, WAIT_KEY, SUBMIT_WAIT_KEY):
+                pipe.zscore(key, jid)
+            if any(score is not None for score in pipe.execute()):
+                return None
+        return f"{job.status}, watched by nothing"
+
     # --- executions ---------------------------------------------------------------------------
 
     def _body(self, held: Held) -> tuple[str, Any]:
         message = held.message
         d = steps.Delivery(message.name, message.task_id, message.retries)
+        carried: dict[str, Any] = {}
         try:
             self.gate("begin")
             result = steps.STEPS[message.name](self.ctx, d, *message.args, **message.kwargs)
@@ -376,8 +490,41 @@ class Sim:
             return ("ok", result)
         except Crash as crash:
             return ("crash", crash.kind)
+        except redis.RedisError as exc:
+            if not STORE_ERROR_RETRIES:
+                return ("error", exc)  # Celery acks a failed task (see STORE_ERROR_RETRIES)
+            failed = exc
+        except steps.AnswerUnrecorded as exc:
+            # The submit's answer (or claim) the store could not take: a store error or a failed
+            # publish underneath; the retry carries it (tasks/adapters/tts.py _run).
+            if not STORE_ERROR_RETRIES:
+                return ("error", exc.__cause__)
+            failed = exc
+            carried = {"accepted": exc.answer}
         except Exception as exc:  # a bug or a failed publish: Celery logs it and acks
             return ("error", exc)
+        try:
+            self.gate("retry")
+            delay_s = schedule.retry_delay_s(
+                message.retries,
+                base_s=self.settings.retry_base_delay_s,
+                max_s=self.settings.retry_max_delay_s,
+            )
+            again = Message(
+                message.task_id,
+                message.name,
+                message.args,
+                {**message.kwargs, **carried},
+                retries=message.retries + 1,
+                eta=self.clock() + delay_s,
+            )
+            self.broker.publish(again)
+            self.gate("ack")
+        except Crash as crash:
+            return ("crash", crash.kind)
+        except PublishFailed as exc:
+            return ("error", exc)
+        return ("store-retry", failed)
 
     def _start(self, worker: Worker, held: Held) -> None:
         held.running = True
@@ -387,6 +534,7 @@ class Sim:
 
     def _resume(self, ex: Execution) -> None:
         k = self.knobs
+        self.current = ex
         placed = k.kill_at_event is not None and self.transport.events >= k.kill_at_event
         if ex.label != "start" and (placed or self.rng.random() < k.p_crash):
             kill = placed or (self.rng.random() < k.p_worker_kill and self.kills < k.max_kills)
@@ -401,6 +549,7 @@ class Sim:
             self.loaded_at = ex.loaded_at
             outcome = ex.g.switch(ex.held) if ex.label == "start" and not ex.g else ex.g.switch()
             ex.loaded_at = self.loaded_at
+        self.current = None
         if ex.g.dead:
             self.executions.remove(ex)
             self._finish(ex, outcome)
@@ -409,18 +558,34 @@ class Sim:
         part = ex.label.split(".")[0]
         low, high = LATENCY_S.get(part, (0.0, 0.0))
         ex.wake_at = self.clock() + (self.rng.uniform(low, high) if high else 0.0)
+        if self.stall is not None:
+            ex.wake_at += self.stall(self, ex, ex.label)
 
     def _finish(self, ex: Execution, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
         if kind == "crash":
             self.report.crashes[value] += 1
+            if ex.claim is not None:
+                self.in_doubt.add(ex.claim)
             if value == "worker":
                 self._kill(ex.worker)
             else:
                 self.broker.requeue(ex.worker, ex.held)
             return
-        if kind == "error" and not isinstance(value, PublishFailed):
-            self.report.violations.append(f"{ex.held.message.name} raised {value!r}")
+        message = ex.held.message
+        if isinstance(value, redis.RedisError):
+            self.report.store_errors += 1
+        elif kind == "error" and not isinstance(value, PublishFailed):
+            self.report.violations.append(f"{message.name} raised {value!r}")
+        # A retry handed the work to a new message (in the broker now): that one holds it.
+        retried = kind == "store-retry" or isinstance(value, steps.Retry)
+        unsafe = None if retried else self._unsafe_ack(message)
+        if unsafe is not None:
+            self.report.violations.append(
+                f"job {self._job_of(message)}: {message.name} acknowledged ({kind}"
+                f"{f': {value!r}' if kind != 'ok' else ''}) with its job neither durable nor "
+                f"ended ({unsafe})"
+            )
         self.broker.ack(ex.worker, ex.held)
 
     def _kill(self, worker: Worker) -> None:
@@ -430,6 +595,8 @@ class Sim:
         self.kills += 1
         for other in [e for e in self.executions if e.worker is worker]:
             self.executions.remove(other)
+            if other.claim is not None:
+                self.in_doubt.add(other.claim)
             if other.g:
                 other.g.throw(Crash("worker"))
         worker.held.clear()  # what it held stays in the broker's unacked table
@@ -452,7 +619,11 @@ class Sim:
                 if held is None:
                     break
                 m = held.message
-                received.on_received(self.ctx, m.name, m.task_id, m.args, m.kwargs, start_at=m.eta)
+                # workers/signals.py logs a failure to record it: the task records the job.
+                with contextlib.suppress(redis.RedisError):
+                    received.on_received(
+                        self.ctx, m.name, m.task_id, m.args, m.kwargs, start_at=m.eta
+                    )
                 moved = True
             for held in worker.waiting(now)[: worker.concurrency - worker.running()]:
                 self._start(worker, held)
@@ -469,11 +640,11 @@ class Sim:
                     granting.release(self.ctx, rand=self.rng.random, state=self.granting)
                 else:
                     release_all(self.releaser, self.ctx.dispatch, now=now, limit=100)
-            except PublishFailed:
-                pass
+            except (PublishFailed, redis.RedisError):
+                pass  # workers/poll_releaser.py logs it and tries again on a later tick
         if now >= next_at["reconcile"]:
             next_at["reconcile"] = now + self.settings.reconcile_interval_s
-            with contextlib.suppress(PublishFailed):
+            with contextlib.suppress(PublishFailed, redis.RedisError):
                 reconcile.scan(self.ctx)
         if now >= next_at["restore"]:
             next_at["restore"] = now + RESTORE_EVERY_S
@@ -493,10 +664,12 @@ class Sim:
     def _quiet(self) -> bool:
         if self.executions or self.broker.pending():
             return False
+        if self.faults is not None and self.faults.restart_pending():
+            return False  # a restart to come may still roll the last second back
         if any(w.held for w in self.workers if w.alive):
             return False
         for plan in self.plans:
-            job = self.ctx.jobs._target.get(self.job_id(plan))  # type: ignore[attr-defined]
+            job = self.truth.get(self.job_id(plan))
             if job is None or job.outcome is None or job.notify_state in (None, NotifyState.QUEUED):
                 return False
         return True
@@ -574,10 +747,20 @@ class Sim:
             eta = self.broker.next_eta(self.workers, now)
             if eta is not None:
                 candidates.append(eta)
-            self.clock.now = max(now + 0.001, min(candidates))
+            if self.faults is not None:
+                store_at = self.faults.next_time()
+                if store_at is not None:
+                    candidates.append(store_at)
+            to = max(now + 0.001, min(candidates))
+            if self.faults is not None:
+                self.faults.advance(to)
+            self.clock.now = to
+            if self.faults is not None:
+                self.faults.restart_if_due()
         for ex in self.executions:
             ex.g.throw(greenlet.GreenletExit)
         self.report.sim_s = self.clock() - start
+        self.report.store = self.faults.stats if self.faults is not None else None
         check(self)
         return self.report
 
@@ -585,12 +768,20 @@ class Sim:
 def check(sim: Sim) -> None:
     """The promises, checked after the schedule played out."""
     bad = sim.report.violations
-    jobs = sim.ctx.jobs._target  # type: ignore[attr-defined]
+    jobs = sim.truth
     calls = sum(len(c) for c in sim.status_calls.values()) + sum(
         len(c) for c in sim.post_calls.values()
     )
     if sim.ctx.budget.on and calls > sim.spends:
         bad.append(f"{calls} NanoGPT calls made with only {sim.spends} allowed by the budget")
+    if sim.ctx.budget.on:
+        rate_per_s, burst = sim.settings.upstream_rate_per_s, sim.settings.upstream_burst
+        # A restart that lost the budget's last writes gives back the tokens spent in them (at
+        # most burst + rate x the seconds lost): AOF everysec allows no better.
+        lost_s = sim.faults.stats.lost_s if sim.faults is not None else 0.0
+        extra = burst + rate_per_s * lost_s if lost_s else 0.0
+        bad += budget_bound(sim.call_times, rate_per_s, burst, extra=extra)
+    bad += settles_once(sim.settles, jobs)
     for plan in sim.plans:
         jid = sim.job_id(plan)
         accepted = sim.ledger.accepted.get(plan.text, 0)
@@ -603,6 +794,10 @@ def check(sim: Sim) -> None:
             continue
         error = job.outcome.get("error") or {}
         sim.report.outcomes[error.get("code", "completed")] += 1
+        posts = sim.ledger.posts.get(plan.text, 0)
+        if error.get("code") == "SUBMIT_UNCONFIRMED" and not posts and jid not in sim.in_doubt:
+            # Only a crash between claiming the POST and sending it leaves a job in doubt.
+            bad.append(f"job {jid}: ended SUBMIT_UNCONFIRMED with no POST sent")
         if job.notify_state in (None, NotifyState.QUEUED):
             bad.append(f"job {jid}: webhook still queued at the end")
         stored = sim.store.saved.get(jid)
@@ -639,19 +834,73 @@ def check(sim: Sim) -> None:
             bad.append(f"key {key} has no TTL")
 
 
+# Slack on the budget's bound: its scripts count a token 1e-3 early (tasks/pacing/budget.py,
+# _STATE).
+BOUND_SLACK = 0.01
+
+
+def budget_bound(
+    times: list[float], rate_per_s: float, burst: int, *, extra: float = 0.0
+) -> list[str]:
+    """The limiter's own promise: in every window [t1, t2], at most burst + rate * (t2 - t1)
+    NanoGPT calls (GCRA's bound; a lowered rate only tightens it). A sliding check over the
+    calls in the order they left; the first window that breaks it, if any."""
+    ordered = sorted(times)
+    for j, last in enumerate(ordered):
+        for i in range(j):
+            window_s = last - ordered[i]
+            if j - i + 1 > burst + rate_per_s * window_s + extra + BOUND_SLACK:
+                return [
+                    f"{j - i + 1} NanoGPT calls within {window_s:.3f} s, more than burst "
+                    f"{burst} + {rate_per_s:g}/s allows"
+                ]
+    return []
+
+
+def settles_once(settles: list[Settle], jobs: JobStore) -> list[str]:
+    """At most one settle per job took effect (said True, or changed the outcome); each said
+    what it did; and the outcome the job ends with is the first one, with its id."""
+    bad: list[str] = []
+    by_job: dict[str, list[Settle]] = {}
+    for call in settles:
+        by_job.setdefault(call.job_id, []).append(call)
+    for jid, calls in by_job.items():
+        took = [c for c in calls if c.returned or c.after != c.before]
+        if len(took) > 1:
+            bad.append(f"job {jid}: settled {len(took)} times (events {[c.event for c in took]})")
+        for c in calls:
+            changed = c.after != c.before
+            if c.returned is not None and c.returned != changed:
+                bad.append(
+                    f"job {jid}: a settle said {c.returned} but changed the outcome: {changed}"
+                )
+        if not took:
+            continue
+        first, job = took[0], jobs.get(jid)
+        final = (job.outcome_id, job.outcome) if job is not None else (None, None)
+        if final != (first.after, first.outcome):
+            bad.append(
+                f"job {jid}: ends with an outcome other than its first "
+                f"({final[0]}, not {first.after})"
+            )
+    return bad
+
+
 def run_seed(
     seed: int,
     client: redis.Redis,
     *,
     shape: Callable[[Sim], None] | None = None,
     trace: list[str] | None = None,
+    store_faults_on: frozenset[str] | None = None,
 ) -> Report:
     """Play one seed against ``client`` (a Redis database the simulation may flush).
 
     ``shape``: change the drawn world before it runs (knobs, plans), for the hand-made cases.
     ``trace``: filled with one line per side effect (``python -m tests.sim --seed N --trace``).
+    ``store_faults_on``: the job store's fault families (default: ``store.STORE_FAULTS``).
     """
-    sim = Sim(seed, client)
+    sim = Sim(seed, client, store_faults_on=store_faults_on)
     sim.trace = trace
     if shape is not None:
         shape(sim)
