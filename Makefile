@@ -31,7 +31,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The quick loop while editing: lint, the unit tests and the simulation's 2,000 seeds, about
-# 2 minutes on 2 cores (test, which CI runs: everything, ~25 min).
+# 5 minutes on 2 cores (test, which CI runs: everything, ~34 min in a fresh clone).
 check: lint
 	$(BIN)/python -m pytest tests/unit tests/sim
 

@@ -90,6 +90,10 @@ class Tally:
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+#: Where :meth:`Rig.outcome_ids_by_text` counts outcomes of job ids no caller's message names.
+NOBODY_SENT = "<job id nobody sent>"
+
+
 class Rig:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -264,19 +268,24 @@ class Rig:
             and since <= r.at < before
         )
 
-    def outcome_ids_by_text(self) -> dict[str, set[str]]:
-        """The job ids with an accepted webhook, per submitted text (read from each job's record).
+    def outcome_ids_by_text(self, sent: dict[str, str]) -> dict[str, set[str]]:
+        """The job ids with an accepted webhook, per submitted text; ``sent``: each message's
+        task id and text (a caller who leaves the job id out gets the task id as job id).
 
         Independent of which id the worker chose for a job: two job ids under one text are two
-        outcomes for what the caller sent once.
+        outcomes for what the caller sent once. A job id nobody sent is read from its record
+        while the record still has the text (it is dropped once NanoGPT accepted the POST, issue
+        19), and otherwise counted under ``<job id nobody sent>``: an outcome for no message.
         """
         by_text: dict[str, set[str]] = defaultdict(set)
         for delivery in self.deliveries():
             if delivery.answered != 200:
                 continue
             jid = delivery.json()["job_id"]
-            job = self.store.get(jid)
-            text = job.request["text"] if job is not None and job.request else f"<no record {jid}>"
+            text = sent.get(jid)
+            if text is None:
+                job = self.store.get(jid)
+                text = job.request["text"] if job is not None and job.request else NOBODY_SENT
             by_text[text].add(jid)
         return dict(by_text)
 

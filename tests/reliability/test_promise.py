@@ -24,7 +24,7 @@ from tasks import errors
 from tasks.audio.audio_store import LocalStore
 from tasks.config.settings import child_env
 from tasks.names import SUBMIT_TTS
-from tests.reliability.rig import Figures, Rig
+from tests.reliability.rig import NOBODY_SENT, Figures, Rig
 from tests.support.worker import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -83,7 +83,7 @@ def check_every_job_once(
 ) -> None:
     """Wait for one outcome per job (by task id) until the recovery limit; count what was seen."""
     tally = rig.tally(list(jobs), timeout_s=max(0.0, struck_at + RECOVERY_LIMIT_S - time.time()))
-    by_text = rig.outcome_ids_by_text()
+    by_text = rig.outcome_ids_by_text(jobs)
     posts = rig.posts()
     in_flight = rig.posts(since=struck_at - SUBMIT_HOLD_S - IN_FLIGHT_SLACK_S, before=struck_at)
     doubled = {text for text, n in posts.items() if n > 1}
@@ -107,6 +107,7 @@ def check_every_job_once(
         "jobs with two outcomes": len(tally.duplicated),
         "texts with no outcome under any job id": sum(t not in by_text for t in jobs.values()),
         "texts with outcomes under two job ids": sum(len(ids) > 1 for ids in by_text.values()),
+        "outcomes under a job id no message names": len(by_text.get(NOBODY_SENT, ())),
         # Not even those mid-call at the fault: their fate is unknown, so they end as
         # SUBMIT_UNCONFIRMED instead (NanoGPT has no idempotency key).
         "texts POSTed twice": len(doubled),
