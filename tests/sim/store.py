@@ -162,6 +162,11 @@ class Faults:
     _snapshot: list[tuple[str, bytes | None, int]] = field(default_factory=list)
     _snapshot_second: float = -math.inf
     _restarted: bool = False
+    # The script cache of this seed's server, kept here rather than read from the real one:
+    # the simulations of other seeds (and the suite's other process) share that server, and
+    # whether an EVALSHA meets NOSCRIPT decides how many commands (fault draws) follow it.
+    loaded: set[str] = field(default_factory=set)
+    scripts: dict[str, str] = field(default_factory=dict)  # sha -> source, as registered
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"store-commands-{self.seed}")
@@ -212,8 +217,7 @@ class Faults:
                     pipe.restore(key, max(pttl, 0), dump, replace=True)
             pipe.execute()
         # The restarted server has no scripts: the next EVALSHA meets NOSCRIPT and loads them.
-        # (Harmless to the other process's database on the same server: it reloads too.)
-        self._raw.script_flush()
+        self.loaded.clear()
 
     def _keys(self) -> list[bytes]:
         return list(self._raw.scan_iter(count=1000))
@@ -289,8 +293,29 @@ class FaultyRedis(redis.Redis):
         name = str(args[0]).upper()
         if name == "SCRIPT" and len(args) > 1:
             name = f"SCRIPT {str(args[1]).upper()}"
-        run = super().execute_command
-        return self.faults.send([name], lambda: run(*args, **options))  # type: ignore[no-untyped-call]
+        real = super().execute_command
+        faults = self.faults
+
+        def run() -> Any:
+            if name == "EVALSHA" and str(args[1]) not in faults.loaded:
+                raise redis.exceptions.NoScriptError("No matching script. Please use EVAL.")
+            try:
+                answer = real(*args, **options)  # type: ignore[no-untyped-call]
+            except redis.exceptions.NoScriptError:
+                # This seed's server has it; the real one lost it to another seed's process.
+                faults._raw.script_load(faults.scripts[str(args[1])])
+                answer = real(*args, **options)  # type: ignore[no-untyped-call]
+            if name == "SCRIPT LOAD":
+                faults.loaded.add(str(answer))
+            return answer
+
+        return faults.send([name], run)
+
+    def register_script(self, script: Any) -> Any:
+        registered = super().register_script(script)
+        source = script.decode() if isinstance(script, bytes) else str(script)
+        self.faults.scripts[registered.sha] = source
+        return registered
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         return FaultyPipeline(self, transaction, shard_hint)

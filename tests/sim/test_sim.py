@@ -183,6 +183,27 @@ def test_a_seed_replays_the_same(sim_redis: redis.Redis) -> None:
     assert figures(first) == figures(second)
 
 
+def _figures(r: Report) -> tuple[object, ...]:
+    return (r.executions, round(r.sim_s, 6), dict(r.crashes), dict(r.outcomes), str(r.store))
+
+
+def test_a_seed_under_store_faults_replays_the_same(sim_redis: redis.Redis) -> None:
+    """A seed under the job store's faults plays the same alone, after another seed, with its
+    trace on, and after the server lost its scripts (another process's seed restarting, say).
+    Whether an EVALSHA meets NOSCRIPT decides how many commands draw a fault, so the script
+    cache the seed sees is its own (store.py ``Faults.loaded``), not the shared server's."""
+    faults = frozenset({"errors", "timeouts", "oom"})
+    seed = 310  # failed in 0-399 and passed alone before the script cache was the seed's own
+    sim_redis.script_flush()
+    alone = run_seed(seed, sim_redis, store_faults_on=faults)
+    run_seed(311, sim_redis, store_faults_on=faults)  # loads the scripts
+    after = run_seed(seed, sim_redis, store_faults_on=faults)
+    traced = run_seed(seed, sim_redis, store_faults_on=faults, trace=[])
+    assert alone.store is not None
+    assert alone.store.lost_requests > 0
+    assert _figures(alone) == _figures(after) == _figures(traced)
+
+
 @dataclasses.dataclass
 class HeldSubmit:
     """The schedule of :func:`_duplicate_between_load_and_claim`, and what each execution of
