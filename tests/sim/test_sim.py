@@ -131,8 +131,10 @@ def test_losing_prefetched_messages_is_caught(
     monkeypatch.setattr(received, "on_received", lambda *a, **k: None)
     report = run_seed(2, sim_redis, shape=_worker_killed_holding_prefetched_messages)
     assert report.crashes["worker"] == 1
-    lost = [v for v in report.violations if "no outcome by the end" in v]
-    assert len(lost) >= 7, report.violations
+    # Not lost for good: back after the visibility timeout, which is what the record at
+    # receipt is there to spare them.
+    late = [v for v in report.violations if "after the visibility timeout" in v]
+    assert len(late) >= 7, report.violations
 
 
 def _one_job_cancelled_while_it_polls(sim: Sim) -> None:
