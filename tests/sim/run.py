@@ -241,7 +241,15 @@ class Gated:
                 sim.post_calls.setdefault(args[0].text, []).append(sim.loaded_at)
             if label == "store.save":
                 sim.store_calls.setdefault(kwargs["job_id"], []).append(sim.loaded_at)
-            result = value(*args, **kwargs)
+            try:
+                result = value(*args, **kwargs)
+            finally:
+                if label == "jobs.post_sent" and sim.current is not None:
+                    # Marked (even if its reply was lost): a crash before the POST leaves, or
+                    # before a retry carries the knowledge that it did not, leaves it in doubt.
+                    job = sim.truth.get(args[0])
+                    if job is not None and job.post_sent == args[1]:
+                        sim.current.claim = args[0]
             if label == "budget.spend":
                 if result == 0.0:
                     sim.spends += 1
@@ -252,8 +260,6 @@ class Gated:
                     sim.report.deferred += 1
             if label == "jobs.load":
                 sim.loaded_at = sim.transport.events
-            if label == "jobs.post_sent" and result and sim.current is not None:
-                sim.current.claim = args[0]
             return result
 
         return call
@@ -564,6 +570,8 @@ class Sim:
             self.broker.publish(again)
         except PublishFailed:
             return False
+        if carried and self.current is not None:
+            self.current.claim = None  # the retry knows the POST did not leave
         return True
 
     def _start(self, worker: Worker, held: Held) -> None:
