@@ -745,6 +745,29 @@ class Sim:
             self.end_at = max(self.end_at, back_at + (base - self.start))
         return max(base, self.end_at)
 
+    def _idle_until_restored(self) -> float | None:
+        """When a dead worker's first unacked message comes back, if until then nothing can
+        happen: no execution, nothing queued or held by a live worker, no restart to come,
+        and every job with a record ended and announced (the rest exist only in those
+        messages). None otherwise."""
+        if self.executions or self.broker.pending():
+            return None
+        if self.faults is not None and self.faults.restart_pending():
+            return None
+        if any(w.held for w in self.workers if w.alive):
+            return None
+        alive = {w.wid for w in self.workers if w.alive}
+        taken = [at for _, at, wid in self.broker.unacked.values() if wid not in alive]
+        if not taken:
+            return None
+        for plan in self.plans:
+            job = self.truth.get(self.job_id(plan))
+            if job is not None and (
+                job.outcome is None or job.notify_state in (None, NotifyState.QUEUED)
+            ):
+                return None
+        return min(taken) + self.broker.visibility_timeout_s + 0.001
+
     def _cancel_some(self, start: float) -> None:
         """Callers that send ``tts.cancel`` for their job at a random time (or the plan's own
         ``cancel_after_s``). Drawn from a generator of their own, so every seed keeps the
@@ -812,6 +835,13 @@ class Sim:
                 continue
             if self._quiet():
                 break
+            back_at = self._idle_until_restored()
+            if back_at is not None and back_at > now:
+                # Nothing to do for an hour of simulated time but wait: skip the idle ticks.
+                if self.faults is not None:
+                    self.faults.advance(back_at)
+                self.clock.now = next_at["restore"] = back_at
+                continue
             candidates = [ex.wake_at for ex in self.executions]
             candidates += [next_at["release"], next_at["reconcile"], *self.restarts]
             if self.broker.unacked:
