@@ -745,6 +745,15 @@ class Sim:
             self.end_at = max(self.end_at, back_at + (base - self.start))
         return max(base, self.end_at)
 
+    def _move_clock(self, to: float) -> None:
+        """The clock moves to ``to``, the job store's AOF and restart with it (a jump that
+        skipped them once rolled a restart back to a copy tens of seconds old)."""
+        if self.faults is not None:
+            self.faults.advance(to)
+        self.clock.now = to
+        if self.faults is not None:
+            self.faults.restart_if_due()
+
     def _idle_until_restored(self) -> float | None:
         """When a dead worker's first unacked message comes back, if until then nothing can
         happen: no execution, nothing queued or held by a live worker, no restart to come,
@@ -822,7 +831,7 @@ class Sim:
                 self.restarts.remove(when)
                 self._spawn_worker()
             if not any(w.alive for w in self.workers):
-                self.clock.now = min(self.restarts)
+                self._move_clock(min(self.restarts))
                 continue
             self._take_and_start()
             due = [ex for ex in self.executions if ex.wake_at <= now]
@@ -838,9 +847,8 @@ class Sim:
             back_at = self._idle_until_restored()
             if back_at is not None and back_at > now:
                 # Nothing to do for an hour of simulated time but wait: skip the idle ticks.
-                if self.faults is not None:
-                    self.faults.advance(back_at)
-                self.clock.now = next_at["restore"] = back_at
+                self._move_clock(back_at)
+                next_at["restore"] = back_at
                 continue
             candidates = [ex.wake_at for ex in self.executions]
             candidates += [next_at["release"], next_at["reconcile"], *self.restarts]
@@ -853,12 +861,7 @@ class Sim:
                 store_at = self.faults.next_time()
                 if store_at is not None:
                     candidates.append(store_at)
-            to = max(now + 0.001, min(candidates))
-            if self.faults is not None:
-                self.faults.advance(to)
-            self.clock.now = to
-            if self.faults is not None:
-                self.faults.restart_if_due()
+            self._move_clock(max(now + 0.001, min(candidates)))
         for ex in self.executions:
             ex.g.throw(greenlet.GreenletExit)
         self.report.sim_s = self.clock() - start

@@ -198,8 +198,12 @@ class Faults:
         p = self.plan
         if p.restart_at is None or self._restarted:
             return
-        if math.floor(to) > self._snapshot_second and to <= p.restart_at + 1:
-            self._snapshot_second = math.floor(to)
+        # The last whole second the AOF reaches before the restart: the clock may jump past it
+        # (to a worker's restart, say), and nothing happens in between, so the state as it is
+        # now is what that fsync kept.
+        fsync_at = math.floor(min(to, p.restart_at))
+        if fsync_at > self._snapshot_second:
+            self._snapshot_second = fsync_at
             self._take_snapshot()
 
     def restart_pending(self) -> bool:
@@ -211,7 +215,7 @@ class Faults:
             return
         self._restarted = True
         self.stats.restarts += 1
-        self.stats.lost_s = round(self.clock() - self._snapshot_second, 3)
+        self.stats.lost_s = round(p.restart_at - self._snapshot_second, 3)
         self._raw.flushdb()
         with self._raw.pipeline(transaction=False) as pipe:
             for key, dump, pttl in self._snapshot:
