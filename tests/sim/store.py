@@ -54,7 +54,7 @@ def fault_families(text: str) -> frozenset[str]:
 #: acted on a write in that second (a POST sent after its claim, a message acked after its job's
 #: record or outcome was written) that no guard can see afterwards; Redis 7.0 has no ``WAITAOF``
 #: (7.2+) to wait for the write to be on disk first. What it breaks, and that ``appendfsync
-#: always`` on the job store removes it: RELIABILITY.md ("Known limits") and README ("Sizing
+#: always`` on the job store removes it: RELIABILITY.md ("Limits, stated plainly") and README ("Sizing
 #: Redis").
 DEFAULT_FAULTS = "errors,timeouts,oom"
 STORE_FAULTS: frozenset[str] = fault_families(os.environ.get("SIM_STORE_FAULTS", DEFAULT_FAULTS))
