@@ -85,12 +85,12 @@ SIM_ENV = {
     "TTS_JOB_TTL": "3600",
 }
 MODEL = "Elevenlabs-Turbo-V2.5"
-# What the fake Celery does with a task that raised a job-store error (redis.RedisError, or a
-# submit's AnswerUnrecorded). True: what tasks/adapters/tts.py does (tasks/adapters/acks.py): a
-# retry of the same message (Task.retry: same task id, retries + 1) after a backoff, carrying the
-# answer the store could not take. False: what plain Celery does (task_acks_on_failure_or_timeout
-# at its default): the message is acknowledged, and the job is lost unless the reconciler
-# watches it; `--store-error-retries` is the way back to it for a comparison.
+# What the fake Celery does with a task that raised. True: what tasks/adapters/tts.py `_run`
+# does: acks.after_error, a retry of the same message (Task.retry: same task id, retries + 1, the
+# re-sends counted in headers) after a backoff, carrying the answer the store could not take, the
+# message given back if the broker refuses the retry. False: what plain Celery does
+# (task_acks_on_failure_or_timeout at its default): the message is acknowledged, and the job is
+# lost unless the reconciler watches it; `--store-errors-acked` is the way back to it.
 STORE_ERROR_RETRIES = True
 # How often every live worker puts back messages past the visibility timeout (kombu sweeps on
 # its poll cycle; a few seconds apart).

@@ -53,9 +53,9 @@ def fault_families(text: str) -> frozenset[str]:
 #: with ``appendfsync everysec`` a restart loses the last second of writes, and a step may have
 #: acted on a write in that second (a POST sent after its claim, a message acked after its job's
 #: record or outcome was written) that no guard can see afterwards; Redis 7.0 has no ``WAITAOF``
-#: (7.2+) to wait for the write to be on disk first. What it breaks, and that ``appendfsync
-#: always`` on the job store removes it: RELIABILITY.md ("Limits, stated plainly") and README ("Sizing
-#: Redis").
+#: (7.2+) to wait for the write to be on disk first. What it breaks (10 of seeds 0-599 with
+#: ``--store-faults all``), and that ``appendfsync always`` on the job store removes it:
+#: RELIABILITY.md ("Limits, stated plainly") and README ("Sizing Redis", "Durability").
 DEFAULT_FAULTS = "errors,timeouts,oom"
 STORE_FAULTS: frozenset[str] = fault_families(os.environ.get("SIM_STORE_FAULTS", DEFAULT_FAULTS))
 
