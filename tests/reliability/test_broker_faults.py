@@ -7,7 +7,7 @@ sent the default way (by name, no ``job_id``, a ``notify_url`` each, 20 a second
 that, as an app should, waits for RabbitMQ's confirm (with a timeout) and sends again under the
 same task id until it has one. 2 s after the first send the node is:
 
-* SIGKILLed and started again on its files 4 s later (the boot adds 5-8 s);
+* SIGKILLed and started again on its files 4 s later (its boot adds 8-11 s here);
 * in memory alarm for 8 s (``set_vm_memory_high_watermark``: every publishing connection is
   blocked, ``connection.blocked``; RabbitMQ stops reading from it);
 * in disk alarm for 8 s (``set_disk_free_limit`` above the free space: the same block);
@@ -44,7 +44,7 @@ from tests.reliability.test_store_faults import (
     SENDS_PER_S,
     check,
 )
-from tests.support.worker import ROOT
+from tests.support.worker import ROOT, assert_runs_this_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -160,7 +160,7 @@ def test_rabbitmq_fault(fault: str, node: PrivateNode, rig: Rig, report: list[Fi
     first_boot_s = node.boot_s
     rig.use_broker(node.url)
     rig.split_job_store()
-    rig.start_worker()
+    assert_runs_this_tree(rig.start_worker())
     caller = Caller(rig)
     sender = threading.Thread(target=caller.run, daemon=True)
     sender.start()
@@ -193,6 +193,7 @@ def test_rabbitmq_fault(fault: str, node: PrivateNode, rig: Rig, report: list[Fi
 PUBLISH_PROBE = """
 import time
 import kombu.exceptions
+import tasks
 from workers.app import app
 from tasks import names
 from tasks.pacing.dispatch import celery_send
@@ -206,11 +207,12 @@ def attempt(what, publish):
     except kombu.exceptions.OperationalError as exc:
         print(what, "raised OperationalError after %.1f s" % (time.monotonic() - started))
 
+print("tree", tasks.__file__)
 attempt("celery_send", lambda: celery_send(names.NOTIFY, ("job-x",), {}))
 attempt("apply_async", lambda: notify.apply_async(("job-y",), countdown=2))
 """
-# Far beyond the publishes' bound (4 attempts of PUBLISH_TIMEOUT_S): a probe still running
-# then is held by the alarm.
+# Far beyond the two publishes' bound (each about 20 s: two attempts of PUBLISH_TIMEOUT_S, then
+# closing the channel and the connection): a probe still running then is held by the alarm.
 PROBE_TIMEOUT_S = 90.0
 
 
@@ -240,7 +242,8 @@ def test_publish_to_a_node_in_alarm_gives_up(alarm: str, node: PrivateNode, rig:
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"a publish waited {PROBE_TIMEOUT_S:.0f} s for a node in alarm: {exc.stdout}")
-    lines = done.stdout.splitlines()
+    tree, *lines = done.stdout.splitlines()
+    assert tree == f"tree {ROOT / 'tasks' / '__init__.py'}", done.stdout + done.stderr
     assert [line.split(" ", 2)[:2] for line in lines] == [
         ["celery_send", "raised"],
         ["apply_async", "raised"],
