@@ -51,12 +51,12 @@ PUBLISH_TIMEOUT_S = 5.0
 # connections dead). Then ``OperationalError``, which a task meets as a broker outage
 # (tasks/adapters/acks.py). Celery's default (3) made a publish to a blocked node take 30 s.
 PUBLISH_MAX_RETRIES = 1
-# The longest any other read or write on a RabbitMQ connection may block (seconds; kombu's
-# transport options ``read_timeout``/``write_timeout``, the socket's SO_RCVTIMEO/SO_SNDTIMEO):
-# above all, closing the channel and connection of a publish that timed out waits for a
-# ``close-ok`` that a blocked node never sends (the producer pool's clean-up hung as long as
-# the alarm). A failed publish to a blocked node so ends after about 20 s: two attempts and
-# the two closes.
+# The longest any other read or write on a broker connection may block (seconds). On RabbitMQ
+# kombu's transport options ``read_timeout``/``write_timeout`` (the socket's SO_RCVTIMEO and
+# SO_SNDTIMEO): above all, closing the channel and connection of a publish that timed out waits
+# for a ``close-ok`` that a blocked node never sends (the producer pool's clean-up hung as long
+# as the alarm); a failed publish to a blocked node so ends after about 20 s: two attempts and
+# the two closes. On Redis ``socket_timeout``/``socket_connect_timeout`` (every command).
 BROKER_SOCKET_TIMEOUT_S = 5.0
 
 
@@ -64,7 +64,7 @@ def publish_options() -> dict[str, Any]:
     """The options every publish of ours passes (``send_task``/``apply_async``): kombu's
     ``timeout`` (the socket write) and ``confirm_timeout`` (the broker's confirm), both
     :data:`PUBLISH_TIMEOUT_S`, and :data:`PUBLISH_MAX_RETRIES`. The Redis transport ignores
-    the timeouts (redis-py's own socket timeouts bound it)."""
+    the timeouts: its socket timeout (:data:`BROKER_SOCKET_TIMEOUT_S`) bounds it."""
     return {
         "timeout": PUBLISH_TIMEOUT_S,
         "confirm_timeout": PUBLISH_TIMEOUT_S,
@@ -186,7 +186,15 @@ def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
 def _broker_options(s: Settings) -> dict[str, Any]:
     if s.broker_kind != "amqp":
         return {
-            "broker_transport_options": {"visibility_timeout": visibility_timeout_s(s)},
+            "broker_transport_options": {
+                "visibility_timeout": visibility_timeout_s(s),
+                # kombu's Redis transport waits forever on a silent socket by default: a
+                # publish to a frozen or unreachable broker then held its task (or the
+                # releaser, the reconciler) as long as the broker was gone. The consumer's
+                # BRPOP asks for an answer within a second, far inside this.
+                "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
+            },
         }
     return {
         # A publish returns once RabbitMQ has taken the message (on a quorum queue: once a

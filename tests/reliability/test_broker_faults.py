@@ -20,6 +20,7 @@ test_store_faults.py). Run with ``.venv/bin/pytest tests/reliability/test_broker
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -35,7 +36,14 @@ from tasks.config.settings import child_env
 from tasks.names import QUEUES, SUBMIT_TTS
 from tests.reliability import rabbit_node
 from tests.reliability.rabbit_node import PrivateNode
-from tests.reliability.rig import MODEL, Figures, Rig
+from tests.reliability.rig import (
+    MODEL,
+    Figures,
+    Rig,
+    store_down,
+    store_frozen,
+    store_full,
+)
 from tests.reliability.test_store_faults import (
     DIRECTIVE,
     FAULT_AFTER_S,
@@ -116,7 +124,8 @@ class Caller:
         self.sent: dict[str, str] = {}
         self.first_at: list[float] = []
         self.resends = 0
-        rig.caller.conf.broker_transport_options = {"confirm_publish": True}
+        if rig.broker_url.startswith("amqp"):
+            rig.caller.conf.broker_transport_options = {"confirm_publish": True}
 
     def run(self) -> None:
         start = time.monotonic()
@@ -186,6 +195,52 @@ def test_rabbitmq_fault(fault: str, node: PrivateNode, rig: Rig, report: list[Fi
     )
 
 
+# The Redis broker alone fails (job state in a redis-server of its own): what
+# tests/reliability/test_faults.py does to one Redis serving as both.
+REDIS_BROKER_FAULTS: dict[str, Callable[[Rig], str]] = {
+    "killed": lambda rig: store_down(rig.redis, 6.0),
+    "full": lambda rig: store_full(rig.redis, ALARM_S),
+    "frozen": lambda rig: store_frozen(rig.redis, ALARM_S),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", list(REDIS_BROKER_FAULTS))
+def test_redis_broker_fault(fault: str, rig: Rig, report: list[Figures]) -> None:
+    """The same run with the rig's redis-server as the broker alone. A worker whose Redis
+    broker dies while it holds unacked messages exits with kombu 5.7 (RELIABILITY.md, Limits):
+    it is restarted as its supervisor would."""
+    rig.split_job_store()
+    assert_runs_this_tree(rig.start_worker())
+    supervisor = rig.supervise()
+    caller = Caller(rig)
+    sender = threading.Thread(target=caller.run, daemon=True)
+    sender.start()
+    while not caller.first_at:
+        time.sleep(0.01)
+    time.sleep(max(0.0, caller.first_at[0] + FAULT_AFTER_S - time.time()))
+    struck_at = time.time()
+    what = REDIS_BROKER_FAULTS[fault](rig)
+    ended_at = time.time()
+    sender.join()
+    assert len(caller.sent) == JOBS
+    tally = rig.tally(
+        list(caller.sent), timeout_s=max(0.0, ended_at + RECOVERY_LIMIT_S - time.time())
+    )
+    supervisor.set()
+    check(
+        rig,
+        caller.sent,
+        tally,
+        f"Redis broker (job store apart) {what}",
+        struck_at,
+        ended_at,
+        report,
+        extra=f"; caller re-sends {caller.resends}; worker restarts by its supervisor: "
+        f"{rig.restarts}",
+    )
+
+
 # What the worker's own publishes do against a blocked node, run in a process of its own with
 # the worker's app (workers.app) and configuration: the path the next step, the releaser and
 # the reconciler take (tasks.pacing.dispatch.celery_send), and the one Task.retry takes
@@ -242,6 +297,36 @@ def test_publish_to_a_node_in_alarm_gives_up(alarm: str, node: PrivateNode, rig:
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"a publish waited {PROBE_TIMEOUT_S:.0f} s for a node in alarm: {exc.stdout}")
+    tree, *lines = done.stdout.splitlines()
+    assert tree == f"tree {ROOT / 'tasks' / '__init__.py'}", done.stdout + done.stderr
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["celery_send", "raised"],
+        ["apply_async", "raised"],
+    ], done.stdout + done.stderr
+
+
+@pytest.mark.timeout(240)
+def test_publish_to_a_frozen_redis_broker_gives_up(rig: Rig) -> None:
+    """The same probe with the rig's redis-server as the broker, SIGSTOPped: kombu's Redis
+    transport waits forever on a silent socket unless it is given ``socket_timeout``."""
+    job_store = rig.split_job_store()
+    env = child_env({**rig.env(), "TTS_REDIS_URL": job_store.url})
+    assert rig.redis.process is not None
+    os.kill(rig.redis.process.pid, signal.SIGSTOP)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PUBLISH_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a publish waited {PROBE_TIMEOUT_S:.0f} s for a frozen broker: {exc.stdout}")
+    finally:
+        os.kill(rig.redis.process.pid, signal.SIGCONT)
     tree, *lines = done.stdout.splitlines()
     assert tree == f"tree {ROOT / 'tasks' / '__init__.py'}", done.stdout + done.stderr
     assert [line.split(" ", 2)[:2] for line in lines] == [

@@ -66,6 +66,8 @@ def test_redis_keeps_plain_queues_and_its_visibility_timeout() -> None:
     conf = celery_config(settings(REDIS_URL))
     assert "confirm_publish" not in conf["broker_transport_options"]
     assert conf["broker_transport_options"]["visibility_timeout"] >= 3600
+    # kombu's default waits forever on a silent socket (tests/reliability/test_broker_faults.py)
+    assert conf["broker_transport_options"]["socket_timeout"] == BROKER_SOCKET_TIMEOUT_S
     for queue in conf["task_queues"]:
         assert not queue.queue_arguments
     assert "task_default_exchange_type" not in conf
