@@ -25,7 +25,6 @@ class Send(Protocol):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        countdown_s: float = 0.0,
         task_id: str | None = None,
     ) -> None: ...
 
@@ -35,13 +34,13 @@ def celery_send(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    countdown_s: float = 0.0,
     task_id: str | None = None,
 ) -> None:
-    """Publish through the current Celery app, to the step's own queue, with redacted text."""
+    """Publish through the current Celery app, to the step's own queue, with redacted text.
+    Always for now: a step that must wait is parked in Redis (tasks/sweeps/granting.py)."""
     from celery import current_app
 
-    options: dict[str, Any] = {"countdown": countdown_s or None}
+    options: dict[str, Any] = {}
     if task_id is not None:
         options["task_id"] = task_id
     current_app.send_task(
@@ -66,10 +65,8 @@ class Dispatcher:
         """``delay_s`` as this broker must be given it (whole seconds >= 1 on RabbitMQ)."""
         return celery_config.broker_countdown_s(delay_s, self._settings())
 
-    def poll(
-        self, run_id: str, model: str, *, job_id: str, lease: str, seq: int, wait_s: float
-    ) -> None:
-        """The poll that holds lease ``(lease, seq)``, due in ``wait_s`` seconds.
+    def poll(self, run_id: str, model: str, *, job_id: str, lease: str, seq: int) -> None:
+        """The poll that holds lease ``(lease, seq)``, due now.
 
         Only ids and the lease travel: the poll reads the rest (cost, payment source, notify
         URL) from the job record, so messages stay small and carry no URL.
@@ -78,10 +75,9 @@ class Dispatcher:
             names.POLL_TTS,
             (run_id, model),
             {"job_id": job_id, "lease": lease, "seq": seq},
-            countdown_s=self.countdown_s(wait_s),
         )
 
-    def poll_job(self, job: Job, *, wait_s: float = 0.0) -> None:
+    def poll_job(self, job: Job) -> None:
         """The current poll of a stored job (re-sent by the reconciler, released from parking)."""
         if not has_live_poll(job):
             return
@@ -95,7 +91,6 @@ class Dispatcher:
             job_id=job.job_id,
             lease=job.token,
             seq=int(job.seq),
-            wait_s=wait_s,
         )
 
     def download(self, job_id: str) -> None:
