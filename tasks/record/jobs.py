@@ -83,17 +83,9 @@ def submit_score(queued_at: float) -> float:
     return queued_at - SUBMIT_OFFSET_S
 
 
-#: The hash fields a parked poll is read with (HMGET), by the releasers: what its poll message
-#: needs and what ranks it (tasks/sweeps/granting.py).
+#: The hash fields a parked poll is ranked by (HMGET), by the releaser (tasks/sweeps/granting.py;
+#: its message is built from the whole record once the poll is taken).
 PARKED_FIELDS = (
-    "run_id",
-    "model",
-    "token",
-    "seq",
-    "cost",
-    "payment_source",
-    "is_api_request",
-    "notify_url",
     "status",
     "seen_at",
     "queue_position",
