@@ -146,9 +146,25 @@ def _one_job_cancelled_while_it_polls(sim: Sim) -> None:
 CANCEL_SEEDS = range(3, 11)
 
 
+def _one_job_cancelled_while_its_polls_are_duplicated(sim: Sim) -> None:
+    """The same, each message published twice half the time: a parked poll leaves Redis with
+    the cancel (settle takes it out of the wait set), so only a copy already published can
+    still arrive after the outcome, and only its lease check stops it."""
+    _one_job_cancelled_while_it_polls(sim)
+    sim.knobs.p_duplicate = 0.5
+
+
+# Seeds of that case: a copy of a poll arrives after the cancel in a few of them (31 and 34).
+DUPLICATE_CANCEL_SEEDS = range(3, 40)
+
+
 def test_a_cancel_ends_a_polling_job_and_its_polls(sim_redis: redis.Redis) -> None:
     for seed in CANCEL_SEEDS:
         report = run_seed(seed, sim_redis, shape=_one_job_cancelled_while_it_polls)
+        assert report.violations == [], seed
+        assert dict(report.outcomes) == {"CANCELLED": 1}, seed
+    for seed in DUPLICATE_CANCEL_SEEDS:
+        report = run_seed(seed, sim_redis, shape=_one_job_cancelled_while_its_polls_are_duplicated)
         assert report.violations == [], seed
         assert dict(report.outcomes) == {"CANCELLED": 1}, seed
 
@@ -162,9 +178,8 @@ def test_polls_after_a_cancel_are_caught(
     sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _polls_that_ignore_their_lease(monkeypatch)
-    reports = [
-        run_seed(seed, sim_redis, shape=_one_job_cancelled_while_it_polls) for seed in CANCEL_SEEDS
-    ]
+    shape = _one_job_cancelled_while_its_polls_are_duplicated
+    reports = [run_seed(seed, sim_redis, shape=shape) for seed in DUPLICATE_CANCEL_SEEDS]
     caught = [
         r for r in reports if any("status calls after its outcome" in v for v in r.violations)
     ]
