@@ -47,7 +47,6 @@ __all__ = [
     "SEQ_DONE",
     "SPOOL_MAX_BYTES",
     "SPOOL_PREFIX",
-    "SUBMIT_WAIT_KEY",
     "WAIT_KEY",
     "Job",
     "JobStore",
@@ -64,26 +63,29 @@ SPOOL_MAX_BYTES = 256 * 1024
 #: still in it past that time lost a message (worker killed, failed publish): the reconciler
 #: re-sends its current step. Every state change below moves the score in the same script. A job
 #: parked in a wait set below is scored at its deadline: only Redis holds it, nothing can lose
-#: it, and the releaser that takes it moves the score back (tasks/sweeps/parking.py).
+#: it, and the releaser that takes it moves the score back (tasks/sweeps/granting.py).
 DUE_KEY = "tts:due"
-#: Sorted set of polling job ids scored by when their next poll is due (epoch seconds), when
-#: polls wait in Redis (``TTS_POLL_WAIT``): the workers release due ones (tasks/sweeps/parking.py),
-#: so no worker holds a waiting poll in memory. The job hash holds everything the poll needs.
+#: Sorted set of every job that waits in Redis for its next NanoGPT call, on every broker: the
+#: one place a waiting step waits (tasks/sweeps/granting.py releases it), so no worker and no
+#: broker holds a waiting job. A poll is scored by when it is due (epoch seconds); a submit that
+#: found no budget by :func:`submit_score`, which puts every submit before every poll, oldest
+#: first, and always due. The job hash holds everything the step's message needs.
 WAIT_KEY = "tts:wait"
-#: Sorted set of submitting job ids that wait for the NanoGPT budget (tasks/pacing/budget.py),
-#: scored by when each first waited: the poll releaser grants them tokens, oldest first.
-SUBMIT_WAIT_KEY = "tts:submit-wait"
-#: The hash fields a parked poll is read with (HMGET), by the releasers: what its poll message
-#: needs (tasks/sweeps/parking.py) and what ranks it (tasks/sweeps/granting.py).
+#: What a submit's score is below its acceptance time: every waiting submit scores below 0
+#: (until the year 2286), every poll at its due time (above 0), so one range reads each kind.
+SUBMIT_OFFSET_S = 1e10
+#: The lowest score of a parked poll: submits score below it, polls from it.
+POLLS_FROM = 0.0
+
+
+def submit_score(queued_at: float) -> float:
+    """A waiting submit's score in :data:`WAIT_KEY`, from when its job was accepted."""
+    return queued_at - SUBMIT_OFFSET_S
+
+
+#: The hash fields a parked poll is ranked by (HMGET), by the releaser (tasks/sweeps/granting.py;
+#: its message is built from the whole record once the poll is taken).
 PARKED_FIELDS = (
-    "run_id",
-    "model",
-    "token",
-    "seq",
-    "cost",
-    "payment_source",
-    "is_api_request",
-    "notify_url",
     "status",
     "seen_at",
     "queue_position",
@@ -170,7 +172,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('DEL', KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[4])
 return 1
 """
 
@@ -494,7 +495,6 @@ class JobStore:
         park_at: float | None = None,
         polls: int = 0,
         ttl_s: float | None = None,
-        park_key: str = WAIT_KEY,
         done: Mapping[str, str] | None = None,
         drop: tuple[str, ...] = (),
     ) -> int:
@@ -516,8 +516,7 @@ class JobStore:
             argv += [name, expected]
         argv += drop
         argv += _flatten({**fields, "updated_at": self._clock()})
-        keys = [_key(job_id), DUE_KEY, park_key]
-        return int(self._transition(keys=keys, args=argv))
+        return int(self._transition(keys=self._keys(job_id), args=argv))
 
     def update(self, job_id: str, fields: dict[str, Any], *, check_at: float | None = None) -> None:
         """Unguarded write of informational fields, and optionally a new check time."""
@@ -792,7 +791,7 @@ class JobStore:
         for name, value in expected.items():
             argv += [name, value]
         argv += _flatten(fields)
-        keys = [*self._keys(job_id), SPOOL_PREFIX + job_id, SUBMIT_WAIT_KEY]
+        keys = [*self._keys(job_id), SPOOL_PREFIX + job_id]
         return bool(self._settle(keys=keys, args=argv))
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
@@ -824,7 +823,7 @@ class JobStore:
         its call. Not a retry, and not a delivery: the count this delivery added is taken back,
         so a poll deferred many times is never mistaken for a poison message. Parked, it is
         watched only at its deadline (``deadline_at``): the releaser moves its check time back
-        when it takes the job (tasks/sweeps/parking.py)."""
+        when it takes the job (tasks/sweeps/granting.py)."""
         # Run twice, it writes the same count and the same due time: the same answer.
         return bool(
             self._move(
@@ -845,10 +844,10 @@ class JobStore:
         check_at: float,
         queued_at: float,
     ) -> bool:
-        """The submit found no budget: wait in :data:`SUBMIT_WAIT_KEY`, in line by
-        ``queued_at`` (when the job was accepted), without sending the POST; the delivery is
-        taken back as for a poll. One script: a worker killed in between cannot leave the job
-        out of line, watched only at its deadline."""
+        """The submit found no budget: wait in :data:`WAIT_KEY` with the polls, in line by
+        ``queued_at`` (when the job was accepted; :func:`submit_score`), without sending the
+        POST; the delivery is taken back as for a poll. One script: a worker killed in between
+        cannot leave the job out of line, watched only at its deadline."""
         # Run twice, it writes the same count and the same place in line: the same answer.
         return bool(
             self._move(
@@ -856,25 +855,18 @@ class JobStore:
                 {"status": Status.SUBMITTING, "submit_owner": owner},
                 {"delivery_count": max(0, deliveries - 1)},
                 check_at=check_at,
-                park_at=queued_at,
-                park_key=SUBMIT_WAIT_KEY,
+                park_at=submit_score(queued_at),
             )
         )
 
-    def waiting_for_budget(self, job_id: str) -> bool:
-        """Whether the job is parked: a poll in the wait set or a submit waiting for budget."""
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(WAIT_KEY, job_id)
-            pipe.zscore(SUBMIT_WAIT_KEY, job_id)
-            poll, submit = pipe.execute()
-        return poll is not None or submit is not None
+    def parked(self, job_id: str) -> bool:
+        """Whether the job waits in :data:`WAIT_KEY` (a poll for its time or for budget, a
+        submit for budget)."""
+        return self._redis.zscore(WAIT_KEY, job_id) is not None
 
     def unpark(self, job_id: str) -> None:
-        """Take the job off both wait sets (the reconciler sends its step itself)."""
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(WAIT_KEY, job_id)
-            pipe.zrem(SUBMIT_WAIT_KEY, job_id)
-            pipe.execute()
+        """Take the job out of the wait set (the reconciler sends its step itself)."""
+        self._redis.zrem(WAIT_KEY, job_id)
 
     def park(self, job_id: str, due_at: float) -> None:
         """Park the job's current poll in Redis until ``due_at`` (epoch seconds)."""
