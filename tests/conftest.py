@@ -19,8 +19,8 @@ from workers.embedded_redis import EmbeddedRedis
 
 if TYPE_CHECKING:
     from tests.support.s3 import MotoS3
-# The worker/simulator/receiver fixtures, shared by tests/integration and tests/examples.
-# The reliability suite's closing table: a plugin, so the xdist controller prints it.
+# The worker/simulator/receiver fixtures, shared by tests/integration and tests/examples; the
+# reliability suite's closing table (a plugin here, so the xdist controller prints it).
 pytest_plugins = ["tests.support.stack", "tests.reliability.table"]
 
 # What a test needs, by the fixtures that provide it (a fixture's own fixtures count too)...
@@ -29,8 +29,20 @@ NEEDS_BY_FIXTURE = {
     "worker": {"worker", "spawn", "rabbit_worker", "rig"},
     "rabbitmq": {"vhost", "amqp_url"},
 }
-# ...and by what its module starts without a fixture (the class it names).
-NEEDS_BY_MODULE_NAME = {"redis": "EmbeddedRedis", "worker": "WorkerProcess"}
+# ...by what its module starts without a fixture (a name it imports)...
+NEEDS_BY_MODULE_NAME = {
+    "redis": {"EmbeddedRedis"},
+    "worker": {"WorkerProcess", "start_refused", "HonchoProcess"},
+}
+# ...and where a command the test runs starts them (the demo, the benchmarks, a fresh venv's).
+NEEDS_BY_PATH = {
+    "redis": ("tests/integration/test_bench_smoke.py",),
+    "worker": (
+        "tests/integration/test_bench_smoke.py",
+        "tests/integration/test_demo.py",
+        "tests/integration/test_worker_only_install.py",
+    ),
+}
 # A parameter with this value runs the test on RabbitMQ (tests/reliability/test_store_faults.py).
 RABBITMQ_PARAM = "rabbitmq"
 
@@ -40,7 +52,8 @@ def needs(item: pytest.Item) -> set[str]:
     fixtures = set(getattr(item, "fixturenames", ()))
     found = {mark for mark, names in NEEDS_BY_FIXTURE.items() if fixtures & names}
     module = vars(getattr(item, "module", None) or object())
-    found |= {mark for mark, name in NEEDS_BY_MODULE_NAME.items() if name in module}
+    found |= {mark for mark, names in NEEDS_BY_MODULE_NAME.items() if names & module.keys()}
+    found |= {mark for mark, paths in NEEDS_BY_PATH.items() if item.nodeid.startswith(paths)}
     callspec = getattr(item, "callspec", None)
     if callspec is not None and RABBITMQ_PARAM in callspec.params.values():
         found.add("rabbitmq")
