@@ -10,7 +10,7 @@ worker"`` select without a list to keep up to date.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -84,40 +84,29 @@ def run_order(item: pytest.Item) -> tuple[int, bool, bool]:
     )
 
 
-def module_scoped(item: pytest.Item) -> bool:
-    """Whether ``item`` uses a fixture set up once per module (a worker, a venv, a server)."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(
-        fixturedef.scope in ("module", "package", "class")
-        for fixturedefs in info.name2fixturedefs.values()
-        for fixturedef in fixturedefs
-    )
-
-
-# The fault rows each drive 100-200 jobs through a worker of 8 processes and time what they
-# see: under ``-n`` they run in this many lanes (one row at a time in each), never all at once.
-RELIABILITY = "tests/reliability/"
-RELIABILITY_LANES = 2
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for mark in sorted(needs(item)):
             item.add_marker(mark)
-    items.sort(key=run_order)
-    # With ``--dist loadgroup`` (make test) a group's tests run in one process, one after another.
-    rows = 0
-    for item in items:
-        if item.nodeid.startswith(RELIABILITY):
-            # Dealt in turn from the longest (the run order above), so the lanes end together.
-            item.add_marker(pytest.mark.xdist_group(f"reliability-{rows % RELIABILITY_LANES}"))
-            rows += 1
-        elif module_scoped(item):
-            # Tests sharing a module fixture (a worker, a venv, a server): set up once.
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    # A file moves as a whole, ranked by its most urgent test, so its tests stay together and
+    # its module fixtures are set up once; inside it, the same order.
+    files: dict[str, tuple[tuple[int, bool, bool], int]] = {}
+    for index, item in enumerate(items):
+        path = item.nodeid.split("::", 1)[0]
+        best, first = files.get(path, (run_order(item), index))
+        files[path] = (min(best, run_order(item)), first)
+    items.sort(key=lambda item: (*files[item.nodeid.split("::", 1)[0]], run_order(item)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: called only under -n
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadgroup`` (pyproject.toml's default), the lanes of tests/support/lanes.py."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.support.lanes import LaneScheduling
+
+    return LaneScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
