@@ -33,6 +33,7 @@ NEEDS_BY_FIXTURE = {
 NEEDS_BY_MODULE_NAME = {
     "redis": {"EmbeddedRedis"},
     "worker": {"WorkerProcess", "start_refused", "HonchoProcess"},
+    "rabbitmq": {"PrivateNode"},  # a RabbitMQ node of the test's own (its rabbitmq-server)
 }
 # ...and where a command the test runs starts them (the demo, the benchmarks, a fresh venv's).
 NEEDS_BY_PATH = {
