@@ -1,4 +1,4 @@
-"""Fixtures and the closing table of the fault-injection suite (copied into RELIABILITY.md)."""
+"""Fixtures of the fault-injection suite; its closing table is tests/reliability/table.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.rig import Figures, Rig
-
-RESULTS: list[Figures] = []
+from tests.reliability.table import add_rows
 
 
 @pytest.fixture
@@ -20,29 +19,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 @pytest.fixture
-def report() -> Iterator[list[Figures]]:
+def report(request: pytest.FixtureRequest) -> Iterator[list[Figures]]:
     rows: list[Figures] = []
     yield rows
-    RESULTS.extend(rows)
-
-
-def table() -> str:
-    lines = [
-        "| fault | jobs | lost | two outcomes | repeat deliveries | recovery | note |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for f in RESULTS:
-        recovery = f"{f.recovery_s:.1f} s" if f.recovery_s is not None else "-"
-        lines.append(
-            f"| {f.fault} | {f.jobs} | {f.lost} | {f.duplicated} | {f.repeats} | "
-            f"{recovery} | {f.note} |"
-        )
-    return "\n".join(lines)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if RESULTS:
-        terminalreporter.section("reliability figures")
-        terminalreporter.write_line(table())
-        out = Path(__file__).parent / "last-run.md"
-        out.write_text(table() + "\n")
+    add_rows(request.node, rows)

@@ -16,14 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks.names import QUEUES
-from tests.reliability.rig import MODEL, Figures, Rig
+from tests.reliability.rig import MODEL, RIG_ENV, Figures, Rig
 from workers.simulator import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# How long the webhook receiver stays down; the issue asks for ten minutes. A developer may
-# shorten it locally; CI runs the full outage.
-WEBHOOK_OUTAGE_S = float(os.environ.get("TTS_RELIABILITY_WEBHOOK_OUTAGE_S", "600"))
+# How long the webhook receiver stays down. The issue asks for ten minutes at the rig's webhook
+# retry delays (2 s doubling to 30 s); the suite runs the same outage at a fifth of the time: the
+# outage and both delays scaled by WEBHOOK_TIME_SCALE, so each job sees the same attempts at
+# the same points of the outage. TTS_RELIABILITY_WEBHOOK_OUTAGE_S=600 runs it at full length.
+FULL_WEBHOOK_OUTAGE_S = 600.0
+WEBHOOK_OUTAGE_S = float(os.environ.get("TTS_RELIABILITY_WEBHOOK_OUTAGE_S", "120"))
+WEBHOOK_TIME_SCALE = WEBHOOK_OUTAGE_S / FULL_WEBHOOK_OUTAGE_S
 
 
 def check(figures: Figures, report: list[Figures]) -> None:
@@ -222,7 +226,12 @@ def test_stalled_audio_host(audio: str, rig: Rig, report: list[Figures]) -> None
 
 @pytest.mark.timeout(WEBHOOK_OUTAGE_S + 300)
 def test_webhook_receiver_down(rig: Rig, report: list[Figures]) -> None:
-    rig.start_worker()
+    rig.start_worker(
+        **{
+            name: f"{float(RIG_ENV[name]) * WEBHOOK_TIME_SCALE:g}"
+            for name in ("TTS_WEBHOOK_RETRY_DELAY", "TTS_WEBHOOK_MAX_RETRY_DELAY")
+        }
+    )
     rig.respond_status = 503
     ids = rig.submit(20, "pending=1")
     time.sleep(WEBHOOK_OUTAGE_S)
@@ -236,7 +245,8 @@ def test_webhook_receiver_down(rig: Rig, report: list[Figures]) -> None:
         attempts += 1
     check(
         Figures(
-            f"webhook receiver down (503) for {WEBHOOK_OUTAGE_S / 60:.0f} min",
+            f"webhook receiver down (503) for {WEBHOOK_OUTAGE_S / 60:g} min"
+            + (f", retry delays x{WEBHOOK_TIME_SCALE:g}" if WEBHOOK_TIME_SCALE != 1 else ""),
             20,
             len(tally.lost),
             len(tally.duplicated),
