@@ -40,7 +40,17 @@ from dataclasses import dataclass
 
 import redis
 
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY
+from tasks.record.contract import (
+    DUE_KEY,
+    KEY_PREFIX,
+    POLL_GRANT_PREFIX,
+    SUBMIT_GRANT,
+    SUBMIT_WAIT_KEY,
+    WAIT_KEY,
+    F,
+    lua,
+)
+from tasks.record.states import SEQ_DONE, Status
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +115,16 @@ redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat))
 redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
 """
 
+
 # Grants handed out but not yet spent (their steps still in the broker): they hold tokens the
 # releaser must not hand out again. One lost with its message stops counting after GRANT_TTL_S.
-# GK: the key of the granted set.
-_RESERVED = f"""
-redis.call('ZREMRANGEBYSCORE', GK, '-inf', now - {GRANT_TTL_S})
-local reserved = redis.call('ZCARD', GK)
+def _reserved(granted_key: str) -> str:
+    """The Lua counting the grants outstanding in the granted set ``granted_key``."""
+    return f"""
+redis.call('ZREMRANGEBYSCORE', {granted_key}, '-inf', now - {GRANT_TTL_S})
+local reserved = redis.call('ZCARD', {granted_key})
 """
+
 
 # A step's call. The token is always taken here, when the call is about to be made, so the calls
 # NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
@@ -123,17 +136,17 @@ local reserved = redis.call('ZCARD', GK)
 # KEYS: budget, job, wait set, submit wait set, granted set. ARGV[5]: the job id.
 _SPEND = (
     _STATE
-    + _RESERVED.replace("GK", "KEYS[5]")
-    + """
+    + _reserved("KEYS[5]")
+    + f"""
 local need = 1
-local granted = ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'grant') == ARGV[4]
+local granted = redis.call('HGET', KEYS[2], {lua(F.GRANT)}) == ARGV[4]
 if not granted then
   need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', now_s)
     + redis.call('ZCARD', KEYS[4])
 end
 if free >= need then
   if granted then
-    redis.call('HDEL', KEYS[2], 'grant')
+    redis.call('HDEL', KEYS[2], {lua(F.GRANT)})
     redis.call('ZREM', KEYS[5], ARGV[5])
   end
   tat = tat + t
@@ -155,10 +168,10 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 # due set. ARGV[4]: the job key prefix; the pairs start at ARGV[6].
 _GRANT = (
     _STATE
-    + _RESERVED.replace("GK", "KEYS[4]")
-    + """
+    + _reserved("KEYS[4]")
+    + f"""
 local avail = free - reserved
-local out = {}
+local out = {{}}
 for i = 6, #ARGV - 1, 2 do
   if avail < 1 then break end
   local kind, id = ARGV[i], ARGV[i + 1]
@@ -168,12 +181,13 @@ for i = 6, #ARGV - 1, 2 do
   if kind == 's' then set = KEYS[3]
   else due = tonumber(redis.call('ZSCORE', set, id) or '+inf') <= now end
   if due and redis.call('ZREM', set, id) == 1 then
-    local f = redis.call('HMGET', key, 'status', 'seq')
+    local f = redis.call('HMGET', key, {lua(F.STATUS)}, {lua(F.SEQ)})
     local grant = nil
-    if kind == 'p' and f[1] == 'polling' and f[2] and f[2] ~= '-1' then grant = 'poll:' .. f[2]
-    elseif kind == 's' and f[1] == 'submitting' then grant = 'submit' end
+    if kind == 'p' and f[1] == {lua(Status.POLLING)} and f[2] and f[2] ~= {lua(SEQ_DONE)} then
+      grant = {lua(POLL_GRANT_PREFIX)} .. f[2]
+    elseif kind == 's' and f[1] == {lua(Status.SUBMITTING)} then grant = {lua(SUBMIT_GRANT)} end
     if grant then
-      redis.call('HSET', key, 'grant', grant)
+      redis.call('HSET', key, {lua(F.GRANT)}, grant)
       redis.call('ZADD', KEYS[4], now_s, id)
       redis.call('ZADD', KEYS[5], 'XX', ARGV[5], id)
       avail = avail - 1
@@ -181,18 +195,14 @@ for i = 6, #ARGV - 1, 2 do
     end
   end
 end
-redis.call('EXPIRE', KEYS[4], STATE_TTL)
+redis.call('EXPIRE', KEYS[4], {STATE_TTL_S})
 return out
-""".replace("STATE_TTL", str(STATE_TTL_S))
+"""
 )
 
 # Read-only but for expired grants: {tokens free now and not promised to a grant, rate now}.
 # KEYS: budget, granted set.
-_PEEK = (
-    _STATE
-    + _RESERVED.replace("GK", "KEYS[2]")
-    + "return {math.max(free - reserved, 0), tostring(rate)}"
-)
+_PEEK = _STATE + _reserved("KEYS[2]") + "return {math.max(free - reserved, 0), tostring(rate)}"
 
 # NanoGPT refused a call (429) despite the budget. Count it in a short window; on a burst, halve
 # the rate now (no lower than ARGV[4]) and restart the window. Returns {1 if this lowered the

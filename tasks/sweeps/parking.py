@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from tasks.record.contract import F
 from tasks.record.jobs import DUE_KEY, KEY_PREFIX, PARKED_FIELDS, SUBMIT_WAIT_KEY, WAIT_KEY, Job
 from tasks.record.states import Status, has_live_poll, submit_to_resend
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The hash fields a released submit needs (a poll's are jobs.PARKED_FIELDS).
-_SUBMIT_FIELDS = ("status", "request", "submit_owner")
+_SUBMIT_FIELDS = (F.STATUS.value, F.REQUEST.value, F.OWNER.value)
 
 # Pop up to ARGV[2] ids due by ARGV[1] off the wait set KEYS[1], move each one's check time in
 # the due set KEYS[2] to ARGV[4] (only if it has one: an ended job may have none), and return

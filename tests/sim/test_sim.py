@@ -254,13 +254,10 @@ def _claim_without_its_state_guard(
 ) -> bool:
     """The bug: begin_post checks only the message's ownership, not that the job still waits
     to be submitted, so an execution that loaded the job before a copy POSTed claims again."""
-    fields = {
-        "status": "posting",
-        "post_attempt": attempt,
-        "post_lease_until": lease_until,
-        "posts": posts,
-    }
-    return self._move(job_id, {"submit_owner": owner}, fields, check_at=check_at)
+    fields = {"status": "posting", "token": attempt, "seq": "0", "lease_until": lease_until}
+    return self._move(
+        job_id, self._step({"owner": owner}, {**fields, "posts": posts}, check_at=check_at)
+    )
 
 
 def test_a_claim_that_ignores_the_loaded_state_is_caught(

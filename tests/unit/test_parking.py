@@ -169,7 +169,7 @@ def test_without_a_budget_the_submits_that_waited_for_one_are_sent(
     for jid in (waiting, ended):
         fields = {
             "status": Status.SUBMITTING,
-            "submit_owner": jid,
+            "owner": jid,
             "request": {"text": "Hello", "model": "m"},
             "deadline_at": now + 600,
         }

@@ -87,7 +87,7 @@ def submitting(store: JobStore, jid: str, *, check_at: float = 100.0) -> None:
         {
             "status": Status.SUBMITTING,
             "model": "Kokoro-82m",
-            "submit_owner": OWNER,
+            "owner": OWNER,
             "request": REQUEST,
         },
         ttl_s=30,
@@ -125,8 +125,8 @@ def test_begin_post_claims_the_post(
     submitting(store, jid, check_at=100.0)
     assert store.begin_post(jid, OWNER, "attempt-1", posts=1, lease_until=150.0, check_at=180.0)
     job = get(store, jid)
-    assert (job.status, job.post_attempt, job.posts) == (Status.POSTING, "attempt-1", 1)
-    assert job.post_lease_until == 150.0
+    assert (job.status, job.token, job.posts) == (Status.POSTING, "attempt-1", 1)
+    assert job.lease_until == 150.0
     assert due(redis_client, jid) == 180.0
 
 
@@ -149,7 +149,7 @@ def test_a_second_begin_post_is_refused(
     # The same message, redelivered while the first execution is still sending.
     assert not store.begin_post(jid, OWNER, "attempt-2", posts=2, lease_until=1.0, check_at=9.0)
     assert snapshot(redis_client, jid) == before
-    assert get(store, jid).post_attempt == "attempt-1"
+    assert get(store, jid).token == "attempt-1"
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_begin_post_only_from_submitting(
     store: JobStore, redis_client: redis.Redis, new_id: Callable[[], str], status: Status
 ) -> None:
     jid = new_id()
-    store.create(jid, {"status": status, "submit_owner": OWNER}, ttl_s=30, check_at=100.0)
+    store.create(jid, {"status": status, "owner": OWNER}, ttl_s=30, check_at=100.0)
     before = snapshot(redis_client, jid)
     assert not store.begin_post(jid, OWNER, "a", posts=1, lease_until=1.0, check_at=9.0)
     assert snapshot(redis_client, jid) == before
@@ -213,7 +213,7 @@ def test_post_refused_only_from_posting(
 ) -> None:
     jid = new_id()
     attempt = posting(store, jid)
-    assert store.settle(jid, FAILED, guards={"post_attempt": attempt}, check_at=100.0)
+    assert store.settle(jid, FAILED, guards={"token": attempt}, check_at=100.0)
     before = snapshot(redis_client, jid)
     # The claim ran out and the job was settled; the late answer must not reopen it.
     assert not store.post_refused(jid, attempt, {}, check_at=9.0)
@@ -382,7 +382,7 @@ def test_settle_with_guards_refuses_a_mismatch(
     jid = new_id()
     posting(store, jid, "attempt-1")
     before = snapshot(redis_client, jid)
-    stale = {"status": Status.POSTING, "post_attempt": "attempt-0"}
+    stale = {"status": Status.POSTING, "token": "attempt-0"}
     assert not store.settle(jid, FAILED, guards=stale, check_at=9.0)
     assert not store.settle(jid, COMPLETED, guards={"status": Status.DOWNLOADING}, check_at=9.0)
     assert snapshot(redis_client, jid) == before
@@ -394,7 +394,7 @@ def test_settle_with_matching_guards(
 ) -> None:
     jid = new_id()
     attempt = posting(store, jid)
-    guards = {"status": Status.POSTING, "post_attempt": attempt}
+    guards = {"status": Status.POSTING, "token": attempt}
     assert store.settle(jid, FAILED, guards=guards, check_at=800.0)
     job = get(store, jid)
     assert (job.status, job.outcome, job.notify_state) == (Status.FAILED, FAILED, "queued")
@@ -544,7 +544,7 @@ def test_notify_pending(outcome: dict[str, Any] | None, state: str | None, pendi
     assert notify_pending(settled) is pending
 
 
-SUBMIT_FIELDS = {"request": REQUEST, "submit_owner": OWNER}
+SUBMIT_FIELDS = {"request": REQUEST, "owner": OWNER}
 
 
 @pytest.mark.parametrize(
@@ -552,7 +552,7 @@ SUBMIT_FIELDS = {"request": REQUEST, "submit_owner": OWNER}
     [
         ({"status": Status.SUBMITTING, **SUBMIT_FIELDS}, Step.SUBMIT),
         ({"status": Status.POSTING, **SUBMIT_FIELDS}, Step.SUBMIT),
-        ({"status": Status.POSTING, "submit_owner": OWNER}, None),
+        ({"status": Status.POSTING, "owner": OWNER}, None),
         ({"status": Status.POSTING, "request": REQUEST}, None),
         ({"status": Status.SUBMITTING}, None),
         (LIVE, Step.POLL),
@@ -574,7 +574,7 @@ def test_next_step(fields: dict[str, Any], step: Step | None) -> None:
     [
         ({"status": Status.SUBMITTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
         ({"status": Status.POSTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
-        ({"status": Status.POSTING, "submit_owner": OWNER}, None),
+        ({"status": Status.POSTING, "owner": OWNER}, None),
         ({"status": Status.SUBMITTING, "request": REQUEST}, None),
         ({**LIVE, **SUBMIT_FIELDS}, None),
         ({"status": Status.FAILED, **SUBMIT_FIELDS}, None),
@@ -616,7 +616,7 @@ def test_a_job_settled_while_posting_needs_only_its_webhook(
 ) -> None:
     jid = new_id()
     attempt = posting(store, jid)
-    assert store.settle(jid, FAILED, guards={"post_attempt": attempt}, check_at=9.0)
+    assert store.settle(jid, FAILED, guards={"token": attempt}, check_at=9.0)
     settled = get(store, jid)
     assert not has_live_poll(settled)
     assert next_step(settled) == Step.NOTIFY
