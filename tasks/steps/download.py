@@ -18,7 +18,7 @@ from tasks.steps.base import (
     retry_or_fail,
 )
 from tasks.steps.context import Ctx
-from tasks.steps.outcomes import fail, succeed, succeeded
+from tasks.steps.outcomes import discard_unrecorded, fail, succeed, succeeded
 
 log = logging.getLogger(__name__)
 
@@ -78,33 +78,8 @@ def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
         return fail(ctx, job_id, exc, guards=downloading)
     metrics.downloaded(stored.bytes, max(0.0, ctx.clock() - started_at))
     if not succeeded(ctx, job_id, stored):
-        _discard(ctx, job_id, stored)
+        discard_unrecorded(ctx, job_id, stored)
     return job_id
-
-
-def _discard(ctx: Ctx, job_id: str, stored: storage.StoredAudio) -> None:
-    """The job ended another way while its audio was being stored (a cancel, its deadline):
-    remove what this download stored, or nothing would (S3 keeps it until a lifecycle rule,
-    a local file until retention, if either is set). Audio a duplicate download recorded
-    under the same location is the job's outcome and stays."""
-    job = ctx.jobs.get(job_id)
-    recorded = (job.outcome or {}).get("audio") if job else None
-    if isinstance(recorded, dict) and _same_place(recorded, stored):
-        return
-    try:
-        ctx.audio_store.delete(stored)
-    except errors.TTSError as exc:
-        log.warning("job %s ended meanwhile; its audio could not be removed: %s", job_id, exc)
-        return
-    log.info("job %s ended while its audio was stored; removed it", job_id)
-
-
-def _same_place(recorded: dict[str, object], stored: storage.StoredAudio) -> bool:
-    """Whether the recorded audio is where ``stored`` is (a presigned URL changes; the path,
-    or bucket and key, do not; a store with neither is compared by URL)."""
-    place = {k: v for k, v in stored.as_dict().items() if k in ("path", "bucket", "key")}
-    place = place or {"url": stored.url}
-    return all(recorded.get(k) == v for k, v in place.items())
 
 
 def _store_spooled(ctx: Ctx, job: Job) -> storage.StoredAudio:

@@ -99,3 +99,30 @@ def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
     progress.publish(ctx, job_id, Status.COMPLETED)
     ctx.dispatch.notify(job_id)
     return True
+
+
+def discard_unrecorded(ctx: Ctx, job_id: str, stored: storage.StoredAudio) -> None:
+    """The job ended another way while its audio was being stored (a cancel, its deadline):
+    remove what this step stored, or nothing would (S3 keeps it until a lifecycle rule, a
+    local file until retention, if either is set). Audio that the record names at the same
+    place (the outcome a duplicate recorded, or what an earlier run of the submit stored) is
+    the job's and stays."""
+    job = ctx.jobs.get(job_id)
+    if job is not None:
+        for recorded in ((job.outcome or {}).get("audio"), job.stored_audio):
+            if isinstance(recorded, dict) and _same_place(recorded, stored):
+                return
+    try:
+        ctx.audio_store.delete(stored)
+    except errors.TTSError as exc:
+        log.warning("job %s ended meanwhile; its audio could not be removed: %s", job_id, exc)
+        return
+    log.info("job %s ended while its audio was stored; removed it", job_id)
+
+
+def _same_place(recorded: dict[str, object], stored: storage.StoredAudio) -> bool:
+    """Whether the recorded audio is where ``stored`` is (a presigned URL changes; the path,
+    or bucket and key, do not; a store with neither is compared by URL)."""
+    place = {k: v for k, v in stored.as_dict().items() if k in ("path", "bucket", "key")}
+    place = place or {"url": stored.url}
+    return all(recorded.get(k) == v for k, v in place.items())

@@ -21,7 +21,7 @@ from tasks.record.states import Status
 from tasks.steps import accept, progress
 from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
 from tasks.steps.context import Ctx
-from tasks.steps.outcomes import check_at, fail
+from tasks.steps.outcomes import check_at, discard_unrecorded, fail
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +386,7 @@ def _store_inline(
     if not ctx.jobs.audio_ready(
         job_id, attempt, fields, check_at=check_at(ctx, s.download_timeout_s)
     ):
+        discard_unrecorded(ctx, job_id, stored)  # the job ended meanwhile: nobody's file
         return False
     ctx.dispatch.download(job_id)
     return True

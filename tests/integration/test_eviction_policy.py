@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import redis
 
 from tests.support.ctx import settings
+from tests.support.worker import start_refused
 from workers import signals
 from workers.embedded_redis import EmbeddedRedis
 
@@ -23,14 +22,7 @@ def test_worker_refuses_a_job_store_that_evicts(worker_env: dict[str, str]) -> N
         redis.Redis(port=store.port).config_set("maxmemory-policy", "allkeys-lru")
         # The broker stays the shared one: only the job store evicts.
         env = {**os.environ, **worker_env, "TTS_REDIS_URL": store.url}
-        done = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        done = start_refused(env)
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "has maxmemory-policy allkeys-lru" in output

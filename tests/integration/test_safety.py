@@ -12,7 +12,7 @@ import pytest
 from tasks import names
 from tests.integration.conftest import API_KEY, ELEVEN, SECRET, Send
 from tests.support import redis_dump
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, start_refused
 from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Receiver
 
@@ -21,14 +21,7 @@ pytestmark = pytest.mark.integration
 
 def test_worker_without_api_key_refuses_to_start(worker_env: dict[str, str]) -> None:
     env = {k: v for k, v in {**os.environ, **worker_env}.items() if k != "NANOGPT_API_KEY"}
-    done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    done = start_refused(env)
     assert done.returncode != 0
     assert "NANOGPT_API_KEY is not set" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -37,14 +30,7 @@ def test_worker_without_api_key_refuses_to_start(worker_env: dict[str, str]) -> 
 def test_worker_with_a_clear_text_base_url_refuses_to_start(worker_env: dict[str, str]) -> None:
     env = {**os.environ, **worker_env, "TTS_TRUSTED_HOSTS": ""}  # base URL: http://127.0.0.1
     assert env["NANOGPT_BASE_URL"].startswith("http://127.0.0.1")
-    done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    done = start_refused(env)
     assert done.returncode != 0
     assert "NANOGPT_BASE_URL http://127.0.0.1" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -65,14 +51,7 @@ def test_bad_webhook_secret_is_a_clear_error(worker_env: dict[str, str]) -> None
 
 def test_one_byte_webhook_secret_stops_the_worker(worker_env: dict[str, str]) -> None:
     env = {**os.environ, **worker_env, "TTS_WEBHOOK_SECRET": "whsec_AA=="}
-    done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-l", "INFO"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    done = start_refused(env)
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "TTS_WEBHOOK_SECRET decodes to a 1-byte key" in output

@@ -214,6 +214,21 @@ def test_inline_audio_answered_after_the_cancel_leaves_no_spool(w: World, jid: s
     assert w.client.get(SPOOL_PREFIX + jid) is None
 
 
+def test_large_inline_audio_answered_after_the_cancel_leaves_no_file(w: World, jid: str) -> None:
+    """Above the spool's limit the submit stores the bytes in their final place before it can
+    record them: the job ended meanwhile, so that file belongs to nobody and must go."""
+    from tasks.nanogpt.client import InlineAudio
+    from tasks.record.jobs import SPOOL_MAX_BYTES
+
+    w.upstream.submit_answer = InlineAudio(b"RIFF" + bytes(SPOOL_MAX_BYTES), "audio/wav")
+    accept(w, jid)
+    w.upstream.during = lambda: w.cancel(jid)
+    w.submit(jid)
+
+    assert_cancelled_once(w, jid)
+    assert files(w) == []
+
+
 def test_polling_job_loses_its_parked_poll_and_polls_no_more(w: World, jid: str) -> None:
     to_polling(w, jid)
     assert w.cancel(jid) == "cancelled"
