@@ -758,8 +758,11 @@ class JobStore:
         caller that did. The lease is freed for the webhook's sender. ``lease``: only the
         current poll may settle; ``guards``: only while these fields hold these values (None:
         unset). ``polls``: the poll count including the one that ended the job, when a poll
-        did. ``outcome_id``: names the outcome (random if not given); an outcome already
-        recorded under it is this caller's own: True again."""
+        did. ``outcome_id``: names the outcome (random if not given). True means this call
+        changed the record, exactly once per job (the simulation holds every settle to it): an
+        outcome already recorded under the caller's own id (its earlier run) answers False and
+        changes nothing; the caller recognises it by the job's ``outcome_id``
+        (tasks/steps/cancel.py)."""
         now = self._clock()
         status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
@@ -783,7 +786,7 @@ class JobStore:
             check_at=check_at,
         ).arg()
         keys = [_key(job_id), DUE_KEY, WAIT_KEY, SPOOL_PREFIX + job_id, SUBMIT_WAIT_KEY]
-        return bool(self._settle(keys=keys, args=[arg, job_id]))
+        return int(self._settle(keys=keys, args=[arg, job_id])) == 1
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
         """Take the lease to send this job's webhook (re-entrant for the same task id, so a

@@ -61,6 +61,9 @@ def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
                 job_id,
             )
         return CANCELLED
-    # Another outcome landed between the read and the settle.
+    # Another outcome landed between the read and the settle: another cancel's, or this very
+    # message's own (a copy delivered twice at once), which says so by its outcome id.
     now = ctx.jobs.get(job_id)
+    if now is not None and now.outcome_id == mine:
+        return CANCELLED
     return already_ended(now.status) if now else UNKNOWN_JOB

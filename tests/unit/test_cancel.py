@@ -331,6 +331,25 @@ def test_one_cancel_run_twice_says_cancelled_both_times(w: World, jid: str) -> N
     assert w.outbox.names() == [names.NOTIFY]
 
 
+def test_one_cancel_delivered_twice_at_once_settles_once(
+    w: World, jid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both copies read the job before either settled (seed 1008 of the simulation): one
+    settles, the other finds the outcome its own message recorded; both say cancelled."""
+    to_polling(w, jid)
+    unsettled = w.job(jid)
+    real_get = w.ctx.jobs.get
+    reads = iter([unsettled])
+    monkeypatch.setattr(w.ctx.jobs, "get", lambda job_id: next(reads, None) or real_get(job_id))
+    assert w.cancel(jid) == "cancelled"
+    reads = iter([unsettled])  # the copy's read, taken before the first settled
+    before = w.snapshot(jid)
+
+    assert w.cancel(jid) == "cancelled"
+    assert w.snapshot(jid) == before
+    assert w.outbox.names() == [names.NOTIFY]
+
+
 @pytest.mark.parametrize("job_id", ["never-made", 42, None])
 def test_unknown_job_changes_nothing(w: World, job_id: object) -> None:
     assert w.cancel(job_id) == "unknown job"

@@ -295,8 +295,12 @@ def test_defer_submit_twice(store: Any, job_id: str) -> None:
 def test_settle_twice_with_its_outcome_id(store: Any, job_id: str) -> None:
     _posting(store, job_id)
     outcome = {"type": "tts.failed", "error": {"code": "X", "message": "m"}}
-    first, second = _twice(lambda: store.settle(job_id, outcome, check_at=9.0, outcome_id="o1"))
-    assert first is second is True
+    assert store.settle(job_id, outcome, check_at=9.0, outcome_id="o1")
+    first_run = store.redis.hgetall(KEY_PREFIX + job_id)
+    # Run again: it changes nothing, says so (True means "this call recorded it", once per
+    # job), and its caller finds its own outcome id (tasks/steps/cancel.py).
+    assert not store.settle(job_id, outcome, check_at=9.0, outcome_id="o1")
+    assert store.redis.hgetall(KEY_PREFIX + job_id) == first_run
     assert store.get(job_id).outcome_id == "o1"
     # Any other settle (another outcome id) still loses: the first outcome wins.
     assert not store.settle(job_id, outcome, check_at=9.0, outcome_id="o2")
