@@ -48,10 +48,12 @@ sender then takes the free lease (or one whose ``lease_until`` has passed).
 
 A re-run recognises its own earlier run by the lease it left (issue 19): a create by ``owner``;
 a claim, a mark or an answer by ``token`` (and ``seq``); a poll's move by ``owner`` = its
-execution id; a settle by ``outcome_id`` (a cancel's is made from its task id). It answers as
-the first run did. A duplicate message finds another token, seq or owner and is refused. A POST
-claim still at ``seq`` 0 when its ``lease_until`` has passed sent nothing: the submit's next
-delivery gives it back and sends, so no job ends ``SUBMIT_UNCONFIRMED`` unless a POST left.
+execution id. It answers as the first run did. A settle is the exception: True means "this
+call recorded the outcome", once per job; its caller recognises an outcome of its own by
+``outcome_id`` (a cancel's is made from its task id). A duplicate message finds another token,
+seq or owner and is refused. A POST claim still at ``seq`` 0 when its ``lease_until`` has passed
+sent nothing: the submit's next delivery gives it back and sends, so no job ends
+``SUBMIT_UNCONFIRMED`` unless a POST left.
 
 The reconciler sees an expired lease as a job still in ``tts:due`` past its check time (every
 transition moves that time with the lease; a POST claim's is its ``lease_until`` plus the

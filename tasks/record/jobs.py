@@ -9,8 +9,9 @@ if none exists, and frees the lease for the webhook's sender.
 
 Every transition is safe to run twice for one caller (a reply lost after the script ran, then
 the step's own retry; the client itself never re-sends, tasks/adapters/runtime.py): it
-recognises the state its own earlier run left, by the lease (``owner`` and ``token``) or the
-``outcome_id``, and answers as that run did, changing nothing. A duplicate from anyone else is
+recognises the state its own earlier run left, by the lease (``owner`` and ``token``), and
+answers as that run did, changing nothing (a settle changes nothing and says False; its caller
+knows its own outcome by ``outcome_id``). A duplicate from anyone else is
 still refused. The delivery count (:meth:`JobStore.load`) is the exception: run twice, it counts
 two.
 
