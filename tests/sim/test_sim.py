@@ -19,6 +19,7 @@ from tasks.config.settings import Settings
 from tasks.nanogpt import validation
 from tasks.pacing import budget
 from tasks.record import jobs
+from tasks.record.contract import F, lua
 from tasks.record.jobs import Job, JobStore
 from tasks.steps import accept
 from tests.sim import run
@@ -320,7 +321,7 @@ def test_a_settle_without_first_outcome_wins_is_caught(
     """Issue 19, item 8: ``_SETTLE`` without its ``HEXISTS outcome`` guard. Seed 160 is the
     first of the 2,000 to catch it on the merged code (then 712 and 1008; 126 before the
     transitions learnt to recognise their own earlier run)."""
-    guard = "if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then\n"
+    guard = f"if redis.call('HEXISTS', KEYS[1], {lua(F.OUTCOME)}) == 1 then\n"
     assert guard in jobs._SETTLE
     # The guard (with its own-run answer inside) never fires: every settle writes.
     monkeypatch.setattr(jobs, "_SETTLE", jobs._SETTLE.replace(guard, "if false then\n"))
