@@ -69,6 +69,9 @@ def check_job_ttl(s: Settings) -> None:
 
 # Redis' own advice for data that must not vanish: refuse writes when full, never evict.
 SAFE_EVICTION_POLICY = "noeviction"
+# Each write on disk before Redis answers it: a crash of the job store then loses nothing a
+# worker already acted on (everysec can lose the last second; see README, "Durability").
+DURABLE_APPENDFSYNC = "always"
 
 
 def check_eviction_policy(s: Settings) -> None:
@@ -86,6 +89,9 @@ def check_eviction_policy(s: Settings) -> None:
     where = redact.redact_url(s.redis_url)
     try:
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        durability = {
+            name: client.config_get(name).get(name) for name in ("appendonly", "appendfsync")
+        }
     except redis.ResponseError as exc:  # NOPERM from an ACL, or CONFIG renamed away
         log.warning(
             "cannot read maxmemory-policy of the job store %s (%s): make sure it is %r, or a "
@@ -100,6 +106,7 @@ def check_eviction_policy(s: Settings) -> None:
         return
     finally:
         client.close()
+    _warn_unless_durable(where, durability)
     if policy is not None and policy != SAFE_EVICTION_POLICY:
         _refuse(
             f"the job store {where} has maxmemory-policy {policy}: when full it would evict job "
@@ -107,6 +114,25 @@ def check_eviction_policy(s: Settings) -> None:
             f'Set maxmemory-policy {SAFE_EVICTION_POLICY} (see the README, "Sizing Redis"). '
             "The worker will not start."
         )
+
+
+def _warn_unless_durable(where: str, config: dict[str, str | None]) -> None:
+    """A job store that may come back from a crash without its last writes can make a job in
+    flight POST (and bill) twice or be announced twice (README, "Durability"). A warning, not a
+    refusal: the most common set-up, an app's own Redis shared with its Celery, keeps no AOF,
+    and its operator may accept that risk knowingly."""
+    appendonly, appendfsync = config.get("appendonly"), config.get("appendfsync")
+    if appendonly == "yes" and appendfsync == DURABLE_APPENDFSYNC:
+        return
+    kept = "no AOF" if appendonly != "yes" else f"appendfsync {appendfsync}"
+    log.warning(
+        "the job store %s keeps %s: if it crashes it comes back without its last writes, and a "
+        "job in flight then may be POSTed (billed) twice or announced twice. Set appendonly yes "
+        'and appendfsync %s for the job store (see the README, "Durability")',
+        where,
+        kept,
+        DURABLE_APPENDFSYNC,
+    )
 
 
 def check_base_url(s: Settings) -> None:

@@ -4,6 +4,7 @@ Celery puts ``argsrepr``/``kwargsrepr`` in every message and in the ``task-sent`
 Flower stores; by default they are ``saferepr`` of the real arguments, up to 1 KiB each, with
 every ``notify_url`` query token. Internal publishes pass their own text already; this class
 covers the ones that do not, above all ``Task.retry``, which re-sends the request's arguments.
+Every publish through it has a timeout too (:func:`tasks.config.celery_config.publish_options`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from celery import Task
 
 from tasks import redact
+from tasks.config import celery_config
 
 
 class RedactedTask(Task):  # type: ignore[type-arg]
@@ -25,7 +27,11 @@ class RedactedTask(Task):  # type: ignore[type-arg]
         *rest: Any,
         **options: Any,
     ) -> Any:
-        """As :meth:`celery.Task.apply_async`; an explicit ``argsrepr``/``kwargsrepr`` wins."""
+        """As :meth:`celery.Task.apply_async`, with a publish timeout (a RabbitMQ in alarm
+        would hold a confirm-mode publish for as long as the alarm lasts); an explicit
+        ``argsrepr``/``kwargsrepr`` or timeout wins."""
+        for option, value in celery_config.publish_options().items():
+            options.setdefault(option, value)
         if options.get("argsrepr") is None:
             options["argsrepr"] = redact.args_repr(tuple(args or ()))
         if options.get("kwargsrepr") is None:

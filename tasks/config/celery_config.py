@@ -40,6 +40,38 @@ def post_claim_s(*, connect_s: float, read_s: float, audio_s: float) -> float:
     return connect_s + read_s + audio_s + POST_LEASE_SLACK_S
 
 
+# How long one publish may wait (seconds) for the socket and, on RabbitMQ, for the broker's
+# confirm (``confirm_publish``). Without it a publish to a RabbitMQ in memory or disk alarm
+# (``connection.blocked``: RabbitMQ stops reading from a publishing connection) waits for its
+# confirm as long as the alarm lasts, holding the task, the releaser or the reconciler that
+# sent it (tests/reliability/test_broker_faults.py). A quorum queue confirms in milliseconds
+# when all is well.
+PUBLISH_TIMEOUT_S = 5.0
+# Attempts after the first: one, on a fresh connection (a broker that restarted leaves the pool's
+# connections dead). Then ``OperationalError``, which a task meets as a broker outage
+# (tasks/adapters/acks.py). Celery's default (3) made a publish to a blocked node take 30 s.
+PUBLISH_MAX_RETRIES = 1
+# The longest any other read or write on a broker connection may block (seconds). On RabbitMQ
+# kombu's transport options ``read_timeout``/``write_timeout`` (the socket's SO_RCVTIMEO and
+# SO_SNDTIMEO): above all, closing the channel and connection of a publish that timed out waits
+# for a ``close-ok`` that a blocked node never sends (the producer pool's clean-up hung as long
+# as the alarm); a failed publish to a blocked node so ends after about 20 s: two attempts and
+# the two closes. On Redis ``socket_timeout``/``socket_connect_timeout`` (every command).
+BROKER_SOCKET_TIMEOUT_S = 5.0
+
+
+def publish_options() -> dict[str, Any]:
+    """The options every publish of ours passes (``send_task``/``apply_async``): kombu's
+    ``timeout`` (the socket write) and ``confirm_timeout`` (the broker's confirm), both
+    :data:`PUBLISH_TIMEOUT_S`, and :data:`PUBLISH_MAX_RETRIES`. The Redis transport ignores
+    the timeouts: its socket timeout (:data:`BROKER_SOCKET_TIMEOUT_S`) bounds it."""
+    return {
+        "timeout": PUBLISH_TIMEOUT_S,
+        "confirm_timeout": PUBLISH_TIMEOUT_S,
+        "retry_policy": {"max_retries": PUBLISH_MAX_RETRIES},
+    }
+
+
 # RabbitMQ's default consumer_timeout (seconds, 30 min since 3.8.15): a consumer that holds a
 # delivery unacknowledged longer has its channel closed, and the message is delivered again.
 RABBITMQ_CONSUMER_TIMEOUT_S = 1800
@@ -154,13 +186,27 @@ def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
 def _broker_options(s: Settings) -> dict[str, Any]:
     if s.broker_kind != "amqp":
         return {
-            "broker_transport_options": {"visibility_timeout": visibility_timeout_s(s)},
+            "broker_transport_options": {
+                "visibility_timeout": visibility_timeout_s(s),
+                # kombu's Redis transport waits forever on a silent socket by default: a
+                # publish to a frozen or unreachable broker then held its task (or the
+                # releaser, the reconciler) as long as the broker was gone. The consumer's
+                # BRPOP asks for an answer within a second, far inside this.
+                "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
+            },
         }
     return {
         # A publish returns once RabbitMQ has taken the message (on a quorum queue: once a
         # majority of nodes has it), so a lost next step raises in the task that sent it.
         # RabbitMQ has no visibility timeout: an unacked message returns when its channel dies.
-        "broker_transport_options": {"confirm_publish": True},
+        # Every read and write on the connection is bounded (BROKER_SOCKET_TIMEOUT_S): the
+        # worker's consumer reads only when the socket is readable, so an idle one is not cut.
+        "broker_transport_options": {
+            "confirm_publish": True,
+            "read_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "write_timeout": BROKER_SOCKET_TIMEOUT_S,
+        },
         "task_default_exchange": AMQP_EXCHANGE,
         "task_default_exchange_type": "topic",
         "task_default_routing_key": names.SUBMIT_QUEUE,

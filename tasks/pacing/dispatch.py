@@ -38,10 +38,11 @@ def celery_send(
     countdown_s: float = 0.0,
     task_id: str | None = None,
 ) -> None:
-    """Publish through the current Celery app, to the step's own queue, with redacted text."""
+    """Publish through the current Celery app, to the step's own queue, with redacted text,
+    never waiting longer than :data:`celery_config.PUBLISH_TIMEOUT_S` per attempt."""
     from celery import current_app
 
-    options: dict[str, Any] = {"countdown": countdown_s or None}
+    options: dict[str, Any] = {"countdown": countdown_s or None, **celery_config.publish_options()}
     if task_id is not None:
         options["task_id"] = task_id
     current_app.send_task(

@@ -75,6 +75,10 @@ def submit(
         return jid
     now = ctx.clock()
     lost_claim = None
+    if job.status == Status.SUBMITTING and _answer_outlived_its_claim(
+        ctx, d, job, accepted, model=request.model, now=now
+    ):
+        return jid
     if job.status == Status.POSTING:
         carried = _carried_answer(accepted, job.token)
         if carried is not None:
@@ -193,6 +197,38 @@ def _record_answer(
 def _posting(attempt: str | None) -> dict[str, str | None]:
     """The guard of a settle from ``posting``: only while ``attempt`` holds the POST claim."""
     return {F.STATUS: Status.POSTING, F.TOKEN: attempt}
+
+
+def _answer_outlived_its_claim(
+    ctx: Ctx, d: Delivery, job: Job, accepted: object, *, model: str, now: float
+) -> bool:
+    """A retry carries NanoGPT's answer, yet finds the job ``submitting``: the claim the POST
+    was sent under went with the job store's last second (a restart on an AOF fsynced every
+    second). The answer proves NanoGPT took that POST: claim again under the same attempt (no
+    token spent, nothing sent) and record it, rather than POST, and bill, a second time. True
+    once recorded (or handed to the retry by :func:`_record_answer`)."""
+    attempt = accepted.get("attempt") if isinstance(accepted, dict) else None
+    if not isinstance(attempt, str):
+        return False
+    answer = _carried_answer(accepted, attempt)
+    if answer is None:
+        return False
+    log.warning(
+        "job %s: its POST's claim was lost by the job store; recording its answer", job.job_id
+    )
+    lease_until = now + post_lease_s(ctx)
+    claimed = ctx.jobs.begin_post(
+        job.job_id,
+        d.task_id,
+        attempt,
+        posts=job.posts + 1,
+        lease_until=lease_until,
+        check_at=lease_until + ctx.settings.recovery_grace_s,
+    )
+    if not claimed:
+        return False
+    _record_answer(ctx, job.job_id, attempt, answer, model=model, lease_until=lease_until)
+    return True
 
 
 def _lost_claim(accepted: object, attempt: str | None) -> str | None:

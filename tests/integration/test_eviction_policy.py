@@ -65,3 +65,30 @@ def test_config_denied_by_an_acl_warns_and_starts(caplog: pytest.LogCaptureFixtu
     assert "cannot read maxmemory-policy" in caplog.text
     assert "NOPERM" in caplog.text or "permission" in caplog.text.lower()
     assert password not in caplog.text
+
+
+def test_a_job_store_without_durable_writes_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No AOF, or AOF with everysec: the worker starts (most apps' Redis keeps no AOF) but says
+    what a crash of the job store can cost; appendfsync always is quiet."""
+    with EmbeddedRedis() as store:
+        admin = redis.Redis(port=store.port)
+        admin.config_set("appendonly", "no")
+        with caplog.at_level(logging.WARNING, logger="workers"):
+            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+        assert "keeps no AOF" in caplog.text
+        assert "POSTed (billed) twice" in caplog.text
+
+        caplog.clear()
+        admin.config_set("appendonly", "yes")
+        admin.config_set("appendfsync", "everysec")
+        with caplog.at_level(logging.WARNING, logger="workers"):
+            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+        assert "keeps appendfsync everysec" in caplog.text
+
+        caplog.clear()
+        admin.config_set("appendfsync", "always")
+        with caplog.at_level(logging.WARNING, logger="workers"):
+            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+        assert "job store" not in caplog.text

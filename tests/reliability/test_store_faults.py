@@ -93,7 +93,11 @@ def check(
     struck_at: float,
     ended_at: float,
     report: list[Figures],
+    *,
+    extra: str = "",
 ) -> None:
+    """Count what the receiver and the simulator saw, report the row, assert the promise;
+    ``extra`` ends the row's note."""
     posts = rig.posts()
     codes = Counter((b.get("error") or {}).get("code", "completed") for b in tally.bodies.values())
     unconfirmed_unposted = [
@@ -116,7 +120,7 @@ def check(
         tally.repeats,
         recovery_s,
         f"{doubled} texts POSTed twice; {len(unconfirmed_unposted)} SUBMIT_UNCONFIRMED with no "
-        f"POST; outcomes {dict(codes)}; fault {ended_at - struck_at:.1f} s",
+        f"POST; outcomes {dict(codes)}; fault {ended_at - struck_at:.1f} s{extra}",
     )
     report.append(figures)
     seen = {

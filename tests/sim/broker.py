@@ -16,11 +16,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import kombu.exceptions
+
 from tasks import names
 
 
-class PublishFailed(ConnectionError):
-    """A publish the broker refused (a blip): raised into the task that sent it."""
+class PublishFailed(kombu.exceptions.OperationalError):
+    """A publish the broker refused (a blip): raised into the task that sent it, as Celery's
+    ``apply_async`` raises kombu's ``OperationalError``."""
 
 
 @dataclass
@@ -32,6 +35,8 @@ class Message:
     retries: int = 0
     eta: float | None = None
     redelivered: bool = False
+    # Custom headers Celery keeps across Task.retry (tasks/adapters/acks.py's re-send counts).
+    headers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -48,6 +48,9 @@ def _chunk(port: int, db: int, seeds: list[int]) -> list[tuple[int, list[str]]]:
     return failed
 
 
+# A guard against a hang, not a speed target (bench/ is): on a machine shared by other runs the
+# 2,000 seeds took longer than the suite's 300 s default.
+@pytest.mark.timeout(1200)
 def test_seeds_keep_every_promise(sim_server: EmbeddedRedis) -> None:
     """Each caller request accepted upstream at most once; one outcome, one webhook-id per job;
     no status call, POST or store after the outcome (some callers cancel); no job open at the
@@ -55,12 +58,16 @@ def test_seeds_keep_every_promise(sim_server: EmbeddedRedis) -> None:
     NanoGPT calls within burst + rate x window; no ack while the job is neither durable nor
     ended; no SUBMIT_UNCONFIRMED without a POST unless a crash held the claim.
 
-    What these seeds catch (issue 19, item 8; each mutation in a scratch copy, 2,000 seeds):
-    ``_SETTLE`` without its ``HEXISTS outcome`` guard fails 5 of 2,000 seeds (126, 353, 362,
-    480, 712: a job settled twice); ``_SPEND`` allowing every call fails 168 of the first 662
-    (first seed 2: the calls exceed burst + rate x window); ``_GRANT`` promising every waiting
-    job fails none of 2,000, as it should: each call still needs a free token in ``_SPEND``.
-    Two of them stay as cases below (seeds 126 and 2). RELIABILITY.md has the table.
+    The job store's faults (errors, timeouts, OOM) are on by default (tests/sim/store.py
+    ``STORE_FAULTS``); no job ends after the visibility timeout unless the store refused its
+    record at receipt.
+
+    What these seeds catch (issue 19, item 8; each mutation by hand, faults on): ``_SETTLE``
+    without its ``HEXISTS outcome`` guard fails seeds 160, 265, 405 first (a job settled twice;
+    the run stopped at three); ``_SPEND`` allowing every call fails 8, 11, 13 first (the calls
+    exceed burst + rate x window); ``_GRANT`` promising every waiting job failed none of 2,000
+    (before the faults), as it should: each call still needs a free token in ``_SPEND``. The
+    first two stay as cases below (seeds 160 and 8). RELIABILITY.md has the table.
     """
     started = time.monotonic()
     chunks = [list(range(SEEDS))[i::PROCESSES] for i in range(PROCESSES)]
@@ -132,8 +139,10 @@ def test_losing_prefetched_messages_is_caught(
     monkeypatch.setattr(received, "on_received", lambda *a, **k: None)
     report = run_seed(2, sim_redis, shape=_worker_killed_holding_prefetched_messages)
     assert report.crashes["worker"] == 1
-    lost = [v for v in report.violations if "no outcome by the end" in v]
-    assert len(lost) >= 7, report.violations
+    # Not lost for good: back after the visibility timeout, which is what the record at
+    # receipt is there to spare them.
+    late = [v for v in report.violations if "after the visibility timeout" in v]
+    assert len(late) >= 7, report.violations
 
 
 def _one_job_cancelled_while_it_polls(sim: Sim) -> None:
@@ -182,6 +191,27 @@ def test_a_seed_replays_the_same(sim_redis: redis.Redis) -> None:
         return (r.executions, round(r.sim_s, 6), dict(r.crashes), dict(r.outcomes))
 
     assert figures(first) == figures(second)
+
+
+def _figures(r: Report) -> tuple[object, ...]:
+    return (r.executions, round(r.sim_s, 6), dict(r.crashes), dict(r.outcomes), str(r.store))
+
+
+def test_a_seed_under_store_faults_replays_the_same(sim_redis: redis.Redis) -> None:
+    """A seed under the job store's faults plays the same alone, after another seed, with its
+    trace on, and after the server lost its scripts (another process's seed restarting, say).
+    Whether an EVALSHA meets NOSCRIPT decides how many commands draw a fault, so the script
+    cache the seed sees is its own (store.py ``Faults.loaded``), not the shared server's."""
+    faults = frozenset({"errors", "timeouts", "oom"})
+    seed = 310  # failed in 0-399 and passed alone before the script cache was the seed's own
+    sim_redis.script_flush()
+    alone = run_seed(seed, sim_redis, store_faults_on=faults)
+    run_seed(311, sim_redis, store_faults_on=faults)  # loads the scripts
+    after = run_seed(seed, sim_redis, store_faults_on=faults)
+    traced = run_seed(seed, sim_redis, store_faults_on=faults, trace=[])
+    assert alone.store is not None
+    assert alone.store.lost_requests > 0
+    assert _figures(alone) == _figures(after) == _figures(traced)
 
 
 @dataclasses.dataclass
@@ -319,8 +349,9 @@ def test_a_settle_without_first_outcome_wins_is_caught(
     sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 19, item 8: ``_SETTLE`` without its ``HEXISTS outcome`` guard. Seed 160 is the
-    first of the 2,000 to catch it on the merged code (then 712 and 1008; 126 before the
-    transitions learnt to recognise their own earlier run)."""
+    first of the 2,000 to catch it on the merged code, with the job store's faults on (then 265
+    and 405; without them 712 and 1008 next; 126 before the transitions learnt to recognise
+    their own earlier run)."""
     guard = f"if redis.call('HEXISTS', KEYS[1], {lua(F.OUTCOME)}) == 1 then\n"
     assert guard in jobs._SETTLE
     # The guard (with its own-run answer inside) never fires: every settle writes.
@@ -333,9 +364,10 @@ def test_a_budget_that_grants_every_call_is_caught(
     sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 19, item 8: ``_SPEND`` allowing every call (each still takes a token, so "calls
-    <= tokens" holds). Seed 2 is the first to catch it: 6 calls within 11.4 s at 0.2/s, burst 3."""
+    <= tokens" holds). With the job store's faults on (the default), seed 8 is the first to
+    catch it (then 11, 13): 2 calls within 0.2 s at 0.2/s, burst 1; without them, seed 2."""
     check = "if free >= need then\n"
     assert check in budget._SPEND
     monkeypatch.setattr(budget, "_SPEND", budget._SPEND.replace(check, "if true then\n"))
-    report = run_seed(2, sim_redis)
+    report = run_seed(8, sim_redis)
     assert any("NanoGPT calls within" in v for v in report.violations), report.violations

@@ -308,6 +308,53 @@ def test_an_answer_the_store_refused_is_recorded_by_the_retry(
     )
 
 
+def test_an_answer_whose_claim_a_restart_lost_is_recorded_not_posted_again(
+    redis_client: redis.Redis, job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job store restarted on an AOF fsynced every second and lost the POST's claim with
+    its last second: the record is back to ``submitting``. Before, the retry carrying NanoGPT's
+    answer found no claim to match it, POSTed again and was billed twice (the simulation's
+    ``restart`` family, seed 38)."""
+    upstream = OneTicket()
+    ctx, _ = make_ctx(redis_client, env=ENV, upstream=upstream)
+    store = type(ctx.jobs)
+    real_begin, real_accepted = store.begin_post, store.post_accepted
+    kept: dict[str, Any] = {}
+
+    def fsynced_before(self: Any, job_id: str, *args: Any, **kwargs: Any) -> bool:
+        # What the AOF holds at the restart: the record as it was before the claim.
+        kept["record"] = redis_client.dump(KEY_PREFIX + job_id)
+        kept["due"] = redis_client.zscore(DUE_KEY, job_id)
+        return bool(real_begin(self, job_id, *args, **kwargs))
+
+    def restarted(*_: Any, **__: Any) -> Any:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(store, "begin_post", fsynced_before)
+    monkeypatch.setattr(store, "post_accepted", restarted)
+    d = steps.Delivery(names.SUBMIT_TTS, job)
+    with pytest.raises(steps.AnswerUnrecorded) as raised:
+        steps.submit(ctx, d, "Hello", MODEL, job_id=job)
+    carried = raised.value.answer
+    assert upstream.posts == 1
+    redis_client.restore(KEY_PREFIX + job, 0, kept["record"], replace=True)
+    redis_client.zadd(DUE_KEY, {job: kept["due"]})
+    lost = ctx.jobs.get(job)
+    assert lost is not None
+    assert lost.status == Status.SUBMITTING
+    monkeypatch.setattr(store, "begin_post", real_begin)
+    monkeypatch.setattr(store, "post_accepted", real_accepted)
+    retried = steps.Delivery(names.SUBMIT_TTS, job, 0, 1)
+    assert steps.submit(ctx, retried, "Hello", MODEL, job_id=job, accepted=carried) == job
+    recorded = ctx.jobs.get(job)
+    assert recorded is not None
+    assert (recorded.status, recorded.run_id, upstream.posts) == (
+        Status.POLLING,
+        "run-paid-once",
+        1,
+    )
+
+
 @pytest.mark.parametrize(
     "accepted",
     [None, "x", {"attempt": "another", "kind": "ticket", "run_id": "r", "model": MODEL}],

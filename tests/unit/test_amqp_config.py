@@ -11,6 +11,7 @@ from kombu.transport.native_delayed_delivery import calculate_routing_key
 from tasks import names
 from tasks.config.celery_config import (
     AMQP_EXCHANGE,
+    BROKER_SOCKET_TIMEOUT_S,
     MIN_NATIVE_DELAY_S,
     broker_countdown_s,
     celery_config,
@@ -47,7 +48,13 @@ def test_every_queue_is_a_quorum_queue_on_the_topic_exchange(url: str) -> None:
 
 def test_amqp_publishes_with_confirms_and_has_no_visibility_timeout() -> None:
     conf = celery_config(settings(AMQP_URL))
-    assert conf["broker_transport_options"] == {"confirm_publish": True}
+    # Every read and write on the connection bounded: a node in alarm never answers some of
+    # them (tests/reliability/test_broker_faults.py).
+    assert conf["broker_transport_options"] == {
+        "confirm_publish": True,
+        "read_timeout": BROKER_SOCKET_TIMEOUT_S,
+        "write_timeout": BROKER_SOCKET_TIMEOUT_S,
+    }
     assert conf["task_default_exchange"] == AMQP_EXCHANGE
     assert conf["task_default_exchange_type"] == "topic"
     assert conf["task_create_missing_queue_type"] == "quorum"
@@ -59,6 +66,8 @@ def test_redis_keeps_plain_queues_and_its_visibility_timeout() -> None:
     conf = celery_config(settings(REDIS_URL))
     assert "confirm_publish" not in conf["broker_transport_options"]
     assert conf["broker_transport_options"]["visibility_timeout"] >= 3600
+    # kombu's default waits forever on a silent socket (tests/reliability/test_broker_faults.py)
+    assert conf["broker_transport_options"]["socket_timeout"] == BROKER_SOCKET_TIMEOUT_S
     for queue in conf["task_queues"]:
         assert not queue.queue_arguments
     assert "task_default_exchange_type" not in conf

@@ -32,6 +32,17 @@ WATCH_BATCH = 100
 CANCEL_WAIT_S = 10.0
 CANCEL_CHECK_S = 0.1
 
+# How long one publish waits (seconds) for the socket and for RabbitMQ's confirm: a node in
+# memory or disk alarm blocks publishers and never confirms, so without it submit() would wait
+# as long as the alarm. One retry on a fresh connection, then kombu's OperationalError (about
+# 20 s in all, with the socket timeout on closing the blocked channel). The worker's own
+# publishes have the same bounds (tasks/config/celery_config.py).
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_MAX_RETRIES = 1
+# Every other read and write on a RabbitMQ connection (closing a blocked channel waits for a
+# close-ok the node never sends).
+BROKER_SOCKET_TIMEOUT_S = 5.0
+
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
@@ -56,8 +67,13 @@ def celery_app(broker_url: str) -> Celery:
             Queue(name, exchange, routing_key=name, queue_arguments=contract.QUORUM)
             for name in dict.fromkeys(contract.QUEUES.values())
         ]
-        # A publish returns once RabbitMQ has the message, as the worker's own publishes do.
-        app.conf.broker_transport_options = {"confirm_publish": True}
+        # A publish returns once RabbitMQ has the message, as the worker's own publishes do;
+        # no read or write on the connection waits longer than BROKER_SOCKET_TIMEOUT_S.
+        app.conf.broker_transport_options = {
+            "confirm_publish": True,
+            "read_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "write_timeout": BROKER_SOCKET_TIMEOUT_S,
+        }
     return app
 
 
@@ -213,6 +229,10 @@ class TTSClient:
             # What task events and Flower show: text cut short, notify_url without its query.
             argsrepr=redaction.args_repr(args),
             kwargsrepr=redaction.kwargs_repr(kwargs),
+            # A broker that takes the message but never confirms it raises, never hangs.
+            timeout=PUBLISH_TIMEOUT_S,
+            confirm_timeout=PUBLISH_TIMEOUT_S,
+            retry_policy={"max_retries": PUBLISH_MAX_RETRIES},
         )
         return str(result.id)
 
