@@ -52,7 +52,6 @@ DEFAULT_ENV = {
     "TTS_POLL_INTERVAL": "3",
     "TTS_POLL_MAX_INTERVAL": "30",
     "TTS_POLL_TIMEOUT": "900",
-    "TTS_POLL_WAIT": "auto",
     "TTS_WORKER_CONCURRENCY": "8",
     "TTS_LOG_FORMAT": "text",
     "TTS_METRICS_PORT": "",

@@ -114,8 +114,8 @@ def run(size_name: str) -> Row:
     details = [
         f"{size.jobs} jobs; the simulator completes each {size.upstream_s:g} s after its submit.",
         f"One worker, `--pool prefork --concurrency {size.slots}`. Project settings: {settings},",
-        "`TTS_POLL_WAIT=auto` (on Redis: waiting polls parked in `tts:wait`, released by each",
-        "worker's thread every 0.2 s), other settings at their defaults. Baseline: the seed's",
+        "waiting polls parked in `tts:wait` (released by a worker's thread every 0.2 s),",
+        "other settings at their defaults. Baseline: the seed's",
         f"`wait_for_tts` with `delay_s={size.seed_delay_s:g}` inside a task, plus submit, download",
         "and an (unsigned) webhook POST in the same task.",
         "",

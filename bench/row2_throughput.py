@@ -289,7 +289,7 @@ def run(size_name: str) -> Row:
     details = [
         f"{size.jobs} poll chains whose runs never finish, `TTS_POLL_INTERVAL ="
         f" TTS_POLL_MAX_INTERVAL = {size.interval_s:g}` (demand {size.jobs / size.interval_s:.0f}"
-        f" polls/s), `TTS_POLL_WAIT=auto` (parked in `tts:wait` on Redis), window"
+        f" polls/s), waiting polls parked in `tts:wait`, window"
         f" {size.window_s:g} s after {size.warm_s:g} s of warm-up; no-ops: a backlog of"
         f" {size.noops} drained by the same worker before its polls start, and another after they"
         " stop (their mean is the rate: drift of the shared machine between the phases cancels)."

@@ -1,6 +1,6 @@
 """Row 3: worker memory per waiting poll with 5,000 pending jobs, on Redis and on RabbitMQ.
 
-One worker per case (broker and ``TTS_POLL_WAIT`` mode), as the Procfile runs it (prefork, 8),
+One worker per broker, as the Procfile runs it (prefork, 8),
 all started together so their waits overlap:
 
 1. warm-up: a few jobs run end to end, so every pool process has its imports and sessions;
@@ -100,13 +100,13 @@ SIZES = {
 class Case:
     label: str
     broker: str  # "redis" or "rabbitmq"
-    poll_wait: str  # TTS_POLL_WAIT
 
 
+# Every waiting poll is parked in tts:wait on both (issue 21 removed TTS_POLL_WAIT and with it
+# the countdown messages: 11.0 KiB per waiting poll on the Redis transport in the last run).
 CASES = (
-    Case("Redis, `TTS_POLL_WAIT=broker` (countdown messages)", "redis", "broker"),
-    Case("Redis, `TTS_POLL_WAIT=redis` (parked in `tts:wait`; the default)", "redis", "redis"),
-    Case("RabbitMQ, `TTS_POLL_WAIT=auto` (countdown messages; the default)", "rabbitmq", "auto"),
+    Case("Redis (parked in `tts:wait`)", "redis"),
+    Case("RabbitMQ (parked in `tts:wait`)", "rabbitmq"),
 )
 
 
@@ -140,7 +140,6 @@ class Run:
         env = self.stack.env(
             self.broker_url,
             TTS_REDIS_URL=self.redis_server.url,
-            TTS_POLL_WAIT=self.case.poll_wait,
             TTS_POLL_INTERVAL=str(self.size.interval_s),
             TTS_POLL_MAX_INTERVAL=str(self.size.interval_s),
             TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S),
@@ -315,7 +314,7 @@ def run(size_name: str) -> Row:
 
 def _row(runs: list[Run], size: Size, unavailable: list[str]) -> Row:
     table = [
-        "| broker, mode | per waiting poll: marginal (main + children) | main process only"
+        "| broker | per waiting poll: marginal (main + children) | main process only"
         " | all-in, idle → all waiting | noise (sample spread / half) | held by the worker"
         " | parked in `tts:wait` | waiting in the broker | Redis `used_memory` / job |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -328,17 +327,14 @@ def _row(runs: list[Run], size: Size, unavailable: list[str]) -> Row:
             f" {r.all_in():.0f} B | ±{r.noise:.0f} B | {held} | {parked} | {in_broker} |"
             f" {r.redis_per_job:.0f} B{extra} |"
         )
-    redis_default = next((r for r in runs if r.case.poll_wait == "redis"), None)
+    redis_default = next((r for r in runs if not r.amqp), None)
     amqp = next((r for r in runs if r.amqp), None)
-    countdowns = next((r for r in runs if r.case.poll_wait == "broker"), None)
     parts = []
     for label, judged in (("Redis", redis_default), ("RabbitMQ", amqp)):
         if judged is None:
             parts.append(f"{label} not measured")
         else:
             parts.append(f"{label} {_size(judged.marginal())} (all-in {_size(judged.all_in())})")
-    if countdowns is not None:
-        parts.append(f"Redis with countdowns {_size(countdowns.marginal())}")
     details = [
         f"{size.jobs} poll chains on runs that stay pending, each waiting {size.interval_s:g} s"
         f" after its first poll; one worker per case, prefork × {size.concurrency}, all started"
@@ -369,7 +365,7 @@ def _row(runs: list[Run], size: Size, unavailable: list[str]) -> Row:
         passed=passed,
         details=details,
         values={
-            r.case.broker + ":" + r.case.poll_wait: {
+            r.case.broker: {
                 "marginal_total_bytes": r.marginal(),
                 "marginal_main_bytes": r.marginal("main"),
                 "all_in_total_bytes": r.all_in(),

@@ -20,11 +20,10 @@ whose p95 equals the schedule's is interpolated between the two grid lanes that 
 so is its calls per job; the ratio is the schedule's calls over that. The comparison with the
 fixed 3 s lane itself is reported too, p95s side by side.
 
-The full size runs in real time, with the production defaults for where polls wait
-(``TTS_POLL_WAIT=auto``: parked in ``tts:wait``, released by a 0.2 s tick). The miniature size
-(for the smoke test) compresses time by ``scale``; its figures mean nothing: the schedule has
-constants in seconds (``PRIOR_S_PER_PLACE``) that compression would distort, and its polls use
-countdown messages since the release tick is a real-time constant too.
+The full size runs in real time, waiting polls parked in ``tts:wait`` and released by a 0.2 s
+tick. The miniature size (for the smoke test) compresses time by ``scale``; its figures mean
+nothing: the schedule has constants in seconds (``PRIOR_S_PER_PLACE``) that compression would
+distort, and so is the release tick, a real-time constant.
 """
 
 from __future__ import annotations
@@ -143,11 +142,8 @@ def drive(lanes: list[Lane], work: list[tuple[float, float]], size: Size, url: s
 
 def _timing(size: Size) -> str:
     if size.scale == 1:
-        return "real time, `TTS_POLL_WAIT=auto` (parked in `tts:wait`)"
-    return (
-        f"time compressed × {size.scale:g} (figures uncompressed; not comparable),"
-        " `TTS_POLL_WAIT=broker`"
-    )
+        return "real time, waiting polls parked in `tts:wait`"
+    return f"time compressed × {size.scale:g} (figures uncompressed; not comparable)"
 
 
 def interpolate(lanes: list[Lane], p95: float) -> tuple[float, float] | None:
@@ -176,7 +172,6 @@ def run(size_name: str) -> Row:
                 stack.url(db),
                 NANOGPT_API_KEY="x",
                 NANOGPT_BASE_URL=lane.sim.base_url,
-                TTS_POLL_WAIT="auto" if size.scale == 1 else "broker",
                 TTS_POLL_INTERVAL=str(lane.interval_s * size.scale),
                 TTS_POLL_MAX_INTERVAL=str(lane.max_interval_s * size.scale),
                 TTS_POLL_TIMEOUT=str(POLL_TIMEOUT_S * size.scale),

@@ -115,14 +115,13 @@ class Outbox:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        countdown_s: float = 0.0,
         task_id: str | None = None,
     ) -> None:
         self.sent.append((name, tuple(args), dict(kwargs)))
 
 
 def _ctx(client: redis.Redis, outbox: Outbox) -> Ctx:
-    s = Settings(NANOGPT_API_KEY="x", TTS_POLL_WAIT="redis")  # type: ignore[call-arg]
+    s = Settings(NANOGPT_API_KEY="x")  # type: ignore[call-arg]
     none: Any = _NoCalls()
     return Ctx(
         settings=s,

@@ -16,7 +16,7 @@ from celery import Task, signals
 from tasks import logctx, redact
 from tasks.adapters import acks, received, runtime
 from tasks.config import celery_config
-from tasks.config.settings import Settings, get_settings
+from tasks.config.settings import Settings, get_settings, retired_set
 from workers import log_redaction, metrics_server, poll_releaser, reconciler
 
 log = logging.getLogger("workers")
@@ -38,6 +38,8 @@ def check_worker_settings(**_: Any) -> None:
         raise ConfigurationError(f"tts-worker: {message}")
     if s.webhook_secret is None:
         log.warning("TTS_WEBHOOK_SECRET is not set: webhooks will be sent unsigned.")
+    for name, why in retired_set().items():
+        log.warning("%s is set, but no longer read: %s.", name, why)
     check_base_url(s)
     check_storage_extra(s)
     check_job_ttl(s)
@@ -295,8 +297,7 @@ def connect() -> None:
     # The reconciler runs in the worker's main process, next to the consumer.
     signals.worker_ready.connect(reconciler.start, weak=False)
     signals.worker_shutdown.connect(reconciler.stop, weak=False)
-    # So does the releaser of parked polls; it runs whatever TTS_POLL_WAIT says, so polls parked
-    # before a switch to "broker" are still released.
+    # So does the releaser of the jobs waiting in Redis.
     signals.worker_ready.connect(poll_releaser.start, weak=False)
     signals.worker_shutdown.connect(poll_releaser.stop, weak=False)
     signals.task_received.connect(redact_received, weak=False)

@@ -147,12 +147,6 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(3.0, gt=0, validation_alias="TTS_POLL_INTERVAL")
     poll_max_interval_s: float = Field(30.0, gt=0, validation_alias="TTS_POLL_MAX_INTERVAL")
     poll_timeout_s: float = Field(900.0, gt=0, validation_alias="TTS_POLL_TIMEOUT")
-    # Where a poll waits for its turn: "redis" parks it in a sorted set that the workers drain
-    # (nothing held in worker memory, nothing lost with a worker); "broker" sends a countdown
-    # message (RabbitMQ holds it with native delayed delivery; the Redis transport makes the
-    # worker hold it). "auto": "broker" on RabbitMQ, "redis" otherwise.
-    poll_wait: Literal["auto", "redis", "broker"] = Field("auto", validation_alias="TTS_POLL_WAIT")
-
     # NanoGPT calls per second for the whole fleet (submit and status; tasks/pacing/budget.py),
     # below NanoGPT's 25 per account so other clients of the key and clock skew have room. 0: no
     # budget (every call is made at once; for measuring the worker itself).
@@ -305,13 +299,6 @@ class Settings(BaseSettings):
         return "other"
 
     @property
-    def polls_wait_in_redis(self) -> bool:
-        """Whether waiting polls are parked in Redis (``TTS_POLL_WAIT``) rather than the broker."""
-        if self.poll_wait == "auto":
-            return self.broker_kind != "amqp"
-        return self.poll_wait == "redis"
-
-    @property
     def storage(self) -> StorageLocation:
         """``TTS_STORAGE_URL`` parsed: where this process stores audio."""
         return parse_storage_url(self.storage_url)
@@ -319,6 +306,23 @@ class Settings(BaseSettings):
 
 def _is_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://"))
+
+
+# Variables an earlier release read, with what became of them: a worker still given one says so
+# at start (workers/signals.py) and runs on. Not refused: removing them changed nothing a
+# deployment must act on, and a rolling upgrade with the old configuration must not stop.
+RETIRED = {
+    "TTS_POLL_WAIT": (
+        "every waiting poll is now parked in Redis, on every broker (issue 21); the variable is "
+        "ignored and can be removed"
+    ),
+}
+
+
+def retired_set() -> dict[str, str]:
+    """The retired variables (:data:`RETIRED`) set in this process' environment, with what
+    became of each."""
+    return {name: why for name, why in RETIRED.items() if name in os.environ}
 
 
 def env_names() -> frozenset[str]:

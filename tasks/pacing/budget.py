@@ -15,8 +15,9 @@ Who gets a token when callers want more than the budget:
 
 * a call made straight from a task (a caller's submit, a poll's retry, a re-sent step) takes a
   token only while the budget can spare one beyond what is already waiting for it (due parked
-  polls and parked submits); otherwise it is **not made**: the task parks its job (a poll back in
-  ``tts:wait``, a submit in :data:`SUBMIT_WAIT_KEY`) and returns, holding no worker slot;
+  polls and parked submits); otherwise it is **not made**: the task parks its job in ``tts:wait``
+  (a poll due at once, a submit in line by when it was accepted) and returns, holding no worker
+  slot;
 * the poll releaser (``tasks/sweeps/granting.py``) promises the tokens left to waiting jobs, chosen
   by :mod:`tasks.pacing.poll_value`, writing a **grant** in each job's record in the same script.
   The released step takes its token only when it calls, ahead of everyone else: tokens taken at the
@@ -45,11 +46,11 @@ from tasks.record.contract import (
     KEY_PREFIX,
     POLL_GRANT_PREFIX,
     SUBMIT_GRANT,
-    SUBMIT_WAIT_KEY,
     WAIT_KEY,
     F,
     lua,
 )
+from tasks.record.jobs import POLLS_FROM
 from tasks.record.states import SEQ_DONE, Status
 
 log = logging.getLogger(__name__)
@@ -129,25 +130,25 @@ local reserved = redis.call('ZCARD', {granted_key})
 # A step's call. The token is always taken here, when the call is about to be made, so the calls
 # NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
 # holding its grant (ARGV[4]) may take any free token; any other call only one the budget can
-# spare beyond the grants outstanding, the due parked polls and the parked submits. The grant is
-# spent only with a token: a holder that finds none (the tokens went to calls that came first)
-# keeps it and parks again, first in line for the next one. Returns {1} (make the call) or
+# spare beyond the grants outstanding and the jobs waiting in the wait set (the due parked polls
+# and the parked submits, which score below every poll: one count). The grant is spent only
+# with a token: a holder that finds none (the tokens went to calls that came first) keeps it and
+# parks again, first in line for the next one. Returns {1} (make the call) or
 # {0, seconds until the next token}.
-# KEYS: budget, job, wait set, submit wait set, granted set. ARGV[5]: the job id.
+# KEYS: budget, job, wait set, granted set. ARGV[5]: the job id.
 _SPEND = (
     _STATE
-    + _reserved("KEYS[5]")
+    + _reserved("KEYS[4]")
     + f"""
 local need = 1
 local granted = redis.call('HGET', KEYS[2], {lua(F.GRANT)}) == ARGV[4]
 if not granted then
   need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', now_s)
-    + redis.call('ZCARD', KEYS[4])
 end
 if free >= need then
   if granted then
     redis.call('HDEL', KEYS[2], {lua(F.GRANT)})
-    redis.call('ZREM', KEYS[5], ARGV[5])
+    redis.call('ZREM', KEYS[4], ARGV[5])
   end
   tat = tat + t
 """
@@ -159,45 +160,69 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 """
 )
 
-# The releaser's grant: for each (kind, job id) pair in ARGV[5..], while free tokens are not yet
-# promised to earlier grants, take the job off its wait set (ZREM: exactly one releaser wins
-# it; a poll only once it is due, as a ranking a moment old may name one parked again since),
-# check it still waits for that call, write its grant and move its check time to ARGV[5]
-# (a releaser killed before publishing its step leaves it to the reconciler, soon). Returns the
-# granted ids, in order. KEYS: budget, wait set, submit wait set, granted set, the reconciler's
-# due set. ARGV[4]: the job key prefix; the pairs start at ARGV[6].
-_GRANT = (
-    _STATE
-    + _reserved("KEYS[4]")
-    + f"""
-local avail = free - reserved
+# Taking waiting jobs for their calls, for each job id in ARGV[6..] while AVAIL (the tokens that
+# may still be promised) lasts: take the job off the wait set (ZREM: exactly one releaser wins
+# it; only once it is due, as a ranking a moment old may name a poll parked again since; a
+# submit's score is always due), check from its status that it still waits for that call (a
+# poll its current seq, a submit its POST), move its check time to ARGV[5] (a releaser killed
+# before publishing its step leaves it to the reconciler, soon) and, under a budget, write its
+# grant (GRANT: the lines that write it, or none). Returns the ids taken, in order. WK: the wait
+# set's key, DK: the reconciler's due set's. ARGV[4]: the job key prefix.
+_TAKE = f"""
 local out = {{}}
-for i = 6, #ARGV - 1, 2 do
+for i = 6, #ARGV do
   if avail < 1 then break end
-  local kind, id = ARGV[i], ARGV[i + 1]
+  local id = ARGV[i]
   local key = ARGV[4] .. id
-  local set = KEYS[2]
-  local due = true
-  if kind == 's' then set = KEYS[3]
-  else due = tonumber(redis.call('ZSCORE', set, id) or '+inf') <= now end
-  if due and redis.call('ZREM', set, id) == 1 then
+  local due = tonumber(redis.call('ZSCORE', WK, id) or '+inf') <= now
+  if due and redis.call('ZREM', WK, id) == 1 then
     local f = redis.call('HMGET', key, {lua(F.STATUS)}, {lua(F.SEQ)})
     local grant = nil
-    if kind == 'p' and f[1] == {lua(Status.POLLING)} and f[2] and f[2] ~= {lua(SEQ_DONE)} then
+    if f[1] == {lua(Status.POLLING)} and f[2] and f[2] ~= {lua(SEQ_DONE)} then
       grant = {lua(POLL_GRANT_PREFIX)} .. f[2]
-    elseif kind == 's' and f[1] == {lua(Status.SUBMITTING)} then grant = {lua(SUBMIT_GRANT)} end
+    elseif f[1] == {lua(Status.SUBMITTING)} then grant = {lua(SUBMIT_GRANT)} end
     if grant then
-      redis.call('HSET', key, {lua(F.GRANT)}, grant)
-      redis.call('ZADD', KEYS[4], now_s, id)
-      redis.call('ZADD', KEYS[5], 'XX', ARGV[5], id)
+GRANT
+      redis.call('ZADD', DK, 'XX', ARGV[5], id)
       avail = avail - 1
       table.insert(out, id)
     end
   end
 end
-redis.call('EXPIRE', KEYS[4], {STATE_TTL_S})
-return out
 """
+
+# The releaser's grant under a budget: free tokens not yet promised to earlier grants, each
+# taken job holding a grant its step spends when it calls (:meth:`Budget.spend`).
+# KEYS: budget, wait set, granted set, due set.
+_GRANT = (
+    _STATE
+    + _reserved("KEYS[3]")
+    + "local avail = free - reserved\n"
+    + _TAKE.replace("WK", "KEYS[2]")
+    .replace("DK", "KEYS[4]")
+    .replace(
+        "GRANT\n",
+        f"      redis.call('HSET', key, {lua(F.GRANT)}, grant)\n"
+        "      redis.call('ZADD', KEYS[3], now_s, id)\n",
+    )
+    + f"redis.call('EXPIRE', KEYS[3], {STATE_TTL_S})\nreturn out"
+)
+
+# The same release with the budget off: unlimited tokens, so every job named is taken and no
+# grant is written (a step with the budget off calls without asking it). ARGV[1] as in _STATE.
+# KEYS: wait set, due set.
+_RELEASE_UNLIMITED = (
+    """
+redis.replicate_commands()
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local avail = #ARGV
+"""
+    + _TAKE.replace("WK", "KEYS[1]").replace("DK", "KEYS[2]").replace("GRANT\n", "")
+    + "return out"
 )
 
 # Read-only but for expired grants: {tokens free now and not promised to a grant, rate now}.
@@ -270,6 +295,7 @@ class Budget:
         self._script_clock = script_clock
         self._spend = client.register_script(_SPEND)
         self._grant = client.register_script(_GRANT)
+        self._release_unlimited = client.register_script(_RELEASE_UNLIMITED)
         self._peek = client.register_script(_PEEK)
         self._refused = client.register_script(_REFUSED)
 
@@ -289,7 +315,7 @@ class Budget:
         next token; the caller then parks the job instead of calling."""
         if not self.on:
             return 0.0
-        keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY]
+        keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, GRANTED_KEY]
         allowed, wait_s = self._spend(keys=keys, args=[*self._argv(), grant, job_id])
         return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
 
@@ -301,19 +327,21 @@ class Budget:
         free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv())
         return int(free), float(rate)
 
-    def grant(self, choices: Sequence[tuple[str, str]], *, check_at: float) -> list[str]:
-        """Promise free tokens to waiting jobs in the order of ``choices`` (``("p", id)`` a
-        parked poll, ``("s", id)`` a parked submit) while some are not yet promised; returns
-        the granted ids. Each is off its wait set; its next step takes the token when it calls
-        (:meth:`spend`), so a message that waited in the broker does not call late in a burst.
-        Each granted job's check time moves to ``check_at`` in the same script."""
-        if not choices:
+    def grant(self, job_ids: Sequence[str], *, check_at: float) -> list[str]:
+        """Promise free tokens to waiting jobs in the order of ``job_ids`` (parked polls and
+        submits) while some are not yet promised; returns the granted ids. Each is off the wait
+        set; its next step takes the token when it calls (:meth:`spend`), so a message that
+        waited in the broker does not call late in a burst. Each granted job's check time moves
+        to ``check_at`` in the same script. With the budget off the tokens are unlimited: every
+        job named that still waits is taken, and no grant is written (nothing spends one)."""
+        if not job_ids:
             return []
-        args: list[str | int | float] = [*self._argv(), KEY_PREFIX, repr(check_at)]
-        for kind, job_id in choices:
-            args += [kind, job_id]
-        keys = [BUDGET_KEY, WAIT_KEY, SUBMIT_WAIT_KEY, GRANTED_KEY, DUE_KEY]
-        granted = self._grant(keys=keys, args=args)
+        args: list[str | int | float] = [*self._argv(), KEY_PREFIX, repr(check_at), *job_ids]
+        if self.on:
+            keys = [BUDGET_KEY, WAIT_KEY, GRANTED_KEY, DUE_KEY]
+            granted = self._grant(keys=keys, args=args)
+        else:
+            granted = self._release_unlimited(keys=[WAIT_KEY, DUE_KEY], args=args)
         return [str(job_id) for job_id in granted]
 
     def refused(self) -> None:
@@ -340,8 +368,8 @@ class Budget:
         now = self._clock()
         free, rate = self.free()
         with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(WAIT_KEY, "-inf", now)
-            pipe.zcard(SUBMIT_WAIT_KEY)
+            pipe.zcount(WAIT_KEY, POLLS_FROM, now)
+            pipe.zcount(WAIT_KEY, "-inf", f"({POLLS_FROM}")
             due, submits = pipe.execute()
         return Snapshot(self.rate_per_s, rate, self.burst, free, int(due), int(submits))
 

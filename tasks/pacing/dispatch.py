@@ -25,7 +25,6 @@ class Send(Protocol):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        countdown_s: float = 0.0,
         task_id: str | None = None,
     ) -> None: ...
 
@@ -35,14 +34,14 @@ def celery_send(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    countdown_s: float = 0.0,
     task_id: str | None = None,
 ) -> None:
     """Publish through the current Celery app, to the step's own queue, with redacted text,
-    never waiting longer than :data:`celery_config.PUBLISH_TIMEOUT_S` per attempt."""
+    at once (a step that must wait is parked in Redis: tasks/sweeps/granting.py), never waiting
+    longer than :data:`celery_config.PUBLISH_TIMEOUT_S` per attempt."""
     from celery import current_app
 
-    options: dict[str, Any] = {"countdown": countdown_s or None, **celery_config.publish_options()}
+    options: dict[str, Any] = dict(celery_config.publish_options())
     if task_id is not None:
         options["task_id"] = task_id
     current_app.send_task(
@@ -67,10 +66,8 @@ class Dispatcher:
         """``delay_s`` as this broker must be given it (whole seconds >= 1 on RabbitMQ)."""
         return celery_config.broker_countdown_s(delay_s, self._settings())
 
-    def poll(
-        self, run_id: str, model: str, *, job_id: str, lease: str, seq: int, wait_s: float
-    ) -> None:
-        """The poll that holds lease ``(lease, seq)``, due in ``wait_s`` seconds.
+    def poll(self, run_id: str, model: str, *, job_id: str, lease: str, seq: int) -> None:
+        """The poll that holds lease ``(lease, seq)``, due now.
 
         Only ids and the lease travel: the poll reads the rest (cost, payment source, notify
         URL) from the job record, so messages stay small and carry no URL.
@@ -79,10 +76,9 @@ class Dispatcher:
             names.POLL_TTS,
             (run_id, model),
             {"job_id": job_id, "lease": lease, "seq": seq},
-            countdown_s=self.countdown_s(wait_s),
         )
 
-    def poll_job(self, job: Job, *, wait_s: float = 0.0) -> None:
+    def poll_job(self, job: Job) -> None:
         """The current poll of a stored job (re-sent by the reconciler, released from parking)."""
         if not has_live_poll(job):
             return
@@ -96,7 +92,6 @@ class Dispatcher:
             job_id=job.job_id,
             lease=job.token,
             seq=int(job.seq),
-            wait_s=wait_s,
         )
 
     def download(self, job_id: str) -> None:

@@ -23,15 +23,14 @@ SPOOL_PREFIX = "tts:spool:"
 #: still in it past that time lost a message (worker killed, failed publish): the reconciler
 #: re-sends its current step. Every state change moves the score in the same script. A job
 #: parked in a wait set below is scored at its deadline: only Redis holds it, nothing can lose
-#: it, and the releaser that takes it moves the score back (tasks/sweeps/parking.py).
+#: it, and the releaser that takes it moves the score back (tasks/sweeps/granting.py).
 DUE_KEY = "tts:due"
-#: Sorted set of polling job ids scored by when their next poll is due (epoch seconds), when
-#: polls wait in Redis (``TTS_POLL_WAIT``): the workers release due ones (tasks/sweeps/parking.py),
-#: so no worker holds a waiting poll in memory. The job hash holds everything the poll needs.
+#: Sorted set of every job that waits in Redis for its next NanoGPT call, on every broker: the
+#: one place a waiting step waits (tasks/sweeps/granting.py releases it), so no worker and no
+#: broker holds a waiting job. A poll is scored by when it is due (epoch seconds); a submit that
+#: found no budget by ``jobs.submit_score``, which puts every submit before every poll, oldest
+#: first, and always due. The job hash holds everything the step's message needs.
 WAIT_KEY = "tts:wait"
-#: Sorted set of submitting job ids that wait for the NanoGPT budget (tasks/pacing/budget.py),
-#: scored by when each first waited: the poll releaser grants them tokens, oldest first.
-SUBMIT_WAIT_KEY = "tts:submit-wait"
 
 
 class F(enum.StrEnum):

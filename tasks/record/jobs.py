@@ -38,7 +38,6 @@ from tasks.record.contract import (
     LUA_HOLDS,
     LUA_WATCH,
     SPOOL_PREFIX,
-    SUBMIT_WAIT_KEY,
     WAIT_KEY,
     Change,
     CheckAt,
@@ -61,7 +60,6 @@ __all__ = [
     "SEQ_DONE",
     "SPOOL_MAX_BYTES",
     "SPOOL_PREFIX",
-    "SUBMIT_WAIT_KEY",
     "WAIT_KEY",
     "Job",
     "JobStore",
@@ -72,17 +70,21 @@ __all__ = [
 #: answered with more stores it in the audio store straight away. Redis holds state; a spool of
 #: the 50 MiB TTS_MAX_AUDIO_BYTES took 84 MB of Redis for one key.
 SPOOL_MAX_BYTES = 256 * 1024
-#: The hash fields a parked poll is read with (HMGET), by the releasers: what its poll message
-#: needs (tasks/sweeps/parking.py) and what ranks it (tasks/sweeps/granting.py).
+#: What a submit's score is below its acceptance time: every waiting submit scores below 0
+#: (until the year 2286), every poll at its due time (above 0), so one range reads each kind.
+SUBMIT_OFFSET_S = 1e10
+#: The lowest score of a parked poll: submits score below it, polls from it.
+POLLS_FROM = 0.0
+
+
+def submit_score(queued_at: float) -> float:
+    """A waiting submit's score in :data:`WAIT_KEY`, from when its job was accepted."""
+    return queued_at - SUBMIT_OFFSET_S
+
+
+#: The hash fields a parked poll is ranked by (HMGET), by the releaser (tasks/sweeps/granting.py;
+#: its message is built from the whole record once the poll is taken).
 PARKED_FIELDS = (
-    "run_id",
-    "model",
-    F.TOKEN.value,
-    F.SEQ.value,
-    "cost",
-    "payment_source",
-    "is_api_request",
-    "notify_url",
     F.STATUS.value,
     "seen_at",
     "queue_position",
@@ -141,7 +143,7 @@ return 1
 # parked step and the spooled audio go, the caller's text goes (nothing will send it again),
 # the record lives TTL more seconds. An outcome already there under this caller's outcome id
 # is this caller's own earlier run (its reply lost): 2, nothing changes.
-# KEYS: job, due set, wait set, spool, submit wait set. ARGV[1]: the Settle; ARGV[2]: job id.
+# KEYS: job, due set, wait set, spool. ARGV[1]: the Settle; ARGV[2]: job id.
 _SETTLE = (
     LUA_HOLDS
     + LUA_WATCH
@@ -160,7 +162,6 @@ redis.call('EXPIRE', KEYS[1], a.ttl)
 watch(KEYS[2], ARGV[2], a)
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[2])
 return 1
 """
 )
@@ -786,7 +787,7 @@ class JobStore:
             ttl_s=self._ttl_s,
             check_at=check_at,
         ).arg()
-        keys = [_key(job_id), DUE_KEY, WAIT_KEY, SPOOL_PREFIX + job_id, SUBMIT_WAIT_KEY]
+        keys = [_key(job_id), DUE_KEY, WAIT_KEY, SPOOL_PREFIX + job_id]
         return int(self._settle(keys=keys, args=[arg, job_id])) == 1
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
@@ -820,7 +821,7 @@ class JobStore:
         its call. Not a retry, and not a delivery: the count this delivery added is taken back,
         so a poll deferred many times is never mistaken for a poison message. Parked, it is
         watched only at its deadline (``deadline_at``): the releaser moves its check time back
-        when it takes the job (tasks/sweeps/parking.py)."""
+        when it takes the job (tasks/sweeps/granting.py)."""
         # Run twice, it writes the same count and the same due time: the same answer.
         return bool(
             self._move(
@@ -843,10 +844,10 @@ class JobStore:
         check_at: float,
         queued_at: float,
     ) -> bool:
-        """The submit found no budget: wait in :data:`SUBMIT_WAIT_KEY`, in line by
-        ``queued_at`` (when the job was accepted), without sending the POST; the delivery is
-        taken back as for a poll. One script: a worker killed in between cannot leave the job
-        out of line, watched only at its deadline."""
+        """The submit found no budget: wait in :data:`WAIT_KEY` with the polls, in line by
+        ``queued_at`` (when the job was accepted; :func:`submit_score`), without sending the
+        POST; the delivery is taken back as for a poll. One script: a worker killed in between
+        cannot leave the job out of line, watched only at its deadline."""
         # Run twice, it writes the same count and the same place in line: the same answer.
         return bool(
             self._move(
@@ -855,26 +856,19 @@ class JobStore:
                     {F.STATUS: Status.SUBMITTING, F.OWNER: owner},
                     {F.DELIVERY_COUNT: max(0, deliveries - 1)},
                     check_at=check_at,
-                    park_at=queued_at,
+                    park_at=submit_score(queued_at),
                 ),
-                park_key=SUBMIT_WAIT_KEY,
             )
         )
 
-    def waiting_for_budget(self, job_id: str) -> bool:
-        """Whether the job is parked: a poll in the wait set or a submit waiting for budget."""
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(WAIT_KEY, job_id)
-            pipe.zscore(SUBMIT_WAIT_KEY, job_id)
-            poll, submit = pipe.execute()
-        return poll is not None or submit is not None
+    def parked(self, job_id: str) -> bool:
+        """Whether the job waits in :data:`WAIT_KEY` (a poll for its time or for budget, a
+        submit for budget)."""
+        return self._redis.zscore(WAIT_KEY, job_id) is not None
 
     def unpark(self, job_id: str) -> None:
-        """Take the job off both wait sets (the reconciler sends its step itself)."""
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(WAIT_KEY, job_id)
-            pipe.zrem(SUBMIT_WAIT_KEY, job_id)
-            pipe.execute()
+        """Take the job out of the wait set (the reconciler sends its step itself)."""
+        self._redis.zrem(WAIT_KEY, job_id)
 
     def park(self, job_id: str, due_at: float) -> None:
         """Park the job's current poll in Redis until ``due_at`` (epoch seconds)."""

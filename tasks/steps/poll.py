@@ -1,5 +1,5 @@
-"""The poll step: one status call per execution; while pending, the next poll is parked (or
-sent with a countdown), never waited for."""
+"""The poll step: one status call per execution; while pending, the next poll is parked in
+Redis (tasks/sweeps/granting.py releases it when due), never waited for."""
 
 from __future__ import annotations
 
@@ -181,9 +181,7 @@ def _requeue(
         start = poll_value.generation_start(candidate(job), now)
         gen_start_at = now if start is None else min(now, start)
     # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves,
-    # and the reconciler need not look at the job before its deadline (tasks/sweeps/parking.py).
-    park_at = now + delay_s if s.polls_wait_in_redis else None
-    watch_at = deadline_at if park_at is not None else check_at(ctx, delay_s)
+    # and the reconciler need not look at the job before its deadline (tasks/sweeps/granting.py).
     if not ctx.jobs.advance(
         job.job_id,
         lease,
@@ -199,8 +197,8 @@ def _requeue(
             "seen_at": now,
             "gen_start_at": gen_start_at,
         },
-        check_at=watch_at,
-        park_at=park_at,
+        check_at=deadline_at,
+        park_at=now + delay_s,
         attempt=attempt,
         # No place in line (generating, or not said): the last one seen no longer holds.
         drop=("queue_position",) if position is None else (),
@@ -208,12 +206,6 @@ def _requeue(
         return job.job_id
     eta_s = queue_eta_s(progress)
     publish_progress(ctx, job.job_id, Status.POLLING, queue_position=position, eta_s=eta_s)
-    if park_at is None:
-        assert job.run_id
-        assert job.model
-        ctx.dispatch.poll(
-            job.run_id, job.model, job_id=job.job_id, lease=lease, seq=seq + 1, wait_s=delay_s
-        )
     return job.job_id
 
 

@@ -105,7 +105,7 @@ def submit(
     # A lost claim's execution spent the budget's token already, and sent nothing with it.
     if lost_claim is None and ctx.budget.spend(jid, SUBMIT_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
-        # token in the submit wait set (oldest first; tasks/pacing/budget.py), holding no worker
+        # token in the wait set (submits oldest first; tasks/pacing/budget.py), holding no worker
         # slot; it ends at its deadline if the budget never comes.
         metrics.submit_deferred()
         ctx.jobs.defer_submit(
@@ -442,7 +442,6 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
         deadline_at=deadline_at,
     )
     assert first_s is not None  # the deadline is a whole TTS_POLL_TIMEOUT away
-    park_at = now + first_s if s.polls_wait_in_redis else None
     token = ctx.jobs.post_accepted(
         job_id,
         attempt,
@@ -456,15 +455,11 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
             "seen_at": now,
         },
         deadline_at=deadline_at,
-        # Parked, the first poll is watched at its deadline (tasks/sweeps/parking.py).
-        check_at=deadline_at if park_at is not None else check_at(ctx, first_s),
-        park_at=park_at,
+        # Parked, the first poll is watched at its deadline (tasks/sweeps/granting.py).
+        check_at=deadline_at,
+        park_at=now + first_s,
     )
     if token is None:
         return False
     progress.publish(ctx, job_id, Status.POLLING)
-    if park_at is None:
-        ctx.dispatch.poll(
-            ticket.run_id, ticket.model, job_id=job_id, lease=token, seq=0, wait_s=first_s
-        )
     return True

@@ -1,24 +1,36 @@
-"""Handing the NanoGPT budget's free tokens to the jobs that wait for them.
+"""Releasing the jobs that wait in Redis: the one place a waiting step waits, on every broker.
+
+A job waits for its next NanoGPT call in one sorted set, :data:`tasks.record.jobs.WAIT_KEY`: a
+pending poll until it is due (the poll step parks it in the same atomic step that records the
+answer), a poll or a submit that found no budget until the budget has a token for it. No worker
+holds a waiting job in memory and none is lost with a worker, on RabbitMQ as on Redis (a
+countdown message on the Redis transport sat in the memory of the worker that fetched it, about
+8.7 KB each, Celery issue #5535, and a SIGKILL stranded it until the visibility timeout).
 
 Every worker's releaser thread (``workers/poll_releaser.py``) calls :func:`release` each tick.
-Waiting are the due parked polls (``tts:wait``) and the submits that found no budget
-(``tts:submit-wait``). The free tokens are split between the two kinds
-(:func:`tasks.pacing.poll_value.share`: submits get their share so new work keeps entering); submits
-go oldest first, polls by their chance of finding audio (:func:`tasks.pacing.poll_value.rank`) when
-more are due than can be served, else in due order. One script grants the tokens
-(:meth:`tasks.pacing.budget.Budget.grant`): each job is taken off its wait set by exactly one
-releaser and its next step spends the grant. Then the step is published.
+It takes the tokens the budget has free (:meth:`tasks.pacing.budget.Budget.free`; with the
+budget off, ``TTS_UPSTREAM_RATE=0``, the tokens are unlimited and a tick takes
+:data:`UNLIMITED_BATCH` at a time) and splits them between the two kinds
+(:func:`tasks.pacing.poll_value.share`: submits get their share so new work keeps entering);
+submits go oldest first, polls by their chance of finding audio
+(:func:`tasks.pacing.poll_value.rank`) when more are due than can be served, else in due order.
+One script takes them (:meth:`tasks.pacing.budget.Budget.grant`): each job is taken off the wait
+set by exactly one releaser and, under a budget, its next step spends the grant written with it.
+Then the steps are published.
 
-A releaser that dies after granting loses nothing: the grant script moves each granted job's
-check time to one recovery grace from now, and the reconciler re-sends its step after that;
-the grant is still in the record for it.
+While parked, a job's entry in ``tts:due`` waits at its deadline, out of the reconciler's way
+(nothing can lose a job that is only a score in Redis; issue 19 found 6,000 parked polls
+re-checked every 30 s delaying a lost download by 65 s). The script that takes a job moves its
+check time to one recovery grace from now, so a releaser that dies between taking and
+publishing loses nothing: the reconciler re-sends the step after the grace, and the grant is
+still in the record for it.
 
 Ranking reads up to :data:`CANDIDATES` records (one HMGET each) and costs ~70 ms of CPU at
 2,000 (issue 19); done by every worker up to ten times a second, it grew with the backlog and
-the fleet. So one releaser grants for the whole fleet at a time (:class:`Releasing`: a lock in
+the fleet. So one releaser releases for the whole fleet at a time (:class:`Releasing`: a lock in
 Redis with a short TTL, renewed by its holder each tick, taken over when a holder stops), and
-it ranks at most once per :data:`RANK_TTL_S`, granting from that ranking in between. Grants
-are promises written atomically either way, so which worker makes them changes nothing else.
+it ranks at most once per :data:`RANK_TTL_S`, granting from that ranking in between. Taking is
+atomic either way, so which worker does it changes nothing else.
 """
 
 from __future__ import annotations
@@ -32,13 +44,16 @@ from dataclasses import dataclass, field
 
 from tasks import metrics
 from tasks.pacing import poll_value
-from tasks.record.jobs import PARKED_FIELDS, SUBMIT_WAIT_KEY, WAIT_KEY, Job
+from tasks.record.jobs import PARKED_FIELDS, POLLS_FROM, SUBMIT_OFFSET_S, WAIT_KEY, Job
 from tasks.record.states import Status, has_live_poll, submit_to_resend
 from tasks.steps.context import Ctx
 from tasks.steps.poll import candidate
 
 log = logging.getLogger(__name__)
 
+# Jobs a tick takes at most per script with the budget off (unlimited tokens): bounds one
+# script's time in Redis; a full batch is followed at once by the next (workers/poll_releaser.py).
+UNLIMITED_BATCH = 500
 # Due polls read to rank them when more are due than the budget serves: bounds a tick's work
 # (one HMGET each); the rest wait for a later tick, when those ranked first have gone.
 CANDIDATES = 2000
@@ -59,6 +74,29 @@ if owner and owner ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+#: Where submits waited for budget before they joined :data:`WAIT_KEY` (issue 21). Read only to
+#: move into the wait set what a worker of an earlier release left there (:func:`adopt_legacy`).
+LEGACY_SUBMIT_WAIT_KEY = "tts:submit-wait"
+# Move up to ARGV[2] entries of KEYS[1] into KEYS[2], each scored ARGV[1] lower (the submit
+# band), leaving one already there as it is. Returns how many it moved.
+_ADOPT = """
+local rows = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+for i = 1, #rows, 2 do
+  redis.call('ZADD', KEYS[2], 'NX', tonumber(rows[i + 1]) - tonumber(ARGV[1]), rows[i])
+  redis.call('ZREM', KEYS[1], rows[i])
+end
+return #rows / 2
+"""
+
+
+def adopt_legacy(ctx: Ctx, *, limit: int = UNLIMITED_BATCH) -> int:
+    """Move submits an earlier release parked in :data:`LEGACY_SUBMIT_WAIT_KEY` (scored by when
+    they were accepted) into the wait set, in the same line; returns how many. Without this, a
+    submit parked there before an upgrade would wait for its deadline and end ``TIMEOUT``."""
+    moved = ctx.jobs.redis.eval(
+        _ADOPT, 2, LEGACY_SUBMIT_WAIT_KEY, WAIT_KEY, repr(SUBMIT_OFFSET_S), limit
+    )
+    return int(moved)
 
 
 def _candidates(ctx: Ctx, ids: list[str]) -> list[poll_value.Candidate]:
@@ -100,7 +138,7 @@ def _ranked_polls(ctx: Ctx, now: float, n: int, state: Releasing | None) -> list
     if state is not None and now - state.ranked_at < RANK_TTL_S and len(state.ranked) >= n:
         return state.ranked[: n + SPARE]
     client = ctx.jobs.redis
-    ids = [str(x) for x in client.zrangebyscore(WAIT_KEY, "-inf", now, 0, CANDIDATES)]
+    ids = [str(x) for x in client.zrangebyscore(WAIT_KEY, POLLS_FROM, now, 0, CANDIDATES)]
     gens = poll_value.Generations(ctx.budget.generation_samples())
     ranked = [c.job_id for c in poll_value.rank(_candidates(ctx, ids), now, gens)]
     if state is None:
@@ -110,69 +148,86 @@ def _ranked_polls(ctx: Ctx, now: float, n: int, state: Releasing | None) -> list
 
 
 def choose(
-    ctx: Ctx, *, now: float, tokens: int, draw: float, state: Releasing | None = None
+    ctx: Ctx,
+    *,
+    now: float,
+    tokens: int,
+    draw: float,
+    state: Releasing | None = None,
+    rank: bool = True,
 ) -> tuple[list[str], list[str]]:
-    """The polls and submits to grant ``tokens`` to, best first (polls from ``state``'s
-    ranking while it is fresh, with a few spares)."""
+    """The polls and submits to give ``tokens`` to, best first (polls from ``state``'s
+    ranking while it is fresh, with a few spares). Submits score below every poll in the one
+    wait set (:func:`tasks.record.jobs.submit_score`), so each kind is one range of it.
+    ``rank`` False (unlimited tokens, served batch after batch): polls in due order."""
     client = ctx.jobs.redis
     with client.pipeline(transaction=False) as pipe:
-        pipe.zcount(WAIT_KEY, "-inf", now)
-        pipe.zrange(SUBMIT_WAIT_KEY, 0, tokens - 1)
-        due, submits = pipe.execute()
+        pipe.zcount(WAIT_KEY, POLLS_FROM, now)
+        pipe.zrangebyscore(WAIT_KEY, "-inf", f"({POLLS_FROM}", 0, tokens)
+        due, waiting = pipe.execute()
     n_polls, n_submits = poll_value.share(
-        tokens, int(due), len(submits), submit_share=ctx.settings.upstream_submit_share, draw=draw
+        tokens, int(due), len(waiting), submit_share=ctx.settings.upstream_submit_share, draw=draw
     )
-    polls: list[str] = []
-    if n_polls and int(due) <= n_polls:
-        polls = [str(x) for x in client.zrangebyscore(WAIT_KEY, "-inf", now)]
-    elif n_polls:
-        return _ranked_polls(ctx, now, n_polls, state), [str(x) for x in submits[:n_submits]]
-    return polls[:n_polls], [str(x) for x in submits[:n_submits]]
+    submits = [str(x) for x in waiting[:n_submits]]
+    if not n_polls:
+        return [], submits
+    if rank and int(due) > n_polls:
+        return _ranked_polls(ctx, now, n_polls, state), submits
+    polls = client.zrangebyscore(WAIT_KEY, POLLS_FROM, now, 0, n_polls)
+    return [str(x) for x in polls], submits
 
 
 def release(
     ctx: Ctx, *, rand: Callable[[], float] = random.random, state: Releasing | None = None
 ) -> int:
-    """Promise the budget's free tokens to waiting jobs and publish their steps; returns how
-    many were published. With ``state`` (a worker's releaser thread), only while it holds the
-    fleet's lock, and from its ranking while that is fresh."""
+    """Give the budget's free tokens (unlimited with the budget off) to waiting jobs and
+    publish their steps; returns how many jobs were taken off the wait set for it. With
+    ``state`` (a worker's releaser thread), only while it holds the fleet's lock, and from its
+    ranking while that is fresh."""
     leading = state is None or state.lead(ctx)
     tokens, rate = ctx.budget.free()
     metrics.budget(tokens, rate)  # every worker's gauges stay current
+    limited = ctx.budget.on
+    if not limited:
+        tokens = UNLIMITED_BATCH
     if not leading or tokens <= 0:
         return 0
     now = ctx.clock()
-    polls, submits = choose(ctx, now=now, tokens=tokens, draw=rand(), state=state)
-    choices = _interleave([("p", x) for x in polls], [("s", x) for x in submits])
-    granted = set(ctx.budget.grant(choices, check_at=now + ctx.settings.recovery_grace_s))
-    if state is not None:
-        state.taken(polls, granted)
-    if not granted:
-        return 0
-    sent = 0
-    for kind, job_id in choices:
-        if job_id not in granted:
-            continue
-        job = ctx.jobs.get(job_id)
-        if job is None:
-            continue
-        _publish(ctx, kind, job)
-        sent += 1
-    return sent
+    ranking = state if limited else None
+    polls, submits = choose(ctx, now=now, tokens=tokens, draw=rand(), state=ranking, rank=limited)
+    choices = _interleave(polls, submits)
+    granted = ctx.budget.grant(choices, check_at=now + ctx.settings.recovery_grace_s)
+    if ranking is not None:
+        ranking.taken(polls, set(granted))
+    for job in _read(ctx, granted):
+        _publish(ctx, job)
+    return len(granted)
 
 
-def _publish(ctx: Ctx, kind: str, job: Job) -> None:
-    if kind == "p":
-        if has_live_poll(job):
-            ctx.dispatch.poll_job(job)
-    elif job.status == Status.SUBMITTING and (submit := submit_to_resend(job)):
+def _read(ctx: Ctx, job_ids: list[str]) -> list[Job]:
+    """The records of the jobs taken, in one round trip (one expired meanwhile is skipped: its
+    step has nothing to do)."""
+    if not job_ids:
+        return []
+    with ctx.jobs.redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hgetall(ctx.jobs.key(job_id))
+        rows = pipe.execute()
+    return [Job.from_hash(raw) for raw in rows if raw]
+
+
+def _publish(ctx: Ctx, job: Job) -> None:
+    """The step a taken job waited for: its POST, or its current poll."""
+    if job.status == Status.SUBMITTING and (submit := submit_to_resend(job)):
         request, owner = submit
         ctx.dispatch.submit(request, task_id=owner)
+    elif has_live_poll(job):
+        ctx.dispatch.poll_job(job)
 
 
-def _interleave(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _interleave(a: list[str], b: list[str]) -> list[str]:
     """Alternate the two kinds, so a grant cut short by another releaser shares the loss."""
-    out: list[tuple[str, str]] = []
+    out: list[str] = []
     for i in range(max(len(a), len(b))):
         out += a[i : i + 1] + b[i : i + 1]
     return out

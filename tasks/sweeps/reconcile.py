@@ -32,13 +32,12 @@ def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> bool:
     """Publish ``step`` for ``job`` again, exactly as the pipeline would have; False if it was
     not lost (parked, waiting for its turn) and nothing was sent.
 
-    A poll that must not run before a later time (Retry-After) waits until then: parked in
-    Redis when polls wait there (``TTS_POLL_WAIT``), else with a countdown.
+    A poll that must not run before a later time (Retry-After) is parked in Redis until then.
     """
-    if step in (Step.POLL, Step.SUBMIT) and ctx.jobs.waiting_for_budget(job.job_id):
+    if step in (Step.POLL, Step.SUBMIT) and ctx.jobs.parked(job.job_id):
         # Not lost: parked, waiting for its turn or for NanoGPT budget. It is in Redis, nothing
         # can lose it, so it is not looked at again before its deadline (a releaser that takes
-        # it moves the check back, tasks/sweeps/parking.py); re-checking parked jobs every grace
+        # it moves the check back, tasks/sweeps/granting.py); re-checking parked jobs every grace
         # made the scan crawl through them while lost steps waited (issue 19: 65 s late behind
         # 6,000). At the deadline it is taken out and sent, and the step ends the job (TIMEOUT)
         # without calling NanoGPT.
@@ -47,11 +46,10 @@ def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> bool:
             return False
         ctx.jobs.unpark(job.job_id)
     if step == Step.POLL:
-        wait_s = (job.not_before or now) - now
-        if ctx.settings.polls_wait_in_redis and wait_s > 0:
-            ctx.jobs.park(job.job_id, now + wait_s)
+        if job.not_before is not None and job.not_before > now:
+            ctx.jobs.park(job.job_id, job.not_before)
         else:
-            ctx.dispatch.poll_job(job, wait_s=wait_s)
+            ctx.dispatch.poll_job(job)
     elif step == Step.DOWNLOAD:
         ctx.dispatch.download(job.job_id)
     elif step == Step.NOTIFY:

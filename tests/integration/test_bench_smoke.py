@@ -67,11 +67,12 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
     # Row 7 parked its polls, found the lost step and ticked its releasers.
     assert rows["7"]["values"]["lost_delay_s"] is not None
     assert rows["7"]["values"]["releaser_ticks"] > 0
-    parked = rows["3"]["values"]["redis:redis"]
-    held = rows["3"]["values"]["redis:broker"]
-    assert parked["parked"] >= 150
-    assert parked["held_by_worker"] == 0
-    assert held["held_by_worker"] >= 150
+    # Row 3: every waiting poll parked in Redis, none held by a worker, on each broker measured.
+    cases = rows["3"]["values"]
+    assert "redis" in cases
+    for case in cases.values():
+        assert case["parked"] >= 150
+        assert case["held_by_worker"] == 0
     assert rows["4"]["values"]["jobs_per_s"] > 0
     lanes = rows["5"]["values"].get("lanes")
     assert rows["5"]["values"]["vs_fixed3"] > 0

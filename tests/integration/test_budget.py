@@ -11,7 +11,7 @@ import pytest
 
 from tasks import names
 from tasks.pacing.budget import BUDGET_KEY
-from tasks.record.jobs import SUBMIT_WAIT_KEY
+from tasks.record.jobs import WAIT_KEY
 from tests.support.stack import API_KEY, ELEVEN, Lane, Spawn, wait_until, webhooks_per_job
 from workers.receiver import Receiver
 from workers.simulator import Simulator
@@ -125,7 +125,7 @@ def test_turning_the_budget_off_sends_the_submits_that_wait_for_it(
     lane.send(
         names.SUBMIT_TTS, "Parked [[sim pending=1]]", ELEVEN, notify_url=receiver.url, job_id=jid
     )
-    wait_until(lambda: client.zscore(SUBMIT_WAIT_KEY, jid) is not None, timeout_s=30)
+    wait_until(lambda: client.zscore(WAIT_KEY, jid) is not None, timeout_s=30)
     job = lane.store.get(jid)
     assert job is not None
     assert (job.status, job.posts) == ("submitting", 0)
@@ -137,4 +137,4 @@ def test_turning_the_budget_off_sends_the_submits_that_wait_for_it(
     job = lane.store.get(jid)
     assert job is not None
     assert (job.status, job.posts) == ("completed", 1), job
-    assert client.zscore(SUBMIT_WAIT_KEY, jid) is None
+    assert client.zscore(WAIT_KEY, jid) is None

@@ -18,7 +18,7 @@ import redis
 import requests
 
 from tasks import names
-from tasks.record.jobs import SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.record.jobs import WAIT_KEY, JobStore, submit_score
 from tests.integration.conftest import ELEVEN, Send, wait_until
 from tests.support.cli import TTS_WORKER, assert_one_line, invoke, process_env
 from workers.embedded_redis import EmbeddedRedis, free_port
@@ -124,7 +124,7 @@ def test_status_without_a_job_shows_the_fleets_budget() -> None:
         env = {"CELERY_BROKER_URL": redis_server.url, "TTS_UPSTREAM_RATE": "12"}
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         client.zadd(WAIT_KEY, {"a": 1.0, "b": 2.0, "later": 4e9})  # two due, one not yet
-        client.zadd(SUBMIT_WAIT_KEY, {"c": 1.0})
+        client.zadd(WAIT_KEY, {"c": submit_score(1.0)})
         as_json = invoke(["status", "--json"], env)
         human = invoke(["status"], env)
         off = invoke(["status"], {**env, "TTS_UPSTREAM_RATE": "0"})

@@ -1,4 +1,5 @@
-"""RabbitMQ as the broker: quorum queues on a topic exchange, waiting polls held by RabbitMQ.
+"""RabbitMQ as the broker: quorum queues on a topic exchange, waiting polls parked in Redis
+(the one wait path, issue 21), retries and callers' countdowns held by RabbitMQ.
 
 A real worker runs against a private virtual host on the local RabbitMQ (created here with
 ``rabbitmqctl``, deleted afterwards), with job state in the private test Redis. Off CI the module
@@ -28,6 +29,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.transport.native_delayed_delivery import level_name
 
 from tasks import names
+from tasks.record.jobs import WAIT_KEY
 from tests.integration.conftest import ELEVEN, Responder, wait_until
 from tests.support.stack import Lane
 from tests.support.worker import WorkerProcess
@@ -41,7 +43,7 @@ AMQP_PORT = 5672
 # Celery's delayed-delivery queues: celery_delayed_0 holds 1 s, celery_delayed_27 2**27 s.
 DELAY_QUEUES = [level_name(level) for level in range(28)]
 OUR_QUEUES = sorted(set(names.QUEUES.values()))
-# Long enough that the sampler sees every wait in the broker, short enough for a quick test.
+# Long enough that the sampler sees every wait, short enough for a quick test.
 POLL_WAIT_S = "3"
 # The test worker's pool (WorkerProcess's default) times the config's prefetch multiplier.
 WORKER_PREFETCH = 4 * 4
@@ -165,13 +167,18 @@ def rabbit_caller(amqp_url: str) -> Iterator[Celery]:
 class Sample:
     in_broker: int  # messages waiting in Celery's delayed-delivery queues
     held_early: list[Any]  # tasks the worker holds whose ETA is still ahead
+    parked: bool = False  # the followed job waits in tts:wait
 
 
 class Sampler:
     """Looks at the broker and the worker side by side while a job waits."""
 
-    def __init__(self, amqp_url: str, caller: Celery, worker: WorkerProcess) -> None:
+    def __init__(
+        self, amqp_url: str, caller: Celery, worker: WorkerProcess, lane: Lane | None = None
+    ) -> None:
         self.connection = Connection(amqp_url)
+        self.lane = lane
+        self.job_id = ""
         self.caller = caller
         self.node = host_format(worker.name)
         self.samples: list[Sample] = []
@@ -193,7 +200,10 @@ class Sampler:
             for entry in replies[self.node]
             if datetime.fromisoformat(entry["eta"]) > answered_at
         ]
-        sample = Sample(in_broker, held_early)
+        parked = self.lane is not None and (
+            self.lane.store.redis.zscore(WAIT_KEY, self.job_id) is not None
+        )
+        sample = Sample(in_broker, held_early, parked)
         self.samples.append(sample)
         return sample
 
@@ -232,7 +242,7 @@ def _follow(sampler: Sampler, receiver: Receiver, job_id: str) -> None:
         sampler.take()
 
 
-def test_waiting_polls_wait_in_rabbitmq(
+def test_waiting_polls_wait_parked_in_redis(
     vhost: str,
     amqp_url: str,
     rabbit_worker: WorkerProcess,
@@ -242,7 +252,8 @@ def test_waiting_polls_wait_in_rabbitmq(
     simulator: Simulator,
 ) -> None:
     jid = f"it-rabbit-{uuid.uuid4().hex}"
-    with contextlib.closing(Sampler(amqp_url, rabbit_caller, rabbit_worker)) as sampler:
+    with contextlib.closing(Sampler(amqp_url, rabbit_caller, rabbit_worker, lane)) as sampler:
+        sampler.job_id = jid
         rabbit_caller.send_task(
             names.SUBMIT_TTS,
             args=["Waiting in the broker [[sim pending=3]]", ELEVEN],
@@ -260,9 +271,10 @@ def test_waiting_polls_wait_in_rabbitmq(
     assert job.polls == 4  # three pending answers, then completed
     assert len(simulator.status_polls(job.run_id)) == 4
     assert len(receiver.for_job(jid)) == 1
-    # The three waiting polls sat in RabbitMQ's delayed-delivery queues ...
-    assert any(s.in_broker > 0 for s in sampler.samples), sampler.samples
-    # ... and never in the worker ahead of their time.
+    # The waiting polls were parked in Redis, on RabbitMQ as on a Redis broker ...
+    assert any(s.parked for s in sampler.samples), sampler.samples
+    # ... neither in RabbitMQ's delayed-delivery queues nor in the worker ahead of their time.
+    assert all(s.in_broker == 0 for s in sampler.samples), sampler.samples
     assert not [s.held_early for s in sampler.samples if s.held_early]
     assert left_in_broker == 0
     assert (vhost, "true") in channels, channels

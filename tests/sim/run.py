@@ -42,11 +42,10 @@ from tasks.config.settings import Settings
 from tasks.nanogpt.client import NanoGPTClient
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher
-from tasks.record.jobs import DUE_KEY, POST_SENT, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.record.jobs import DUE_KEY, POST_SENT, WAIT_KEY, JobStore
 from tasks.record.states import NotifyState
 from tasks.steps.context import Ctx
 from tasks.sweeps import granting, reconcile
-from tasks.sweeps.parking import Releaser, release_all
 from tasks.webhooks.delivery import deliver
 from tests.sim import store as store_faults
 from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
@@ -66,7 +65,6 @@ from tests.sim.world import (
 SIM_ENV = {
     "NANOGPT_API_KEY": "sim-key",
     "NANOGPT_BASE_URL": API_BASE,
-    "TTS_POLL_WAIT": "redis",
     "TTS_POLL_INTERVAL": "3",
     "TTS_POLL_MAX_INTERVAL": "10",
     "TTS_POLL_TIMEOUT": "120",
@@ -367,7 +365,6 @@ class Sim:
                 "budget",
             ),
         )
-        self.releaser = Releaser(worker_client, recovery_grace_s=s.recovery_grace_s)
         # The releaser threads' standing: the lock and the ranking they grant from.
         self.granting = granting.Releasing(owner="sim")
         self.main = greenlet.getcurrent()
@@ -446,12 +443,10 @@ class Sim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        countdown_s: float = 0.0,
         task_id: str | None = None,
     ) -> None:
         self.gate(f"publish.{name}")
-        eta = self.clock() + countdown_s if countdown_s > 0 else None
-        message = Message(task_id or self.new_task_id(), name, tuple(args), dict(kwargs), eta=eta)
+        message = Message(task_id or self.new_task_id(), name, tuple(args), dict(kwargs))
         self.broker.publish(message)
 
     def settle(self, settle: Callable[..., bool], job_id: str, *args: Any, **kwargs: Any) -> bool:
@@ -496,7 +491,7 @@ class Sim:
         if job.outcome is not None and job.notify_state not in (None, NotifyState.QUEUED):
             return None
         with self.client.pipeline(transaction=False) as pipe:
-            for key in (DUE_KEY, WAIT_KEY, SUBMIT_WAIT_KEY):
+            for key in (DUE_KEY, WAIT_KEY):
                 pipe.zscore(key, jid)
             if any(score is not None for score in pipe.execute()):
                 return None
@@ -693,11 +688,13 @@ class Sim:
         if not any(w.alive for w in self.workers):
             return
         if now >= next_at["release"]:
-            try:
-                if self.ctx.budget.on:
+            try:  # one path: the budget's tokens, or unlimited ones in batches when it is off
+                while (
                     granting.release(self.ctx, rand=self.rng.random, state=self.granting)
-                else:
-                    release_all(self.releaser, self.ctx.dispatch, now=now, limit=100)
+                    >= granting.UNLIMITED_BATCH
+                    and not self.ctx.budget.on
+                ):
+                    pass
             except (PublishFailed, redis.RedisError):
                 pass  # workers/poll_releaser.py logs it and tries again on a later tick
         if now >= next_at["reconcile"]:
@@ -710,9 +707,8 @@ class Sim:
 
     def _next_parked(self) -> float:
         now = self.clock()
-        if self.ctx.budget.on and (
-            self.client.zcount(WAIT_KEY, "-inf", now) or self.client.zcard(SUBMIT_WAIT_KEY)
-        ):
+        # Waiting submits score below every poll: one count holds both kinds.
+        if self.ctx.budget.on and self.client.zcount(WAIT_KEY, "-inf", now):
             # Jobs wait for tokens: the releaser ticks as workers' do (workers/poll_releaser.py).
             s = self.settings
             return now + min(0.2, s.upstream_burst / s.upstream_rate_per_s / 2)
@@ -950,7 +946,7 @@ def check(sim: Sim) -> None:
             if late:
                 bad.append(f"job {jid}: {len(late)} POSTs after its outcome")
     for key in sim.client.scan_iter(count=1000):
-        if key not in (DUE_KEY, WAIT_KEY, SUBMIT_WAIT_KEY) and sim.client.ttl(key) == -1:
+        if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
             bad.append(f"key {key} has no TTL")
 
 

@@ -15,7 +15,6 @@ import redis
 
 from tasks import names, steps
 from tasks.adapters import received
-from tasks.config.settings import Settings
 from tasks.nanogpt import validation
 from tasks.pacing import budget
 from tasks.record import jobs
@@ -24,7 +23,7 @@ from tasks.record.jobs import Job, JobStore
 from tasks.steps import accept
 from tests.sim import run
 from tests.sim.broker import Message
-from tests.sim.run import SIM_ENV, Execution, Report, Sim, run_seed
+from tests.sim.run import Execution, Report, Sim, run_seed
 from tests.sim.store import STORE_FAULTS, StorePlan
 from tests.sim.world import Plan
 from workers.embedded_redis import EmbeddedRedis
@@ -146,22 +145,36 @@ def test_losing_prefetched_messages_is_caught(
 
 
 def _one_job_cancelled_while_it_polls(sim: Sim) -> None:
-    """Pending for six polls (3 s apart), each waiting as a countdown message in the broker
-    (``TTS_POLL_WAIT=broker``), so one is there when the caller cancels, 8 s in."""
+    """Pending for six polls (3 s apart), each parked in Redis between them, so one waits
+    there (or is on its way, released) when the caller cancels, 8 s in."""
     sim.plans[:] = [Plan(0, sim.new_task_id(), pending_polls=6, cancel_after_s=8.0)]
     sim.knobs.p_crash = sim.knobs.p_duplicate = sim.knobs.p_publish_fail = 0.0
-    broker = Settings(**{**SIM_ENV, "TTS_POLL_WAIT": "broker"})  # type: ignore[arg-type]
-    sim.ctx = dataclasses.replace(sim.ctx, settings=broker)
 
 
-# Seeds for the cancel cases: in some the cancel lands while the next poll waits in the broker,
-# in others while a poll is in flight (which then finishes its one call); together they hold both.
+# Seeds for the cancel cases: in some the cancel lands while the next poll waits parked, in
+# others while a poll is in flight (which then finishes its one call); together they hold both.
 CANCEL_SEEDS = range(3, 11)
+
+
+def _one_job_cancelled_while_its_polls_are_duplicated(sim: Sim) -> None:
+    """The same, each message published twice half the time: a parked poll leaves Redis with
+    the cancel (settle takes it out of the wait set), so only a copy already published can
+    still arrive after the outcome, and only its lease check stops it."""
+    _one_job_cancelled_while_it_polls(sim)
+    sim.knobs.p_duplicate = 0.5
+
+
+# Seeds of that case: a copy of a poll arrives after the cancel in a few of them (31 and 34).
+DUPLICATE_CANCEL_SEEDS = range(3, 40)
 
 
 def test_a_cancel_ends_a_polling_job_and_its_polls(sim_redis: redis.Redis) -> None:
     for seed in CANCEL_SEEDS:
         report = run_seed(seed, sim_redis, shape=_one_job_cancelled_while_it_polls)
+        assert report.violations == [], seed
+        assert dict(report.outcomes) == {"CANCELLED": 1}, seed
+    for seed in DUPLICATE_CANCEL_SEEDS:
+        report = run_seed(seed, sim_redis, shape=_one_job_cancelled_while_its_polls_are_duplicated)
         assert report.violations == [], seed
         assert dict(report.outcomes) == {"CANCELLED": 1}, seed
 
@@ -175,9 +188,8 @@ def test_polls_after_a_cancel_are_caught(
     sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _polls_that_ignore_their_lease(monkeypatch)
-    reports = [
-        run_seed(seed, sim_redis, shape=_one_job_cancelled_while_it_polls) for seed in CANCEL_SEEDS
-    ]
+    shape = _one_job_cancelled_while_its_polls_are_duplicated
+    reports = [run_seed(seed, sim_redis, shape=shape) for seed in DUPLICATE_CANCEL_SEEDS]
     caught = [
         r for r in reports if any("status calls after its outcome" in v for v in r.violations)
     ]

@@ -25,7 +25,6 @@ class Sent:
     name: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    countdown_s: float = 0.0
     task_id: str | None = None
 
 
@@ -41,10 +40,9 @@ class Outbox:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        countdown_s: float = 0.0,
         task_id: str | None = None,
     ) -> None:
-        self.sent.append(Sent(name, tuple(args), dict(kwargs), countdown_s, task_id))
+        self.sent.append(Sent(name, tuple(args), dict(kwargs), task_id))
 
     def names(self) -> list[str]:
         return [s.name for s in self.sent]
@@ -57,7 +55,7 @@ def _unused(*_: Any, **__: Any) -> Any:
 def settings(**env: str) -> Settings:
     """Settings from variables given here only (the process environment still applies to
     variables not named; tests name what they rely on)."""
-    return Settings(**{"NANOGPT_API_KEY": TEST_KEY, "TTS_POLL_WAIT": "redis", **env})  # type: ignore[arg-type]
+    return Settings(**{"NANOGPT_API_KEY": TEST_KEY, **env})  # type: ignore[arg-type]
 
 
 def make_ctx(

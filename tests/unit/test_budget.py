@@ -19,7 +19,7 @@ import redis
 
 from tasks.pacing import budget as budget_module
 from tasks.pacing.budget import BUDGET_KEY, GRANTED_KEY, Budget
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, JobStore
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, WAIT_KEY, JobStore, submit_score
 from tasks.record.states import Status
 from tests.support.budget import EPOCH, SHARED_KEYS, Clock
 from workers.embedded_redis import EmbeddedRedis
@@ -242,7 +242,7 @@ def test_a_direct_call_takes_a_token_only_beyond_what_waits(
     if polls:
         client.zadd(WAIT_KEY, {jid: now - 1 for jid in polls})
     if submits:
-        client.zadd(SUBMIT_WAIT_KEY, {jid: now - 100 for jid in submits})
+        client.zadd(WAIT_KEY, {jid: submit_score(now - 100) for jid in submits})
     # Polls parked for later are not waiting for a token yet.
     client.zadd(WAIT_KEY, {new_id(): now + 10 for _ in range(3)})
     budget = make_budget(rate_per_s=20, burst=5)
@@ -270,12 +270,12 @@ def test_grant_hands_out_the_free_tokens_in_the_order_given(
     submits = [parked_submit(store, clock) for _ in range(3)]
     budget = make_budget(rate_per_s=20, burst=3)
     choices = [
-        ("s", submits[0]),
-        ("p", polls[0]),
-        ("p", polls[1]),
-        ("s", submits[1]),
-        ("p", polls[2]),
-        ("s", submits[2]),
+        submits[0],
+        polls[0],
+        polls[1],
+        submits[1],
+        polls[2],
+        submits[2],
     ]
 
     granted = budget.grant(choices, check_at=CHECK_AT)
@@ -285,11 +285,11 @@ def test_grant_hands_out_the_free_tokens_in_the_order_given(
     assert grant_of(client, submits[0]) == "submit"
     assert grant_of(client, polls[0]) == grant_of(client, polls[1]) == "poll:1"
     assert [grant_of(client, j) for j in (polls[2], submits[1], submits[2])] == [None] * 3
-    assert client.zscore(SUBMIT_WAIT_KEY, submits[0]) is None
+    assert client.zscore(WAIT_KEY, submits[0]) is None
     assert client.zscore(WAIT_KEY, polls[0]) is None
     assert client.zscore(WAIT_KEY, polls[1]) is None
     assert client.zscore(WAIT_KEY, polls[2]) is not None
-    assert client.zscore(SUBMIT_WAIT_KEY, submits[1]) is not None
+    assert client.zscore(WAIT_KEY, submits[1]) is not None
 
     # Every token promised: nothing more is granted, even as time passes (the bucket is full),
     # until a granted step spends its promise and a new token comes.
@@ -307,7 +307,7 @@ def test_a_granted_call_takes_its_promised_token_ahead_of_everyone(
 ) -> None:
     poll, submit = parked_poll(store, clock), parked_submit(store, clock)
     budget = make_budget(rate_per_s=20, burst=2)
-    assert budget.grant([("p", poll), ("s", submit)], check_at=CHECK_AT) == [poll, submit]
+    assert budget.grant([poll, submit], check_at=CHECK_AT) == [poll, submit]
     assert budget.free()[0] == 0  # both tokens promised
 
     # A call without the grant may not take a promised token.
@@ -337,7 +337,7 @@ def test_grants_whose_steps_wait_in_the_broker_cannot_make_a_burst(
     jobs = [parked_submit(store, clock) for _ in range(50)]
     granted: list[str] = []
     for _ in range(40):  # two seconds of releaser ticks; no granted step has run yet
-        granted += budget.grant([("s", j) for j in jobs if j not in granted], check_at=CHECK_AT)
+        granted += budget.grant([j for j in jobs if j not in granted], check_at=CHECK_AT)
         clock.advance(0.05)
     assert len(granted) == 2  # the burst, promised; nothing more while they are outstanding
     # The backlog clears: the granted steps call, within the budget's pace.
@@ -346,9 +346,9 @@ def test_grants_whose_steps_wait_in_the_broker_cannot_make_a_burst(
     assert budget.free()[0] == 0
 
     # A grant whose message was lost stops holding its token after GRANT_TTL_S.
-    lost = budget.grant([("s", j) for j in jobs if j not in granted], check_at=CHECK_AT)
+    lost = budget.grant([j for j in jobs if j not in granted], check_at=CHECK_AT)
     clock.advance(0.1)
-    lost = lost or budget.grant([("s", j) for j in jobs if j not in granted], check_at=CHECK_AT)
+    lost = lost or budget.grant([j for j in jobs if j not in granted], check_at=CHECK_AT)
     assert len(lost) >= 1
     clock.advance(budget_module.GRANT_TTL_S + 0.01)
     assert budget.free()[0] == 2
@@ -364,12 +364,12 @@ def test_grant_skips_ended_jobs_without_spending(
     # Settling unparks; parked again anyway (a race with the releaser's read), and an
     # expired job's id left behind.
     client.zadd(WAIT_KEY, {settled_poll: clock(), "bt-expired": clock()})
-    client.zadd(SUBMIT_WAIT_KEY, {settled_submit: clock()})
+    client.zadd(WAIT_KEY, {settled_submit: submit_score(clock())})
     live = parked_poll(store, clock)
     budget = make_budget(rate_per_s=20, burst=5)
 
     granted = budget.grant(
-        [("p", settled_poll), ("p", "bt-expired"), ("s", settled_submit), ("p", live)],
+        [settled_poll, "bt-expired", settled_submit, live],
         check_at=CHECK_AT,
     )
 
@@ -379,19 +379,38 @@ def test_grant_skips_ended_jobs_without_spending(
     assert grant_of(client, settled_submit) is None
     assert not client.exists(KEY_PREFIX + "bt-expired")
     assert client.zcard(WAIT_KEY) == 0
-    assert client.zcard(SUBMIT_WAIT_KEY) == 0
 
 
-def test_grant_of_a_job_no_longer_waiting_for_that_call_spends_nothing(
+def test_grant_of_a_poll_not_yet_due_spends_nothing(
     make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
 ) -> None:
-    poll, submit = parked_poll(store, clock), parked_submit(store, clock)
+    """A ranking a moment old may name a poll parked again since, for later: it stays."""
+    poll = parked_poll(store, clock)
+    client.zadd(WAIT_KEY, {poll: clock() + 5})
     budget = make_budget(rate_per_s=20, burst=5)
-    # Offered as the other kind: neither is in that kind's wait set.
-    assert budget.grant([("s", poll), ("p", submit)], check_at=CHECK_AT) == []
+    assert budget.grant([poll], check_at=CHECK_AT) == []
     assert budget.free()[0] == 5
-    assert client.zscore(WAIT_KEY, poll) is not None
-    assert client.zscore(SUBMIT_WAIT_KEY, submit) is not None
+    assert client.zscore(WAIT_KEY, poll) == clock() + 5
+
+
+def test_with_the_budget_off_every_waiting_job_named_is_taken_without_a_grant(
+    make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
+) -> None:
+    """Rate 0 is the same release with unlimited tokens: taken off the wait set, check time
+    moved, no grant written (nothing spends one); a poll not yet due stays."""
+    polls = [parked_poll(store, clock) for _ in range(6)]
+    submits = [parked_submit(store, clock) for _ in range(6)]
+    later = parked_poll(store, clock)
+    client.zadd(WAIT_KEY, {later: clock() + 5})
+    budget = make_budget(rate_per_s=0, burst=1)
+
+    taken = budget.grant([*polls, *submits, later], check_at=CHECK_AT)
+
+    assert taken == [*polls, *submits]
+    assert [grant_of(client, j) for j in taken] == [None] * 12
+    assert client.zcard(GRANTED_KEY) == 0
+    assert {client.zscore(DUE_KEY, j) for j in taken} == {CHECK_AT}
+    assert client.zrange(WAIT_KEY, 0, -1) == [later]
 
 
 @pytest.mark.parametrize("burst", [100, 30])
@@ -402,8 +421,8 @@ def test_concurrent_grants_never_grant_a_job_twice(
     quiet_redis_server: EmbeddedRedis,
     burst: int,
 ) -> None:
-    choices = [("p", parked_poll(store, clock)) for _ in range(60)]
-    choices += [("s", parked_submit(store, clock)) for _ in range(20)]
+    choices = [parked_poll(store, clock) for _ in range(60)]
+    choices += [parked_submit(store, clock) for _ in range(20)]
     threads = 4
     start = threading.Barrier(threads)
     results: list[list[str]] = [[] for _ in range(threads)]
@@ -549,7 +568,7 @@ def test_a_grant_moves_its_jobs_check_in_the_same_step(
     assert client.zscore(DUE_KEY, submit) == pytest.approx(clock() + 900)  # its deadline
     budget = make_budget(rate_per_s=20, burst=2)
 
-    assert budget.grant([("s", submit)], check_at=CHECK_AT) == [submit]
+    assert budget.grant([submit], check_at=CHECK_AT) == [submit]
 
     assert client.zscore(DUE_KEY, submit) == CHECK_AT
 
@@ -568,8 +587,8 @@ def test_a_deferred_submit_waits_in_line_by_when_it_was_accepted(
     assert store.defer_submit(
         first, OWNER, deliveries=1, check_at=clock() + 900, queued_at=job.created_at or 0.0
     )
-    assert client.zrange(SUBMIT_WAIT_KEY, 0, -1) == [first, second]
-    assert client.zscore(SUBMIT_WAIT_KEY, first) == accepted_at[first]
+    assert client.zrange(WAIT_KEY, 0, -1) == [first, second]
+    assert client.zscore(WAIT_KEY, first) == submit_score(accepted_at[first] or 0.0)
 
 
 # --- issue 19: the server's clock, and grants taken only with their token ---------------------
@@ -631,7 +650,7 @@ def test_a_granted_call_that_finds_no_token_keeps_its_grant(
     The grant is spent only with a token."""
     poll = parked_poll(store, clock)
     budget = make_budget(rate_per_s=0.05, burst=1)  # one token each 20 s
-    assert budget.grant([("p", poll)], check_at=CHECK_AT) == [poll]
+    assert budget.grant([poll], check_at=CHECK_AT) == [poll]
     # Its message waits longer than a grant is held; a direct call takes the token meanwhile.
     clock.advance(budget_module.GRANT_TTL_S + 1)
     assert budget.spend("bt-direct", "") == 0.0

@@ -21,7 +21,7 @@ from tasks import errors, names, steps
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import Pending, StatusResult, Ticket
 from tasks.pacing.budget import BUDGET_KEY, GRANT_TTL_S
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SUBMIT_WAIT_KEY, WAIT_KEY, Job
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, WAIT_KEY, Job, submit_score
 from tasks.record.states import Status
 from tasks.steps.context import Ctx
 from tasks.sweeps import granting, reconcile
@@ -206,7 +206,7 @@ def test_a_submit_without_budget_waits_then_is_granted_and_posted_once(w: World)
         w.clock.advance(0.05)
     job = w.job(task_id)
     assert (job.status, job.posts, job.outcome) == (Status.SUBMITTING, 0, None)
-    assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) == EPOCH
+    assert w.client.zscore(WAIT_KEY, task_id) == submit_score(EPOCH)
     assert w.raw(task_id, "delivery_count") == "0"
     assert w.outbox.sent == []
 
@@ -215,7 +215,7 @@ def test_a_submit_without_budget_waits_then_is_granted_and_posted_once(w: World)
     assert granting.release(w.ctx, rand=lambda: 0.5) == 1
     [sent] = w.outbox.sent
     assert (sent.name, sent.task_id, sent.args) == (names.SUBMIT_TTS, task_id, ("Hello", MODEL))
-    assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) is None
+    assert w.client.zscore(WAIT_KEY, task_id) is None
     assert w.ctx.budget.free()[0] == 0  # the released submit must spend its grant
 
     assert w.run(sent) == task_id
@@ -305,7 +305,7 @@ def test_the_reconciler_leaves_a_parked_submit_until_its_deadline(w: World) -> N
     task_id = new_id()
     w.empty_the_budget()
     assert w.submit(task_id) == task_id
-    assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) is not None
+    assert w.client.zscore(WAIT_KEY, task_id) is not None
     deadline_at = w.job(task_id).deadline_at
     assert deadline_at is not None
     w.ctx.jobs.recheck_at(task_id, w.clock() + 1)  # overdue from then on
@@ -316,14 +316,14 @@ def test_the_reconciler_leaves_a_parked_submit_until_its_deadline(w: World) -> N
     # Parked: not looked at again before its deadline (issue 19: the scan crawled through
     # parked jobs every grace while lost steps waited).
     assert w.client.zscore(DUE_KEY, task_id) == deadline_at
-    assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) is not None
+    assert w.client.zscore(WAIT_KEY, task_id) is not None
 
     w.clock.now = deadline_at
     w.upstream.closed = True  # past its deadline, the job ends without a POST
     reconcile.scan(w.ctx)
     [sent] = w.outbox.sent
     assert (sent.name, sent.task_id) == (names.SUBMIT_TTS, task_id)
-    assert w.client.zscore(SUBMIT_WAIT_KEY, task_id) is None
+    assert w.client.zscore(WAIT_KEY, task_id) is None
     assert w.run(sent) == task_id
     job = w.job(task_id)
     assert job.outcome is not None
@@ -350,7 +350,6 @@ def test_the_reconciler_leaves_a_parked_poll_until_its_deadline(w: World) -> Non
     [sent] = w.outbox.sent
     assert sent.name == names.POLL_TTS
     assert sent.kwargs == {"job_id": jid, "lease": token, "seq": 0}
-    assert sent.countdown_s == 0
     assert w.client.zscore(WAIT_KEY, jid) is None
     assert w.run(sent) == jid
     job = w.job(jid)

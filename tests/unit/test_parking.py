@@ -1,4 +1,5 @@
-"""Parked polls against a real Redis: parked with the lease move, released once, never lost."""
+"""The one wait path against a real Redis: parked with the lease move, released once, never
+lost; submits in the same set."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 import redis
 
 from tasks import names
-from tasks.record.jobs import DUE_KEY, SUBMIT_WAIT_KEY, WAIT_KEY, Job, JobStore
+from tasks.record.jobs import DUE_KEY, POLLS_FROM, WAIT_KEY, JobStore, submit_score
 from tasks.record.states import Status, Step
-from tasks.sweeps import parking, reconcile
-from tests.support.ctx import make_ctx
+from tasks.steps.context import Ctx
+from tasks.sweeps import granting, reconcile
+from tests.support.ctx import Outbox, make_ctx
 
 
 @pytest.fixture
@@ -44,79 +46,88 @@ def test_advance_parks_the_next_poll_atomically(store: JobStore, redis_client: r
     assert redis_client.zscore(WAIT_KEY, other) is None
 
 
-def test_only_due_polls_are_released_with_their_lease(store: JobStore) -> None:
+def test_only_due_polls_are_released_with_their_lease(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    """With the budget off (unlimited tokens), every due poll is taken, none early, each once."""
     due, token = polling_job(store, cost=0.25, payment_source="XNO", is_api_request=False)
     polling_job(store, due_in=60)
-    releaser = parking.Releaser(store._redis, recovery_grace_s=30)
+    ctx, outbox = make_ctx(redis_client)
 
-    released = releaser.pop(time.time(), limit=10)[1]
+    assert granting.release(ctx, state=granting.Releasing()) == 1
 
-    assert [j.job_id for j in released] == [due]
-    job = released[0]
-    assert job.holds(token, 1)
-    assert (job.run_id, job.model, job.cost, job.payment_source) == (due, "m", 0.25, "XNO")
-    assert job.is_api_request is False
-    assert releaser.pop(time.time(), limit=10)[1] == []  # popped: never released twice
+    assert [(s.name, s.args, s.kwargs) for s in outbox.sent] == [
+        (names.POLL_TTS, (due, "m"), {"job_id": due, "lease": token, "seq": 1})
+    ]
+    assert granting.release(ctx) == 0  # taken: never released twice
+    assert len(outbox.sent) == 1
 
 
-def test_concurrent_releasers_release_each_poll_once(store: JobStore) -> None:
+def test_concurrent_releasers_release_each_poll_once(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    """Taking is atomic: releasers that race (a lock handed over mid-tick) never send one poll
+    twice. Unlimited tokens (budget off), small batches, four threads without the lock."""
     ids = {polling_job(store)[0] for _ in range(200)}
-    releasers = [parking.Releaser(store._redis, recovery_grace_s=30) for _ in range(4)]
+    outbox = Outbox()
+    ctxs = [make_ctx(redis_client, outbox=outbox)[0] for _ in range(4)]
 
-    def drain(r: parking.Releaser) -> list[str]:
-        got: list[str] = []
-        while batch := r.pop(time.time(), limit=7)[1]:
-            got += [j.job_id for j in batch]
-        return got
+    def drain(ctx: Ctx) -> None:
+        while granting.release(ctx):
+            pass
 
     with ThreadPoolExecutor(4) as pool:
-        results = [j for got in pool.map(drain, releasers) for j in got]
-    assert sorted(results) == sorted(ids)
+        list(pool.map(drain, ctxs))
+    sent = [s.kwargs["job_id"] for s in outbox.sent]
+    assert sorted(sent) == sorted(ids)
 
 
 def test_an_ended_job_releases_nothing(store: JobStore, redis_client: redis.Redis) -> None:
     jid, token = polling_job(store)
-    redis_client.zadd(WAIT_KEY, {"gone-job": 0})  # expired hash: nothing to poll
+    redis_client.zadd(WAIT_KEY, {"gone-job": 1})  # expired hash: nothing to poll
     assert store.settle(jid, {"type": "tts.failed"}, check_at=time.time(), lease=(token, 1))
     assert redis_client.zscore(WAIT_KEY, jid) is None  # settling unparks
-    redis_client.zadd(WAIT_KEY, {jid: 0})  # even if it were still parked
-    assert parking.Releaser(redis_client, recovery_grace_s=30).pop(time.time(), limit=10)[1] == []
+    redis_client.zadd(WAIT_KEY, {jid: 1})  # even if it were still parked
+    ctx, outbox = make_ctx(redis_client)
+    assert granting.release(ctx) == 0
+    assert outbox.sent == []
+    assert redis_client.zcard(WAIT_KEY) == 0  # both taken off, neither sent
 
 
-def test_a_failed_publish_parks_the_rest_again(store: JobStore, redis_client: redis.Redis) -> None:
-    ids = [polling_job(store)[0] for _ in range(3)]
-    sent: list[str] = []
-
-    def send(job: Job) -> None:
-        if len(sent) == 1:
-            raise ConnectionError("broker gone")
-        sent.append(job.job_id)
-
-    releaser = parking.Releaser(redis_client, recovery_grace_s=30)
-    with pytest.raises(ConnectionError):
-        parking.release(releaser, send, now=time.time(), limit=10)
-    parked = set(redis_client.zrange(WAIT_KEY, 0, -1))
-    assert len(sent) == 1
-    assert parked == set(ids) - set(sent)  # nothing lost, nothing sent twice
-
-    again = parking.release(releaser, lambda j: sent.append(j.job_id), now=time.time(), limit=10)
-    assert again == 2
-    assert sorted(sent) == sorted(ids)
-
-
-def test_release_counts_what_it_took_not_only_what_it_sent(
+def test_a_failed_publish_leaves_the_job_to_the_reconciler(
     store: JobStore, redis_client: redis.Redis
 ) -> None:
-    """A full batch of ended jobs must not read as "nothing more is due" to the batch loop."""
-    live = polling_job(store)[0]
-    redis_client.zadd(WAIT_KEY, {"gone-1": 0, "gone-2": 0})  # before the live one, expired
-    releaser = parking.Releaser(redis_client, recovery_grace_s=30)
-    sent: list[str] = []
+    """Taken but not published (the broker gone): its check time is a grace away, so the
+    reconciler re-sends it then; nothing lost, nothing sent twice."""
+    jid, token = polling_job(store)
 
-    assert parking.release(releaser, lambda j: sent.append(j.job_id), now=time.time(), limit=2) == 2
-    assert sent == []  # a full batch, nothing in it to send: the caller must pop again
-    assert parking.release(releaser, lambda j: sent.append(j.job_id), now=time.time(), limit=2) == 1
-    assert sent == [live]
+    def broken(*_: object, **__: object) -> None:
+        raise ConnectionError("broker gone")
+
+    ctx, _ = make_ctx(redis_client, outbox=broken)  # type: ignore[arg-type]
+    now = time.time()
+    with pytest.raises(ConnectionError):
+        granting.release(ctx)
+    assert redis_client.zscore(WAIT_KEY, jid) is None
+    assert redis_client.zscore(DUE_KEY, jid) == pytest.approx(now + 30, abs=1)
+
+    ctx, outbox = make_ctx(redis_client)
+    job = store.get(jid)
+    assert job is not None
+    assert reconcile.resend(ctx, job, Step.POLL, now=now + 31)
+    assert [s.kwargs for s in outbox.sent] == [{"job_id": jid, "lease": token, "seq": 1}]
+
+
+def test_unlimited_tokens_release_batch_after_batch(
+    store: JobStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the budget off a tick takes a batch, and a full batch says "more may be due"."""
+    monkeypatch.setattr(granting, "UNLIMITED_BATCH", 3)
+    ids = [polling_job(store)[0] for _ in range(5)]
+    ctx, outbox = make_ctx(redis_client)
+    assert granting.release(ctx) == 3
+    assert granting.release(ctx) == 2
+    assert sorted(s.kwargs["job_id"] for s in outbox.sent) == sorted(ids)
 
 
 def test_reconciler_parks_a_poll_that_must_wait(store: JobStore, redis_client: redis.Redis) -> None:
@@ -127,10 +138,10 @@ def test_reconciler_parks_a_poll_that_must_wait(store: JobStore, redis_client: r
     job = store.get(jid)
     assert job is not None
 
-    ctx, outbox = make_ctx(redis_client, env={"TTS_POLL_WAIT": "redis"})
+    ctx, outbox = make_ctx(redis_client)
     reconcile.resend(ctx, job, Step.POLL, now=time.time())
 
-    assert outbox.sent == []  # parked, not sent with a countdown
+    assert outbox.sent == []  # parked, not sent
 
     assert redis_client.zscore(WAIT_KEY, jid) == pytest.approx(later)
 
@@ -139,9 +150,9 @@ def test_a_parked_poll_is_watched_at_its_deadline_until_released(
     store: JobStore, redis_client: redis.Redis
 ) -> None:
     """Issue 19: parked, a job is out of the reconciler's way (its check time is its deadline);
-    the pop puts it back on the watch a grace from now, in the same script, so a releaser that
-    dies before publishing leaves it to the reconciler soon."""
-    ctx, outbox = make_ctx(redis_client, env={"TTS_POLL_WAIT": "redis"})
+    taking it puts it back on the watch a grace from now, in the same script, so a releaser
+    that dies before publishing leaves it to the reconciler soon."""
+    ctx, outbox = make_ctx(redis_client, env={"TTS_RECOVERY_GRACE": "7"})
     jid, token = polling_job(store)
     job = store.get(jid)
     assert job is not None
@@ -151,9 +162,8 @@ def test_a_parked_poll_is_watched_at_its_deadline_until_released(
     assert redis_client.zscore(DUE_KEY, jid) == job.deadline_at
 
     now = time.time()
-    releaser = parking.Releaser(redis_client, recovery_grace_s=7)
-    assert parking.release_all(releaser, ctx.dispatch, now=now, limit=10) == 1
-    assert redis_client.zscore(DUE_KEY, jid) == pytest.approx(now + 7)
+    assert granting.release(ctx) == 1
+    assert redis_client.zscore(DUE_KEY, jid) == pytest.approx(now + 7, abs=1)
     assert [s.kwargs for s in outbox.sent] == [{"job_id": jid, "lease": token, "seq": 1}]
 
 
@@ -161,8 +171,8 @@ def test_without_a_budget_the_submits_that_waited_for_one_are_sent(
     store: JobStore, redis_client: redis.Redis
 ) -> None:
     """Issue 19: a submit parked while the budget was on, then ``TTS_UPSTREAM_RATE=0``: the
-    releaser sends it under its own task id (only a submit still waiting for its POST)."""
-    redis_client.delete(SUBMIT_WAIT_KEY)
+    releaser sends it under its own task id (only a submit still waiting for its POST), on the
+    same path as polls, with unlimited tokens."""
     ctx, outbox = make_ctx(redis_client, env={"TTS_UPSTREAM_RATE": "0"})
     now = time.time()
     waiting, ended = (f"s-{uuid.uuid4().hex}" for _ in range(2))
@@ -176,12 +186,46 @@ def test_without_a_budget_the_submits_that_waited_for_one_are_sent(
         assert store.create(jid, fields, ttl_s=600, check_at=now + 30)
         assert store.defer_submit(jid, jid, deliveries=1, check_at=now + 600, queued_at=now)
     assert store.settle(ended, {"type": "tts.failed"}, check_at=now)
-    redis_client.zadd(SUBMIT_WAIT_KEY, {ended: now})  # even if it were still in line
+    redis_client.zadd(WAIT_KEY, {ended: submit_score(now)})  # even if it were still in line
 
-    releaser = parking.Releaser(redis_client, recovery_grace_s=30)
-    assert parking.release_all(releaser, ctx.dispatch, now=now, limit=10) == 2
+    assert granting.release(ctx) == 1
     assert [(s.name, s.args, s.task_id) for s in outbox.sent] == [
         (names.SUBMIT_TTS, ("Hello", "m"), waiting)
     ]
-    assert redis_client.zcard(SUBMIT_WAIT_KEY) == 0
-    assert redis_client.zscore(DUE_KEY, waiting) == pytest.approx(now + 30)
+    assert redis_client.zcard(WAIT_KEY) == 0
+    assert redis_client.zscore(DUE_KEY, waiting) == pytest.approx(now + 30, abs=1)
+
+
+def test_a_waiting_submit_waits_in_the_one_wait_set_before_every_poll(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    """Issue 21: a submit that found no budget waits in ``tts:wait`` with the polls, in line
+    by when it was accepted, scored below every poll; the reconciler sees it parked."""
+    now = time.time()
+    poll_id, _ = polling_job(store)
+    jid = f"s-{uuid.uuid4().hex}"
+    fields = {"status": Status.SUBMITTING, "owner": jid, "deadline_at": now + 600}
+    assert store.create(jid, fields, ttl_s=600, check_at=now + 30)
+    assert store.defer_submit(jid, jid, deliveries=1, check_at=now + 600, queued_at=now - 5)
+    assert redis_client.zscore(WAIT_KEY, jid) == submit_score(now - 5) < POLLS_FROM
+    assert redis_client.zrange(WAIT_KEY, 0, -1) == [jid, poll_id]
+    assert store.parked(jid)
+    assert redis_client.zscore(DUE_KEY, jid) == now + 600  # out of the reconciler's way
+
+
+def test_submits_an_earlier_release_parked_apart_join_the_wait_set(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    """Upgrading: a submit left in ``tts:submit-wait`` (scored by when it was accepted) is
+    moved into the wait set in the same line, else it would wait for its deadline."""
+    redis_client.delete(granting.LEGACY_SUBMIT_WAIT_KEY)
+    older, newer = time.time() - 20, time.time() - 10
+    redis_client.zadd(granting.LEGACY_SUBMIT_WAIT_KEY, {"old-a": older, "old-b": newer})
+    ctx, _ = make_ctx(redis_client)
+    assert granting.adopt_legacy(ctx) == 2
+    assert redis_client.exists(granting.LEGACY_SUBMIT_WAIT_KEY) == 0
+    assert redis_client.zrange(WAIT_KEY, 0, -1, withscores=True) == [
+        ("old-a", pytest.approx(submit_score(older))),
+        ("old-b", pytest.approx(submit_score(newer))),
+    ]
+    assert granting.adopt_legacy(ctx) == 0

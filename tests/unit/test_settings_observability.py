@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.config.settings import Settings
+from tasks.config.settings import Settings, env_names, retired_set
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +30,16 @@ def test_bad_values_are_refused(name: str, raw: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(name, raw)
     with pytest.raises(ValidationError, match=name):
         Settings()
+
+
+def test_a_retired_variable_is_named_with_what_became_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 21: ``TTS_POLL_WAIT`` is no longer read; a worker given it says so (and starts:
+    a rolling upgrade with the old configuration must not stop the fleet)."""
+    monkeypatch.delenv("TTS_POLL_WAIT", raising=False)
+    assert retired_set() == {}
+    monkeypatch.setenv("TTS_POLL_WAIT", "broker")
+    assert list(retired_set()) == ["TTS_POLL_WAIT"]
+    assert "parked in Redis" in retired_set()["TTS_POLL_WAIT"]
+    assert "TTS_POLL_WAIT" not in env_names()  # not a setting: nothing reads its value

@@ -338,7 +338,7 @@ def assert_accepted(w: World, jid: str, names_given: dict[str, Any]) -> None:
     assert job.status in ACTIVE
     assert job.status == Status.POLLING
     assert job.outcome is None
-    assert w.outbox.sent == []  # the next poll waits parked in Redis, as TTS_POLL_WAIT says
+    assert w.outbox.sent == []  # the next poll waits parked in Redis
     assert printable(jid)
     for name, value in names_given.items():
         assert value is None or printable(value), name
