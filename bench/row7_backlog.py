@@ -48,6 +48,7 @@ from tasks import names, steps
 from tasks.config.settings import Settings
 from tasks.pacing.budget import BUDGET_KEY, Budget
 from tasks.pacing.dispatch import Dispatcher
+from tasks.record.contract import poll_grant
 from tasks.record.jobs import WAIT_KEY, JobStore
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at
@@ -251,7 +252,7 @@ def _releasers(ctx: Ctx, outbox: Outbox, size: Size) -> dict[str, float]:
             if name != names.POLL_TTS:
                 continue
             granted += 1
-            if budget.spend(kw["job_id"], f"poll:{kw['seq']}") == 0.0:
+            if budget.spend(kw["job_id"], poll_grant(kw["seq"])) == 0.0:
                 client.zadd(WAIT_KEY, {kw["job_id"]: clock() + REPARK_S})
         outbox.sent.clear()
         clock.now += tick_s

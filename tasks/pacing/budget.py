@@ -41,7 +41,17 @@ from dataclasses import dataclass
 
 import redis
 
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, POLLS_FROM, WAIT_KEY
+from tasks.record.contract import (
+    DUE_KEY,
+    KEY_PREFIX,
+    POLL_GRANT_PREFIX,
+    SUBMIT_GRANT,
+    WAIT_KEY,
+    F,
+    lua,
+)
+from tasks.record.jobs import POLLS_FROM
+from tasks.record.states import SEQ_DONE, Status
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +116,16 @@ redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat))
 redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
 """
 
+
 # Grants handed out but not yet spent (their steps still in the broker): they hold tokens the
 # releaser must not hand out again. One lost with its message stops counting after GRANT_TTL_S.
-# GK: the key of the granted set.
-_RESERVED = f"""
-redis.call('ZREMRANGEBYSCORE', GK, '-inf', now - {GRANT_TTL_S})
-local reserved = redis.call('ZCARD', GK)
+def _reserved(granted_key: str) -> str:
+    """The Lua counting the grants outstanding in the granted set ``granted_key``."""
+    return f"""
+redis.call('ZREMRANGEBYSCORE', {granted_key}, '-inf', now - {GRANT_TTL_S})
+local reserved = redis.call('ZCARD', {granted_key})
 """
+
 
 # A step's call. The token is always taken here, when the call is about to be made, so the calls
 # NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
@@ -125,16 +138,16 @@ local reserved = redis.call('ZCARD', GK)
 # KEYS: budget, job, wait set, granted set. ARGV[5]: the job id.
 _SPEND = (
     _STATE
-    + _RESERVED.replace("GK", "KEYS[4]")
-    + """
+    + _reserved("KEYS[4]")
+    + f"""
 local need = 1
-local granted = ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'grant') == ARGV[4]
+local granted = redis.call('HGET', KEYS[2], {lua(F.GRANT)}) == ARGV[4]
 if not granted then
   need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', now_s)
 end
 if free >= need then
   if granted then
-    redis.call('HDEL', KEYS[2], 'grant')
+    redis.call('HDEL', KEYS[2], {lua(F.GRANT)})
     redis.call('ZREM', KEYS[4], ARGV[5])
   end
   tat = tat + t
@@ -155,18 +168,19 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 # before publishing its step leaves it to the reconciler, soon) and, under a budget, write its
 # grant (GRANT: the lines that write it, or none). Returns the ids taken, in order. WK: the wait
 # set's key, DK: the reconciler's due set's. ARGV[4]: the job key prefix.
-_TAKE = """
-local out = {}
+_TAKE = f"""
+local out = {{}}
 for i = 6, #ARGV do
   if avail < 1 then break end
   local id = ARGV[i]
   local key = ARGV[4] .. id
   local due = tonumber(redis.call('ZSCORE', WK, id) or '+inf') <= now
   if due and redis.call('ZREM', WK, id) == 1 then
-    local f = redis.call('HMGET', key, 'status', 'seq')
+    local f = redis.call('HMGET', key, {lua(F.STATUS)}, {lua(F.SEQ)})
     local grant = nil
-    if f[1] == 'polling' and f[2] and f[2] ~= '-1' then grant = 'poll:' .. f[2]
-    elseif f[1] == 'submitting' then grant = 'submit' end
+    if f[1] == {lua(Status.POLLING)} and f[2] and f[2] ~= {lua(SEQ_DONE)} then
+      grant = {lua(POLL_GRANT_PREFIX)} .. f[2]
+    elseif f[1] == {lua(Status.SUBMITTING)} then grant = {lua(SUBMIT_GRANT)} end
     if grant then
 GRANT
       redis.call('ZADD', DK, 'XX', ARGV[5], id)
@@ -182,13 +196,13 @@ end
 # KEYS: budget, wait set, granted set, due set.
 _GRANT = (
     _STATE
-    + _RESERVED.replace("GK", "KEYS[3]")
+    + _reserved("KEYS[3]")
     + "local avail = free - reserved\n"
     + _TAKE.replace("WK", "KEYS[2]")
     .replace("DK", "KEYS[4]")
     .replace(
         "GRANT\n",
-        "      redis.call('HSET', key, 'grant', grant)\n"
+        f"      redis.call('HSET', key, {lua(F.GRANT)}, grant)\n"
         "      redis.call('ZADD', KEYS[3], now_s, id)\n",
     )
     + f"redis.call('EXPIRE', KEYS[3], {STATE_TTL_S})\nreturn out"
@@ -213,11 +227,7 @@ local avail = #ARGV
 
 # Read-only but for expired grants: {tokens free now and not promised to a grant, rate now}.
 # KEYS: budget, granted set.
-_PEEK = (
-    _STATE
-    + _RESERVED.replace("GK", "KEYS[2]")
-    + "return {math.max(free - reserved, 0), tostring(rate)}"
-)
+_PEEK = _STATE + _reserved("KEYS[2]") + "return {math.max(free - reserved, 0), tostring(rate)}"
 
 # NanoGPT refused a call (429) despite the budget. Count it in a short window; on a burst, halve
 # the rate now (no lower than ARGV[4]) and restart the window. Returns {1 if this lowered the

@@ -1,24 +1,19 @@
 """Job state in Redis: one hash per job, changed only by small atomic scripts.
 
-This module owns every transition of a job (:mod:`tasks.record.states` names the states). Each
-method below is one transition; it acts only if the job is in the state it expects, so a stale,
-duplicated or crafted message meets a transition that refuses it. The guards:
-
-* a **post claim** (``post_attempt`` and ``post_lease_until``): one execution of a submit at a
-  time may send the paid POST; the claim is taken before the POST and settled after it;
-* a **lease** per chain of polls: ``token`` (random, set when the chain starts) and ``seq`` (the
-  number of the poll that is due). A poll message carries both; it may act only while they match,
-  and acting moves ``seq`` on, so a stale or doubled poll finds a mismatch and exits;
-* a **first-writer-wins outcome**: ``settle`` writes the outcome only if none exists, and the
-  notify step claims the right to send with an owner and a lease.
+This module owns every transition of a job (:mod:`tasks.record.states` names the states; the
+package docstring draws the step lease they all move; :mod:`tasks.record.contract` holds the keys,
+the field names and the scripts' typed arguments). Each method below is one transition; it acts
+only if the job is in the state it expects, so a stale, duplicated or crafted message meets a
+transition that refuses it. A **first-writer-wins outcome**: ``settle`` writes the outcome only
+if none exists, and frees the lease for the webhook's sender.
 
 Every transition is safe to run twice for one caller (a reply lost after the script ran, then
 the step's own retry; the client itself never re-sends, tasks/adapters/runtime.py): it
-recognises the state its own earlier run left, by the caller's id (``post_attempt`` for the
-submit's claim, a per-execution ``poll_attempt`` for a poll, ``outcome_id`` for settle, the
-message's task id for create), and answers as that run did, changing nothing. A duplicate from
-anyone else is still refused. The delivery count (:meth:`JobStore.load`) is the exception: run
-twice, it counts two.
+recognises the state its own earlier run left, by the lease (``owner`` and ``token``), and
+answers as that run did, changing nothing (a settle changes nothing and says False; its caller
+knows its own outcome by ``outcome_id``). A duplicate from anyone else is
+still refused. The delivery count (:meth:`JobStore.load`) is the exception: run twice, it counts
+two.
 
 Times are epoch seconds from the store's ``clock`` (``time.time`` in a worker; the simulation's
 fake clock in tests/sim): the scripts never read Redis' own clock.
@@ -36,6 +31,24 @@ from typing import Any
 
 import redis
 
+from tasks.record.contract import (
+    DUE_KEY,
+    FREED_AT_SETTLE,
+    KEY_PREFIX,
+    LUA_HOLDS,
+    LUA_WATCH,
+    SPOOL_PREFIX,
+    WAIT_KEY,
+    Change,
+    CheckAt,
+    Create,
+    F,
+    Settle,
+    Watch,
+    check,
+    lua,
+    pairs,
+)
 from tasks.record.states import ACTIVE, FINAL, SEQ_DONE, NotifyState, Status
 
 __all__ = [
@@ -50,27 +63,13 @@ __all__ = [
     "WAIT_KEY",
     "Job",
     "JobStore",
+    "Watch",
 ]
 
-KEY_PREFIX = "tts:job:"
-#: Audio that arrived in a submit's answer, kept until it is stored (base64 text, with a TTL).
-SPOOL_PREFIX = "tts:spool:"
 #: The largest audio the spool keeps (bytes; 256 KiB, about 8 s of 16-bit 16 kHz WAV): a submit
 #: answered with more stores it in the audio store straight away. Redis holds state; a spool of
 #: the 50 MiB TTS_MAX_AUDIO_BYTES took 84 MB of Redis for one key.
 SPOOL_MAX_BYTES = 256 * 1024
-#: Sorted set of job ids scored by when each job must next show progress (epoch seconds). A job
-#: still in it past that time lost a message (worker killed, failed publish): the reconciler
-#: re-sends its current step. Every state change below moves the score in the same script. A job
-#: parked in a wait set below is scored at its deadline: only Redis holds it, nothing can lose
-#: it, and the releaser that takes it moves the score back (tasks/sweeps/granting.py).
-DUE_KEY = "tts:due"
-#: Sorted set of every job that waits in Redis for its next NanoGPT call, on every broker: the
-#: one place a waiting step waits (tasks/sweeps/granting.py releases it), so no worker and no
-#: broker holds a waiting job. A poll is scored by when it is due (epoch seconds); a submit that
-#: found no budget by :func:`submit_score`, which puts every submit before every poll, oldest
-#: first, and always due. The job hash holds everything the step's message needs.
-WAIT_KEY = "tts:wait"
 #: What a submit's score is below its acceptance time: every waiting submit scores below 0
 #: (until the year 2286), every poll at its due time (above 0), so one range reads each kind.
 SUBMIT_OFFSET_S = 1e10
@@ -86,7 +85,7 @@ def submit_score(queued_at: float) -> float:
 #: The hash fields a parked poll is ranked by (HMGET), by the releaser (tasks/sweeps/granting.py;
 #: its message is built from the whole record once the poll is taken).
 PARKED_FIELDS = (
-    "status",
+    F.STATUS.value,
     "seen_at",
     "queue_position",
     "queue_first_position",
@@ -94,110 +93,103 @@ PARKED_FIELDS = (
     "gen_start_at",
     "deadline_at",
 )
-# ARGV value for "leave the job's check time as it is".
-_KEEP = "-"
+# The POST claim's seq (tasks/record/__init__.py): claimed, nothing sent yet; and sent.
+POST_CLAIMED = "0"
+POST_SENT = "1"
 
 # Accept a job: create the record only if the job id is new. Returns 1 when this call created it,
-# 2 when the record exists and field ARGV[4] holds ARGV[5] (this same caller made it: a re-run),
-# 0 otherwise. ARGV: [1] TTL, [2] check_at ('' none), [3] job id, [4] [5] owner pair ('' none).
-_ACCEPT = """
+# 2 when the record exists and its lease owner is the argument's (this same caller made it: a
+# re-run), 0 otherwise. KEYS: job, due set. ARGV[1]: a contract.Create; ARGV[2]: the job id.
+_ACCEPT = (
+    LUA_WATCH
+    + f"""
+local a = cjson.decode(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], ARGV[4]) == ARGV[5] then return 2 end
+  if a.owner and redis.call('HGET', KEYS[1], {lua(F.OWNER)}) == a.owner then return 2 end
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[1], unpack(a.set))
+redis.call('EXPIRE', KEYS[1], a.ttl)
+watch(KEYS[2], ARGV[2], a)
 return 1
 """
+)
 
-# Every guarded transition: act only if each guard field holds its expected value ('' = unset);
-# then set the fields, drop the named ones, count a poll, renew the TTL, move the check time and
-# park the next poll. Run again after it acted (its reply lost), it finds the job as it left
-# it: the "done" pairs (the state this very caller's run leaves behind) all hold, and it
-# answers 2 ("done already") and changes nothing.
-# ARGV: [1] guards, [2] check_at ('' drops it, '-' keeps it), [3] job id, [4] park_at ('' none),
-# [5] polls to add, [6] TTL seconds ('' keeps it), [7] done pairs, [8] fields to drop, then
-# guard pairs, then done pairs, then the names to drop, then field pairs.
-_TRANSITION = """
+# Every guarded transition (a contract.Change): act only if each guard holds; then drop
+# fields, set fields, count a poll, renew the TTL, move the check time and park the next
+# step. Run again after it acted (its reply lost), it finds the job as it left it: the "done"
+# pairs all hold, and it answers 2 ("done already") and changes nothing.
+# KEYS: job, due set, park set. ARGV[1]: the Change; ARGV[2]: the job id.
+_TRANSITION = (
+    LUA_HOLDS
+    + LUA_WATCH
+    + f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[1])
-local m = tonumber(ARGV[7])
-local k = tonumber(ARGV[8])
-local done = 9 + 2 * n
-if m > 0 then
-  local same = true
-  for i = 0, m - 1 do
-    if (redis.call('HGET', KEYS[1], ARGV[done + 2 * i]) or '') ~= ARGV[done + 1 + 2 * i] then
-      same = false
-      break
-    end
-  end
-  if same then return 2 end
-end
-for i = 0, n - 1 do
-  if (redis.call('HGET', KEYS[1], ARGV[9 + 2 * i]) or '') ~= ARGV[10 + 2 * i] then return 0 end
-end
-local drop = done + 2 * m
-if k > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, drop, drop + k - 1)) end
-local first = drop + k
-if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
-if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], 'polls', ARGV[5]) end
-if ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
-if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[3])
-elseif ARGV[2] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
+local a = cjson.decode(ARGV[1])
+if #a.done > 0 and holds(KEYS[1], a.done) then return 2 end
+if not holds(KEYS[1], a.guard) then return 0 end
+if #a.drop > 0 then redis.call('HDEL', KEYS[1], unpack(a.drop)) end
+if #a.set > 0 then redis.call('HSET', KEYS[1], unpack(a.set)) end
+if a.polls ~= '0' then redis.call('HINCRBY', KEYS[1], {lua(F.POLLS)}, a.polls) end
+if a.ttl then redis.call('EXPIRE', KEYS[1], a.ttl) end
+watch(KEYS[2], ARGV[2], a)
+if a.park_at then redis.call('ZADD', KEYS[3], a.park_at, ARGV[2]) end
 return 1
 """
+)
 
-# Settle: the first outcome wins (and, with guards, only from the state they name). The poll
-# chain closes, the parked poll and the spooled audio go, the caller's text goes (nothing will
-# send it again), the record lives TTL more seconds. An outcome already there under this
-# caller's outcome id is this caller's own earlier run (its reply lost): 2, nothing changes.
-# ARGV: [1] TTL, [2] guards, [3] check_at, [4] job id, [5] outcome id, then guard pairs, then
-# field pairs.
-_SETTLE = """
+# Settle (a contract.Settle): the first outcome wins (and, with guards, only from the state
+# they name). The lease goes (the webhook's sender takes it free), the poll chain closes, the
+# parked step and the spooled audio go, the caller's text goes (nothing will send it again),
+# the record lives TTL more seconds. An outcome already there under this caller's outcome id
+# is this caller's own earlier run (its reply lost): 2, nothing changes.
+# KEYS: job, due set, wait set, spool. ARGV[1]: the Settle; ARGV[2]: job id.
+_SETTLE = (
+    LUA_HOLDS
+    + LUA_WATCH
+    + f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'outcome') == 1 then
-  if redis.call('HGET', KEYS[1], 'outcome_id') == ARGV[5] then return 2 end
+local a = cjson.decode(ARGV[1])
+if redis.call('HEXISTS', KEYS[1], {lua(F.OUTCOME)}) == 1 then
+  if redis.call('HGET', KEYS[1], {lua(F.OUTCOME_ID)}) == a.outcome_id then return 2 end
   return 0
 end
-local n = tonumber(ARGV[2])
-for i = 0, n - 1 do
-  if (redis.call('HGET', KEYS[1], ARGV[6 + 2 * i]) or '') ~= ARGV[7 + 2 * i] then return 0 end
-end
-redis.call('HDEL', KEYS[1], 'request')
-redis.call('HSET', KEYS[1], 'seq', '-1', 'outcome_id', ARGV[5], unpack(ARGV, 6 + 2 * n))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('ZREM', KEYS[3], ARGV[4])
+if not holds(KEYS[1], a.guard) then return 0 end
+redis.call('HDEL', KEYS[1], {lua(F.REQUEST)}, {", ".join(lua(f) for f in FREED_AT_SETTLE)})
+redis.call('HSET', KEYS[1], {lua(F.SEQ)}, {lua(SEQ_DONE)}, {lua(F.OUTCOME_ID)}, a.outcome_id,
+  unpack(a.set))
+redis.call('EXPIRE', KEYS[1], a.ttl)
+watch(KEYS[2], ARGV[2], a)
+redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[4])
 return 1
 """
+)
 
-# The right to send the webhook: free, already ours, or left by an owner whose lease ran out.
-_CLAIM_NOTIFY = """
-local state = redis.call('HGET', KEYS[1], 'notify_state')
-if state and state ~= 'queued' then return 0 end
-local owner = redis.call('HGET', KEYS[1], 'notify_owner')
-local until_at = tonumber(redis.call('HGET', KEYS[1], 'notify_lease_until') or '0')
+# The webhook's sender takes the lease: free, already its own, or left by an owner whose
+# lease ran out. ARGV: [1] owner (the notify message's task id), [2] now, [3] lease end.
+_CLAIM_NOTIFY = f"""
+local state = redis.call('HGET', KEYS[1], {lua(F.NOTIFY_STATE)})
+if state and state ~= {lua(NotifyState.QUEUED)} then return 0 end
+local owner = redis.call('HGET', KEYS[1], {lua(F.OWNER)})
+local until_at = tonumber(redis.call('HGET', KEYS[1], {lua(F.LEASE_UNTIL)}) or '0')
 if owner and owner ~= ARGV[1] and until_at > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'notify_owner', ARGV[1], 'notify_lease_until', ARGV[3])
+redis.call('HSET', KEYS[1], {lua(F.OWNER)}, ARGV[1], {lua(F.LEASE_UNTIL)}, ARGV[3])
 return 1
 """
 
 # Count a delivery of step ARGV[1] in the job's own hash and return {count, the hash}. One
 # counter per job: steps run one after another, so a new step starts it again at 1, and it
 # disappears with the job (a key per step would pile up for a day at hundreds of polls/s).
-_COUNT_DELIVERY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
+_COUNT_DELIVERY = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{0, {{}}}} end
 local n = 1
-if redis.call('HGET', KEYS[1], 'delivery_step') == ARGV[1] then
-  n = redis.call('HINCRBY', KEYS[1], 'delivery_count', 1)
+if redis.call('HGET', KEYS[1], {lua(F.DELIVERY_STEP)}) == ARGV[1] then
+  n = redis.call('HINCRBY', KEYS[1], {lua(F.DELIVERY_COUNT)}, 1)
 else
-  redis.call('HSET', KEYS[1], 'delivery_step', ARGV[1], 'delivery_count', 1)
+  redis.call('HSET', KEYS[1], {lua(F.DELIVERY_STEP)}, ARGV[1], {lua(F.DELIVERY_COUNT)}, 1)
 end
-return {n, redis.call('HGETALL', KEYS[1])}
+return {{n, redis.call('HGETALL', KEYS[1])}}
 """
 
 
@@ -205,30 +197,27 @@ def _key(job_id: str) -> str:
     return KEY_PREFIX + job_id
 
 
-def _flatten(fields: dict[str, Any]) -> list[str]:
-    flat: list[str] = []
-    for name, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = int(value)
-        flat += [name, value if isinstance(value, str) else json.dumps(value)]
-    return flat
+def _mapping(fields: Mapping[str, Any]) -> dict[Any, Any]:
+    flat = pairs(fields)
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _time_arg(at: float | None) -> str:
-    return "" if at is None else repr(at)
-
-
-def _poll_attempt(attempt: str | None) -> dict[str, str]:
-    return {} if attempt is None else {"poll_attempt": attempt}
-
-
-def _poll_done(status: str, token: str, seq: str, attempt: str | None) -> dict[str, str] | None:
+def _held_by(status: str, token: str, seq: str, owner: str | None) -> dict[str, str] | None:
     """What a poll's transition leaves behind, naming the execution that moved it."""
-    if attempt is None:
+    if owner is None:
         return None
-    return {"status": status, "token": token, "seq": seq, "poll_attempt": attempt}
+    return {F.STATUS: status, F.TOKEN: token, F.SEQ: seq, F.OWNER: owner}
+
+
+#: Namespace of the outcome ids a cancel message's task id names (uuid5).
+_CANCEL_IDS = uuid.UUID("5b1d6a52-0c5e-4f43-9d3b-2f1c1c4a7e10")
+
+
+def cancel_outcome_id(task_id: str) -> str:
+    """The outcome id a ``tts.cancel`` message records (its webhook-id is made from it): one
+    per message, so the same message run again recognises its own cancel (tasks/steps/cancel.py),
+    never the caller's text itself in a header."""
+    return uuid.uuid5(_CANCEL_IDS, task_id).hex
 
 
 @dataclass(frozen=True)
@@ -253,7 +242,6 @@ class Job:
     polls: int = 0
     # POSTs sent for this job (at most one accepted: see tasks/record/states.py) and the last claim.
     posts: int = 0
-    post_lease_until: float | None = None
     queue_position: int | None = None
     # For the schedule: the first queued position seen and when, and since when the job has
     # been at the head of the queue.
@@ -281,26 +269,20 @@ class Job:
     notified_at: float | None = None
     not_before: float | None = None
     last_error: str | None = None
-    # Retries of the current poll and of the submit after transient faults, kept in the record
-    # because a retry that found no budget comes back as a fresh message (Celery's count at 0).
-    poll_retries: int = 0
-    post_retries: int = 0
     # NanoGPT's X-Request-ID of the last submit or status answer: what its support asks for.
     request_id: str | None = None
     request: dict[str, Any] | None = field(default=None, repr=False)
+    # The step lease (tasks/record/__init__.py): who holds the job's current step, the claim or
+    # chain it holds, the number of its transition, until when (a POST claim, a webhook
+    # sender), and its step's retries after transient faults (kept in the record: a retry that
+    # found no budget comes back as a fresh message, Celery's count at 0).
+    owner: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     seq: str | None = field(default=None, repr=False)
-    submit_owner: str | None = field(default=None, repr=False)
-    post_attempt: str | None = field(default=None, repr=False)
-    # The attempt whose POST left (marked just before sending): a claim without it sent nothing.
-    post_sent: str | None = field(default=None, repr=False)
-    chain_owner: str | None = field(default=None, repr=False)
-    # A NanoGPT call the budget granted to this job's next step: ``poll:<seq>`` or ``submit``.
+    lease_until: float | None = None
+    tries: int = 0
+    # A NanoGPT call the budget granted to this job's next step (tasks/pacing/budget.py).
     grant: str | None = field(default=None, repr=False)
-    # The task id of the tts.cancel that ended the job, so that message, run again (or run
-    # after the worker that received it already acted: tasks/adapters/received.py), says
-    # "cancelled".
-    cancel_id: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -326,7 +308,6 @@ class Job:
             next_poll_at=num("next_poll_at"),
             polls=int(raw.get("polls", "0")),
             posts=int(raw.get("posts", "0")),
-            post_lease_until=num("post_lease_until"),
             queue_position=whole("queue_position"),
             queue_first_position=whole("queue_first_position"),
             queue_first_seen_at=num("queue_first_seen_at"),
@@ -346,18 +327,14 @@ class Job:
             notified_at=num("notified_at"),
             not_before=num("not_before"),
             last_error=raw.get("last_error"),
-            poll_retries=int(raw.get("poll_retries") or 0),
-            post_retries=int(raw.get("post_retries") or 0),
             request_id=raw.get("request_id"),
             request=json.loads(raw["request"]) if raw.get("request") else None,
-            token=raw.get("token"),
-            seq=raw.get("seq"),
-            submit_owner=raw.get("submit_owner"),
-            post_attempt=raw.get("post_attempt"),
-            post_sent=raw.get("post_sent"),
-            chain_owner=raw.get("chain_owner"),
-            grant=raw.get("grant"),
-            cancel_id=raw.get("cancel_id"),
+            owner=raw.get(F.OWNER),
+            token=raw.get(F.TOKEN),
+            seq=raw.get(F.SEQ),
+            lease_until=num(F.LEASE_UNTIL),
+            tries=int(raw.get(F.TRIES) or 0),
+            grant=raw.get(F.GRANT),
         )
 
     @classmethod
@@ -372,27 +349,21 @@ class Job:
         """Whether a poll message carrying this lease is the one that is due."""
         return self.status == Status.POLLING and self.token == token and self.seq == str(seq)
 
+    def post_unsent(self) -> bool:
+        """Whether the job's POST claim sent nothing yet (claimed, not marked sent)."""
+        return self.status == Status.POSTING and self.seq == POST_CLAIMED
+
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {
-            "token",
-            "seq",
-            "submit_owner",
-            "chain_owner",
-            "request",
-            "post_attempt",
-            "post_sent",
-            "grant",
-            "cancel_id",
-        }
+        hidden = {F.OWNER, F.TOKEN, F.SEQ, F.GRANT, F.REQUEST}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
 class JobStore:
     """Reads and atomically changes job records. One instance per process.
 
-    ``check_at`` arguments say when the job must next show progress (epoch seconds); None takes
-    it off the reconciler's watch (the job needs nothing more from us).
+    ``check_at`` arguments say when the job must next show progress (epoch seconds), or
+    :data:`Watch.DROP`: off the reconciler's watch (the job needs nothing more from us).
     """
 
     def __init__(
@@ -415,9 +386,6 @@ class JobStore:
     @staticmethod
     def key(job_id: str) -> str:
         return _key(job_id)
-
-    def _keys(self, job_id: str) -> list[str]:
-        return [_key(job_id), DUE_KEY, WAIT_KEY]
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -452,15 +420,14 @@ class JobStore:
         fields: dict[str, Any],
         *,
         ttl_s: float,
-        check_at: float | None,
+        check_at: CheckAt,
         owner: str | None = None,
     ) -> bool:
         """Accept a job: create the record if the job id is new; False if it exists.
 
-        ``owner``: the field that names who creates it (``submit_owner``, ``chain_owner``,
-        ``created_by``), whose value in ``fields`` is the caller's task id: a record that
-        already holds it is this caller's own (a re-run, or a redelivery of the same
-        message), and the answer is True again, as it was the first time.
+        ``owner``: the caller's task id, the record's first lease owner: a record whose lease
+        it still holds is this caller's own (a re-run, or a redelivery of the same message),
+        and the answer is True again, as it was the first time.
         """
         return self._create(job_id, fields, ttl_s=ttl_s, check_at=check_at, owner=owner) > 0
 
@@ -470,62 +437,72 @@ class JobStore:
         fields: dict[str, Any],
         *,
         ttl_s: float,
-        check_at: float | None,
+        check_at: CheckAt,
         owner: str | None,
     ) -> int:
         now = self._clock()
         record = {"job_id": job_id, "created_at": now, "updated_at": now, **fields}
-        mine = ["", ""] if owner is None else [owner, str(fields[owner])]
-        argv: list[str | int] = [
-            max(1, int(ttl_s) + self._ttl_s),
-            _time_arg(check_at),
-            job_id,
-            *mine,
-            *_flatten(record),
-        ]
-        return int(self._accept(keys=self._keys(job_id), args=argv))
+        if owner is not None:
+            record[F.OWNER] = owner
+        arg = Create(record, ttl_s=self._ttl(ttl_s), check_at=check_at, owner=owner).arg()
+        return int(self._accept(keys=[_key(job_id), DUE_KEY], args=[arg, job_id]))
 
-    def _move(
+    def _ttl(self, ttl_s: float) -> int:
+        """The record's TTL: ``ttl_s`` of work ahead, and TTS_JOB_TTL beyond it."""
+        return max(1, int(ttl_s) + self._ttl_s)
+
+    def _move(self, job_id: str, change: Change, *, park_key: str = WAIT_KEY) -> int:
+        """One guarded transition: 1 when it acted, 2 when ``change.done`` (the state this
+        caller's own run leaves behind) already holds, 0 when refused."""
+        keys = [_key(job_id), DUE_KEY, park_key]
+        return int(self._transition(keys=keys, args=[change.arg(), job_id]))
+
+    def _step(
         self,
-        job_id: str,
-        guards: Mapping[str, str],
-        fields: dict[str, Any],
+        guard: Mapping[str, str | None],
+        fields: Mapping[str, Any],
         *,
-        check_at: float | str | None = _KEEP,
-        park_at: float | None = None,
+        check_at: CheckAt = Watch.KEEP,
+        done: Mapping[str, str | None] | None = None,
+        drop: tuple[str, ...] = (),
         polls: int = 0,
         ttl_s: float | None = None,
-        done: Mapping[str, str] | None = None,
-        drop: tuple[str, ...] = (),
-    ) -> int:
-        """One guarded transition: 1 when it acted, 2 when ``done`` (the state this caller's
-        own run leaves behind) already holds, 0 when refused. ``drop``: fields to delete."""
-        check = check_at if isinstance(check_at, str) else _time_arg(check_at)
-        after = dict(done or {})
-        argv: list[str | int] = [
-            len(guards),
-            check,
-            job_id,
-            _time_arg(park_at),
-            polls,
-            "" if ttl_s is None else max(1, int(ttl_s) + self._ttl_s),
-            len(after),
-            len(drop),
-        ]
-        for name, expected in [*guards.items(), *after.items()]:
-            argv += [name, expected]
-        argv += drop
-        argv += _flatten({**fields, "updated_at": self._clock()})
-        return int(self._transition(keys=self._keys(job_id), args=argv))
+        park_at: float | None = None,
+    ) -> Change:
+        return Change(
+            guard=guard,
+            fields={**fields, F.UPDATED_AT: self._clock()},
+            check_at=check_at,
+            done=done or {},
+            drop=drop,
+            polls=polls,
+            ttl_s=None if ttl_s is None else self._ttl(ttl_s),
+            park_at=park_at,
+        )
 
-    def update(self, job_id: str, fields: dict[str, Any], *, check_at: float | None = None) -> None:
-        """Unguarded write of informational fields, and optionally a new check time."""
-        flat = _flatten({**fields, "updated_at": self._clock()})
+    def update(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        check_at: CheckAt = Watch.KEEP,
+        drop: tuple[str, ...] = (),
+    ) -> None:
+        """Unguarded write of informational fields (None: not written; ``drop``: deleted),
+        and the check time moved (a job with none keeps none) or dropped."""
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
-            if check_at is not None:
-                pipe.zadd(DUE_KEY, {job_id: check_at}, xx=True)
+            if drop:
+                pipe.hdel(_key(job_id), *drop)
+            pipe.hset(_key(job_id), mapping=_mapping({**fields, F.UPDATED_AT: self._clock()}))
+            self._watch(pipe, job_id, check_at, only_watched=True)
             pipe.execute()
+
+    @staticmethod
+    def _watch(pipe: Any, job_id: str, check_at: CheckAt, *, only_watched: bool) -> None:
+        if check_at is Watch.DROP:
+            pipe.zrem(DUE_KEY, job_id)
+        elif check_at is not Watch.KEEP:
+            pipe.zadd(DUE_KEY, {job_id: check(check_at)["at"]}, xx=only_watched)
 
     def begin_post(
         self,
@@ -537,36 +514,43 @@ class JobStore:
         lease_until: float,
         check_at: float,
     ) -> bool:
-        """submitting → posting: this execution (``attempt``) of the submit message ``owner``
-        alone may send the POST, the job's ``posts``-th; the claim runs out at ``lease_until``.
-        Run again by the same execution (its reply lost), it finds its own claim: True."""
+        """submitting → posting: this execution (``attempt``, the claim's token) of the submit
+        message ``owner`` alone may send the POST, the job's ``posts``-th; the claim runs out
+        at ``lease_until``. Run again by the same execution (its reply lost), it finds its own
+        claim: True."""
         return bool(
             self._move(
                 job_id,
-                {"status": Status.SUBMITTING, "submit_owner": owner},
-                {
-                    "status": Status.POSTING,
-                    "post_attempt": attempt,
-                    "post_lease_until": lease_until,
-                    "posts": posts,
-                    # Not sent yet: post_sent marks it just before it leaves.
-                    "post_sent": "",
-                },
-                check_at=check_at,
-                done={"status": Status.POSTING, "post_attempt": attempt},
+                self._step(
+                    {F.STATUS: Status.SUBMITTING, F.OWNER: owner},
+                    {
+                        F.STATUS: Status.POSTING,
+                        F.TOKEN: attempt,
+                        # Not sent yet: post_sent moves it on just before the POST leaves.
+                        F.SEQ: POST_CLAIMED,
+                        F.LEASE_UNTIL: lease_until,
+                        "posts": posts,
+                    },
+                    check_at=check_at,
+                    done={F.STATUS: Status.POSTING, F.TOKEN: attempt},
+                ),
             )
         )
 
     def post_sent(self, job_id: str, attempt: str) -> bool:
-        """The claim's POST is about to leave: marked first, so a claim whose POST never left
-        (its worker died, or its reply was lost, before sending) is never taken for one that
-        may have been billed. False if ``attempt`` no longer holds the claim: do not send.
-        Running it twice marks the same attempt twice."""
+        """The claim's POST is about to leave: marked first (``seq`` claimed → sent), so a
+        claim whose POST never left (its worker died, or its reply was lost, before sending)
+        is never taken for one that may have been billed. False if ``attempt`` no longer holds
+        the claim: do not send. Run again by the same execution: True."""
+        held: dict[str, str | None] = {F.STATUS: Status.POSTING, F.TOKEN: attempt}
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POSTING, "post_attempt": attempt},
-                {"post_sent": attempt},
+                self._step(
+                    {**held, F.SEQ: POST_CLAIMED},
+                    {F.SEQ: POST_SENT},
+                    done={**held, F.SEQ: POST_SENT},
+                ),
             )
         )
 
@@ -579,10 +563,12 @@ class JobStore:
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POSTING, "post_attempt": lost},
-                {"post_attempt": attempt, "post_lease_until": lease_until, "post_sent": ""},
-                check_at=check_at,
-                done={"status": Status.POSTING, "post_attempt": attempt},
+                self._step(
+                    {F.STATUS: Status.POSTING, F.TOKEN: lost},
+                    {F.TOKEN: attempt, F.SEQ: POST_CLAIMED, F.LEASE_UNTIL: lease_until},
+                    check_at=check_at,
+                    done={F.STATUS: Status.POSTING, F.TOKEN: attempt},
+                ),
             )
         )
 
@@ -594,10 +580,13 @@ class JobStore:
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POSTING, "post_attempt": attempt},
-                {**fields, "status": Status.SUBMITTING},
-                check_at=check_at,
-                done={"status": Status.SUBMITTING, "post_attempt": attempt},
+                self._step(
+                    {F.STATUS: Status.POSTING, F.TOKEN: attempt},
+                    {**fields, F.STATUS: Status.SUBMITTING},
+                    check_at=check_at,
+                    done={F.STATUS: Status.SUBMITTING, F.TOKEN: attempt},
+                    drop=(F.SEQ, F.LEASE_UNTIL),
+                ),
             )
         )
 
@@ -611,30 +600,23 @@ class JobStore:
         check_at: float,
         park_at: float | None = None,
     ) -> str | None:
-        """posting → polling: the ticket starts a poll chain; returns its token (None if this
-        attempt no longer holds the claim). ``park_at``: park the first poll in Redis. The
-        caller's text goes: NanoGPT has it, nothing will send it again. Run again by the same
-        attempt, it returns the token its first run set."""
-        token = uuid.uuid4().hex
+        """posting → polling: the ticket starts a poll chain under the claim's token (returned;
+        None if this attempt no longer holds the claim), its tries afresh. ``park_at``: park
+        the first poll in Redis. The caller's text goes: NanoGPT has it, nothing will send it
+        again. Run again by the same attempt, it returns the same token."""
         moved = self._move(
             job_id,
-            {"status": Status.POSTING, "post_attempt": attempt},
-            {
-                **fields,
-                "status": Status.POLLING,
-                "token": token,
-                "seq": "0",
-                "deadline_at": deadline_at,
-            },
-            check_at=check_at,
-            park_at=park_at,
-            ttl_s=deadline_at - self._clock(),
-            done={"status": Status.POLLING, "post_attempt": attempt},
-            drop=("request",),
+            self._step(
+                {F.STATUS: Status.POSTING, F.TOKEN: attempt},
+                {**fields, F.STATUS: Status.POLLING, F.SEQ: "0", "deadline_at": deadline_at},
+                check_at=check_at,
+                park_at=park_at,
+                ttl_s=deadline_at - self._clock(),
+                done={F.STATUS: Status.POLLING, F.TOKEN: attempt},
+                drop=(F.REQUEST, F.LEASE_UNTIL, F.TRIES),
+            ),
         )
-        if moved == 2:
-            return str(self._redis.hget(_key(job_id), "token") or "") or None
-        return token if moved else None
+        return attempt if moved else None
 
     def audio_ready(
         self, job_id: str, attempt: str, fields: dict[str, Any], *, check_at: float
@@ -645,11 +627,13 @@ class JobStore:
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POSTING, "post_attempt": attempt},
-                {**fields, "status": Status.DOWNLOADING},
-                check_at=check_at,
-                done={"status": Status.DOWNLOADING, "post_attempt": attempt},
-                drop=("request",),
+                self._step(
+                    {F.STATUS: Status.POSTING, F.TOKEN: attempt},
+                    {**fields, F.STATUS: Status.DOWNLOADING},
+                    check_at=check_at,
+                    done={F.STATUS: Status.DOWNLOADING, F.TOKEN: attempt},
+                    drop=(F.REQUEST, F.LEASE_UNTIL, F.TRIES),
+                ),
             )
         )
 
@@ -669,29 +653,35 @@ class JobStore:
         self._redis.delete(SPOOL_PREFIX + job_id)
 
     def start_chain(
-        self, job_id: str, fields: dict[str, Any], *, deadline_at: float, check_at: float
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        deadline_at: float,
+        check_at: float,
+        owner: str | None = None,
     ) -> str | None:
         """Accept a poll chain started by name; returns its token, or None for a duplicate.
 
-        With ``chain_owner`` in ``fields`` (the message's task id), a chain this same message
-        started already (a re-run, a redelivery) answers with that chain's token while its
-        first poll is still due; the poll's lease then decides whether it may act."""
+        ``owner``: the message's task id; a chain this same message started already (a re-run,
+        a redelivery) answers with that chain's token while its first poll is still due (the
+        first poll takes the lease over); the poll's lease then decides whether it may act."""
         token = uuid.uuid4().hex
         created = self._create(
             job_id,
             {
                 **fields,
-                "status": Status.POLLING,
-                "token": token,
-                "seq": "0",
+                F.STATUS: Status.POLLING,
+                F.TOKEN: token,
+                F.SEQ: "0",
                 "deadline_at": deadline_at,
             },
             ttl_s=deadline_at - self._clock(),
             check_at=check_at,
-            owner="chain_owner" if fields.get("chain_owner") else None,
+            owner=owner,
         )
         if created == 2:
-            known, seq = self._redis.hmget(_key(job_id), ["token", "seq"])
+            known, seq = self._redis.hmget(_key(job_id), [F.TOKEN, F.SEQ])
             return str(known) if known and seq == "0" else None
         return token if created else None
 
@@ -705,21 +695,27 @@ class JobStore:
         check_at: float,
         park_at: float | None = None,
         attempt: str | None = None,
+        drop: tuple[str, ...] = (),
     ) -> bool:
-        """Next poll: move the lease from poll ``seq`` to ``seq + 1``; False if this poll is
-        not current. ``park_at``: park the next poll in Redis until then, in the same step.
-        ``attempt``: this execution's own id (random): run again by it, the transition finds
-        the lease it moved and answers True; a duplicate message (another execution of poll
-        ``seq``) still finds a mismatch."""
+        """Next poll: move the lease from poll ``seq`` to ``seq + 1``, its tries afresh (an
+        answer came); False if this poll is not current. ``park_at``: park the next poll in
+        Redis until then, in the same step. ``drop``: fields that no longer hold.
+        ``attempt``: this execution's own id (random),
+        the lease's owner from now: run again by it, the transition finds the lease it moved
+        and answers True; a duplicate message (another execution of poll ``seq``) still
+        finds a mismatch."""
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POLLING, "token": token, "seq": str(seq)},
-                {**fields, "seq": str(seq + 1), **_poll_attempt(attempt)},
-                check_at=check_at,
-                park_at=park_at,
-                polls=1,
-                done=_poll_done(Status.POLLING, token, str(seq + 1), attempt),
+                self._step(
+                    {F.STATUS: Status.POLLING, F.TOKEN: token, F.SEQ: str(seq)},
+                    {**fields, F.SEQ: str(seq + 1), F.OWNER: attempt},
+                    check_at=check_at,
+                    park_at=park_at,
+                    polls=1,
+                    drop=(F.TRIES, *drop),
+                    done=_held_by(Status.POLLING, token, str(seq + 1), attempt),
+                ),
             )
         )
 
@@ -738,11 +734,14 @@ class JobStore:
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POLLING, "token": token, "seq": str(seq)},
-                {**fields, "status": Status.DOWNLOADING, "seq": SEQ_DONE, **_poll_attempt(attempt)},
-                check_at=check_at,
-                polls=1,
-                done=_poll_done(Status.DOWNLOADING, token, SEQ_DONE, attempt),
+                self._step(
+                    {F.STATUS: Status.POLLING, F.TOKEN: token, F.SEQ: str(seq)},
+                    {**fields, F.STATUS: Status.DOWNLOADING, F.SEQ: SEQ_DONE, F.OWNER: attempt},
+                    check_at=check_at,
+                    polls=1,
+                    drop=(F.TRIES,),
+                    done=_held_by(Status.DOWNLOADING, token, SEQ_DONE, attempt),
+                ),
             )
         )
 
@@ -751,61 +750,60 @@ class JobStore:
         job_id: str,
         outcome: dict[str, Any],
         *,
-        check_at: float,
+        check_at: CheckAt,
         lease: tuple[str, int] | None = None,
-        guards: Mapping[str, str] | None = None,
+        guards: Mapping[str, str | None] | None = None,
         polls: int | None = None,
-        cancel_id: str | None = None,
         outcome_id: str | None = None,
     ) -> bool:
         """→ completed / failed: record the job's outcome if it has none yet; True for the one
-        caller that did. ``lease``: only the current poll may settle; ``guards``: only while
-        these fields hold these values. ``polls``: the poll count including the one that
-        ended the job, when a poll did. ``cancel_id``: the cancel message that ends it.
-        ``outcome_id``: names the outcome (random if not given); an outcome already recorded
-        under it is this caller's own: True again."""
+        caller that did. The lease is freed for the webhook's sender. ``lease``: only the
+        current poll may settle; ``guards``: only while these fields hold these values (None:
+        unset). ``polls``: the poll count including the one that ended the job, when a poll
+        did. ``outcome_id``: names the outcome (random if not given). True means this call
+        changed the record, exactly once per job (the simulation holds every settle to it): an
+        outcome already recorded under the caller's own id (its earlier run) answers False and
+        changes nothing; the caller recognises it by the job's ``outcome_id``
+        (tasks/steps/cancel.py)."""
         now = self._clock()
         status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
-            "polls": polls,
-            "outcome": outcome,
-            "status": status,
+            F.POLLS: polls,
+            F.OUTCOME: outcome,
+            F.STATUS: status,
             "finished_at": now,
-            "updated_at": now,
-            "notify_state": NotifyState.QUEUED,
-            "cancel_id": cancel_id,
+            F.UPDATED_AT: now,
+            F.NOTIFY_STATE: NotifyState.QUEUED,
         }
-        # Names this outcome (its webhook-id): the same for every attempt at its webhook, new if
-        # the job id is used again once this record has expired.
-        outcome_id = outcome_id or uuid.uuid4().hex
         expected = dict(guards or {})
         if lease is not None:
-            expected |= {"token": lease[0], "seq": str(lease[1])}
-        argv: list[str | int] = [
-            self._ttl_s,
-            len(expected),
-            _time_arg(check_at),
-            job_id,
-            outcome_id,
-        ]
-        for name, value in expected.items():
-            argv += [name, value]
-        argv += _flatten(fields)
-        keys = [*self._keys(job_id), SPOOL_PREFIX + job_id]
-        return bool(self._settle(keys=keys, args=argv))
+            expected |= {F.TOKEN: lease[0], F.SEQ: str(lease[1])}
+        arg = Settle(
+            # Names this outcome (its webhook-id): the same for every attempt at its webhook,
+            # new if the job id is used again once this record has expired.
+            outcome_id=outcome_id or uuid.uuid4().hex,
+            fields=fields,
+            guard=expected,
+            ttl_s=self._ttl_s,
+            check_at=check_at,
+        ).arg()
+        keys = [_key(job_id), DUE_KEY, WAIT_KEY, SPOOL_PREFIX + job_id]
+        return int(self._settle(keys=keys, args=[arg, job_id])) == 1
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
-        """Take the right to send this job's webhook (re-entrant for the same task id, so a
+        """Take the lease to send this job's webhook (re-entrant for the same task id, so a
         re-run answers as the first run did)."""
         now = self._clock()
         argv = [owner, repr(now), repr(now + lease_s)]
         return bool(self._claim_notify(keys=[_key(job_id)], args=argv))
 
     def finish_notify(self, job_id: str, state: str, **fields: Any) -> None:
-        """Record how delivery ended (delivered, gone, refused, expired, none): nothing is due."""
-        flat = _flatten({"notify_state": state, "updated_at": self._clock(), **fields})
+        """Record how delivery ended (delivered, gone, refused, expired, none): nothing is due,
+        and nobody holds the job any more."""
+        mapping = _mapping({F.NOTIFY_STATE: state, F.UPDATED_AT: self._clock(), **fields})
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key(job_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+            pipe.hdel(_key(job_id), F.OWNER, F.LEASE_UNTIL)
+            pipe.hset(_key(job_id), mapping=mapping)
             pipe.zrem(DUE_KEY, job_id)
             pipe.execute()
 
@@ -828,10 +826,12 @@ class JobStore:
         return bool(
             self._move(
                 job_id,
-                {"status": Status.POLLING, "token": token, "seq": str(seq)},
-                {"delivery_count": max(0, deliveries - 1)},
-                check_at=deadline_at,
-                park_at=due_at,
+                self._step(
+                    {F.STATUS: Status.POLLING, F.TOKEN: token, F.SEQ: str(seq)},
+                    {F.DELIVERY_COUNT: max(0, deliveries - 1)},
+                    check_at=deadline_at,
+                    park_at=due_at,
+                ),
             )
         )
 
@@ -852,10 +852,12 @@ class JobStore:
         return bool(
             self._move(
                 job_id,
-                {"status": Status.SUBMITTING, "submit_owner": owner},
-                {"delivery_count": max(0, deliveries - 1)},
-                check_at=check_at,
-                park_at=submit_score(queued_at),
+                self._step(
+                    {F.STATUS: Status.SUBMITTING, F.OWNER: owner},
+                    {F.DELIVERY_COUNT: max(0, deliveries - 1)},
+                    check_at=check_at,
+                    park_at=submit_score(queued_at),
+                ),
             )
         )
 
@@ -872,9 +874,8 @@ class JobStore:
         """Park the job's current poll in Redis until ``due_at`` (epoch seconds)."""
         self._redis.zadd(WAIT_KEY, {job_id: due_at})
 
-    def recheck_at(self, job_id: str, check_at: float | None) -> None:
-        """Move (or, with None, drop) one job's check time."""
-        if check_at is None:
-            self._redis.zrem(DUE_KEY, job_id)
-        else:
-            self._redis.zadd(DUE_KEY, {job_id: check_at})
+    def recheck_at(self, job_id: str, check_at: CheckAt) -> None:
+        """Move one job's check time, or take it off the watch (:data:`Watch.DROP`)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            self._watch(pipe, job_id, check_at, only_watched=False)
+            pipe.execute()

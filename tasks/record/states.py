@@ -9,11 +9,12 @@
 
 ``submitting``: the record exists (made when a worker received the message, or by the submit
 itself); no POST is in flight. ``posting``: one execution holds the right to send the paid
-``POST /api/tts`` until ``post_lease_until``; nobody else may send it. A POST that provably was
-not accepted returns the job to ``submitting``; one whose fate is unknown ends the job as
-``SUBMIT_UNCONFIRMED`` instead of being sent again. The transitions themselves live in
-:mod:`tasks.record.jobs` (one atomic script each); this module only names the states and answers
-questions about a job read from Redis, so no other module compares status strings itself.
+``POST /api/tts`` until its lease runs out (``lease_until``); nobody else may send it. A POST
+that provably was not accepted returns the job to ``submitting``; one whose fate is unknown
+ends the job as ``SUBMIT_UNCONFIRMED`` instead of being sent again. The transitions themselves
+live in :mod:`tasks.record.jobs` (one atomic script each); this module only names the states and
+answers questions about a job read from Redis, so no other module compares status strings
+itself.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ def submit_to_resend(job: Job) -> tuple[dict[str, Any], str] | None:
     """The caller's request and the task id to send the job's submit again under, while the job
     waits on its submit (``submitting``, or ``posting`` with its POST's fate still open); else
     None. Sent under that same task id, a copy is recognised as the same message."""
-    if job.status in (Status.SUBMITTING, Status.POSTING) and job.request and job.submit_owner:
-        return job.request, job.submit_owner
+    if job.status in (Status.SUBMITTING, Status.POSTING) and job.request and job.owner:
+        return job.request, job.owner
     return None
 
 

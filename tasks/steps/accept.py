@@ -8,6 +8,7 @@ import uuid
 
 from tasks import errors, logctx
 from tasks.nanogpt import validation
+from tasks.record.jobs import Watch
 from tasks.record.states import Status
 from tasks.steps import progress
 from tasks.steps.base import Delivery
@@ -47,10 +48,10 @@ def reject(
         url = validation.notify_url(notify_url)
     except errors.InvalidInput:
         url = None
-    # created_by: a re-run of this very message (its reply lost, or a redelivery) finds its own
+    # Owned by this message: a re-run of it (its reply lost, or a redelivery) finds its own
     # record and finishes the work: the outcome and its webhook (settle: first outcome wins).
-    fields = {"status": Status.FAILED, "notify_url": url, "created_by": d.task_id}
-    if ctx.jobs.create(jid, fields, ttl_s=0, check_at=None, owner="created_by"):
+    fields = {"status": Status.FAILED, "notify_url": url}
+    if ctx.jobs.create(jid, fields, ttl_s=0, check_at=Watch.DROP, owner=d.task_id):
         log.warning("job %s rejected: %s", jid, exc.message)
         fail(ctx, jid, exc)
     return jid
@@ -86,7 +87,6 @@ def accept_submit(
         "status": Status.SUBMITTING,
         "model": request.model,
         "notify_url": notify_url,
-        "submit_owner": owner,
         "request": {**request.body(), "notify_url": notify_url, "job_id": job_id},
         "deadline_at": deadline_at,
     }
@@ -95,7 +95,7 @@ def accept_submit(
         fields,
         ttl_s=deadline_at - now,
         check_at=received_check_at(ctx, start_at),
-        owner="submit_owner",
+        owner=owner,
     )
     if created:
         progress.publish(ctx, job_id, Status.SUBMITTING)
@@ -123,8 +123,8 @@ def accept_poll(
             "is_api_request": request.is_api_request,
             "notify_url": notify_url,
             "next_poll_at": max(now, start_at or now),
-            "chain_owner": owner,
         },
+        owner=owner,
         deadline_at=max(now, start_at or now) + ctx.settings.poll_timeout_s,
         check_at=received_check_at(ctx, start_at),
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tasks import errors, names
 from tasks.pacing import schedule
+from tasks.record.contract import F
 from tasks.record.states import NotifyState
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at, fail
@@ -143,7 +144,7 @@ def retry_or_fail(
             "last_error": exc.message,
             "not_before": retry_at,
             "next_poll_at": retry_at if lease is not None else None,
-            "poll_retries": done + 1 if lease is not None else None,
+            F.TRIES: done + 1 if lease is not None else None,
         },
         check_at=check_at(ctx, delay_s),
     )

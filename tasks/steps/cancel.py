@@ -16,9 +16,9 @@ NanoGPT has no cancel endpoint: a run it accepted may still finish (and be bille
 
 The worker that receives a ``tts.cancel`` runs this step at once
 (:mod:`tasks.adapters.received`), so a worker killed while holding the message has already
-ended the job. The outcome records the message's task id: the same message run later (the task
-itself, or a redelivery) recognises its own cancel and says ``cancelled`` again; any other
-cancel says ``already ended: failed``.
+ended the job. The outcome's id is made from the message's task id: the same message run later
+(the task itself, or a redelivery) recognises its own cancel and says ``cancelled`` again; any
+other cancel says ``already ended: failed``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 
 from tasks import errors, logctx
+from tasks.record.jobs import cancel_outcome_id
 from tasks.record.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
 from tasks.steps.base import Delivery
 from tasks.steps.context import Ctx
@@ -47,11 +48,12 @@ def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
     if job is None:
         log.info("cancel for unknown job %s: nothing to do", job_id)
         return UNKNOWN_JOB
-    if job.cancel_id is not None and job.cancel_id == d.task_id:
+    mine = cancel_outcome_id(d.task_id)
+    if job.outcome_id == mine:
         return CANCELLED  # this very message ended it (on receipt, or a first run)
     if job.outcome is not None or job.status not in ACTIVE:
         return already_ended(job.status)
-    if failed(ctx, job_id, errors.Cancelled("cancelled by the caller"), cancel_id=d.task_id):
+    if failed(ctx, job_id, errors.Cancelled("cancelled by the caller"), outcome_id=mine):
         if job.status == Status.POSTING:
             log.warning(
                 "job %s cancelled while its POST was in flight: NanoGPT may still accept "
@@ -59,6 +61,9 @@ def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
                 job_id,
             )
         return CANCELLED
-    # Another outcome landed between the read and the settle.
+    # Another outcome landed between the read and the settle: another cancel's, or this very
+    # message's own (a copy delivered twice at once), which says so by its outcome id.
     now = ctx.jobs.get(job_id)
+    if now is not None and now.outcome_id == mine:
+        return CANCELLED
     return already_ended(now.status) if now else UNKNOWN_JOB

@@ -34,7 +34,7 @@ def fail(
     exc: errors.TTSError,
     *,
     lease: tuple[str, int] | None = None,
-    guards: Mapping[str, str] | None = None,
+    guards: Mapping[str, str | None] | None = None,
     polls: int | None = None,
 ) -> str:
     """Record a failed outcome (first writer wins) and queue its webhook; returns the job id.
@@ -52,12 +52,13 @@ def failed(
     exc: errors.TTSError,
     *,
     lease: tuple[str, int] | None = None,
-    guards: Mapping[str, str] | None = None,
+    guards: Mapping[str, str | None] | None = None,
     polls: int | None = None,
-    cancel_id: str | None = None,
+    outcome_id: str | None = None,
 ) -> bool:
     """:func:`fail`, saying whether this call recorded the outcome (True once per job).
-    ``cancel_id``: the task id of the ``tts.cancel`` that ends the job, recorded with it."""
+    ``outcome_id``: names the outcome (a ``tts.cancel``'s, from its task id); random if not
+    given."""
     outcome = {"type": "tts.failed", "error": exc.as_dict()}
     if not ctx.jobs.settle(
         job_id,
@@ -66,7 +67,7 @@ def failed(
         guards=guards,
         check_at=check_at(ctx, 0),
         polls=polls,
-        cancel_id=cancel_id,
+        outcome_id=outcome_id,
     ):
         return False
     if isinstance(exc, errors.InsufficientBalance):

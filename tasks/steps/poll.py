@@ -10,6 +10,7 @@ from tasks import errors, logctx, metrics
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
 from tasks.pacing import poll_value, schedule
+from tasks.record.contract import poll_grant
 from tasks.record.jobs import Job
 from tasks.record.states import Status
 from tasks.steps import accept
@@ -90,7 +91,7 @@ def poll(
     s = ctx.settings
     # This execution's own id: its transitions, run again (a lost reply), know their own work.
     attempt = uuid.uuid4().hex
-    if ctx.budget.spend(jid, budget_grant(seq)) > 0:
+    if ctx.budget.spend(jid, poll_grant(seq)) > 0:
         # No budget now: the call is not made, and this is not a retry. The poll waits in the
         # wait set, due at once, for the releaser to grant it a token by its chance of finding
         # audio (tasks/pacing/poll_value.py); no worker slot holds it meanwhile.
@@ -114,7 +115,7 @@ def poll(
             max_retries=s.max_retries,
             deadline_at=deadline_at,
             lease=held,
-            retries=job.poll_retries,
+            retries=job.tries,
         )
     except errors.PermanentError as exc:
         metrics.poll("failed")
@@ -188,9 +189,7 @@ def _requeue(
         {
             "last_status": pending.status,
             "request_id": pending.request_id,
-            # "" rather than None, which would leave the previous position in place.
-            "queue_position": "" if position is None else position,
-            "poll_retries": 0,  # an answer: the next poll starts its retries afresh
+            "queue_position": position,
             "queue_first_position": seen.first_position,
             "queue_first_seen_at": seen.first_seen_at,
             "head_since": seen.head_since,
@@ -201,16 +200,13 @@ def _requeue(
         check_at=deadline_at,
         park_at=now + delay_s,
         attempt=attempt,
+        # No place in line (generating, or not said): the last one seen no longer holds.
+        drop=("queue_position",) if position is None else (),
     ):
         return job.job_id
     eta_s = queue_eta_s(progress)
     publish_progress(ctx, job.job_id, Status.POLLING, queue_position=position, eta_s=eta_s)
     return job.job_id
-
-
-def budget_grant(seq: int) -> str:
-    """The grant the releaser writes for poll ``seq`` of a job (tasks/pacing/budget.py)."""
-    return f"poll:{seq}"
 
 
 def candidate(job: Job) -> poll_value.Candidate:

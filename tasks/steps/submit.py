@@ -15,6 +15,7 @@ from tasks.nanogpt import validation
 from tasks.nanogpt.client import InlineAudio
 from tasks.nanogpt.parsing import AudioLink, Ticket
 from tasks.pacing import schedule
+from tasks.record.contract import SUBMIT_GRANT, F
 from tasks.record.jobs import SPOOL_MAX_BYTES, Job
 from tasks.record.states import Status
 from tasks.steps import accept, progress
@@ -23,9 +24,6 @@ from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at, discard_unrecorded, fail
 
 log = logging.getLogger(__name__)
-
-#: The grant the releaser writes for a waiting submit (tasks/pacing/budget.py).
-BUDGET_GRANT = "submit"
 
 
 def submit(
@@ -70,7 +68,7 @@ def submit(
     if job is None:
         return jid
     # Our own message (first run, retry or redelivery) may go on; anything else is a duplicate.
-    if job.submit_owner != d.task_id or job.status not in (Status.SUBMITTING, Status.POSTING):
+    if job.owner != d.task_id or job.status not in (Status.SUBMITTING, Status.POSTING):
         log.info("job %s already exists (%s); duplicate submit ignored", jid, job.status)
         return jid
     if poisoned(ctx, d, jid, deliveries):
@@ -82,19 +80,19 @@ def submit(
     ):
         return jid
     if job.status == Status.POSTING:
-        carried = _carried_answer(accepted, job.post_attempt)
+        carried = _carried_answer(accepted, job.token)
         if carried is not None:
-            lease_until = job.post_lease_until or now + post_lease_s(ctx)
+            lease_until = job.lease_until or now + post_lease_s(ctx)
             _record_answer(
                 ctx,
                 jid,
-                job.post_attempt or "",
+                job.token or "",
                 carried,
                 model=request.model,
                 lease_until=lease_until,
             )
             return jid
-        lost_claim = _lost_claim(accepted, job.post_attempt)
+        lost_claim = _lost_claim(accepted, job.token)
         if lost_claim is None:
             if not _unsent_claim_returned(ctx, job, now):
                 return _post_in_doubt(ctx, job, now)
@@ -105,7 +103,7 @@ def submit(
             ctx, jid, errors.DeadlineExceeded("the submit did not succeed before its deadline")
         )
     # A lost claim's execution spent the budget's token already, and sent nothing with it.
-    if lost_claim is None and ctx.budget.spend(jid, BUDGET_GRANT) > 0:
+    if lost_claim is None and ctx.budget.spend(jid, SUBMIT_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
         # token in the wait set (submits oldest first; tasks/pacing/budget.py), holding no worker
         # slot; it ends at its deadline if the budget never comes.
@@ -145,7 +143,7 @@ def submit(
     if not sending:
         return jid  # refused, or the claim ran out before the POST left and was taken back
     progress.publish(ctx, jid, Status.POSTING)
-    posting = {"status": Status.POSTING, "post_attempt": attempt}
+    posting = _posting(attempt)
     metrics.upstream_call("submit")
     try:
         answer = ctx.upstream.submit(request)
@@ -194,6 +192,11 @@ def _record_answer(
         kind = "ticket" if isinstance(answer, Ticket) else "audio_link"
         carried = {"attempt": attempt, "kind": kind, **dataclasses.asdict(answer)}
         raise AnswerUnrecorded(carried) from exc
+
+
+def _posting(attempt: str | None) -> dict[str, str | None]:
+    """The guard of a settle from ``posting``: only while ``attempt`` holds the POST claim."""
+    return {F.STATUS: Status.POSTING, F.TOKEN: attempt}
 
 
 def _answer_outlived_its_claim(
@@ -255,16 +258,13 @@ def _carried_answer(accepted: object, attempt: str | None) -> Ticket | AudioLink
 def _unsent_claim_returned(ctx: Ctx, job: Job, now: float) -> bool:
     """A claim that ran out before its POST left (its worker died, or lost Redis' reply,
     between the claim and the send) sent nothing: give it back so this delivery may send it,
-    rather than end the job as "may have been billed". True if this call gave it back.
-
-    A record without the ``post_sent`` mark (claimed by an older version) is taken as sent."""
-    unsent = job.post_sent is not None and job.post_sent != job.post_attempt
-    if not unsent or (job.post_lease_until or 0.0) > now:
+    rather than end the job as "may have been billed". True if this call gave it back."""
+    if not job.post_unsent() or (job.lease_until or 0.0) > now:
         return False
     log.warning("job %s: the POST's claim ran out before it was sent; sending it", job.job_id)
     return ctx.jobs.post_refused(
         job.job_id,
-        job.post_attempt or "",
+        job.token or "",
         {"last_error": "the claim on the POST ran out before the POST was sent"},
         check_at=check_at(ctx, 0),
     )
@@ -273,7 +273,7 @@ def _unsent_claim_returned(ctx: Ctx, job: Job, now: float) -> bool:
 def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:
     """Another execution of this message claimed the POST: leave it, or end the job once its
     claim ran out with no answer recorded (its worker died, or hung, while sending)."""
-    if (job.post_lease_until or 0.0) > now:
+    if (job.lease_until or 0.0) > now:
         log.info("job %s: this submit is being sent by another delivery; leaving it", job.job_id)
         return job.job_id
     exc = errors.SubmitUnconfirmed(
@@ -281,8 +281,7 @@ def _post_in_doubt(ctx: Ctx, job: Job, now: float) -> str:
         "have accepted (and billed) it, so it was not sent again"
     )
     log.error("job %s: %s", job.job_id, exc.message)
-    guards = {"status": Status.POSTING, "post_attempt": job.post_attempt or ""}
-    return fail(ctx, job.job_id, exc, guards=guards)
+    return fail(ctx, job.job_id, exc, guards=_posting(job.token))
 
 
 def _post_refused(
@@ -298,8 +297,8 @@ def _post_refused(
     fresh message."""
     s = ctx.settings
     job_id = job.job_id
-    posting = {"status": Status.POSTING, "post_attempt": attempt}
-    done = max(d.retries, job.post_retries)
+    posting = _posting(attempt)
+    done = max(d.retries, job.tries)
     if done >= s.max_retries:
         return fail(ctx, job_id, exc, guards=posting)
     delay_s = schedule.retry_delay_s(
@@ -315,7 +314,7 @@ def _post_refused(
     if not ctx.jobs.post_refused(
         job_id,
         attempt,
-        {"last_error": exc.message, "not_before": retry_at, "post_retries": done + 1},
+        {"last_error": exc.message, "not_before": retry_at, F.TRIES: done + 1},
         check_at=check_at(ctx, delay_s),
     ):
         return job_id  # the claim ran out meanwhile and the job was settled
@@ -394,7 +393,7 @@ def _store_inline(
     fails STORAGE_FAILED (NanoGPT has billed it) rather than parking megabytes in Redis.
     Returns whether the job moved on (False: it had ended meanwhile, or failed here)."""
     s = ctx.settings
-    posting = {"status": Status.POSTING, "post_attempt": attempt}
+    posting = _posting(attempt)
     # Leave the claim's own slack for recording the answer once the audio is stored.
     left_s = min(s.download_timeout_s, lease_until - ctx.clock() - POST_LEASE_SLACK_S)
     try:

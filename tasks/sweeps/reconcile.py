@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from tasks.record.jobs import Job
+from tasks.record.jobs import Job, Watch
 from tasks.record.states import Step, next_step, submit_to_resend
 from tasks.steps.context import Ctx
 
@@ -41,7 +41,7 @@ def resend(ctx: Ctx, job: Job, step: Step, *, now: float) -> bool:
         # made the scan crawl through them while lost steps waited (issue 19: 65 s late behind
         # 6,000). At the deadline it is taken out and sent, and the step ends the job (TIMEOUT)
         # without calling NanoGPT.
-        if now < (job.deadline_at or now):
+        if job.deadline_at is not None and now < job.deadline_at:
             ctx.jobs.recheck_at(job.job_id, job.deadline_at)
             return False
         ctx.jobs.unpark(job.job_id)
@@ -69,7 +69,7 @@ def scan(ctx: Ctx, *, now: float | None = None) -> Counter[str]:
         job = store.get(job_id)
         step = next_step(job) if job else None
         if job is None or step is None:
-            store.recheck_at(job_id, None)
+            store.recheck_at(job_id, Watch.DROP)
             continue
         # Move the check first: if the publish below fails, the next scan tries again.
         store.recheck_at(job_id, now + ctx.settings.recovery_grace_s)

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from tasks.record.jobs import JobStore
+from tasks.record.jobs import JobStore, Watch
 from tasks.steps import progress
 from tests.support.ctx import make_ctx
 from tts_client import TTSClient
@@ -16,7 +16,7 @@ from tts_client import TTSClient
 def test_watch_reads_what_the_worker_publishes(tts: TTSClient, db: redis.Redis) -> None:
     ctx, _ = make_ctx(db)
     store = JobStore(db, ttl_s=600)
-    assert store.create("pub", {"status": "polling"}, ttl_s=600, check_at=None)
+    assert store.create("pub", {"status": "polling"}, ttl_s=600, check_at=Watch.DROP)
     assert progress.publish(ctx, "pub", "submitting")
     assert progress.publish(ctx, "pub", "polling", queue_position=2, eta_s=3.25)
     assert progress.publish(ctx, "pub", "polling", queue_position=0)

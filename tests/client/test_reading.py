@@ -12,7 +12,7 @@ import redis
 
 import tts_client.client
 from tasks.audio.storage import StoredAudio
-from tasks.record.jobs import JobStore
+from tasks.record.jobs import JobStore, Watch
 from tts_client import Audio, Error, TTSClient, Update
 
 SHA = "ab" * 32
@@ -26,7 +26,7 @@ def store(db: redis.Redis) -> JobStore:
 
 def polling(store: JobStore, job_id: str) -> None:
     fields = {"status": "polling", "model": "M", "run_id": "r1", "queue_position": 3}
-    assert store.create(job_id, fields, ttl_s=600, check_at=None)
+    assert store.create(job_id, fields, ttl_s=600, check_at=Watch.DROP)
 
 
 def complete(store: JobStore, job_id: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import tts_client.client
-from tasks.record.jobs import JobStore
+from tasks.record.jobs import JobStore, Watch
 from tests.client.conftest import published
 from tts_client import TTSClient
 
@@ -142,7 +142,7 @@ def test_cancel_sends_tts_cancel_and_answers_what_it_did(
     tts: TTSClient, client_redis_url: str, db: redis.Redis
 ) -> None:
     store = JobStore(db, ttl_s=60)
-    assert store.create("running", {"status": "polling"}, ttl_s=60, check_at=None)
+    assert store.create("running", {"status": "polling"}, ttl_s=60, check_at=Watch.DROP)
     stop = threading.Event()
     worker = threading.Thread(
         target=worker_that_cancels, args=(client_redis_url, store, "running", stop)

@@ -104,7 +104,7 @@ def test_status_of_a_finished_job(
     assert document["polls"] == 2
     assert document["notify_state"] == "delivered"
     assert Path(document["outcome"]["audio"]["path"]).is_file()
-    assert not {"token", "seq", "submit_owner"} & document.keys()  # lease internals stay hidden
+    assert not {"token", "seq", "owner"} & document.keys()  # lease internals stay hidden
     assert human.exit_code == 0, human.output
     assert human.stdout.splitlines()[0].split() == ["status", "completed"]
     assert f"audio    {document['outcome']['audio']['path']}" in human.stdout

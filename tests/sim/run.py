@@ -42,7 +42,7 @@ from tasks.config.settings import Settings
 from tasks.nanogpt.client import NanoGPTClient
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher
-from tasks.record.jobs import DUE_KEY, WAIT_KEY, JobStore
+from tasks.record.jobs import DUE_KEY, POST_SENT, WAIT_KEY, JobStore
 from tasks.record.states import NotifyState
 from tasks.steps.context import Ctx
 from tasks.sweeps import granting, reconcile
@@ -187,7 +187,7 @@ class Execution:
     wake_at: float
     label: str = "start"
     loaded_at: int = 0  # the event at which it last read its job (jobs.load)
-    # The job whose POST it marked as leaving (post_sent, after begin_post or take_over_post)
+    # The job whose POST it marked as leaving (post_sent: seq 1, after begin_post or take_over_post)
     # and has not sent yet: a crash now leaves the job in doubt, the one case where
     # SUBMIT_UNCONFIRMED without a POST is right (a claim not yet marked provably sent nothing,
     # and its job must not end in doubt).
@@ -246,7 +246,7 @@ class Gated:
                     # Marked (even if its reply was lost): a crash before the POST leaves, or
                     # before a retry carries the knowledge that it did not, leaves it in doubt.
                     job = sim.truth.get(args[0])
-                    if job is not None and job.post_sent == args[1]:
+                    if job is not None and (job.token, job.seq) == (args[1], POST_SENT):
                         sim.current.claim = args[0]
             if label == "budget.spend":
                 if result == 0.0:

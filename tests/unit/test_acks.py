@@ -392,7 +392,7 @@ def test_a_claim_whose_reply_was_lost_is_taken_over_by_one_retry(
     assert upstream.posts == 0
     claimed = ctx.jobs.get(job)
     assert claimed is not None
-    assert (claimed.status, claimed.post_attempt) == (Status.POSTING, carried["attempt"])
+    assert (claimed.status, claimed.token) == (Status.POSTING, carried["attempt"])
     monkeypatch.setattr(store, "begin_post", real)
     # Two copies of the retry (a duplicate delivery): one takes the claim over and POSTs.
     for resent in (1, 1):

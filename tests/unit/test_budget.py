@@ -87,7 +87,7 @@ def parked_submit(store: JobStore, clock: Clock) -> str:
     now = clock()
     fields = {
         "status": Status.SUBMITTING,
-        "submit_owner": OWNER,
+        "owner": OWNER,
         "request": {"text": "Hello", "model": "m", "job_id": jid},
         "deadline_at": now + 900,
     }

@@ -268,7 +268,7 @@ def test_a_poll_retry_that_waited_for_budget_keeps_its_count(w: World) -> None:
         w.clock.advance(2.0)  # a token for each; every call is a fresh message (retries 0)
         result = w.poll(jid, token, task_id=f"poll-{n}")
         assert isinstance(result, steps.Retry)
-        assert w.job(jid).poll_retries == n
+        assert w.job(jid).tries == n
     # The third retry's backoff is from retry number 3, not 1: at least half of base x 2**2.
     assert result.wait_s >= 2.0
 

@@ -23,7 +23,7 @@ from tasks.audio.storage import StoredAudio
 from tasks.client import CancelNotTaken, Client
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import AudioLink, Pending, StatusResult, Ticket
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, Watch
 from tasks.record.states import SEQ_DONE, Status
 from tasks.steps.context import Ctx
 from tests.support.ctx import Outbox, make_ctx, settings
@@ -197,7 +197,7 @@ def test_post_in_flight_is_answered_into_a_refused_transition(
     assert said == ["cancelled"]
     assert w.upstream.calls == ["submit"]
     assert_cancelled_once(w, jid)  # no poll started, nothing parked
-    assert w.job(jid).token is None
+    assert w.job(jid).run_id is None  # the ticket was not taken: no chain started
     assert "accepted (and billed) the submit as run run-1 after the job had ended" in caplog.text
     assert "cancelled while its POST was in flight" in caplog.text
 
@@ -331,6 +331,25 @@ def test_one_cancel_run_twice_says_cancelled_both_times(w: World, jid: str) -> N
     assert w.outbox.names() == [names.NOTIFY]
 
 
+def test_one_cancel_delivered_twice_at_once_settles_once(
+    w: World, jid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both copies read the job before either settled (seed 1008 of the simulation): one
+    settles, the other finds the outcome its own message recorded; both say cancelled."""
+    to_polling(w, jid)
+    unsettled = w.job(jid)
+    real_get = w.ctx.jobs.get
+    reads = iter([unsettled])
+    monkeypatch.setattr(w.ctx.jobs, "get", lambda job_id: next(reads, None) or real_get(job_id))
+    assert w.cancel(jid) == "cancelled"
+    reads = iter([unsettled])  # the copy's read, taken before the first settled
+    before = w.snapshot(jid)
+
+    assert w.cancel(jid) == "cancelled"
+    assert w.snapshot(jid) == before
+    assert w.outbox.names() == [names.NOTIFY]
+
+
 @pytest.mark.parametrize("job_id", ["never-made", 42, None])
 def test_unknown_job_changes_nothing(w: World, job_id: object) -> None:
     assert w.cancel(job_id) == "unknown job"
@@ -340,7 +359,7 @@ def test_unknown_job_changes_nothing(w: World, job_id: object) -> None:
 
 def test_rejected_job_is_already_ended(w: World, jid: str) -> None:
     """A job whose record was made failed (bad arguments) is never cancelled over."""
-    w.ctx.jobs.create(jid, {"status": Status.FAILED}, ttl_s=0, check_at=None)
+    w.ctx.jobs.create(jid, {"status": Status.FAILED}, ttl_s=0, check_at=Watch.DROP)
     assert w.cancel(jid) == "already ended: failed"
     assert w.job(jid).outcome is None
 

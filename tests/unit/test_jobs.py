@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, JobStore
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, JobStore, Watch
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_settle_needs_a_record(store: JobStore) -> None:
 
 def test_notify_claim(store: JobStore) -> None:
     jid = new_id()
-    store.create(jid, {"status": "downloading"}, ttl_s=30, check_at=None)
+    store.create(jid, {"status": "downloading"}, ttl_s=30, check_at=Watch.DROP)
     store.settle(jid, {"type": "tts.completed", "audio": {}}, check_at=1.0)
     assert store.claim_notify(jid, "task-a", lease_s=30)
     assert store.claim_notify(jid, "task-a", lease_s=30)  # a retry of the same task
@@ -105,7 +105,7 @@ def test_notify_claim(store: JobStore) -> None:
 
 def test_expired_claim_is_taken_over(store: JobStore) -> None:
     jid = new_id()
-    store.create(jid, {}, ttl_s=30, check_at=None)
+    store.create(jid, {}, ttl_s=30, check_at=Watch.DROP)
     store.settle(jid, {"type": "tts.completed", "audio": {}}, check_at=1.0)
     assert store.claim_notify(jid, "dead-task", lease_s=-1)
     assert store.claim_notify(jid, "task-b", lease_s=30)

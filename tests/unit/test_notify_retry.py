@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tasks import errors, steps
-from tasks.record.jobs import KEY_PREFIX
+from tasks.record.jobs import KEY_PREFIX, Watch
 from tasks.record.states import NotifyState, Status
 from tasks.steps.outcomes import fail
 from tasks.webhooks import delivery as webhooks
@@ -45,7 +45,9 @@ def jid(redis_client: redis.Redis) -> Iterator[str]:
 def test_a_retried_webhook_keeps_its_webhook_id(redis_client: redis.Redis, jid: str) -> None:
     receiver = Receiver(failures=2)
     ctx, _ = make_ctx(redis_client, webhook=receiver)
-    ctx.jobs.create(jid, {"status": Status.SUBMITTING, "notify_url": URL}, ttl_s=60, check_at=None)
+    ctx.jobs.create(
+        jid, {"status": Status.SUBMITTING, "notify_url": URL}, ttl_s=60, check_at=Watch.DROP
+    )
     fail(ctx, jid, errors.UpstreamFailed("generation failed"))
     job = ctx.jobs.get(jid)
     assert job is not None
@@ -68,7 +70,9 @@ def test_a_resent_webhook_keeps_its_webhook_id(redis_client: redis.Redis, jid: s
     receiver = Receiver(failures=1)
     now = [1_800_000_000.0]
     ctx, _ = make_ctx(redis_client, webhook=receiver, clock=lambda: now[0])
-    ctx.jobs.create(jid, {"status": Status.SUBMITTING, "notify_url": URL}, ttl_s=60, check_at=None)
+    ctx.jobs.create(
+        jid, {"status": Status.SUBMITTING, "notify_url": URL}, ttl_s=60, check_at=Watch.DROP
+    )
     fail(ctx, jid, errors.UpstreamFailed("generation failed"))
 
     first = steps.notify(ctx, steps.Delivery("tts.notify", "first-sender"), jid)

@@ -179,7 +179,7 @@ def test_without_a_budget_the_submits_that_waited_for_one_are_sent(
     for jid in (waiting, ended):
         fields = {
             "status": Status.SUBMITTING,
-            "submit_owner": jid,
+            "owner": jid,
             "request": {"text": "Hello", "model": "m"},
             "deadline_at": now + 600,
         }
@@ -204,7 +204,7 @@ def test_a_waiting_submit_waits_in_the_one_wait_set_before_every_poll(
     now = time.time()
     poll_id, _ = polling_job(store)
     jid = f"s-{uuid.uuid4().hex}"
-    fields = {"status": Status.SUBMITTING, "submit_owner": jid, "deadline_at": now + 600}
+    fields = {"status": Status.SUBMITTING, "owner": jid, "deadline_at": now + 600}
     assert store.create(jid, fields, ttl_s=600, check_at=now + 30)
     assert store.defer_submit(jid, jid, deliveries=1, check_at=now + 600, queued_at=now - 5)
     assert redis_client.zscore(WAIT_KEY, jid) == submit_score(now - 5) < POLLS_FROM

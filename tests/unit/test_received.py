@@ -16,7 +16,7 @@ from tasks import names, steps
 from tasks.adapters.received import on_received
 from tasks.nanogpt.parsing import Pending, Ticket
 from tasks.nanogpt.validation import PollRequest, SubmitRequest
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, cancel_outcome_id
 from tasks.record.states import Status, Step, next_step
 from tests.support.ctx import Outbox, make_ctx
 
@@ -101,7 +101,7 @@ def test_submit_is_recorded_under_its_task_id(
     assert receive(names.SUBMIT_TTS, tid, ["Hello", MODEL], {"notify_url": HOOK}) == tid
     job = record(redis_client, tid)
     assert job is not None
-    assert (job.status, job.submit_owner, job.model, job.notify_url) == (
+    assert (job.status, job.owner, job.model, job.notify_url) == (
         Status.SUBMITTING,
         tid,
         MODEL,
@@ -152,7 +152,7 @@ def test_submit_with_a_job_id_is_recorded_under_it(
     assert receive(names.SUBMIT_TTS, tid, ["Hi", MODEL], {"job_id": jid, "speed": 1.5}) == jid
     job = record(redis_client, jid)
     assert job is not None
-    assert job.submit_owner == tid
+    assert job.owner == tid
     assert job.request is not None
     assert (job.request["job_id"], job.request["speed"]) == (jid, 1.5)
     assert record(redis_client, tid) is None
@@ -183,7 +183,7 @@ def test_poll_by_name_starts_a_chain_owned_by_its_task(
     assert receive(names.POLL_TTS, tid, [run_id, MODEL], kwargs) == run_id
     job = record(redis_client, run_id)
     assert job is not None
-    assert (job.status, job.chain_owner, job.run_id, job.model) == (
+    assert (job.status, job.owner, job.run_id, job.model) == (
         Status.POLLING,
         tid,
         run_id,
@@ -309,10 +309,10 @@ def test_a_received_cancel_ends_the_job_at_once_and_its_task_says_so(
     job = record(redis_client, jid)
     assert job is not None
     assert job.outcome is not None
-    assert (job.status, job.outcome["error"]["code"], job.cancel_id) == (
+    assert (job.status, job.outcome["error"]["code"], job.outcome_id) == (
         Status.FAILED,
         "CANCELLED",
-        cancel_id,
+        cancel_outcome_id(cancel_id),
     )
     assert outbox.names() == [names.NOTIFY]
     # The task then runs (or is redelivered): it recognises its own cancel; another does not.

@@ -26,7 +26,7 @@ def job(**fields: Any) -> Job:
         ({"token": "t", "seq": "-1"}, None),
         ({"status": "downloading"}, "download"),
         (
-            {"status": "submitting", "request": {"text": "x", "model": "m"}, "submit_owner": "id"},
+            {"status": "submitting", "request": {"text": "x", "model": "m"}, "owner": "id"},
             "submit",
         ),
         ({"status": "submitting"}, None),

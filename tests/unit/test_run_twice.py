@@ -18,7 +18,7 @@ import redis
 
 from tasks import errors, names, steps
 from tasks.nanogpt.parsing import Ticket
-from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY
+from tasks.record.jobs import DUE_KEY, KEY_PREFIX, POST_SENT, SPOOL_PREFIX, WAIT_KEY
 from tasks.record.states import Status
 from tests.support.ctx import make_ctx
 
@@ -162,10 +162,10 @@ OWNER = "owner-task"
 def _submitting(store: Any, jid: str) -> None:
     assert store.create(
         jid,
-        {"status": Status.SUBMITTING, "submit_owner": OWNER, "request": {"text": "t"}},
+        {"status": Status.SUBMITTING, "request": {"text": "t"}},
         ttl_s=30,
         check_at=100.0,
-        owner="submit_owner",
+        owner=OWNER,
     )
 
 
@@ -194,25 +194,23 @@ def store(redis_client: redis.Redis) -> Any:
 
 
 def test_create_twice_by_its_owner(store: Any, job_id: str) -> None:
-    fields = {"status": Status.SUBMITTING, "submit_owner": OWNER}
+    fields = {"status": Status.SUBMITTING}
     first, second = _twice(
-        lambda: store.create(job_id, fields, ttl_s=30, check_at=1.0, owner="submit_owner")
+        lambda: store.create(job_id, fields, ttl_s=30, check_at=1.0, owner=OWNER)
     )
     assert first is second is True
     # Anyone else (another message naming the same job id) is still refused.
-    other = {"status": Status.SUBMITTING, "submit_owner": "another-task"}
-    assert not store.create(job_id, other, ttl_s=30, check_at=1.0, owner="submit_owner")
+    assert not store.create(job_id, fields, ttl_s=30, check_at=1.0, owner="another-task")
 
 
 def test_start_chain_twice_by_its_owner(store: Any, job_id: str) -> None:
-    fields = {"run_id": "r", "model": "m", "chain_owner": OWNER}
-    first, second = _twice(lambda: store.start_chain(job_id, fields, deadline_at=2e9, check_at=1.0))
+    fields = {"run_id": "r", "model": "m"}
+    first, second = _twice(
+        lambda: store.start_chain(job_id, fields, deadline_at=2e9, check_at=1.0, owner=OWNER)
+    )
     assert first
     assert first == second
-    assert (
-        store.start_chain(job_id, {**fields, "chain_owner": "x"}, deadline_at=2e9, check_at=1.0)
-        is None
-    )
+    assert store.start_chain(job_id, fields, deadline_at=2e9, check_at=1.0, owner="x") is None
 
 
 def test_begin_post_twice(store: Any, job_id: str) -> None:
@@ -228,7 +226,7 @@ def test_begin_post_twice(store: Any, job_id: str) -> None:
 def test_post_sent_twice(store: Any, job_id: str) -> None:
     _posting(store, job_id)
     assert _twice(lambda: store.post_sent(job_id, "a1")) == (True, True)
-    assert store.get(job_id).post_sent == "a1"
+    assert store.get(job_id).seq == POST_SENT
     assert not store.post_sent(job_id, "a2")
 
 
@@ -297,8 +295,12 @@ def test_defer_submit_twice(store: Any, job_id: str) -> None:
 def test_settle_twice_with_its_outcome_id(store: Any, job_id: str) -> None:
     _posting(store, job_id)
     outcome = {"type": "tts.failed", "error": {"code": "X", "message": "m"}}
-    first, second = _twice(lambda: store.settle(job_id, outcome, check_at=9.0, outcome_id="o1"))
-    assert first is second is True
+    assert store.settle(job_id, outcome, check_at=9.0, outcome_id="o1")
+    first_run = store.redis.hgetall(KEY_PREFIX + job_id)
+    # Run again: it changes nothing, says so (True means "this call recorded it", once per
+    # job), and its caller finds its own outcome id (tasks/steps/cancel.py).
+    assert not store.settle(job_id, outcome, check_at=9.0, outcome_id="o1")
+    assert store.redis.hgetall(KEY_PREFIX + job_id) == first_run
     assert store.get(job_id).outcome_id == "o1"
     # Any other settle (another outcome id) still loses: the first outcome wins.
     assert not store.settle(job_id, outcome, check_at=9.0, outcome_id="o2")

@@ -6,6 +6,7 @@ behind."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 import redis
 
+from tasks.pacing import budget
+from tasks.record import contract, jobs
+from tasks.record.contract import Change, F, Watch
 from tasks.record.jobs import DUE_KEY, KEY_PREFIX, SPOOL_PREFIX, WAIT_KEY, Job, JobStore
 from tasks.record.states import (
     SEQ_DONE,
@@ -87,7 +91,7 @@ def submitting(store: JobStore, jid: str, *, check_at: float = 100.0) -> None:
         {
             "status": Status.SUBMITTING,
             "model": "Kokoro-82m",
-            "submit_owner": OWNER,
+            "owner": OWNER,
             "request": REQUEST,
         },
         ttl_s=30,
@@ -125,8 +129,8 @@ def test_begin_post_claims_the_post(
     submitting(store, jid, check_at=100.0)
     assert store.begin_post(jid, OWNER, "attempt-1", posts=1, lease_until=150.0, check_at=180.0)
     job = get(store, jid)
-    assert (job.status, job.post_attempt, job.posts) == (Status.POSTING, "attempt-1", 1)
-    assert job.post_lease_until == 150.0
+    assert (job.status, job.token, job.posts) == (Status.POSTING, "attempt-1", 1)
+    assert job.lease_until == 150.0
     assert due(redis_client, jid) == 180.0
 
 
@@ -149,7 +153,7 @@ def test_a_second_begin_post_is_refused(
     # The same message, redelivered while the first execution is still sending.
     assert not store.begin_post(jid, OWNER, "attempt-2", posts=2, lease_until=1.0, check_at=9.0)
     assert snapshot(redis_client, jid) == before
-    assert get(store, jid).post_attempt == "attempt-1"
+    assert get(store, jid).token == "attempt-1"
 
 
 @pytest.mark.parametrize(
@@ -159,7 +163,7 @@ def test_begin_post_only_from_submitting(
     store: JobStore, redis_client: redis.Redis, new_id: Callable[[], str], status: Status
 ) -> None:
     jid = new_id()
-    store.create(jid, {"status": status, "submit_owner": OWNER}, ttl_s=30, check_at=100.0)
+    store.create(jid, {"status": status, "owner": OWNER}, ttl_s=30, check_at=100.0)
     before = snapshot(redis_client, jid)
     assert not store.begin_post(jid, OWNER, "a", posts=1, lease_until=1.0, check_at=9.0)
     assert snapshot(redis_client, jid) == before
@@ -213,7 +217,7 @@ def test_post_refused_only_from_posting(
 ) -> None:
     jid = new_id()
     attempt = posting(store, jid)
-    assert store.settle(jid, FAILED, guards={"post_attempt": attempt}, check_at=100.0)
+    assert store.settle(jid, FAILED, guards={"token": attempt}, check_at=100.0)
     before = snapshot(redis_client, jid)
     # The claim ran out and the job was settled; the late answer must not reopen it.
     assert not store.post_refused(jid, attempt, {}, check_at=9.0)
@@ -382,7 +386,7 @@ def test_settle_with_guards_refuses_a_mismatch(
     jid = new_id()
     posting(store, jid, "attempt-1")
     before = snapshot(redis_client, jid)
-    stale = {"status": Status.POSTING, "post_attempt": "attempt-0"}
+    stale = {"status": Status.POSTING, "token": "attempt-0"}
     assert not store.settle(jid, FAILED, guards=stale, check_at=9.0)
     assert not store.settle(jid, COMPLETED, guards={"status": Status.DOWNLOADING}, check_at=9.0)
     assert snapshot(redis_client, jid) == before
@@ -394,7 +398,7 @@ def test_settle_with_matching_guards(
 ) -> None:
     jid = new_id()
     attempt = posting(store, jid)
-    guards = {"status": Status.POSTING, "post_attempt": attempt}
+    guards = {"status": Status.POSTING, "token": attempt}
     assert store.settle(jid, FAILED, guards=guards, check_at=800.0)
     job = get(store, jid)
     assert (job.status, job.outcome, job.notify_state) == (Status.FAILED, FAILED, "queued")
@@ -544,7 +548,7 @@ def test_notify_pending(outcome: dict[str, Any] | None, state: str | None, pendi
     assert notify_pending(settled) is pending
 
 
-SUBMIT_FIELDS = {"request": REQUEST, "submit_owner": OWNER}
+SUBMIT_FIELDS = {"request": REQUEST, "owner": OWNER}
 
 
 @pytest.mark.parametrize(
@@ -552,7 +556,7 @@ SUBMIT_FIELDS = {"request": REQUEST, "submit_owner": OWNER}
     [
         ({"status": Status.SUBMITTING, **SUBMIT_FIELDS}, Step.SUBMIT),
         ({"status": Status.POSTING, **SUBMIT_FIELDS}, Step.SUBMIT),
-        ({"status": Status.POSTING, "submit_owner": OWNER}, None),
+        ({"status": Status.POSTING, "owner": OWNER}, None),
         ({"status": Status.POSTING, "request": REQUEST}, None),
         ({"status": Status.SUBMITTING}, None),
         (LIVE, Step.POLL),
@@ -574,7 +578,7 @@ def test_next_step(fields: dict[str, Any], step: Step | None) -> None:
     [
         ({"status": Status.SUBMITTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
         ({"status": Status.POSTING, **SUBMIT_FIELDS}, (REQUEST, OWNER)),
-        ({"status": Status.POSTING, "submit_owner": OWNER}, None),
+        ({"status": Status.POSTING, "owner": OWNER}, None),
         ({"status": Status.SUBMITTING, "request": REQUEST}, None),
         ({**LIVE, **SUBMIT_FIELDS}, None),
         ({"status": Status.FAILED, **SUBMIT_FIELDS}, None),
@@ -616,7 +620,117 @@ def test_a_job_settled_while_posting_needs_only_its_webhook(
 ) -> None:
     jid = new_id()
     attempt = posting(store, jid)
-    assert store.settle(jid, FAILED, guards={"post_attempt": attempt}, check_at=9.0)
+    assert store.settle(jid, FAILED, guards={"token": attempt}, check_at=9.0)
     settled = get(store, jid)
     assert not has_live_poll(settled)
     assert next_step(settled) == Step.NOTIFY
+
+
+# --- the step lease (tasks/record/__init__.py) and the scripts' typed arguments -------------
+
+
+def test_one_lease_passes_from_the_submit_to_the_polls(
+    store: JobStore, new_id: Callable[[], str]
+) -> None:
+    jid = new_id()
+    posting(store, jid, "a1")
+    job = get(store, jid)
+    assert (job.owner, job.token, job.seq, job.lease_until) == (OWNER, "a1", "0", 150.0)
+    assert job.post_unsent()
+    assert store.post_sent(jid, "a1")
+    job = get(store, jid)
+    assert not job.post_unsent()
+    # A refused POST counts a try; the next claim takes a new token from the same owner.
+    assert store.post_refused(jid, "a1", {F.TRIES: 1}, check_at=190.0)
+    assert store.begin_post(jid, OWNER, "a2", posts=2, lease_until=250.0, check_at=280.0)
+    assert store.post_sent(jid, "a2")
+    assert store.post_accepted(jid, "a2", {"run_id": "r"}, deadline_at=2e9, check_at=300.0) == "a2"
+    job = get(store, jid)
+    # The chain runs under the accepted claim's token, its tries and claim deadline gone.
+    assert (job.status, job.token, job.seq, job.lease_until, job.tries) == (
+        Status.POLLING,
+        "a2",
+        "0",
+        None,
+        0,
+    )
+    assert store.advance(jid, "a2", 0, {}, check_at=310.0, attempt="poll-x")
+    job = get(store, jid)
+    assert (job.owner, job.seq) == ("poll-x", "1")
+
+
+def test_an_ended_job_frees_the_lease_for_the_webhook_sender(
+    store: JobStore, new_id: Callable[[], str]
+) -> None:
+    """A POST claim good for minutes must not keep the webhook waiting once the job failed."""
+    jid = new_id()
+    submitting(store, jid)
+    assert store.begin_post(jid, OWNER, "a1", posts=1, lease_until=1e12, check_at=180.0)
+    guard = {F.STATUS: Status.POSTING, F.TOKEN: "a1"}
+    assert store.settle(jid, FAILED, guards=guard, check_at=200.0)
+    job = get(store, jid)
+    assert (job.owner, job.lease_until, job.seq) == (None, None, SEQ_DONE)
+    assert store.claim_notify(jid, "notify-task", lease_s=30)
+    assert not store.claim_notify(jid, "another-notify", lease_s=30)
+    store.finish_notify(jid, NotifyState.DELIVERED)
+    job = get(store, jid)
+    assert (job.owner, job.lease_until, job.notify_state) == (None, None, NotifyState.DELIVERED)
+
+
+def test_a_guard_of_none_means_unset(store: JobStore, new_id: Callable[[], str]) -> None:
+    jid = new_id()
+    submitting(store, jid)
+    assert not store.settle(jid, FAILED, guards={F.TOKEN: "x"}, check_at=1.0)
+    assert store.settle(jid, FAILED, guards={F.TOKEN: None}, check_at=1.0)
+
+
+def test_check_times_say_keep_or_drop_and_never_none(
+    store: JobStore, new_id: Callable[[], str], redis_client: redis.Redis
+) -> None:
+    jid = new_id()
+    submitting(store, jid)
+    store.update(jid, {"last_error": "e"})  # keeps it
+    assert redis_client.zscore(DUE_KEY, jid) == 100.0
+    store.update(jid, {"last_error": "e"}, check_at=Watch.DROP)
+    assert redis_client.zscore(DUE_KEY, jid) is None
+    store.update(jid, {"last_error": "e"}, check_at=5.0)  # off the watch: stays off
+    assert redis_client.zscore(DUE_KEY, jid) is None
+    store.recheck_at(jid, 7.0)
+    assert redis_client.zscore(DUE_KEY, jid) == 7.0
+    with pytest.raises(TypeError):
+        store.recheck_at(jid, None)  # type: ignore[arg-type]
+
+
+def test_a_change_is_one_typed_document() -> None:
+    change = Change(
+        guard={F.STATUS: Status.POLLING, F.TOKEN: None},
+        fields={"queue_position": None, "polls": 3, "is_api_request": True},
+        drop=("queue_position",),
+        check_at=Watch.KEEP,
+    )
+    doc = json.loads(change.arg())
+    assert doc["guard"] == [["status", "polling"], ["token", None]]
+    assert doc["set"] == ["polls", "3", "is_api_request", "1"]  # None is not written
+    assert doc["drop"] == ["queue_position"]
+    assert doc["watch"] == "keep"
+    assert "ttl" not in doc
+    assert "park_at" not in doc
+
+
+def test_scripts_spell_no_state_value_of_their_own() -> None:
+    """Every status, notify state, closed seq and grant in a script comes from its constant
+    (spliced in by contract.lua, double-quoted); a single-quoted copy is a second spelling."""
+    values = [*Status, *NotifyState, SEQ_DONE, contract.POLL_GRANT_PREFIX, contract.SUBMIT_GRANT]
+    values += [f.value for f in F]
+    sources = [
+        jobs._ACCEPT,
+        jobs._TRANSITION,
+        jobs._SETTLE,
+        jobs._CLAIM_NOTIFY,
+        jobs._COUNT_DELIVERY,
+        budget._SPEND,
+        budget._GRANT,
+    ]
+    for source in sources:
+        for value in values:
+            assert f"'{value}'" not in source, value
