@@ -20,7 +20,9 @@ from tests.support.ctx import Outbox, make_ctx
 
 @pytest.fixture
 def store(redis_client: redis.Redis) -> JobStore:
-    redis_client.delete(WAIT_KEY)
+    # The Redis is shared by the unit tests of this process: start with no waiting job and no
+    # fleet releaser (another test's releaser keeps the lock for LEADER_TTL_S after its tick).
+    redis_client.delete(WAIT_KEY, granting.LEADER_KEY)
     return JobStore(redis_client, ttl_s=60)
 
 
