@@ -554,6 +554,24 @@ class JobStore:
             )
         )
 
+    def post_not_sent(self, job_id: str, attempt: str) -> bool:
+        """The mark taken back (``seq`` sent → claimed) by the execution that wrote it, lost
+        its reply, and so sent nothing: the record then says itself that this claim never left,
+        and the submit's next delivery gives it back and sends once it runs out, whichever
+        delivery comes first. True also if the mark was never written; False if ``attempt`` no
+        longer holds the claim. Run again by the same execution: True."""
+        held: dict[str, str | None] = {F.STATUS: Status.POSTING, F.TOKEN: attempt}
+        return bool(
+            self._move(
+                job_id,
+                self._step(
+                    {**held, F.SEQ: POST_SENT},
+                    {F.SEQ: POST_CLAIMED},
+                    done={**held, F.SEQ: POST_CLAIMED},
+                ),
+            )
+        )
+
     def take_over_post(
         self, job_id: str, lost: str, attempt: str, *, lease_until: float, check_at: float
     ) -> bool:

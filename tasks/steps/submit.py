@@ -8,6 +8,8 @@ import logging
 import uuid
 from typing import Any
 
+import redis
+
 from tasks import errors, logctx, metrics
 from tasks.audio import storage
 from tasks.config.celery_config import POST_LEASE_SLACK_S
@@ -133,12 +135,17 @@ def submit(
                 lease_until=lease_until,
                 check_at=claim_check_at,
             )
+    except Exception as exc:
+        # The claim may have been written without its reply reaching us (a timeout, a
+        # connection cut after the script ran). Nothing was sent under it: the retry carries
+        # it and takes it over at once (take_over_post).
+        raise AnswerUnrecorded({"attempt": attempt, "kind": "claim"}) from exc
+    try:
         # Marked just before it leaves: a claim without the mark provably sent nothing.
         sending = claimed and ctx.jobs.post_sent(jid, attempt)
     except Exception as exc:
-        # The claim (or its mark) may have been written without its reply reaching us (a
-        # timeout, a connection cut after the script ran). Nothing was sent under it: the
-        # retry carries it and takes it over at once (take_over_post).
+        # The same for the mark, which is also taken back: see _take_back_mark.
+        _take_back_mark(ctx, jid, attempt)
         raise AnswerUnrecorded({"attempt": attempt, "kind": "claim"}) from exc
     if not sending:
         return jid  # refused, or the claim ran out before the POST left and was taken back
@@ -170,6 +177,19 @@ class AnswerUnrecorded(Exception):
     def __init__(self, answer: dict[str, Any]) -> None:
         super().__init__("NanoGPT's answer to the submit could not be recorded")
         self.answer = answer
+
+
+def _take_back_mark(ctx: Ctx, job_id: str, attempt: str) -> None:
+    """The POST's mark may be written though its reply was lost, and nothing was sent: take it
+    back, so the record says so. The retry carries the claim too, but it can come late: held by
+    a worker that died before its countdown ran out, it is back only after the visibility
+    timeout, while the reconciler's re-sent submit, finding the mark on a claim run out, would
+    end the job ``SUBMIT_UNCONFIRMED`` with no POST sent. Best effort: if the job store fails
+    this too, the retry is again the one that knows."""
+    try:
+        ctx.jobs.post_not_sent(job_id, attempt)
+    except redis.RedisError as exc:
+        log.warning("job %s: the POST's mark, not sent, could not be taken back: %s", job_id, exc)
 
 
 def _record_answer(

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -22,7 +23,7 @@ from tasks.record.contract import F, lua
 from tasks.record.jobs import Job, JobStore
 from tasks.steps import accept
 from tests.sim import run
-from tests.sim.broker import Message
+from tests.sim.broker import Message, PublishFailed
 from tests.sim.run import Execution, Report, Sim, run_seed
 from tests.sim.store import STORE_FAULTS, StorePlan
 from tests.sim.world import Plan
@@ -406,3 +407,83 @@ def test_a_budget_that_grants_every_call_is_caught(
     monkeypatch.setattr(budget, "_SPEND", budget._SPEND.replace(check, "if true then\n"))
     report = run_seed(8, sim_redis)
     assert any("NanoGPT calls within" in v for v in report.violations), report.violations
+
+
+@dataclasses.dataclass
+class LostMark:
+    """The schedule of :func:`_mark_lost_then_retry_held_up`: the POST's mark (``post_sent``)
+    runs but its reply is lost, once; the retry that carries the claim is then held up:
+    ``killed``, the worker is SIGKILLed at the failed execution's ack, holding that retry (taken
+    for its countdown); ``refused``, the broker refuses the retry, so the message is given back
+    without it."""
+
+    how: str
+    marks: int = 0
+    placed: bool = False
+    sim: Sim | None = None
+
+    def post_sent(self, real: Callable[..., bool]) -> Callable[..., bool]:
+        def lose_the_first_reply(job_id: str, attempt: str) -> bool:
+            answer = real(job_id, attempt)
+            self.marks += 1
+            if self.marks == 1:
+                raise redis.TimeoutError("Timeout reading from socket (placed by hand)")
+            return answer
+
+        return lose_the_first_reply
+
+    def publish(self, real: Callable[..., None]) -> Callable[..., None]:
+        def refuse_the_retry(message: Message, *, fail_ok: bool = True) -> None:
+            if self.how == "refused" and not self.placed and "accepted" in message.kwargs:
+                self.placed = True
+                raise PublishFailed("the retry refused (placed by hand)")
+            real(message, fail_ok=fail_ok)
+
+        return refuse_the_retry
+
+    def stall(self, sim: Sim, ex: Execution, label: str) -> float:
+        if self.how == "killed" and self.marks == 1 and not self.placed and label == "ack":
+            self.placed = True
+            sim.knobs.kill_at_event = sim.transport.events  # at its next side effect
+        return 0.0
+
+
+def _mark_lost_then_retry_held_up(sim: Sim, schedule: LostMark) -> None:
+    """One submit the default way, one worker, no random fault. Its POST's mark is written but
+    the worker never hears so: it sends nothing, and its retry carries the claim (``accepted``,
+    kind ``claim``). That retry does not come in time: held by a dead worker it is back only
+    after the visibility timeout (Redis transport), refused by the broker it never exists; the
+    reconciler re-sends the submit once the claim's lease and TTS_RECOVERY_GRACE are past."""
+    sim.plans[:] = [Plan(0, sim.new_task_id())]
+    k = sim.knobs
+    # A prefetch of two: the worker takes the retry while its one slot still runs the first.
+    k.workers, k.prefetch, k.concurrency = 1, 2, 1
+    k.p_crash = k.p_duplicate = k.p_publish_fail = k.p_reorder = 0.0
+    k.upstream_rate = 0.0
+    jobs = sim.ctx.jobs._target  # type: ignore[attr-defined]
+    jobs.post_sent = schedule.post_sent(jobs.post_sent)
+    sim.broker.publish = schedule.publish(sim.broker.publish)  # type: ignore[method-assign]
+    sim.stall = schedule.stall
+    schedule.sim = sim
+
+
+@pytest.mark.parametrize("how", ["killed", "refused"])
+def test_a_lost_mark_whose_retry_is_held_up_still_posts(sim_redis: redis.Redis, how: str) -> None:
+    """A POST that never left is not ended SUBMIT_UNCONFIRMED when the retry that knew it does
+    not come in time: the execution that lost the mark's reply takes the mark back before it
+    raises, so the record itself says the claim was never sent. Both failed on main at a098ba3
+    (the lease's code), and were what seeds 658 and 1670 (killed) and 928 (refused) met once
+    the schedule's merge moved the job store's fault draws."""
+    schedule = LostMark(how)
+    report = run_seed(
+        1,
+        sim_redis,
+        shape=lambda s: _mark_lost_then_retry_held_up(s, schedule),
+        store_faults_on=NO_STORE_FAULTS,
+    )
+    assert schedule.placed, "the schedule did not happen as described"
+    assert report.crashes["worker"] == (1 if how == "killed" else 0)
+    assert report.violations == []
+    assert dict(report.outcomes) == {"completed": 1}
+    assert schedule.sim is not None
+    assert schedule.sim.ledger.posts == {"Sim job 0.": 1}

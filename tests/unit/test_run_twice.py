@@ -230,6 +230,17 @@ def test_post_sent_twice(store: Any, job_id: str) -> None:
     assert not store.post_sent(job_id, "a2")
 
 
+def test_post_not_sent_twice(store: Any, job_id: str) -> None:
+    _posting(store, job_id)
+    assert store.post_sent(job_id, "a1")
+    assert _twice(lambda: store.post_not_sent(job_id, "a1")) == (True, True)
+    assert store.get(job_id).post_unsent()
+    # Another claim's execution cannot take this mark back; a mark never written: True.
+    assert store.post_sent(job_id, "a1")
+    assert not store.post_not_sent(job_id, "a2")
+    assert store.get(job_id).seq == POST_SENT
+
+
 def test_post_refused_twice(store: Any, job_id: str) -> None:
     _posting(store, job_id)
     first, second = _twice(
