@@ -118,6 +118,9 @@ class Rig:
         self._deliveries: list[Delivery] = []
         self._retired: set[WorkerProcess] = set()
         self.restarts = 0
+        # Why a restart by the supervisor failed (the worker exited while starting, or was not
+        # ready in time); it is tried again on its next tick.
+        self.failed_starts: list[str] = []
 
     # --- processes -------------------------------------------------------------------------
 
@@ -175,8 +178,10 @@ class Rig:
         while holding unacked messages exits ("Unrecoverable error" restoring them).
         """
         stop = threading.Event()
+        owed = 0  # workers that exited and are not yet running again
 
         def loop() -> None:
+            nonlocal owed
             while not stop.wait(0.5):
                 for worker in list(self.workers):
                     if (
@@ -185,8 +190,17 @@ class Rig:
                         and worker not in self._retired
                     ):
                         self._retired.add(worker)
-                        self.restarts += 1
+                        owed += 1
+                while owed and not stop.is_set():
+                    self.restarts += 1
+                    try:
                         self.start_worker()
+                    except RuntimeError as exc:
+                        # It exited while starting (the broker still down or full) or was not
+                        # ready in time: a supervisor tries again, as systemd's Restart= does.
+                        self.failed_starts.append(str(exc)[-2000:])
+                        break
+                    owed -= 1
 
         threading.Thread(target=loop, daemon=True).start()
         return stop

@@ -40,6 +40,7 @@ from tests.reliability.rig import (
     MODEL,
     Figures,
     Rig,
+    Tally,
     store_down,
     store_frozen,
     store_full,
@@ -76,26 +77,32 @@ def killed(node: PrivateNode) -> str:
     return f"SIGKILLed, started again on its files {DOWN_S:.0f} s later (boot {node.boot_s:.1f} s)"
 
 
-def memory_alarm(node: PrivateNode) -> str:
-    node.ctl("set_vm_memory_high_watermark", TINY_WATERMARK)
+def _alarmed(node: PrivateNode, kind: str, setting: str, value: str, default: str) -> str:
+    """Raise the node's ``kind`` alarm by setting ``setting`` to ``value`` for ALARM_S."""
+    node.ctl(setting, value)
     try:
         raised = node.alarms()
         time.sleep(ALARM_S)
     finally:
-        node.ctl("set_vm_memory_high_watermark", rabbit_node.DEFAULT_MEMORY_WATERMARK)
-    assert "memory" in raised, raised
-    return f"in memory alarm for {ALARM_S:.0f} s (publishers blocked)"
+        node.ctl(setting, default)
+    assert kind in raised, raised
+    return f"in {kind} alarm for {ALARM_S:.0f} s (publishers blocked)"
+
+
+def memory_alarm(node: PrivateNode) -> str:
+    return _alarmed(
+        node,
+        "memory",
+        "set_vm_memory_high_watermark",
+        TINY_WATERMARK,
+        rabbit_node.DEFAULT_MEMORY_WATERMARK,
+    )
 
 
 def disk_alarm(node: PrivateNode) -> str:
-    node.ctl("set_disk_free_limit", HUGE_DISK_LIMIT)
-    try:
-        raised = node.alarms()
-        time.sleep(ALARM_S)
-    finally:
-        node.ctl("set_disk_free_limit", rabbit_node.DEFAULT_DISK_FREE_LIMIT)
-    assert "disk" in raised, raised
-    return f"in disk alarm for {ALARM_S:.0f} s (publishers blocked)"
+    return _alarmed(
+        node, "disk", "set_disk_free_limit", HUGE_DISK_LIMIT, rabbit_node.DEFAULT_DISK_FREE_LIMIT
+    )
 
 
 def frozen(node: PrivateNode) -> str:
@@ -163,6 +170,26 @@ def node(tmp_path: Path) -> Iterator[PrivateNode]:
     started.stop()
 
 
+def strike(rig: Rig, caller: Caller, fault: Callable[[], str]) -> tuple[str, float, float, Tally]:
+    """Send the jobs, strike ``fault`` FAULT_AFTER_S after the first send, wait for the sends
+    to end, then tally the outcomes until RECOVERY_LIMIT_S after the fault ended. Returns what
+    the fault did, when it struck and ended, and the tally."""
+    sender = threading.Thread(target=caller.run, daemon=True)
+    sender.start()
+    while not caller.first_at:
+        time.sleep(0.01)
+    time.sleep(max(0.0, caller.first_at[0] + FAULT_AFTER_S - time.time()))
+    struck_at = time.time()
+    what = fault()
+    ended_at = time.time()
+    sender.join()
+    assert len(caller.sent) == JOBS
+    tally = rig.tally(
+        list(caller.sent), timeout_s=max(0.0, ended_at + RECOVERY_LIMIT_S - time.time())
+    )
+    return what, struck_at, ended_at, tally
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_rabbitmq_fault(fault: str, node: PrivateNode, rig: Rig, report: list[Figures]) -> None:
@@ -171,21 +198,10 @@ def test_rabbitmq_fault(fault: str, node: PrivateNode, rig: Rig, report: list[Fi
     rig.split_job_store()
     assert_runs_this_tree(rig.start_worker())
     caller = Caller(rig)
-    sender = threading.Thread(target=caller.run, daemon=True)
-    sender.start()
-    while not caller.first_at:
-        time.sleep(0.01)
-    time.sleep(max(0.0, caller.first_at[0] + FAULT_AFTER_S - time.time()))
-    struck_at = time.time()
-    what = FAULTS[fault](node)
-    ended_at = time.time()
-    sender.join()
-    assert len(caller.sent) == JOBS
-    sent = caller.sent
-    tally = rig.tally(list(sent), timeout_s=max(0.0, ended_at + RECOVERY_LIMIT_S - time.time()))
+    what, struck_at, ended_at, tally = strike(rig, caller, lambda: FAULTS[fault](node))
     check(
         rig,
-        sent,
+        caller.sent,
         tally,
         f"RabbitMQ {what}",
         struck_at,
@@ -214,19 +230,7 @@ def test_redis_broker_fault(fault: str, rig: Rig, report: list[Figures]) -> None
     assert_runs_this_tree(rig.start_worker())
     supervisor = rig.supervise()
     caller = Caller(rig)
-    sender = threading.Thread(target=caller.run, daemon=True)
-    sender.start()
-    while not caller.first_at:
-        time.sleep(0.01)
-    time.sleep(max(0.0, caller.first_at[0] + FAULT_AFTER_S - time.time()))
-    struck_at = time.time()
-    what = REDIS_BROKER_FAULTS[fault](rig)
-    ended_at = time.time()
-    sender.join()
-    assert len(caller.sent) == JOBS
-    tally = rig.tally(
-        list(caller.sent), timeout_s=max(0.0, ended_at + RECOVERY_LIMIT_S - time.time())
-    )
+    what, struck_at, ended_at, tally = strike(rig, caller, lambda: REDIS_BROKER_FAULTS[fault](rig))
     supervisor.set()
     check(
         rig,
@@ -237,7 +241,7 @@ def test_redis_broker_fault(fault: str, rig: Rig, report: list[Figures]) -> None
         ended_at,
         report,
         extra=f"; caller re-sends {caller.resends}; worker restarts by its supervisor: "
-        f"{rig.restarts}",
+        f"{rig.restarts} ({len(rig.failed_starts)} of them exited while starting)",
     )
 
 
@@ -271,6 +275,29 @@ attempt("apply_async", lambda: notify.apply_async(("job-y",), countdown=2))
 PROBE_TIMEOUT_S = 90.0
 
 
+def assert_publishes_give_up(env: dict[str, str], broker: str) -> None:
+    """Run the publish probe (this checkout's code) against ``broker``: each of its publishes
+    must raise after its timeouts, none wait for the broker to come back."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PUBLISH_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a publish waited {PROBE_TIMEOUT_S:.0f} s for {broker}: {exc.stdout}")
+    tree, *lines = done.stdout.splitlines()
+    assert tree == f"tree {ROOT / 'tasks' / '__init__.py'}", done.stdout + done.stderr
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["celery_send", "raised"],
+        ["apply_async", "raised"],
+    ], done.stdout + done.stderr
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("alarm", ["memory", "disk"])
 def test_publish_to_a_node_in_alarm_gives_up(alarm: str, node: PrivateNode, rig: Rig) -> None:
@@ -285,24 +312,7 @@ def test_publish_to_a_node_in_alarm_gives_up(alarm: str, node: PrivateNode, rig:
     rig.use_broker(node.url)
     # python -c puts its working directory (this checkout) first on sys.path.
     env = child_env({**rig.env(), "TTS_REDIS_URL": rig.redis.url})
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", PUBLISH_PROBE],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            check=False,
-            cwd=ROOT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"a publish waited {PROBE_TIMEOUT_S:.0f} s for a node in alarm: {exc.stdout}")
-    tree, *lines = done.stdout.splitlines()
-    assert tree == f"tree {ROOT / 'tasks' / '__init__.py'}", done.stdout + done.stderr
-    assert [line.split(" ", 2)[:2] for line in lines] == [
-        ["celery_send", "raised"],
-        ["apply_async", "raised"],
-    ], done.stdout + done.stderr
+    assert_publishes_give_up(env, "a node in alarm")
 
 
 @pytest.mark.timeout(240)
@@ -314,22 +324,6 @@ def test_publish_to_a_frozen_redis_broker_gives_up(rig: Rig) -> None:
     assert rig.redis.process is not None
     os.kill(rig.redis.process.pid, signal.SIGSTOP)
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", PUBLISH_PROBE],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            check=False,
-            cwd=ROOT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"a publish waited {PROBE_TIMEOUT_S:.0f} s for a frozen broker: {exc.stdout}")
+        assert_publishes_give_up(env, "a frozen broker")
     finally:
         os.kill(rig.redis.process.pid, signal.SIGCONT)
-    tree, *lines = done.stdout.splitlines()
-    assert tree == f"tree {ROOT / 'tasks' / '__init__.py'}", done.stdout + done.stderr
-    assert [line.split(" ", 2)[:2] for line in lines] == [
-        ["celery_send", "raised"],
-        ["apply_async", "raised"],
-    ], done.stdout + done.stderr

@@ -176,24 +176,15 @@ NO_STORE_FAULTS: frozenset[str] = frozenset()
 
 
 def test_a_cancel_ends_a_polling_job_and_its_polls(sim_redis: redis.Redis) -> None:
-    for seed in CANCEL_SEEDS:
-        report = run_seed(
-            seed,
-            sim_redis,
-            shape=_one_job_cancelled_while_it_polls,
-            store_faults_on=NO_STORE_FAULTS,
-        )
-        assert report.violations == [], seed
-        assert dict(report.outcomes) == {"CANCELLED": 1}, seed
-    for seed in DUPLICATE_CANCEL_SEEDS:
-        report = run_seed(
-            seed,
-            sim_redis,
-            shape=_one_job_cancelled_while_its_polls_are_duplicated,
-            store_faults_on=NO_STORE_FAULTS,
-        )
-        assert report.violations == [], seed
-        assert dict(report.outcomes) == {"CANCELLED": 1}, seed
+    cases = [
+        (CANCEL_SEEDS, _one_job_cancelled_while_it_polls),
+        (DUPLICATE_CANCEL_SEEDS, _one_job_cancelled_while_its_polls_are_duplicated),
+    ]
+    for seeds, shape in cases:
+        for seed in seeds:
+            report = run_seed(seed, sim_redis, shape=shape, store_faults_on=NO_STORE_FAULTS)
+            assert report.violations == [], seed
+            assert dict(report.outcomes) == {"CANCELLED": 1}, seed
 
 
 def _polls_that_ignore_their_lease(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -299,13 +299,7 @@ def test_an_answer_the_store_refused_is_recorded_by_the_retry(
     monkeypatch.setattr(store, "post_accepted", real)
     retried = steps.Delivery(names.SUBMIT_TTS, job, 0, 1)
     assert steps.submit(ctx, retried, "Hello", MODEL, job_id=job, accepted=carried) == job
-    recorded = ctx.jobs.get(job)
-    assert recorded is not None
-    assert (recorded.status, recorded.run_id, upstream.posts) == (
-        Status.POLLING,
-        "run-paid-once",
-        1,
-    )
+    assert_polling_after_one_post(ctx, job, upstream.posts)
 
 
 def test_an_answer_whose_claim_a_restart_lost_is_recorded_not_posted_again(
@@ -346,13 +340,7 @@ def test_an_answer_whose_claim_a_restart_lost_is_recorded_not_posted_again(
     monkeypatch.setattr(store, "post_accepted", real_accepted)
     retried = steps.Delivery(names.SUBMIT_TTS, job, 0, 1)
     assert steps.submit(ctx, retried, "Hello", MODEL, job_id=job, accepted=carried) == job
-    recorded = ctx.jobs.get(job)
-    assert recorded is not None
-    assert (recorded.status, recorded.run_id, upstream.posts) == (
-        Status.POLLING,
-        "run-paid-once",
-        1,
-    )
+    assert_polling_after_one_post(ctx, job, upstream.posts)
 
 
 @pytest.mark.parametrize(
@@ -428,3 +416,10 @@ def test_a_claim_refused_because_its_first_run_took_it_is_ours(
     recorded = ctx.jobs.get(job)
     assert recorded is not None
     assert (recorded.status, recorded.posts, upstream.posts) == (Status.POLLING, 1, 1)
+
+
+def assert_polling_after_one_post(ctx: Any, job: str, posts: int) -> None:
+    """The job went on to poll NanoGPT's one ticket, and the text was POSTed once."""
+    recorded = ctx.jobs.get(job)
+    assert recorded is not None
+    assert (recorded.status, recorded.run_id, posts) == (Status.POLLING, "run-paid-once", 1)
