@@ -502,10 +502,12 @@ def serve(
     """
     with Simulator(host=host, port=port, api_key=api_key, rate_limit_per_s=rate_limit_per_s) as sim:
         limit = "no rate limit" if rate_limit_per_s is None else f"{rate_limit_per_s:g} requests/s"
-        print(
-            f"NanoGPT simulator: base URL {sim.base_url}, API key {api_key!r}, {limit}", flush=True
-        )
         try:
+            # Inside the try: a Ctrl-C the moment the banner is out still stops it cleanly.
+            print(
+                f"NanoGPT simulator: base URL {sim.base_url}, API key {api_key!r}, {limit}",
+                flush=True,
+            )
             while True:
                 time.sleep(3600)  # the server runs on its own thread; this one only waits
         except KeyboardInterrupt:

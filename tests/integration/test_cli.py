@@ -212,15 +212,20 @@ def test_speak_wait_shows_progress_and_a_failure(broker: dict[str, str]) -> None
     assert "Traceback" not in done.stderr
 
 
+# Ctrl-C stops the simulator at once; far longer means it hangs.
+SIGINT_WAIT_S = 10.0
+
+
 def test_simulate_serves_until_ctrl_c() -> None:
     port = free_port()
-    with subprocess.Popen(
+    proc = subprocess.Popen(
         [TTS_WORKER, "simulate", "--port", str(port), "--api-key", "k1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-    ) as proc:
+    )
+    try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()
         submitted = requests.post(
@@ -233,7 +238,17 @@ def test_simulate_serves_until_ctrl_c() -> None:
             f"http://127.0.0.1:{port}/api/tts", json={"text": "Hi", "model": ELEVEN}, timeout=5
         )
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        try:
+            code = proc.wait(timeout=SIGINT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=SIGINT_WAIT_S)
+            pytest.fail(f"simulate still ran {SIGINT_WAIT_S:.0f} s after Ctrl-C; stderr: {err}")
+        assert code == 0, proc.communicate(timeout=SIGINT_WAIT_S)[1]
+    finally:
+        if proc.poll() is None:  # a failed step above: never leave it (or this test) hanging
+            proc.kill()
+            proc.wait(timeout=SIGINT_WAIT_S)
 
     assert f"http://127.0.0.1:{port}/api" in banner
     assert submitted.status_code == 202
