@@ -278,8 +278,18 @@ def _duplicate_between_load_and_claim(sim: Sim, schedule: HeldSubmit) -> None:
 
 
 def test_a_duplicate_between_loading_and_claiming_posts_once(sim_redis: redis.Redis) -> None:
+    # Without the job store's faults, as its mutation below: with them, the schedule depends on
+    # where the seed's fault draws land (each Redis command takes one). After the schedule's
+    # merge (whose polls and submit read and write what the fleet learnt), a lost command hit
+    # the held execution's claim: it raised and retried (then found the job taken) instead of
+    # finding the claim taken: still one POST, but not the interleaving this case is for.
     schedule = HeldSubmit()
-    report = run_seed(12, sim_redis, shape=lambda s: _duplicate_between_load_and_claim(s, schedule))
+    report = run_seed(
+        12,
+        sim_redis,
+        shape=lambda s: _duplicate_between_load_and_claim(s, schedule),
+        store_faults_on=NO_STORE_FAULTS,
+    )
     assert report.violations == []
     assert dict(report.outcomes) == {"completed": 1}
     assert schedule.sim is not None
