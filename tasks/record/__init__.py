@@ -41,7 +41,8 @@ ended          the webhook's sender        kept / ``-1``            its claim's 
 How a step takes it: a create writes the first owner (the submit, the poll chain started by name,
 or a rejected message's task id); ``begin_post`` takes the POST claim from the owner
 (``submitting`` and ``owner`` guard it) under a fresh token with ``seq`` 0 and ``lease_until``;
-``post_sent`` moves ``seq`` to 1 just before the POST leaves; the ticket starts the chain under
+``post_sent`` moves ``seq`` to 1 just before the POST leaves (``post_not_sent`` moves it back, by
+the execution that lost the mark's reply and so sent nothing); the ticket starts the chain under
 the same token, ``seq`` 0; each poll moves ``seq`` on, guarded by (token, seq), and names itself
 the owner; settle frees ``owner``, ``lease_until`` and ``tries`` and closes ``seq``; the webhook's
 sender then takes the free lease (or one whose ``lease_until`` has passed).
