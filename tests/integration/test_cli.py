@@ -216,6 +216,10 @@ def test_speak_wait_shows_progress_and_a_failure(broker: dict[str, str]) -> None
 SIGINT_WAIT_S = 10.0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_simulate_serves_until_ctrl_c() -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -224,6 +228,10 @@ def test_simulate_serves_until_ctrl_c() -> None:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        # Ctrl-C as a terminal delivers it: a run started in the background by a
+        # non-interactive shell (a CI job) ignores SIGINT, and a child inherits that, so the
+        # simulator never saw it (CI hung here for 600 s, then failed).
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stdout is not None
