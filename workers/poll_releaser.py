@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from tasks.adapters import acks
@@ -24,9 +23,6 @@ log = logging.getLogger(__name__)
 TICK_S = 0.2
 # After a Redis or broker error, wait this long before trying again (and say so once per error).
 ERROR_PAUSE_S = 2.0
-# How often submits an earlier release parked in a set of their own are moved into the wait set
-# (granting.adopt_legacy).
-ADOPT_EVERY_S = 10.0
 
 
 class PollReleaser(threading.Thread):
@@ -38,7 +34,6 @@ class PollReleaser(threading.Thread):
         self._stop_event = threading.Event()
         # Its standing among the fleet's releasers: one releases (and ranks) at a time.
         self._granting = granting.Releasing()
-        self._adopt_at = 0.0
 
     def run(self) -> None:
         s = get_settings()
@@ -76,10 +71,6 @@ class PollReleaser(threading.Thread):
             taken += n
             if ctx.budget.on or n < granting.UNLIMITED_BATCH:
                 break
-        now = time.monotonic()
-        if now >= self._adopt_at:
-            self._adopt_at = now + ADOPT_EVERY_S
-            granting.adopt_legacy(ctx)
         return taken
 
     def stop(self) -> None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from tasks import metrics
 from tasks.pacing import poll_value
-from tasks.record.jobs import PARKED_FIELDS, POLLS_FROM, SUBMIT_OFFSET_S, WAIT_KEY, Job
+from tasks.record.jobs import PARKED_FIELDS, POLLS_FROM, WAIT_KEY, Job
 from tasks.record.states import Status, has_live_poll, submit_to_resend
 from tasks.steps.context import Ctx
 from tasks.steps.poll import candidate
@@ -74,29 +74,6 @@ if owner and owner ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-#: Where submits waited for budget before they joined :data:`WAIT_KEY` (issue 21). Read only to
-#: move into the wait set what a worker of an earlier release left there (:func:`adopt_legacy`).
-LEGACY_SUBMIT_WAIT_KEY = "tts:submit-wait"
-# Move up to ARGV[2] entries of KEYS[1] into KEYS[2], each scored ARGV[1] lower (the submit
-# band), leaving one already there as it is. Returns how many it moved.
-_ADOPT = """
-local rows = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
-for i = 1, #rows, 2 do
-  redis.call('ZADD', KEYS[2], 'NX', tonumber(rows[i + 1]) - tonumber(ARGV[1]), rows[i])
-  redis.call('ZREM', KEYS[1], rows[i])
-end
-return #rows / 2
-"""
-
-
-def adopt_legacy(ctx: Ctx, *, limit: int = UNLIMITED_BATCH) -> int:
-    """Move submits an earlier release parked in :data:`LEGACY_SUBMIT_WAIT_KEY` (scored by when
-    they were accepted) into the wait set, in the same line; returns how many. Without this, a
-    submit parked there before an upgrade would wait for its deadline and end ``TIMEOUT``."""
-    moved = ctx.jobs.redis.eval(
-        _ADOPT, 2, LEGACY_SUBMIT_WAIT_KEY, WAIT_KEY, repr(SUBMIT_OFFSET_S), limit
-    )
-    return int(moved)
 
 
 def _candidates(ctx: Ctx, ids: list[str]) -> list[poll_value.Candidate]:

@@ -213,21 +213,3 @@ def test_a_waiting_submit_waits_in_the_one_wait_set_before_every_poll(
     assert redis_client.zrange(WAIT_KEY, 0, -1) == [jid, poll_id]
     assert store.parked(jid)
     assert redis_client.zscore(DUE_KEY, jid) == now + 600  # out of the reconciler's way
-
-
-def test_submits_an_earlier_release_parked_apart_join_the_wait_set(
-    store: JobStore, redis_client: redis.Redis
-) -> None:
-    """Upgrading: a submit left in ``tts:submit-wait`` (scored by when it was accepted) is
-    moved into the wait set in the same line, else it would wait for its deadline."""
-    redis_client.delete(granting.LEGACY_SUBMIT_WAIT_KEY)
-    older, newer = time.time() - 20, time.time() - 10
-    redis_client.zadd(granting.LEGACY_SUBMIT_WAIT_KEY, {"old-a": older, "old-b": newer})
-    ctx, _ = make_ctx(redis_client)
-    assert granting.adopt_legacy(ctx) == 2
-    assert redis_client.exists(granting.LEGACY_SUBMIT_WAIT_KEY) == 0
-    assert redis_client.zrange(WAIT_KEY, 0, -1, withscores=True) == [
-        ("old-a", pytest.approx(submit_score(older))),
-        ("old-b", pytest.approx(submit_score(newer))),
-    ]
-    assert granting.adopt_legacy(ctx) == 0
