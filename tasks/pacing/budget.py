@@ -34,6 +34,7 @@ the same).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -80,34 +81,46 @@ MIN_RATE_PER_S = 1.0
 # The state outlives idle gaps by far; it expires so a removed deployment leaves nothing.
 STATE_TTL_S = 86_400
 
-# Shared by every script: the time now, the rate now (the configured one, or the lowered one
-# climbing back), the emission interval, tat no earlier than now, and the tokens free now. The
-# 1e-3 of a token absorbs rounding: epoch seconds (~1.8e9) carry only ~2e-7 s of precision in a
-# double. ARGV[1] now: '' (production) takes Redis' own clock, so every worker's calls are
-# measured against one clock, whatever its own says (redis-cell does the same); a time given
-# there is the simulation's or a test's fake clock. TIME is not deterministic: the script's
-# writes must be replicated as effects, the default since Redis 5 (and the only mode since 7);
-# replicate_commands() asks for it on older servers and is a no-op on newer ones.
-# ARGV[2] configured rate, ARGV[3] burst.
-_STATE = """
+# Every script takes one argument, a JSON document built by :meth:`Budget._arg` (as the job
+# record's scripts take theirs, tasks/record/contract.py): ``rate`` (configured) and ``burst``,
+# the ``now`` of a fake clock when one is set, and the script's own fields. With no ``now`` the
+# script reads Redis' own clock, so every worker's calls are measured against one clock,
+# whatever its own says (redis-cell does the same); a ``now`` is the simulation's or a test's
+# fake clock. TIME is not deterministic: the script's writes must be replicated as effects, the
+# default since Redis 5 (and the only mode since 7); replicate_commands() asks for it on older
+# servers and is a no-op on newer ones.
+_NOW = """
 redis.replicate_commands()
-local now, cfg, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if not now then
+local a = cjson.decode(ARGV[1])
+local now
+if a.now then
+  now = tonumber(a.now)
+else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
+"""
+
+# Shared by the budget's scripts: the rate now (the configured one, or the lowered one climbing
+# back), the emission interval, tat no earlier than now, and the tokens free now. The 1e-3 of a
+# token absorbs rounding: epoch seconds (~1.8e9) carry only ~2e-7 s of precision in a double.
+_STATE = (
+    _NOW
+    + f"""
+local cfg, burst = tonumber(a.rate), tonumber(a.burst)
 local h = redis.call('HMGET', KEYS[1], 'tat', 'low_rate', 'low_at')
 local rate = cfg
 if h[2] then
-  local r = tonumber(h[2]) + (now - tonumber(h[3])) * RECOVERY
-  if r < cfg then rate = math.max(r, MIN_RATE) end
+  local r = tonumber(h[2]) + (now - tonumber(h[3])) * {RECOVERY_PER_S!r}
+  if r < cfg then rate = math.max(r, {MIN_RATE_PER_S!r}) end
 end
 local t = 1 / rate
 local tat = math.max(tonumber(h[1]) or now, now)
 local free = math.floor((now + burst * t - tat) / t + 1e-3)
 if free < 0 then free = 0 end
 local now_s = string.format('%.17g', now)
-""".replace("RECOVERY", repr(RECOVERY_PER_S)).replace("MIN_RATE", repr(MIN_RATE_PER_S))
+"""
+)
 
 # tat is saved with all 17 digits: Lua's tostring keeps 14, 1e-4 s at ~1.8e9, and each call would
 # then move tat by 1/rate rounded to 1e-4 s, so the budget drifted from its rate (+0.1 % at 30/s).
@@ -129,26 +142,26 @@ local reserved = redis.call('ZCARD', {granted_key})
 
 # A step's call. The token is always taken here, when the call is about to be made, so the calls
 # NanoGPT sees keep the budget's pace however long their messages waited in the broker. A job
-# holding its grant (ARGV[4]) may take any free token; any other call only one the budget can
+# holding its grant (``grant``) may take any free token; any other call only one the budget can
 # spare beyond the grants outstanding and the jobs waiting in the wait set (the due parked polls
 # and the parked submits, which score below every poll: one count). The grant is spent only
 # with a token: a holder that finds none (the tokens went to calls that came first) keeps it and
 # parks again, first in line for the next one. Returns {1} (make the call) or
 # {0, seconds until the next token}.
-# KEYS: budget, job, wait set, granted set. ARGV[5]: the job id.
+# KEYS: budget, job, wait set, granted set. The argument's ``job``: the job id.
 _SPEND = (
     _STATE
     + _reserved("KEYS[4]")
     + f"""
 local need = 1
-local granted = redis.call('HGET', KEYS[2], {lua(F.GRANT)}) == ARGV[4]
+local granted = redis.call('HGET', KEYS[2], {lua(F.GRANT)}) == a.grant
 if not granted then
   need = 1 + reserved + redis.call('ZCOUNT', KEYS[3], '-inf', now_s)
 end
 if free >= need then
   if granted then
     redis.call('HDEL', KEYS[2], {lua(F.GRANT)})
-    redis.call('ZREM', KEYS[4], ARGV[5])
+    redis.call('ZREM', KEYS[4], a.job)
   end
   tat = tat + t
 """
@@ -160,30 +173,35 @@ return {0, tostring(math.max(tat + t - burst * t - now, 0))}
 """
 )
 
-# Taking waiting jobs for their calls, for each job id in ARGV[6..] while AVAIL (the tokens that
-# may still be promised) lasts: take the job off the wait set (ZREM: exactly one releaser wins
-# it; only once it is due, as a ranking a moment old may name a poll parked again since; a
+
+# Taking waiting jobs for their calls, for each job id in ARGV[2..] while ``avail`` (the tokens
+# that may still be promised) lasts: take the job off the wait set (ZREM: exactly one releaser
+# wins it; only once it is due, as a ranking a moment old may name a poll parked again since; a
 # submit's score is always due), check from its status that it still waits for that call (a
-# poll its current seq, a submit its POST), move its check time to ARGV[5] (a releaser killed
-# before publishing its step leaves it to the reconciler, soon) and, under a budget, write its
-# grant (GRANT: the lines that write it, or none). Returns the ids taken, in order. WK: the wait
-# set's key, DK: the reconciler's due set's. ARGV[4]: the job key prefix.
-_TAKE = f"""
+# poll its current seq, a submit its POST), move its check time to the argument's ``check_at``
+# (a releaser killed before publishing its step leaves it to the reconciler, soon) and run
+# ``on_take`` (under a budget, the lines that write the grant). Returns the ids taken, in order.
+# The argument's ``prefix``: the job key prefix.
+def _take(wait_key: str, due_key: str, on_take: str) -> str:
+    """The Lua taking waiting jobs from the wait set ``wait_key``, their check times in
+    ``due_key``, running ``on_take`` (Lua with ``key``, ``id`` and ``grant`` in scope) for
+    each job taken."""
+    return f"""
 local out = {{}}
-for i = 6, #ARGV do
+for i = 2, #ARGV do
   if avail < 1 then break end
   local id = ARGV[i]
-  local key = ARGV[4] .. id
-  local due = tonumber(redis.call('ZSCORE', WK, id) or '+inf') <= now
-  if due and redis.call('ZREM', WK, id) == 1 then
+  local key = a.prefix .. id
+  local due = tonumber(redis.call('ZSCORE', {wait_key}, id) or '+inf') <= now
+  if due and redis.call('ZREM', {wait_key}, id) == 1 then
     local f = redis.call('HMGET', key, {lua(F.STATUS)}, {lua(F.SEQ)})
     local grant = nil
     if f[1] == {lua(Status.POLLING)} and f[2] and f[2] ~= {lua(SEQ_DONE)} then
       grant = {lua(POLL_GRANT_PREFIX)} .. f[2]
     elseif f[1] == {lua(Status.SUBMITTING)} then grant = {lua(SUBMIT_GRANT)} end
     if grant then
-GRANT
-      redis.call('ZADD', DK, 'XX', ARGV[5], id)
+{on_take}
+      redis.call('ZADD', {due_key}, 'XX', a.check_at, id)
       avail = avail - 1
       table.insert(out, id)
     end
@@ -191,47 +209,32 @@ GRANT
 end
 """
 
+
 # The releaser's grant under a budget: free tokens not yet promised to earlier grants, each
 # taken job holding a grant its step spends when it calls (:meth:`Budget.spend`).
 # KEYS: budget, wait set, granted set, due set.
+_WRITE_GRANT = f"""
+      redis.call('HSET', key, {lua(F.GRANT)}, grant)
+      redis.call('ZADD', KEYS[3], now_s, id)"""
 _GRANT = (
     _STATE
     + _reserved("KEYS[3]")
     + "local avail = free - reserved\n"
-    + _TAKE.replace("WK", "KEYS[2]")
-    .replace("DK", "KEYS[4]")
-    .replace(
-        "GRANT\n",
-        f"      redis.call('HSET', key, {lua(F.GRANT)}, grant)\n"
-        "      redis.call('ZADD', KEYS[3], now_s, id)\n",
-    )
+    + _take("KEYS[2]", "KEYS[4]", _WRITE_GRANT)
     + f"redis.call('EXPIRE', KEYS[3], {STATE_TTL_S})\nreturn out"
 )
 
 # The same release with the budget off: unlimited tokens, so every job named is taken and no
-# grant is written (a step with the budget off calls without asking it). ARGV[1] as in _STATE.
-# KEYS: wait set, due set.
-_RELEASE_UNLIMITED = (
-    """
-redis.replicate_commands()
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
-local avail = #ARGV
-"""
-    + _TAKE.replace("WK", "KEYS[1]").replace("DK", "KEYS[2]").replace("GRANT\n", "")
-    + "return out"
-)
+# grant is written (a step with the budget off calls without asking it). KEYS: wait set, due set.
+_RELEASE_UNLIMITED = _NOW + "local avail = #ARGV\n" + _take("KEYS[1]", "KEYS[2]", "") + "return out"
 
 # Read-only but for expired grants: {tokens free now and not promised to a grant, rate now}.
 # KEYS: budget, granted set.
 _PEEK = _STATE + _reserved("KEYS[2]") + "return {math.max(free - reserved, 0), tostring(rate)}"
 
 # NanoGPT refused a call (429) despite the budget. Count it in a short window; on a burst, halve
-# the rate now (no lower than ARGV[4]) and restart the window. Returns {1 if this lowered the
-# rate, 1 if it was at the configured rate before, the rate now}.
+# the rate now (no lower than the argument's ``min_rate``) and restart the window. Returns {1 if
+# this lowered the rate, 1 if it was at the configured rate before, the rate now}.
 _REFUSED = (
     _STATE
     + f"""
@@ -246,7 +249,7 @@ if n < {REFUSALS_TO_LOWER} then
 end
 local was_full = 0
 if rate >= cfg then was_full = 1 end
-local lowered = math.max(rate / 2, tonumber(ARGV[4]))
+local lowered = math.max(rate / 2, tonumber(a.min_rate))
 redis.call('HSET', KEYS[1], 'low_rate', tostring(lowered), 'low_at', now_s,
   'ref_n', 0, 'ref_at', now_s)
 redis.call('EXPIRE', KEYS[1], {STATE_TTL_S})
@@ -303,10 +306,14 @@ class Budget:
     def on(self) -> bool:
         return self.rate_per_s > 0
 
-    def _argv(self) -> list[str | int | float]:
-        # '' lets the script read Redis' clock; a fake clock's time is passed instead.
-        now = "" if self._script_clock is None else repr(self._script_clock())
-        return [now, repr(self.rate_per_s), self.burst]
+    def _arg(self, **fields: str) -> str:
+        """The one argument every budget script takes (see :data:`_NOW`): the rate, the
+        burst, a fake clock's ``now`` if one is set (else the script reads Redis' clock), and
+        the script's own ``fields``."""
+        doc = {"rate": repr(self.rate_per_s), "burst": str(self.burst), **fields}
+        if self._script_clock is not None:
+            doc["now"] = repr(self._script_clock())
+        return json.dumps(doc)
 
     def spend(self, job_id: str, grant: str) -> float:
         """Before a NanoGPT call for ``job_id``: 0.0 if the call may be made now (a token was
@@ -316,7 +323,7 @@ class Budget:
         if not self.on:
             return 0.0
         keys = [BUDGET_KEY, KEY_PREFIX + job_id, WAIT_KEY, GRANTED_KEY]
-        allowed, wait_s = self._spend(keys=keys, args=[*self._argv(), grant, job_id])
+        allowed, wait_s = self._spend(keys=keys, args=[self._arg(grant=grant, job=job_id)])
         return 0.0 if int(allowed) else max(float(wait_s), 1e-3)
 
     def free(self) -> tuple[int, float]:
@@ -324,7 +331,7 @@ class Budget:
         (0, 0.0) when off: there is nothing to count (the script would divide by a rate of 0)."""
         if not self.on:
             return 0, 0.0
-        free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=self._argv())
+        free, rate = self._peek(keys=[BUDGET_KEY, GRANTED_KEY], args=[self._arg()])
         return int(free), float(rate)
 
     def grant(self, job_ids: Sequence[str], *, check_at: float) -> list[str]:
@@ -336,7 +343,7 @@ class Budget:
         job named that still waits is taken, and no grant is written (nothing spends one)."""
         if not job_ids:
             return []
-        args: list[str | int | float] = [*self._argv(), KEY_PREFIX, repr(check_at), *job_ids]
+        args = [self._arg(prefix=KEY_PREFIX, check_at=repr(check_at)), *job_ids]
         if self.on:
             keys = [BUDGET_KEY, WAIT_KEY, GRANTED_KEY, DUE_KEY]
             granted = self._grant(keys=keys, args=args)
@@ -350,7 +357,7 @@ class Budget:
         if not self.on:
             return
         lowered, was_full, rate = self._refused(
-            keys=[BUDGET_KEY], args=[*self._argv(), repr(MIN_RATE_PER_S)]
+            keys=[BUDGET_KEY], args=[self._arg(min_rate=repr(MIN_RATE_PER_S))]
         )
         if int(lowered) and int(was_full):
             log.warning(

@@ -730,6 +730,9 @@ def test_scripts_spell_no_state_value_of_their_own() -> None:
         jobs._COUNT_DELIVERY,
         budget._SPEND,
         budget._GRANT,
+        budget._RELEASE_UNLIMITED,
+        budget._PEEK,
+        budget._REFUSED,
     ]
     for source in sources:
         for value in values:
