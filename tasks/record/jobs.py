@@ -542,17 +542,7 @@ class JobStore:
         claim whose POST never left (its worker died, or its reply was lost, before sending)
         is never taken for one that may have been billed. False if ``attempt`` no longer holds
         the claim: do not send. Run again by the same execution: True."""
-        held: dict[str, str | None] = {F.STATUS: Status.POSTING, F.TOKEN: attempt}
-        return bool(
-            self._move(
-                job_id,
-                self._step(
-                    {**held, F.SEQ: POST_CLAIMED},
-                    {F.SEQ: POST_SENT},
-                    done={**held, F.SEQ: POST_SENT},
-                ),
-            )
-        )
+        return self._post_mark(job_id, attempt, POST_CLAIMED, POST_SENT)
 
     def post_not_sent(self, job_id: str, attempt: str) -> bool:
         """The mark taken back (``seq`` sent → claimed) by the execution that wrote it, lost
@@ -560,17 +550,13 @@ class JobStore:
         and the submit's next delivery gives it back and sends once it runs out, whichever
         delivery comes first. True also if the mark was never written; False if ``attempt`` no
         longer holds the claim. Run again by the same execution: True."""
+        return self._post_mark(job_id, attempt, POST_SENT, POST_CLAIMED)
+
+    def _post_mark(self, job_id: str, attempt: str, was: str, becomes: str) -> bool:
+        """The POST claim ``attempt`` moves its ``seq`` from ``was`` to ``becomes``."""
         held: dict[str, str | None] = {F.STATUS: Status.POSTING, F.TOKEN: attempt}
-        return bool(
-            self._move(
-                job_id,
-                self._step(
-                    {**held, F.SEQ: POST_SENT},
-                    {F.SEQ: POST_CLAIMED},
-                    done={**held, F.SEQ: POST_CLAIMED},
-                ),
-            )
-        )
+        step = self._step({**held, F.SEQ: was}, {F.SEQ: becomes}, done={**held, F.SEQ: becomes})
+        return bool(self._move(job_id, step))
 
     def take_over_post(
         self, job_id: str, lost: str, attempt: str, *, lease_until: float, check_at: float
