@@ -43,7 +43,7 @@ def check_worker_settings(**_: Any) -> None:
     check_base_url(s)
     check_storage_extra(s)
     check_job_ttl(s)
-    check_eviction_policy(s)
+    check_job_store(s)
 
 
 def _refuse(message: str) -> None:
@@ -76,11 +76,12 @@ SAFE_EVICTION_POLICY = "noeviction"
 DURABLE_APPENDFSYNC = "always"
 
 
-def check_eviction_policy(s: Settings) -> None:
-    """A job store that evicts keys when full (``allkeys-*``, or ``volatile-*``, which takes
-    job records since they all have a TTL) loses jobs, and with them their identity: refuse
-    to start. When the policy cannot be read (CONFIG denied by an ACL, renamed on a managed
-    service), say so and start: the operator must check it."""
+def check_job_store(s: Settings) -> None:
+    """The job store's configuration, read once at start. One that evicts keys when full
+    (``allkeys-*``, or ``volatile-*``, which takes job records since they all have a TTL) loses
+    jobs, and with them their identity: refuse to start. One that keeps no durable AOF: a
+    warning (:func:`_warn_unless_durable`). When the policy cannot be read (CONFIG denied by
+    an ACL, renamed on a managed service), say so and start: the operator must check it."""
     client = redis.Redis.from_url(
         s.redis_url,
         decode_responses=True,

@@ -36,14 +36,14 @@ def test_the_check_refuses_every_evicting_policy(policy: str) -> None:
     with EmbeddedRedis() as store:
         redis.Redis(port=store.port).config_set("maxmemory-policy", policy)
         with pytest.raises(signals.ConfigurationError, match=policy):
-            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+            signals.check_job_store(settings(TTS_REDIS_URL=store.url))
 
 
 def test_the_check_passes_noeviction() -> None:
     with EmbeddedRedis() as store:
         policy = redis.Redis(port=store.port, decode_responses=True).config_get("maxmemory-*")
         assert policy["maxmemory-policy"] == "noeviction"
-        signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+        signals.check_job_store(settings(TTS_REDIS_URL=store.url))
 
 
 def test_config_denied_by_an_acl_warns_and_starts(caplog: pytest.LogCaptureFixture) -> None:
@@ -61,7 +61,7 @@ def test_config_denied_by_an_acl_warns_and_starts(caplog: pytest.LogCaptureFixtu
         )
         url = f"redis://{user}:{password}@127.0.0.1:{store.port}/0"
         with caplog.at_level(logging.WARNING, logger="workers"):
-            signals.check_eviction_policy(settings(TTS_REDIS_URL=url))
+            signals.check_job_store(settings(TTS_REDIS_URL=url))
     assert "cannot read maxmemory-policy" in caplog.text
     assert "NOPERM" in caplog.text or "permission" in caplog.text.lower()
     assert password not in caplog.text
@@ -76,7 +76,7 @@ def test_a_job_store_without_durable_writes_is_named_in_a_warning(
         admin = redis.Redis(port=store.port)
         admin.config_set("appendonly", "no")
         with caplog.at_level(logging.WARNING, logger="workers"):
-            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+            signals.check_job_store(settings(TTS_REDIS_URL=store.url))
         assert "keeps no AOF" in caplog.text
         assert "POSTed (billed) twice" in caplog.text
 
@@ -84,11 +84,11 @@ def test_a_job_store_without_durable_writes_is_named_in_a_warning(
         admin.config_set("appendonly", "yes")
         admin.config_set("appendfsync", "everysec")
         with caplog.at_level(logging.WARNING, logger="workers"):
-            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+            signals.check_job_store(settings(TTS_REDIS_URL=store.url))
         assert "keeps appendfsync everysec" in caplog.text
 
         caplog.clear()
         admin.config_set("appendfsync", "always")
         with caplog.at_level(logging.WARNING, logger="workers"):
-            signals.check_eviction_policy(settings(TTS_REDIS_URL=store.url))
+            signals.check_job_store(settings(TTS_REDIS_URL=store.url))
         assert "job store" not in caplog.text
