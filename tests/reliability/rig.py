@@ -435,6 +435,42 @@ def store_frozen(server: EmbeddedRedis, frozen_s: float) -> str:
     return f"SIGSTOPped for {frozen_s:.0f} s"
 
 
+def store_read_only(server: EmbeddedRedis, read_only_s: float) -> str:
+    """Make the job store a replica for ``read_only_s`` (of 127.0.0.2 on a port nothing listens
+    on, so it never syncs and keeps its data): it serves reads, and every write answers
+    ``READONLY``, as a primary demoted by a failover does; then it is a primary again."""
+    client = redis.Redis(port=server.port)
+    try:
+        client.execute_command("REPLICAOF", "127.0.0.2", free_port("127.0.0.2"))
+        with_probe = False
+        try:
+            client.set(PROBE_KEY, "x")
+            with_probe = True
+        except redis.exceptions.ReadOnlyError:
+            pass
+        assert not with_probe, "the job store took a write as a replica"
+        time.sleep(read_only_s)
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.close()
+    return f"read-only (a replica whose primary never answers) for {read_only_s:.0f} s"
+
+
+def store_slow(server: EmbeddedRedis, slow_s: float, *, stop_s: float = 0.3) -> str:
+    """Slow the job store for ``slow_s``: SIGSTOPped ``stop_s`` of every ``2 * stop_s``, so a
+    command waits up to ``stop_s`` for its answer (a host that swaps, a saturated network)."""
+    assert server.process is not None
+    end = time.monotonic() + slow_s
+    while time.monotonic() < end:
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(stop_s)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        time.sleep(stop_s)
+    return f"slow for {slow_s:.0f} s (stopped {stop_s:.1f} s of every {2 * stop_s:.1f} s)"
+
+
 def children(pid: int) -> list[int]:
     kids = []
     for entry in Path("/proc").iterdir():
