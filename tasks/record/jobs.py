@@ -49,6 +49,7 @@ from tasks.record.contract import (
     lua,
     pairs,
 )
+from tasks.record.reuse import ReuseIndex
 from tasks.record.states import ACTIVE, FINAL, SEQ_DONE, NotifyState, Status
 
 __all__ = [
@@ -283,6 +284,10 @@ class Job:
     tries: int = 0
     # A NanoGPT call the budget granted to this job's next step (tasks/pacing/budget.py).
     grant: str | None = field(default=None, repr=False)
+    # Reuse (tasks/record/reuse.py): the request's reuse key (a hash), and the leader a
+    # follower waits on.
+    reuse_key: str | None = field(default=None, repr=False)
+    reuse_leader: str | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -335,6 +340,8 @@ class Job:
             lease_until=num(F.LEASE_UNTIL),
             tries=int(raw.get(F.TRIES) or 0),
             grant=raw.get(F.GRANT),
+            reuse_key=raw.get(F.REUSE_KEY),
+            reuse_leader=raw.get(F.REUSE_LEADER),
         )
 
     @classmethod
@@ -355,7 +362,7 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {F.OWNER, F.TOKEN, F.SEQ, F.GRANT, F.REQUEST}
+        hidden = {F.OWNER, F.TOKEN, F.SEQ, F.GRANT, F.REQUEST, F.REUSE_KEY}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
@@ -377,6 +384,8 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
         self._count_delivery = client.register_script(_COUNT_DELIVERY)
+        #: The reuse index beside the records (TTS_REUSE_TTL).
+        self.reuse = ReuseIndex(client, clock=clock)
 
     @property
     def redis(self) -> redis.Redis:
@@ -773,6 +782,7 @@ class JobStore:
         guards: Mapping[str, str | None] | None = None,
         polls: int | None = None,
         outcome_id: str | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> bool:
         """→ completed / failed: record the job's outcome if it has none yet; True for the one
         caller that did. The lease is freed for the webhook's sender. ``lease``: only the
@@ -782,7 +792,8 @@ class JobStore:
         changed the record, exactly once per job (the simulation holds every settle to it): an
         outcome already recorded under the caller's own id (its earlier run) answers False and
         changes nothing; the caller recognises it by the job's ``outcome_id``
-        (tasks/steps/cancel.py)."""
+        (tasks/steps/cancel.py). ``record``: more fields written with the outcome (a reused
+        job's ``cost`` of 0)."""
         now = self._clock()
         status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
@@ -792,6 +803,7 @@ class JobStore:
             "finished_at": now,
             F.UPDATED_AT: now,
             F.NOTIFY_STATE: NotifyState.QUEUED,
+            **(record or {}),
         }
         expected = dict(guards or {})
         if lease is not None:
