@@ -44,8 +44,8 @@ def submit(
     style: object = None,
     notify_url: object = None,
     job_id: object = None,
-    accepted: object = None,
     reuse: object = True,
+    accepted: object = None,
 ) -> Result:
     """Submit one text once; the job goes on by polling, downloading or storing.
     ``reuse``: whether an identical request's audio may answer it (TTS_REUSE_TTL;

@@ -95,6 +95,9 @@ class TTSEvent:
     currency: str | None = None
     audio: Audio | None = None
     error: Error | None = None
+    #: The job whose audio (or verdict on the content) answered this one, without a NanoGPT
+    #: call (``cost`` 0; workers with ``TTS_REUSE_TTL``); None for a job that made its own.
+    reused_from: str | None = None
     #: The whole body as the worker sent it.
     data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -121,6 +124,7 @@ class TTSEvent:
             currency=_str(body.get("currency")),
             audio=_audio(body.get("audio")),
             error=_error(body.get("error")),
+            reused_from=_str(body.get("reused_from")),
             data=dict(body),
         )
 
