@@ -63,6 +63,7 @@ class F(enum.StrEnum):
     REUSE_KEY = "reuse_key"
     REUSE_LEADER = "reuse_leader"
     FINISHED_AT = "finished_at"
+    DEADLINE_AT = "deadline_at"
 
 
 #: The budget's grant to a job's submit, and the start of its grant to poll ``seq``

@@ -56,7 +56,8 @@ class Verdict:
 _ACTIVE_LUA = "{" + ", ".join(f"[{lua(s)}] = true" for s in sorted(ACTIVE)) + "}"
 
 # The decision. KEYS: the reuse key, its followers, the job's hash, the due set. ARGV[1]: JSON
-# {id, owner, key, prefix, now, ttl, hold, check_at, count, shared: {code: true}}.
+# {id, owner, key, prefix, now, ttl, hold, check_at, count, shared: {code: true}, deadline_at,
+# record_ttl}.
 _DECIDE = f"""
 local a = cjson.decode(ARGV[1])
 local me = KEYS[3]
@@ -86,13 +87,19 @@ if src and src ~= a.id then
     redis.call('HSET', me, {lua(F.REUSE_KEY)}, a.key, {lua(F.REUSE_LEADER)}, src,
       {lua(F.DELIVERY_COUNT)}, a.count)
     redis.call('ZADD', KEYS[4], a.check_at, a.id)
+    redis.call('EXPIRE', me, a.record_ttl)
     return {{{lua(Verdict.FOLLOW)}, src}}
   end
 end
+if redis.call('HEXISTS', me, {lua(F.REUSE_LEADER)}) == 1 then
+  -- A follower takes over: its time spent waiting does not count against its submit.
+  redis.call('HSET', me, {lua(F.DEADLINE_AT)}, a.deadline_at)
+  redis.call('HDEL', me, {lua(F.REUSE_LEADER)})
+  redis.call('EXPIRE', me, a.record_ttl)
+end
 redis.call('SET', KEYS[1], a.id, 'EX', a.hold)
 redis.call('HSET', me, {lua(F.REUSE_KEY)}, a.key)
-redis.call('HDEL', me, {lua(F.REUSE_LEADER)})
-return {{{lua(Verdict.LEAD)}}}
+return {{{lua(Verdict.LEAD)}, a.id, redis.call('HGET', me, {lua(F.DEADLINE_AT)}) or ''}}
 """
 
 # Wake the followers of leader ``a.leader``: each still waiting on it is due at ``a.check_at``
@@ -118,11 +125,13 @@ return woken
 @dataclass(frozen=True)
 class Decision:
     """The answer of :meth:`ReuseIndex.decide`: a :class:`Verdict` word, the source (or leader)
-    job id, and the source's outcome (``reused``, ``shared``)."""
+    job id, and the source's outcome (``reused``, ``shared``), or the leader's deadline
+    (``lead``: new for a follower that takes over)."""
 
     verdict: str
     source: str | None = None
     outcome: dict[str, Any] | None = None
+    deadline_at: float | None = None  # a follower's new deadline when it takes over (lead)
 
 
 def key_of(reuse_key: str) -> str:
@@ -152,13 +161,18 @@ class ReuseIndex:
         check_at: float,
         deliveries: int,
         shared: Iterable[str],
+        deadline_at: float,
+        record_ttl_s: float,
     ) -> Decision:
         """Reuse, follow or lead (see the module docstring) for the submit ``owner`` of
         ``job_id``. ``ttl_s``: how old a source's outcome may be (TTS_REUSE_TTL); a follower
         of that very source reuses it whatever its age. ``hold_s``: how long the index keeps
         the key (it must outlive a leader's run plus ``ttl_s``). ``check_at``: a follower's
         check time. ``deliveries``: this delivery's count, taken back for a follower (waiting
-        is not a delivery). ``shared``: the error codes a follower takes from its leader."""
+        is not a delivery). ``shared``: the error codes a follower takes from its leader.
+        ``deadline_at``: a follower's new submit deadline when it takes over (leads after its
+        leader failed); ``record_ttl_s``: the job record's TTL while it follows or takes over
+        (waiting does not let it expire)."""
         arg = {
             "id": job_id,
             "owner": owner,
@@ -171,11 +185,15 @@ class ReuseIndex:
             "count": max(0, deliveries - 1),
             # An object, not a list: cjson decodes an empty list and an empty object alike.
             "shared": {code: True for code in shared} or {"": False},
+            "deadline_at": deadline_at,
+            "record_ttl": max(1, int(record_ttl_s)),
         }
         keys = [key_of(reuse_key), followers_of(reuse_key), KEY_PREFIX + job_id, DUE_KEY]
         reply = self._decide(keys=keys, args=[json.dumps(arg)])
         verdict = str(reply[0])
         source = str(reply[1]) if len(reply) > 1 else None
+        if verdict == Verdict.LEAD:
+            return Decision(verdict, source, deadline_at=float(reply[2]) if reply[2] else None)
         outcome = json.loads(reply[2]) if len(reply) > 2 else None
         return Decision(verdict, source, outcome)
 

@@ -15,12 +15,16 @@ Before its POST (and before it takes a budget token), a submit asks the reuse in
   one follower leads and makes its own POST, the others follow it;
 * otherwise this job **leads**: it makes the POST as without reuse.
 
-A follower is watched by the reconciler at most :data:`FOLLOWER_RECHECK_S` apart (and at its
-own deadline): a wake-up lost with a dead worker costs that much delay, never the job.
+A follower is watched by the reconciler at most :data:`FOLLOWER_RECHECK_S` apart: a wake-up
+lost with a dead worker costs that much delay, never the job. Its wait is bounded by its
+leader's own deadlines, and does not count against its submit's: a follower that takes over
+from a failed leader gets TTS_POLL_TIMEOUT from then for its own POST (else a leader that timed
+out would take every follower with it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -61,25 +65,26 @@ def hold_s(ctx: Ctx) -> float:
 
 def serve(
     ctx: Ctx, d: Delivery, job: Job, request: validation.SubmitRequest, deliveries: int
-) -> bool:
+) -> Job | None:
     """Answer, or park, the submit of ``job`` (``submitting``, this message's) from the reuse
-    index; True when this message is done with (reused, shared, following), False when it
-    goes on to its own POST (it leads, reuse is off, or its deadline has passed)."""
+    index. None when this message is done with (reused, shared, following); else the job to
+    make its own POST for (it leads, or reuse is off): a follower that takes over from a
+    failed leader with a new submit deadline (its wait does not count against it)."""
     if not wanted(ctx, request):
-        return False
+        return job
+    s = ctx.settings
     now = ctx.clock()
-    deadline_at = job.deadline_at or now
-    if now >= deadline_at:
-        return False  # the submit's deadline check ends it
     decision = ctx.jobs.reuse.decide(
         job.job_id,
         d.task_id,
         fingerprint.reuse_key(request),
-        ttl_s=ctx.settings.reuse_ttl_s,
+        ttl_s=s.reuse_ttl_s,
         hold_s=hold_s(ctx),
-        check_at=min(deadline_at, now + FOLLOWER_RECHECK_S),
+        check_at=now + FOLLOWER_RECHECK_S,
         deliveries=deliveries,
         shared=SHARED_CODES,
+        deadline_at=now + s.poll_timeout_s,
+        record_ttl_s=s.poll_timeout_s + s.job_ttl_s,
     )
     if decision.verdict == Verdict.FOLLOW:
         log.info(
@@ -88,11 +93,14 @@ def serve(
             decision.source,
         )
         metrics.reuse("followed")
-        return True
+        return None
     if decision.verdict in (Verdict.REUSED, Verdict.SHARED):
         _answer(ctx, d, job.job_id, decision)
-        return True
-    return False
+        return None
+    if decision.deadline_at is not None and decision.deadline_at != job.deadline_at:
+        log.info("job %s: its identical request in flight failed; sending its own", job.job_id)
+        return dataclasses.replace(job, deadline_at=decision.deadline_at)
+    return job
 
 
 def _answer(ctx: Ctx, d: Delivery, job_id: str, decision: Decision) -> None:

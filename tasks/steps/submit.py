@@ -106,9 +106,11 @@ def submit(
             job = dataclasses.replace(job, status=Status.SUBMITTING)
     # Before the budget: a job another's audio answers, or that follows one in flight, makes
     # no NanoGPT call and takes no token.
-    fresh = lost_claim is None and accepted is None
-    if fresh and served_by_reuse(ctx, d, job, request, deliveries):
-        return jid
+    if lost_claim is None and accepted is None:
+        going_on = served_by_reuse(ctx, d, job, request, deliveries)
+        if going_on is None:
+            return jid
+        job = going_on
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
         return fail(

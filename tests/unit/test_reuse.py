@@ -291,6 +291,26 @@ def test_followers_of_a_leader_failing_not_for_the_content_go_on(
     assert sorted(h["job_id"] for h in pipe.hooks) == sorted([leader, f1, f2])
 
 
+def test_a_follower_outliving_its_own_deadline_takes_over_from_a_timed_out_leader(
+    pipe: Pipeline,
+) -> None:
+    """The leader's deadline is not the followers': one waiting longer than its own submit
+    deadline still makes its own POST when the leader ends as TIMEOUT."""
+    leader, follower = ids(2)
+    pipe.submit(leader)
+    pipe.submit(follower)
+    own_deadline = pipe.job(follower).deadline_at
+    pipe.clock.now += pipe.ctx.settings.poll_timeout_s + 100
+    assert pipe.clock.now > own_deadline
+    fail(pipe.ctx, leader, errors.DeadlineExceeded("deadline reached"))
+    pipe.run()
+    job = pipe.job(follower)
+    assert job.status == Status.COMPLETED
+    assert "reused_from" not in job.outcome
+    assert job.deadline_at == pipe.clock.now + pipe.ctx.settings.poll_timeout_s
+    assert len(pipe.upstream.posts) == 2
+
+
 def test_a_content_verdict_is_shared_with_followers_only(pipe: Pipeline) -> None:
     leader, follower, later = ids(3)
     pipe.submit(leader, text="Bad words")
@@ -336,15 +356,28 @@ def test_decide_run_twice_answers_the_same(pipe: Pipeline, redis_client: redis.R
     pipe.submit(leader)
     pipe.submit(follower)
     job = pipe.job(follower)
-    args = dict(ttl_s=3600, hold_s=9000, check_at=pipe.clock.now + 60, deliveries=1, shared=())
-    assert job.reuse_key is not None
-    first = pipe.ctx.jobs.reuse.decide(follower, follower, job.reuse_key, **args)  # type: ignore[arg-type]
-    again = pipe.ctx.jobs.reuse.decide(follower, follower, job.reuse_key, **args)  # type: ignore[arg-type]
+    key = job.reuse_key
+    assert key is not None
+
+    def decide(jid: str) -> Any:
+        return pipe.ctx.jobs.reuse.decide(
+            jid,
+            jid,
+            key,
+            ttl_s=3600,
+            hold_s=9000,
+            check_at=pipe.clock.now + 60,
+            deliveries=1,
+            shared=(),
+            deadline_at=pipe.clock.now + 900,
+            record_ttl_s=5000,
+        )
+
+    first, again = decide(follower), decide(follower)
     assert first == again
     assert first.verdict == Verdict.FOLLOW
-    assert redis_client.zcard(followers_of(job.reuse_key)) == 1
-    led = pipe.ctx.jobs.reuse.decide(leader, leader, job.reuse_key, **args)  # type: ignore[arg-type]
-    assert led.verdict == Verdict.NONE  # the leader is past submitting: nothing to decide
+    assert redis_client.zcard(followers_of(key)) == 1
+    assert decide(leader).verdict == Verdict.NONE  # past submitting: nothing to decide
 
 
 def test_a_follower_is_watched_and_its_lost_wake_up_is_resent(
