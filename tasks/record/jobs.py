@@ -49,7 +49,7 @@ from tasks.record.contract import (
     lua,
     pairs,
 )
-from tasks.record.reuse import ReuseIndex
+from tasks.record.reuse import Decision, ReuseIndex
 from tasks.record.states import ACTIVE, FINAL, SEQ_DONE, NotifyState, Status
 
 __all__ = [
@@ -384,8 +384,7 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
         self._count_delivery = client.register_script(_COUNT_DELIVERY)
-        #: The reuse index beside the records (TTS_REUSE_TTL).
-        self.reuse = ReuseIndex(client, clock=clock)
+        self._reuse = ReuseIndex(client, clock=clock)
 
     @property
     def redis(self) -> redis.Redis:
@@ -819,6 +818,16 @@ class JobStore:
         ).arg()
         keys = [_key(job_id), DUE_KEY, WAIT_KEY, SPOOL_PREFIX + job_id]
         return int(self._settle(keys=keys, args=[arg, job_id])) == 1
+
+    def decide_reuse(self, job_id: str, owner: str, reuse_key: str, **options: Any) -> Decision:
+        """submitting → answered by a completed source, following the leader in flight, or
+        leading: :meth:`tasks.record.reuse.ReuseIndex.decide` (one script)."""
+        return self._reuse.decide(job_id, owner, reuse_key, **options)
+
+    def wake_followers(self, reuse_key: str, leader: str, *, check_at: float) -> list[str]:
+        """The followers of ``leader`` due again at ``check_at``:
+        :meth:`tasks.record.reuse.ReuseIndex.wake` (one script)."""
+        return self._reuse.wake(reuse_key, leader, check_at=check_at)
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
         """Take the lease to send this job's webhook (re-entrant for the same task id, so a

@@ -74,7 +74,7 @@ def serve(
         return job
     s = ctx.settings
     now = ctx.clock()
-    decision = ctx.jobs.reuse.decide(
+    decision = ctx.jobs.decide_reuse(
         job.job_id,
         d.task_id,
         fingerprint.reuse_key(request),
@@ -140,7 +140,7 @@ def wake(ctx: Ctx, job: Job) -> None:
     recovery grace."""
     if not job.reuse_key or job.reuse_leader:
         return  # never led: nobody follows it
-    woken = ctx.jobs.reuse.wake(
+    woken = ctx.jobs.wake_followers(
         job.reuse_key, job.job_id, check_at=ctx.clock() + ctx.settings.recovery_grace_s
     )
     for follower_id in woken:

@@ -360,7 +360,7 @@ def test_decide_run_twice_answers_the_same(pipe: Pipeline, redis_client: redis.R
     assert key is not None
 
     def decide(jid: str) -> Any:
-        return pipe.ctx.jobs.reuse.decide(
+        return pipe.ctx.jobs.decide_reuse(
             jid,
             jid,
             key,
@@ -411,16 +411,16 @@ def test_store_failing_mid_decision_loses_nothing(
     is retried (tasks/adapters/acks.py), and the retry decides the same way."""
     leader, follower = ids(2)
     pipe.submit(leader)
-    real = pipe.ctx.jobs.reuse.decide
+    real = pipe.ctx.jobs.decide_reuse
 
     def ran_then_timed_out(*args: Any, **kwargs: Any) -> Any:
         real(*args, **kwargs)
         raise redis.TimeoutError("Timeout reading from socket")
 
-    monkeypatch.setattr(pipe.ctx.jobs.reuse, "decide", ran_then_timed_out)
+    monkeypatch.setattr(pipe.ctx.jobs, "decide_reuse", ran_then_timed_out)
     with pytest.raises(redis.TimeoutError):
         pipe.submit(follower)
-    monkeypatch.setattr(pipe.ctx.jobs.reuse, "decide", real)
+    monkeypatch.setattr(pipe.ctx.jobs, "decide_reuse", real)
     pipe.submit(follower)  # the retry
     assert pipe.job(follower).reuse_leader == leader
     pipe.run()
