@@ -708,6 +708,11 @@ class Sim:
                     # Until a task records it, the message is the job's only copy: a worker
                     # killed holding it leaves it to the visibility timeout.
                     self.unrecorded.add(str(self._job_of(m)))
+                except PublishFailed:
+                    # A cancel acting on receipt recorded its outcome, then its webhook's
+                    # publish failed: the record is on the reconciler's watch, which sends it.
+                    # (workers/signals.py logs any exception here and goes on.)
+                    pass
                 moved = True
             for held in worker.waiting(now)[: worker.concurrency - worker.running()]:
                 self._start(worker, held)
