@@ -1011,9 +1011,9 @@ def reuse_kept(sim: Sim) -> list[str]:
                 bad.append(f"job {jid}: reused {source}, which sent another request")
         accepted = sim.ledger.accepted.get(text, 0)
         if accepted > max(1, own):
-            bad.append(
-                f"{text!r}: NanoGPT accepted it {accepted} times for {own} job(s) of their own"
-            )
+            who = f"job {sim.job_id(plans[0])}" if len(plans) == 1 else repr(text)
+            more = "" if len(plans) == 1 else f" for {own} jobs that made their own"
+            bad.append(f"{who}: NanoGPT accepted its request {accepted} times{more}")
     return bad
 
 
@@ -1076,14 +1076,18 @@ def run_seed(
     shape: Callable[[Sim], None] | None = None,
     trace: list[str] | None = None,
     store_faults_on: frozenset[str] | None = None,
+    reuse: bool | None = None,
 ) -> Report:
     """Play one seed against ``client`` (a Redis database the simulation may flush).
 
     ``shape``: change the drawn world before it runs (knobs, plans), for the hand-made cases.
     ``trace``: filled with one line per side effect (``python -m tests.sim --seed N --trace``).
     ``store_faults_on``: the job store's fault families (default: ``store.STORE_FAULTS``).
+    ``reuse``: whether the seed may draw TTS_REUSE_TTL (:func:`draw_reuse`; default: unless
+    ``shape`` hand-makes the world).
     """
-    sim = Sim(seed, client, store_faults_on=store_faults_on, reuse=shape is None)
+    may_reuse = shape is None if reuse is None else reuse
+    sim = Sim(seed, client, store_faults_on=store_faults_on, reuse=may_reuse)
     sim.trace = trace
     if shape is not None:
         shape(sim)
