@@ -69,7 +69,10 @@ local active = {_ACTIVE_LUA}
 local src = redis.call('GET', KEYS[1])
 if src and src ~= a.id then
   local s = redis.call('HMGET', a.prefix .. src, {lua(F.STATUS)}, {lua(F.OUTCOME)},
-    {lua(F.FINISHED_AT)})
+    {lua(F.FINISHED_AT)}, {lua(F.REUSE_KEY)})
+  -- A record under that id that is not the leader's (its id used again once the leader's
+  -- record expired) answers nothing.
+  if s[4] ~= a.key then s = {{}} end
   local followed = redis.call('HGET', me, {lua(F.REUSE_LEADER)}) == src
   if s[1] == {lua(Status.COMPLETED)} and s[2]
     and (followed or tonumber(s[3] or '0') + a.ttl > a.now) then
@@ -82,13 +85,13 @@ if src and src ~= a.id then
     end
   end
   if s[1] and not s[2] and active[s[1]] then
-    redis.call('ZADD', KEYS[2], a.now, a.id)
+    local joined = redis.call('ZADD', KEYS[2], a.now, a.id)
     redis.call('EXPIRE', KEYS[2], a.hold)
     redis.call('HSET', me, {lua(F.REUSE_KEY)}, a.key, {lua(F.REUSE_LEADER)}, src,
       {lua(F.DELIVERY_COUNT)}, a.count)
     redis.call('ZADD', KEYS[4], a.check_at, a.id)
     redis.call('EXPIRE', me, a.record_ttl)
-    return {{{lua(Verdict.FOLLOW)}, src}}
+    return {{{lua(Verdict.FOLLOW)}, src, joined}}
   end
 end
 if redis.call('HEXISTS', me, {lua(F.REUSE_LEADER)}) == 1 then
@@ -132,6 +135,7 @@ class Decision:
     source: str | None = None
     outcome: dict[str, Any] | None = None
     deadline_at: float | None = None  # a follower's new deadline when it takes over (lead)
+    joined: bool = False  # follow: this call added it (not a re-run, nor a recheck)
 
 
 def key_of(reuse_key: str) -> str:
@@ -194,6 +198,8 @@ class ReuseIndex:
         source = str(reply[1]) if len(reply) > 1 else None
         if verdict == Verdict.LEAD:
             return Decision(verdict, source, deadline_at=float(reply[2]) if reply[2] else None)
+        if verdict == Verdict.FOLLOW:
+            return Decision(verdict, source, joined=bool(reply[2]))
         outcome = json.loads(reply[2]) if len(reply) > 2 else None
         return Decision(verdict, source, outcome)
 

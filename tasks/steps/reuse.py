@@ -87,12 +87,13 @@ def serve(
         record_ttl_s=s.poll_timeout_s + s.job_ttl_s,
     )
     if decision.verdict == Verdict.FOLLOW:
-        log.info(
-            "job %s: an identical request is in flight (job %s); waiting for it",
-            job.job_id,
-            decision.source,
-        )
-        metrics.reuse("followed")
+        if decision.joined:
+            log.info(
+                "job %s: an identical request is in flight (job %s); waiting for it",
+                job.job_id,
+                decision.source,
+            )
+            metrics.reuse("followed")
         return None
     if decision.verdict in (Verdict.REUSED, Verdict.SHARED):
         _answer(ctx, d, job.job_id, decision)

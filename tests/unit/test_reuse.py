@@ -374,8 +374,15 @@ def test_decide_run_twice_answers_the_same(pipe: Pipeline, redis_client: redis.R
         )
 
     first, again = decide(follower), decide(follower)
-    assert first == again
-    assert first.verdict == Verdict.FOLLOW
+    assert (
+        (first.verdict, first.source)
+        == (again.verdict, again.source)
+        == (
+            Verdict.FOLLOW,
+            leader,
+        )
+    )
+    assert not first.joined and not again.joined  # its submit joined it: counted once
     assert redis_client.zcard(followers_of(key)) == 1
     assert decide(leader).verdict == Verdict.NONE  # past submitting: nothing to decide
 
@@ -443,3 +450,20 @@ def test_the_reused_webhook_body() -> None:
 def test_job_record_keys_use_the_prefix() -> None:
     assert key_of("ab").startswith("tts:reuse:")
     assert KEY_PREFIX == "tts:job:"
+
+
+def test_a_job_id_used_again_is_not_taken_for_the_leader(
+    pipe: Pipeline, redis_client: redis.Redis
+) -> None:
+    """The index names the leader by job id; once the leader's record expired, a caller may use
+    that id again for another text. A submit of the first text must not follow (or reuse) it."""
+    leader, follower = ids(2)
+    pipe.submit(leader)
+    key = pipe.job(leader).reuse_key
+    redis_client.delete(KEY_PREFIX + leader)  # expired...
+    pipe.submit(leader, text="Something else entirely")  # ...and the id used again, in flight
+    assert pipe.job(leader).reuse_key != key
+    pipe.submit(follower)
+    assert pipe.job(follower).reuse_leader is None
+    assert redis_client.get(key_of(key)) == follower  # it leads
+    assert len(pipe.upstream.posts) == 3
