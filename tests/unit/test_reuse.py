@@ -382,7 +382,8 @@ def test_decide_run_twice_answers_the_same(pipe: Pipeline, redis_client: redis.R
             leader,
         )
     )
-    assert not first.joined and not again.joined  # its submit joined it: counted once
+    assert not first.joined  # its submit joined it already: counted once
+    assert not again.joined
     assert redis_client.zcard(followers_of(key)) == 1
     assert decide(leader).verdict == Verdict.NONE  # past submitting: nothing to decide
 
