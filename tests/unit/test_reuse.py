@@ -126,14 +126,17 @@ def fetch(url: str, *, store: Any, job_id: str, max_bytes: int, timeout_s: float
 class Pipeline:
     """The steps of many jobs, their messages run in order from one outbox."""
 
-    def __init__(self, client: redis.Redis, *, ttl_s: int = 3600) -> None:
+    def __init__(
+        self, client: redis.Redis, *, ttl_s: int = 3600, env: dict[str, str] | None = None
+    ) -> None:
         self.clock = Clock()
         self.upstream = Upstream()
         self.hooks: list[dict[str, Any]] = []
         self.outbox = Outbox()
+        self.job_ids: set[str] = set()
         self.ctx, _ = make_ctx(
             client,
-            env={"TTS_REUSE_TTL": str(ttl_s)},
+            env={"TTS_REUSE_TTL": str(ttl_s), **(env or {})},
             clock=self.clock,
             upstream=self.upstream,
             fetch=fetch,
@@ -147,6 +150,7 @@ class Pipeline:
         return 200
 
     def submit(self, job_id: str, text: str = "Hello there", **options: Any) -> None:
+        self.job_ids.add(job_id)
         d = steps.Delivery(names.SUBMIT_TTS, job_id)
         steps.submit(
             self.ctx, d, text, MODEL, job_id=job_id, notify_url="https://app.example/h", **options
@@ -175,12 +179,21 @@ class _FileStore:
         return audio
 
 
+def clean(client: redis.Redis, p: Pipeline) -> None:
+    """Take this test's jobs out of the shared Redis (other tests scan the shared sets)."""
+    for jid in p.job_ids:
+        client.delete(KEY_PREFIX + jid, f"tts:progress:{jid}")
+        client.zrem(DUE_KEY, jid)
+        client.zrem(WAIT_KEY, jid)
+    for key in client.scan_iter("tts:reuse:*"):
+        client.delete(key)
+
+
 @pytest.fixture
 def pipe(redis_client: redis.Redis) -> Iterator[Pipeline]:
     p = Pipeline(redis_client)
     yield p
-    for key in redis_client.scan_iter("tts:reuse:*"):
-        redis_client.delete(key)
+    clean(redis_client, p)
 
 
 def ids(n: int) -> list[str]:
@@ -249,6 +262,7 @@ def test_off_by_default(redis_client: redis.Redis) -> None:
     assert len(p.upstream.posts) == 2
     assert p.job(a).reuse_key is None
     assert not list(redis_client.scan_iter("tts:reuse:*"))
+    clean(redis_client, p)
 
 
 def test_a_leader_that_ended_before_anyone_followed_is_not_followed(pipe: Pipeline) -> None:
@@ -406,7 +420,7 @@ def test_a_follower_is_watched_and_its_lost_wake_up_is_resent(
     pipe.outbox.sent.clear()
     pipe.clock.now += reuse_step.FOLLOWER_RECHECK_S + 1
     reconcile.scan(pipe.ctx)
-    pipe.run(only=lambda s: s.name == names.SUBMIT_TTS)
+    pipe.run(only=lambda s: s.name == names.SUBMIT_TTS and s.kwargs.get("job_id") == follower)
     job = pipe.job(follower)
     assert job.outcome["reused_from"] == leader
     assert len(pipe.upstream.posts) == 1
@@ -468,3 +482,27 @@ def test_a_job_id_used_again_is_not_taken_for_the_leader(
     assert pipe.job(follower).reuse_leader is None
     assert redis_client.get(key_of(key)) == follower  # it leads
     assert len(pipe.upstream.posts) == 3
+
+
+def test_reused_and_following_jobs_take_no_budget_token(redis_client: redis.Redis) -> None:
+    """The budget has one token (burst 1, a rate that refills none in the test): the leader's
+    POST takes it; its followers, then a later identical submit, wait or reuse without asking
+    for one (a submit that asked would be parked in tts:wait)."""
+    for key in redis_client.scan_iter("tts:budget*"):
+        redis_client.delete(key)
+    p = Pipeline(redis_client, env={"TTS_UPSTREAM_RATE": "0.0001", "TTS_UPSTREAM_BURST": "1"})
+    leader, f1, f2, later, other = ids(5)
+    p.submit(leader)
+    p.submit(f1)
+    p.submit(f2)
+    p.run()
+    p.submit(later)
+    p.submit(other, text="Another text")  # its own POST: no token left, so it waits
+    assert len(p.upstream.posts) == 1
+    for jid in (f1, f2, later):
+        assert p.job(jid).outcome["reused_from"] == leader
+        assert redis_client.zscore(WAIT_KEY, jid) is None
+    assert redis_client.zscore(WAIT_KEY, other) is not None
+    clean(redis_client, p)
+    for key in redis_client.scan_iter("tts:budget*"):
+        redis_client.delete(key)
