@@ -75,7 +75,7 @@ if src and src ~= a.id then
   if s[4] ~= a.key then s = {{}} end
   local followed = redis.call('HGET', me, {lua(F.REUSE_LEADER)}) == src
   if s[1] == {lua(Status.COMPLETED)} and s[2]
-    and (followed or tonumber(s[3] or '0') + a.ttl > a.now) then
+    and (followed or tonumber(s[3] or '0') + a.ttl > tonumber(a.now)) then
     return {{{lua(Verdict.REUSED)}, src, s[2]}}
   end
   if s[1] == {lua(Status.FAILED)} and s[2] and followed then
@@ -182,14 +182,16 @@ class ReuseIndex:
             "owner": owner,
             "key": reuse_key,
             "prefix": KEY_PREFIX,
-            "now": self._clock(),
+            # Times as text (repr), as every script takes them: a Lua number written back would
+            # keep 14 digits only.
+            "now": repr(self._clock()),
             "ttl": ttl_s,
             "hold": max(1, int(hold_s)),
-            "check_at": check_at,
+            "check_at": repr(check_at),
             "count": max(0, deliveries - 1),
             # An object, not a list: cjson decodes an empty list and an empty object alike.
             "shared": {code: True for code in shared} or {"": False},
-            "deadline_at": deadline_at,
+            "deadline_at": repr(deadline_at),
             "record_ttl": max(1, int(record_ttl_s)),
         }
         keys = [key_of(reuse_key), followers_of(reuse_key), KEY_PREFIX + job_id, DUE_KEY]
@@ -205,6 +207,6 @@ class ReuseIndex:
 
     def wake(self, reuse_key: str, leader: str, *, check_at: float) -> list[str]:
         """The followers of ``leader`` that wait, now due at ``check_at`` and out of the set."""
-        arg = {"leader": leader, "prefix": KEY_PREFIX, "check_at": check_at}
+        arg = {"leader": leader, "prefix": KEY_PREFIX, "check_at": repr(check_at)}
         woken = self._wake(keys=[followers_of(reuse_key), DUE_KEY], args=[json.dumps(arg)])
         return [str(job_id) for job_id in woken]
