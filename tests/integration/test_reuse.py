@@ -125,3 +125,42 @@ def test_followers_complete_when_the_leader_fails_not_for_the_content(
         )
         assert len(posts(sim, tag)) == 2  # the leader's, unanswered in time, and the take-over's
         assert "Traceback" not in worker.log, worker.log[-3000:]
+
+
+def test_followers_outlive_a_killed_worker(
+    lanes: Callable[[], Lane], spawn: Spawn, receiver: Receiver
+) -> None:
+    """Followers wait in Redis, not in a worker: SIGKILL the worker while four identical
+    requests wait on their leader's run, start another, and all five complete on one POST.
+    A long recovery grace keeps the reconciler out of it: the leader's parked poll and its
+    notify step's wake-up finish the jobs."""
+    with Simulator(api_key=API_KEY) as sim:
+        lane = lanes()
+        env = lane.env(NANOGPT_BASE_URL=sim.base_url, TTS_RECOVERY_GRACE="600", **REUSE_ENV)
+        first = spawn(env, concurrency=4).start()
+        tag = uuid.uuid4().hex[:10]
+        text = f"Kill me softly {tag} [[sim pending_s=3 queue=0]]"
+        jids = [f"rk-{tag}-{n}" for n in range(5)]
+        for jid in jids:
+            lane.send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+
+        def ready() -> bool:
+            """Four follow; the leader's POST was answered (its first poll is parked)."""
+            jobs = [j for j in (lane.store.get(jid) for jid in jids) if j is not None]
+            waiting = sum(1 for j in jobs if j.reuse_leader is not None)
+            return waiting == 4 and any(j.status == "polling" for j in jobs)
+
+        wait_until(ready, timeout_s=30)
+        first.kill()  # SIGKILL, main process and pool
+        second = spawn(env, concurrency=4).start()
+        counts = wait_until(
+            lambda: (c := webhooks_per_job(receiver, set(jids))) and len(c) == 5 and c,
+            timeout_s=60,
+        )
+
+        assert set(counts.values()) == {1}
+        got = bodies(receiver, jids)
+        assert {b["type"] for b in got.values()} == {"tts.completed"}
+        assert sum("reused_from" in b for b in got.values()) == 4
+        assert len(posts(sim, tag)) == 1
+        assert "Traceback" not in second.log, second.log[-3000:]
