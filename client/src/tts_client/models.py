@@ -159,6 +159,8 @@ class Job:
     audio: Audio | None = None
     error: Error | None = None
     webhook_id: str | None = None
+    #: As on the webhook: the job whose audio (or verdict) answered this one, if one did.
+    reused_from: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -199,6 +201,7 @@ class Job:
             audio=_audio(outcome.get("audio")),
             error=_error(outcome.get("error")),
             webhook_id=webhook_id,
+            reused_from=_str(outcome.get("reused_from")),
         )
 
 
