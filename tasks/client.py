@@ -77,7 +77,7 @@ class Client:
     def submit(self, request: SubmitRequest, *, notify_url: str | None, job_id: str) -> Enqueued:
         """Enqueue ``tts.submit_tts`` for a validated request under ``job_id``."""
         options = {k: v for k, v in request.body().items() if k not in ("text", "model")}
-        kwargs = {**options, "notify_url": notify_url, "job_id": job_id}
+        kwargs = {**options, **request.steering(), "notify_url": notify_url, "job_id": job_id}
         return self._send(names.SUBMIT_TTS, [request.text, request.model], kwargs, job_id)
 
     def poll(self, request: PollRequest, *, notify_url: str | None, job_id: str) -> Enqueued:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 PollOutcome = Literal["pending", "completed", "failed", "retry"]
 UpstreamCall = Literal["submit", "status"]
 WebhookResult = Literal["delivered", "failed", "expired", "gone", "refused"]
+ReuseResult = Literal["reused", "shared", "followed"]
 
 # From "on time" to "a poll queue hours behind": the planned waits are 3-30 s by default.
 POLL_LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -47,6 +48,7 @@ class _Metrics:
     progress_dropped: Counter
     unusable: Counter
     foreign: Counter
+    reuse: Counter
 
 
 @functools.cache
@@ -121,6 +123,13 @@ def _metrics() -> _Metrics:
             "Tasks of other apps that reached a worker, by what it did (requeued: handed back "
             "to the broker; discarded: on one of our own queues, where nobody else looks).",
             ["action"],
+        ),
+        reuse=Counter(
+            "tts_reuse",
+            "Submits served by an identical request (TTS_REUSE_TTL), by result (reused: a "
+            "completed job's audio; shared: its leader's verdict on the content; followed: "
+            "joined an identical request in flight).",
+            ["result"],
         ),
     )
 
@@ -197,3 +206,8 @@ def unusable_message(reason: str) -> None:
 def foreign_task(action: str) -> None:
     """Count a task of another app that reached this worker: ``requeued`` or ``discarded``."""
     _metrics().foreign.labels(action).inc()
+
+
+def reuse(result: ReuseResult) -> None:
+    """Count a submit the reuse index answered or parked (no NanoGPT call)."""
+    _metrics().reuse.labels(result).inc()

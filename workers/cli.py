@@ -106,9 +106,15 @@ def speak(
     job_id: JobIdOption = None,
     timeout: Timeout = None,
     as_json: AsJson = False,
+    no_reuse: Annotated[
+        bool,
+        typer.Option("--no-reuse", help="Never answered by an identical request's audio."),
+    ] = False,
 ) -> None:
     """Enqueue tts.submit_tts; prints the job id."""
-    request = _valid(lambda: validation.submit_request(text, model, voice=voice))
+    request = _valid(
+        lambda: validation.submit_request(text, model, voice=voice, reuse=not no_reuse)
+    )
     url = _valid(lambda: validation.notify_url(notify_url))
     jid = _valid(lambda: validation.job_id(job_id)) if job_id is not None else str(uuid.uuid4())
     with _client() as client:

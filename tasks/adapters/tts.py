@@ -133,10 +133,12 @@ def submit_tts(
     style: float | None = None,
     notify_url: str | None = None,
     job_id: str | None = None,
+    reuse: bool = True,
     accepted: dict[str, Any] | None = None,
 ) -> str:
     """Submit one text; the job continues by polling, downloading or storing. Returns the job
-    id: ``job_id``, or this message's task id when left out. ``accepted`` is internal (NanoGPT's
+    id: ``job_id``, or this message's task id when left out. ``reuse=False``: never answered
+    by an identical request's audio (TTS_REUSE_TTL). ``accepted`` is internal (NanoGPT's
     answer, carried by a retry when the job store could not take it): callers leave it out."""
     return _run(
         self,
@@ -152,6 +154,7 @@ def submit_tts(
         style=style,
         notify_url=notify_url,
         job_id=job_id,
+        reuse=reuse,
         accepted=accepted,
     )
 

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1, validation_alias="TTS_UPSTREAM_SUBMIT_SHARE"
     )
 
+    # Seconds a completed job's audio answers a later submit of the same request (model, voice,
+    # every option, the normalised text: tasks/nanogpt/fingerprint.py) without a NanoGPT call;
+    # identical submits in flight share one POST. 0: off (every submit makes its own POST).
+    reuse_ttl_s: int = Field(0, ge=0, validation_alias="TTS_REUSE_TTL")
+
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
     # How long a failed webhook (5xx, 408/409/425/429, no answer) keeps being retried.
     webhook_retry_period_s: float = Field(
@@ -287,7 +292,25 @@ class Settings(BaseSettings):
         parse_storage_url(self.storage_url)  # refuse a bad URL at start, not at the first job
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
             raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+        self._check_reuse()
         return self
+
+    def _check_reuse(self) -> None:
+        """A reused job names its source's audio and reads it from the source's record: the
+        record must outlive the reuse window, and the file must outlive the reusing job's own
+        webhook retries (retention counts from the source's write, up to TTS_REUSE_TTL
+        earlier than the reusing job's end)."""
+        if not self.reuse_ttl_s:
+            return
+        if self.reuse_ttl_s > self.job_ttl_s:
+            raise ValueError("TTS_REUSE_TTL must not exceed TTS_JOB_TTL (the source's record)")
+        if self.audio_retention_days is not None:
+            left_s = self.audio_retention_days * 86_400 - self.reuse_ttl_s
+            if left_s < self.webhook_retry_period_s:
+                raise ValueError(
+                    "TTS_AUDIO_RETENTION must cover TTS_REUSE_TTL plus TTS_WEBHOOK_RETRY_PERIOD: "
+                    "a reused file is as old as its source"
+                )
 
     @property
     def broker_kind(self) -> Literal["redis", "amqp", "other"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tasks.errors import InvalidInput
 
@@ -118,10 +118,21 @@ class SubmitRequest:
     stability: float | None = None
     similarity_boost: float | None = None
     style: float | None = None
+    # Steers the worker, never sent: whether an identical request's audio may answer this one
+    # (TTS_REUSE_TTL; tasks/steps/reuse.py).
+    reuse: bool = True
+
+    #: The fields that steer the worker and are not part of NanoGPT's body.
+    LOCAL: ClassVar[frozenset[str]] = frozenset({"reuse"})
 
     def body(self) -> dict[str, Any]:
-        """The JSON body, without the fields the caller left out."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The JSON body, without the fields the caller left out (nor the worker's own)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None and k not in self.LOCAL}
+
+    def steering(self) -> dict[str, Any]:
+        """The worker's own fields that differ from their defaults, as the message's keyword
+        arguments (a re-sent submit carries them; a default one stays as callers sent it)."""
+        return {} if self.reuse else {"reuse": False}
 
 
 def submit_request(
@@ -135,8 +146,11 @@ def submit_request(
     stability: object = None,
     similarity_boost: object = None,
     style: object = None,
+    reuse: object = True,
 ) -> SubmitRequest:
     """Validate ``tts.submit_tts`` arguments."""
+    if not isinstance(reuse, bool):
+        raise InvalidInput("reuse must be true or false")
     return SubmitRequest(
         text=require_str("text", text, max_chars=MAX_TEXT_CHARS),
         model=require_name("model", model),
@@ -147,6 +161,7 @@ def submit_request(
         stability=optional_number("stability", stability, low=0.0, high=1.0),
         similarity_boost=optional_number("similarity_boost", similarity_boost, low=0.0, high=1.0),
         style=optional_number("style", style, low=0.0, high=1.0),
+        reuse=reuse,
     )
 
 

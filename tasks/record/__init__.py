@@ -1,6 +1,7 @@
 """The job record: a job's states and outcome codes (:mod:`tasks.record.states`), its hash in
-Redis with every atomic transition (:mod:`tasks.record.jobs`), and the hash's contract: keys,
-field names, the scripts' typed arguments (:mod:`tasks.record.contract`).
+Redis with every atomic transition (:mod:`tasks.record.jobs`), the hash's contract: keys,
+field names, the scripts' typed arguments (:mod:`tasks.record.contract`), and the reuse index
+beside the records: identical requests served once (:mod:`tasks.record.reuse`).
 
 May import the leaf modules at the top of ``tasks`` (``errors``, ``names``...) and ``config``;
 nothing else in ``tasks``.

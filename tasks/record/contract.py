@@ -31,6 +31,11 @@ DUE_KEY = "tts:due"
 #: found no budget by ``jobs.submit_score``, which puts every submit before every poll, oldest
 #: first, and always due. The job hash holds everything the step's message needs.
 WAIT_KEY = "tts:wait"
+#: Reuse (TTS_REUSE_TTL, tasks/record/reuse.py): ``tts:reuse:<key>`` holds the id of the job
+#: that last made the POST for a reuse key (the leader, then the source of its audio), and
+#: ``tts:reuse:<key>:followers`` the identical jobs waiting on it (a sorted set, by arrival).
+REUSE_PREFIX = "tts:reuse:"
+REUSE_FOLLOWERS_SUFFIX = ":followers"
 
 
 class F(enum.StrEnum):
@@ -54,6 +59,11 @@ class F(enum.StrEnum):
     DELIVERY_STEP = "delivery_step"
     DELIVERY_COUNT = "delivery_count"
     UPDATED_AT = "updated_at"
+    # The job's reuse key (a hash, never the text) and the leader a follower waits on.
+    REUSE_KEY = "reuse_key"
+    REUSE_LEADER = "reuse_leader"
+    FINISHED_AT = "finished_at"
+    DEADLINE_AT = "deadline_at"
 
 
 #: The budget's grant to a job's submit, and the start of its grant to poll ``seq``

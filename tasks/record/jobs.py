@@ -49,6 +49,7 @@ from tasks.record.contract import (
     lua,
     pairs,
 )
+from tasks.record.reuse import Decision, ReuseIndex
 from tasks.record.states import ACTIVE, FINAL, SEQ_DONE, NotifyState, Status
 
 __all__ = [
@@ -283,6 +284,10 @@ class Job:
     tries: int = 0
     # A NanoGPT call the budget granted to this job's next step (tasks/pacing/budget.py).
     grant: str | None = field(default=None, repr=False)
+    # Reuse (tasks/record/reuse.py): the request's reuse key (a hash), and the leader a
+    # follower waits on.
+    reuse_key: str | None = field(default=None, repr=False)
+    reuse_leader: str | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -335,6 +340,8 @@ class Job:
             lease_until=num(F.LEASE_UNTIL),
             tries=int(raw.get(F.TRIES) or 0),
             grant=raw.get(F.GRANT),
+            reuse_key=raw.get(F.REUSE_KEY),
+            reuse_leader=raw.get(F.REUSE_LEADER),
         )
 
     @classmethod
@@ -355,7 +362,7 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         """The job as callers see it (CLI, ``get_job``): no lease internals."""
-        hidden = {F.OWNER, F.TOKEN, F.SEQ, F.GRANT, F.REQUEST}
+        hidden = {F.OWNER, F.TOKEN, F.SEQ, F.GRANT, F.REQUEST, F.REUSE_KEY}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
@@ -377,6 +384,7 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._claim_notify = client.register_script(_CLAIM_NOTIFY)
         self._count_delivery = client.register_script(_COUNT_DELIVERY)
+        self._reuse = ReuseIndex(client, clock=clock)
 
     @property
     def redis(self) -> redis.Redis:
@@ -759,6 +767,7 @@ class JobStore:
         guards: Mapping[str, str | None] | None = None,
         polls: int | None = None,
         outcome_id: str | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> bool:
         """→ completed / failed: record the job's outcome if it has none yet; True for the one
         caller that did. The lease is freed for the webhook's sender. ``lease``: only the
@@ -768,7 +777,8 @@ class JobStore:
         changed the record, exactly once per job (the simulation holds every settle to it): an
         outcome already recorded under the caller's own id (its earlier run) answers False and
         changes nothing; the caller recognises it by the job's ``outcome_id``
-        (tasks/steps/cancel.py)."""
+        (tasks/steps/cancel.py). ``record``: more fields written with the outcome (a reused
+        job's ``cost`` of 0)."""
         now = self._clock()
         status = Status.COMPLETED if outcome["type"] == "tts.completed" else Status.FAILED
         fields = {
@@ -778,6 +788,7 @@ class JobStore:
             "finished_at": now,
             F.UPDATED_AT: now,
             F.NOTIFY_STATE: NotifyState.QUEUED,
+            **(record or {}),
         }
         expected = dict(guards or {})
         if lease is not None:
@@ -793,6 +804,16 @@ class JobStore:
         ).arg()
         keys = [_key(job_id), DUE_KEY, WAIT_KEY, SPOOL_PREFIX + job_id]
         return int(self._settle(keys=keys, args=[arg, job_id])) == 1
+
+    def decide_reuse(self, job_id: str, owner: str, reuse_key: str, **options: Any) -> Decision:
+        """submitting → answered by a completed source, following the leader in flight, or
+        leading: :meth:`tasks.record.reuse.ReuseIndex.decide` (one script)."""
+        return self._reuse.decide(job_id, owner, reuse_key, **options)
+
+    def wake_followers(self, reuse_key: str, leader: str, *, check_at: float) -> list[str]:
+        """The followers of ``leader`` due again at ``check_at``:
+        :meth:`tasks.record.reuse.ReuseIndex.wake` (one script)."""
+        return self._reuse.wake(reuse_key, leader, check_at=check_at)
 
     def claim_notify(self, job_id: str, owner: str, *, lease_s: float) -> bool:
         """Take the lease to send this job's webhook (re-entrant for the same task id, so a

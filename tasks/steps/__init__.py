@@ -13,8 +13,9 @@ down, full, read-only, loading) is a retry of the same message with no count cap
 exception (a bug) is retried up to ``TTS_MAX_DELIVERIES`` times, then the job fails announced
 (:mod:`tasks.adapters.acks`). The delivery count parks a step that keeps crashing its process.
 
-The package also owns what a step is handed (:mod:`tasks.steps.context`) and how a job ends
-(:mod:`tasks.steps.outcomes`). It may import ``pacing``, ``webhooks``, ``nanogpt``, ``audio``,
+The package also owns what a step is handed (:mod:`tasks.steps.context`), how a job ends
+(:mod:`tasks.steps.outcomes`), and a submit answered by an identical request
+(:mod:`tasks.steps.reuse`). It may import ``pacing``, ``webhooks``, ``nanogpt``, ``audio``,
 ``net``, ``record``, ``config`` and the leaf modules at the top of ``tasks``; never ``sweeps``,
 ``adapters``, ``client`` or ``workers``.
 """

@@ -87,7 +87,12 @@ def accept_submit(
         "status": Status.SUBMITTING,
         "model": request.model,
         "notify_url": notify_url,
-        "request": {**request.body(), "notify_url": notify_url, "job_id": job_id},
+        "request": {
+            **request.body(),
+            **request.steering(),
+            "notify_url": notify_url,
+            "job_id": job_id,
+        },
         "deadline_at": deadline_at,
     }
     created = ctx.jobs.create(

@@ -11,6 +11,7 @@ from tasks.record.states import NotifyState, notify_pending
 from tasks.steps.base import NOTIFY_LEASE_SLACK_S, Delivery, Result, Retry, named_job, poisoned
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at
+from tasks.steps.reuse import wake
 from tasks.webhooks import delivery as webhooks
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ def notify(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     job, deliveries = store.load(job_id, delivery=d.step())
     if job is None or not notify_pending(job):
         return job_id
+    if job.notify_attempts == 0:
+        # Identical requests waiting on this job go on (tasks/steps/reuse.py). Here, not at
+        # the settle: this step is sent with every outcome and re-sent by the reconciler
+        # until it has run; after its first attempt there is nobody left to wake.
+        wake(ctx, job)
     if not job.notify_url:
         store.finish_notify(job_id, NotifyState.NONE)
         return job_id

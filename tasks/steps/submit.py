@@ -24,6 +24,7 @@ from tasks.steps import accept, progress
 from tasks.steps.base import Delivery, Result, Retry, past_deadline, poisoned, post_lease_s
 from tasks.steps.context import Ctx
 from tasks.steps.outcomes import check_at, discard_unrecorded, fail
+from tasks.steps.reuse import serve as served_by_reuse
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,14 @@ def submit(
     style: object = None,
     notify_url: object = None,
     job_id: object = None,
+    reuse: object = True,
     accepted: object = None,
 ) -> Result:
     """Submit one text once; the job goes on by polling, downloading or storing.
-    ``accepted`` is internal: NanoGPT's answer to this message's POST, carried by its retry
-    when the job store could not take it (:class:`AnswerUnrecorded`)."""
+    ``reuse``: whether an identical request's audio may answer it (TTS_REUSE_TTL;
+    :mod:`tasks.steps.reuse`). ``accepted`` is internal: NanoGPT's answer to this message's
+    POST, carried by its retry when the job store could not take it
+    (:class:`AnswerUnrecorded`)."""
     try:
         jid = accept.job_identity(d, job_id)
         request = validation.submit_request(
@@ -60,6 +64,7 @@ def submit(
             stability=stability,
             similarity_boost=similarity_boost,
             style=style,
+            reuse=reuse,
         )
         url = validation.notify_url(notify_url)
     except errors.InvalidInput as exc:
@@ -99,6 +104,13 @@ def submit(
             if not _unsent_claim_returned(ctx, job, now):
                 return _post_in_doubt(ctx, job, now)
             job = dataclasses.replace(job, status=Status.SUBMITTING)
+    # Before the budget: a job another's audio answers, or that follows one in flight, makes
+    # no NanoGPT call and takes no token.
+    if lost_claim is None and accepted is None:
+        going_on = served_by_reuse(ctx, d, job, request, deliveries)
+        if going_on is None:
+            return jid
+        job = going_on
     deadline_at = job.deadline_at or now
     if now >= deadline_at:
         return fail(

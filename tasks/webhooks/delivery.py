@@ -48,7 +48,8 @@ def outcome_body(
 ) -> dict[str, Any]:
     """The JSON body: ``type``, ids, what NanoGPT said it cost (``cost`` with the ticket's
     ``payment_source``, or with a synchronous answer's ``currency``; null when it did not say),
-    and ``audio`` (completed) or ``error`` (failed)."""
+    ``audio`` (completed) or ``error`` (failed), and ``reused_from`` (the job whose audio, or
+    verdict, answered this one: TTS_REUSE_TTL) when it was."""
     body: dict[str, Any] = {
         "type": outcome["type"],
         "job_id": job_id,
@@ -58,7 +59,7 @@ def outcome_body(
         "payment_source": payment_source,
         "currency": currency,
     }
-    for part in ("audio", "error"):
+    for part in ("audio", "error", "reused_from"):
         if part in outcome:
             body[part] = outcome[part]
     return body

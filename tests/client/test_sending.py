@@ -59,6 +59,16 @@ def test_submit_sends_every_option_and_the_given_job_id(
     assert message["kwargs"] == {**options, "job_id": "mine"}
 
 
+def test_reuse_is_sent_only_when_turned_off(tts: TTSClient, client_redis_url: str) -> None:
+    tts.submit("Hi", ELEVEN, job_id="default")
+    tts.submit("Hi", ELEVEN, job_id="own", reuse=False)
+    default, own = published(client_redis_url, "tts.submit")
+    assert default["kwargs"] == {"job_id": "default"}  # as before: the worker's default
+    assert own["kwargs"] == {"job_id": "own", "reuse": False}
+    with pytest.raises(TypeError):
+        tts.submit("Hi", ELEVEN, reuse="no")  # type: ignore[arg-type]
+
+
 def test_task_events_show_text_cut_short_and_urls_without_their_secrets(
     tts: TTSClient, client_redis_url: str
 ) -> None:

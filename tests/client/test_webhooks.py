@@ -50,7 +50,18 @@ def failed() -> dict[str, Any]:
     return outcome_body("job-2", None, "Elevenlabs-V3", outcome, currency="USD")
 
 
-BODIES = {"local": completed(LOCAL), "s3": completed(S3), "failed": failed()}
+def reused() -> dict[str, Any]:
+    """A job answered by an identical request's audio (TTS_REUSE_TTL)."""
+    outcome = {"type": "tts.completed", "audio": LOCAL.as_dict(), "reused_from": "job-1"}
+    return outcome_body("job-3", None, "Elevenlabs-Turbo-V2.5", outcome, cost=0.0)
+
+
+BODIES = {
+    "local": completed(LOCAL),
+    "s3": completed(S3),
+    "failed": failed(),
+    "reused": reused(),
+}
 
 
 def delivery(body: dict[str, Any], *, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
@@ -73,6 +84,7 @@ def test_every_body_the_worker_makes_satisfies_the_shipped_schema(name: str) -> 
         {"audio": None},
         {"error": {"code": "X", "message": "both audio and error"}},
         {"job_id": ""},
+        {"reused_from": ""},
     ],
 )
 def test_the_schema_refuses_what_the_worker_never_sends(broken: dict[str, Any]) -> None:
@@ -160,3 +172,13 @@ def test_arguments_of_the_wrong_type_raise_type_error() -> None:
         verify_webhook("", body, headers)
     with pytest.raises(TypeError):
         verify_webhook(SECRET, json.loads(body), headers)  # type: ignore[arg-type]
+
+
+def test_a_reused_event() -> None:
+    event = verify_webhook(SECRET, *delivery(reused()))
+    assert event.reused_from == "job-1"
+    assert event.cost == 0.0
+    assert event.audio is not None
+    assert event.audio.sha256 == SHA
+    plain = verify_webhook(SECRET, *delivery(completed(LOCAL)))
+    assert plain.reused_from is None

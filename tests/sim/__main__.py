@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         store.CLIENT_RESENDS = True
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds or range(100)
     server = EmbeddedRedis().start()
-    failed = 0
+    failed = reused = 0
     started = time.monotonic()
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"seed {seed}: {report.jobs} jobs, {report.executions} executions, "
                     f"{report.sim_s:.0f} s simulated, crashes {dict(report.crashes)}, "
                     f"cancels {report.cancels}, deferred {report.deferred}, "
+                    f"reused {report.reused}, "
                     f"outcomes {dict(report.outcomes)}"
                 )
                 if report.store is not None:
@@ -72,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             for line in report.violations:
                 print(f"  VIOLATION {line}")
             failed += bool(report.violations)
+            reused += report.reused
     finally:
         server.stop()
-    print(f"{len(seeds)} seeds, {failed} failed, {time.monotonic() - started:.1f} s")
+    elapsed_s = time.monotonic() - started
+    print(f"{len(seeds)} seeds, {failed} failed, {elapsed_s:.1f} s ({reused} jobs reused)")
     return 1 if failed else 0
 
 

@@ -153,6 +153,29 @@ SUBMIT_FAULTS = ("refused", "refused", "503", "429:1", "429:3", "500", "502html"
 STATUS_FAULTS = ("refused", "timeout", "503", "500", "429:1", "malformed")
 
 
+# Share of seeds that run with TTS_REUSE_TTL (identical requests served once), drawn from a
+# generator of their own so every other draw of a seed stays as it was; of their plans, the
+# share that sends the same text as an earlier one, and the share that opts out (reuse=False).
+P_REUSE_SEED = 0.4
+REUSE_TTL_S = 600
+P_SAME_TEXT = 0.6
+P_REUSE_OFF = 0.15
+
+
+def draw_reuse(seed: int, plans: list[Plan]) -> bool:
+    """Whether this seed serves identical requests once; if so, group some of its plans."""
+    rng = random.Random(f"reuse:{seed}")
+    if rng.random() >= P_REUSE_SEED:
+        return False
+    for plan in plans:
+        earlier = [p for p in plans if p.index < plan.index]
+        if earlier and rng.random() < P_SAME_TEXT:
+            root = rng.choice(earlier)
+            plan.group = root.index if root.group is None else root.group
+        plan.reuse = rng.random() >= P_REUSE_OFF
+    return True
+
+
 def draw_plans(rng: random.Random, n: int) -> list[Plan]:
     def some(vocabulary: tuple[str, ...], p: float, most: int) -> list[str]:
         if rng.random() >= p:
@@ -235,8 +258,10 @@ class Gated:
             if label == "upstream.status":
                 # When this execution last read the job: a poll must have seen it open.
                 sim.status_calls.setdefault(args[0].run_id, []).append(sim.loaded_at)
-            if label == "upstream.submit":
-                sim.post_calls.setdefault(args[0].text, []).append(sim.loaded_at)
+            if label == "upstream.submit" and sim.current is not None:
+                # Per job: with identical requests, one text is many jobs'.
+                jid = str(sim._job_of(sim.current.held.message))
+                sim.post_calls.setdefault(jid, []).append(sim.loaded_at)
             if label == "store.save":
                 sim.store_calls.setdefault(kwargs["job_id"], []).append(sim.loaded_at)
             try:
@@ -282,6 +307,8 @@ class Report:
     store_errors: int = 0  # executions that ended on a job-store error
     # Messages a dead worker held that came back only after the visibility timeout.
     restored: int = 0
+    # Jobs answered by an identical request (reused_from), on a seed with TTS_REUSE_TTL.
+    reused: int = 0
 
 
 class Sim:
@@ -292,6 +319,7 @@ class Sim:
         *,
         knobs: Knobs | None = None,
         store_faults_on: frozenset[str] | None = None,
+        reuse: bool = True,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -304,7 +332,10 @@ class Sim:
             "TTS_UPSTREAM_RATE": repr(self.knobs.upstream_rate),
             "TTS_UPSTREAM_BURST": str(self.knobs.upstream_burst),
         }
-        self.settings = Settings(**SIM_ENV, **budget_env)  # type: ignore[arg-type]
+        # ``reuse``: may this seed draw TTS_REUSE_TTL (the hand-made cases keep their worlds).
+        self.reuse = reuse and draw_reuse(seed, self.plans)
+        reuse_env = {"TTS_REUSE_TTL": str(REUSE_TTL_S if self.reuse else 0)}
+        self.settings = Settings(**SIM_ENV, **budget_env, **reuse_env)  # type: ignore[arg-type]
         s = self.settings
         self.ledger = Ledger()
         self.transport = Transport(self.clock, self.plans, self.ledger)
@@ -387,7 +418,7 @@ class Sim:
         self.stall: Callable[[Sim, Execution, str], float] | None = None
         # Per run id, for each status call: the event at which its execution read the job.
         self.status_calls: dict[str, list[int]] = {}
-        # The same for every POST (per caller text) and every store (per job id).
+        # The same for every POST and every store (per job id).
         self.post_calls: dict[str, list[int]] = {}
         self.store_calls: dict[str, list[int]] = {}
         self.loaded_at = 0
@@ -677,6 +708,11 @@ class Sim:
                     # Until a task records it, the message is the job's only copy: a worker
                     # killed holding it leaves it to the visibility timeout.
                     self.unrecorded.add(str(self._job_of(m)))
+                except PublishFailed:
+                    # A cancel acting on receipt recorded its outcome, then its webhook's
+                    # publish failed: the record is on the reconciler's watch, which sends it.
+                    # (workers/signals.py logs any exception here and goes on.)
+                    pass
                 moved = True
             for held in worker.waiting(now)[: worker.concurrency - worker.running()]:
                 self._start(worker, held)
@@ -807,6 +843,8 @@ class Sim:
                 kwargs["notify_url"] = plan.notify_url
             if plan.job_id:
                 kwargs["job_id"] = plan.job_id
+            if not plan.reuse:
+                kwargs["reuse"] = False
             # Now-ish, or (a caller's countdown) longer than the poll timeout.
             later = self.rng.random() < 0.1
             eta = start + self.rng.uniform(0, 1.5 * self.settings.poll_timeout_s if later else 3)
@@ -888,11 +926,9 @@ def check(sim: Sim) -> None:
         extra = burst + rate_per_s * lost_s if lost_s else 0.0
         bad += budget_bound(sim.call_times, rate_per_s, burst, extra=extra)
     bad += settles_once(sim.settles, jobs)
+    bad += reuse_kept(sim)
     for plan in sim.plans:
         jid = sim.job_id(plan)
-        accepted = sim.ledger.accepted.get(plan.text, 0)
-        if accepted > 1:
-            bad.append(f"job {jid}: NanoGPT accepted its request {accepted} times")
         job = jobs.get(jid)
         if job is None or job.outcome is None:
             status = job.status if job else "no record"
@@ -909,14 +945,16 @@ def check(sim: Sim) -> None:
             )
         error = job.outcome.get("error") or {}
         sim.report.outcomes[error.get("code", "completed")] += 1
-        posts = sim.ledger.posts.get(plan.text, 0)
+        sim.report.reused += "reused_from" in job.outcome
+        posts = len(sim.post_calls.get(jid, []))
         if error.get("code") == "SUBMIT_UNCONFIRMED" and not posts and jid not in sim.in_doubt:
             # Only a crash between marking the POST as leaving and sending it leaves a job in
             # doubt.
             bad.append(f"job {jid}: ended SUBMIT_UNCONFIRMED with no POST sent")
         if job.notify_state in (None, NotifyState.QUEUED):
             bad.append(f"job {jid}: webhook still queued at the end")
-        stored = sim.store.saved.get(jid)
+        # A reused job's audio is its source's (the same file, never a copy).
+        stored = sim.store.saved.get(job.outcome.get("reused_from") or jid)
         if job.outcome["type"] == "tts.completed" and (
             stored is None or job.outcome["audio"]["sha256"] != AUDIO_SHA256
         ):
@@ -942,12 +980,41 @@ def check(sim: Sim) -> None:
             late = [e for e in sim.store_calls.get(jid, []) if e > settled_at]
             if late:
                 bad.append(f"job {jid}: {len(late)} stores after its outcome")
-            late = [e for e in sim.post_calls.get(plan.text, []) if e > settled_at]
+            late = [e for e in sim.post_calls.get(jid, []) if e > settled_at]
             if late:
                 bad.append(f"job {jid}: {len(late)} POSTs after its outcome")
     for key in sim.client.scan_iter(count=1000):
         if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
             bad.append(f"key {key} has no TTL")
+
+
+def reuse_kept(sim: Sim) -> list[str]:
+    """NanoGPT accepted each request at most once per job that made its own POST: a job
+    answered by an identical request (``reused_from``) made no NanoGPT call, and a text
+    no job shares was accepted at most once (the promise without reuse)."""
+    bad: list[str] = []
+    groups: dict[str, list[Plan]] = {}
+    for plan in sim.plans:
+        groups.setdefault(plan.text, []).append(plan)
+    for text, plans in groups.items():
+        own = 0
+        for plan in plans:
+            jid = sim.job_id(plan)
+            job = sim.truth.get(jid)
+            source = (job.outcome or {}).get("reused_from") if job else None
+            if source is None:
+                own += 1
+                continue
+            if sim.post_calls.get(jid):
+                bad.append(f"job {jid}: reused job {source}'s outcome, yet sent a POST")
+            if source not in {sim.job_id(p) for p in plans}:
+                bad.append(f"job {jid}: reused {source}, which sent another request")
+        accepted = sim.ledger.accepted.get(text, 0)
+        if accepted > max(1, own):
+            who = f"job {sim.job_id(plans[0])}" if len(plans) == 1 else repr(text)
+            more = "" if len(plans) == 1 else f" for {own} jobs that made their own"
+            bad.append(f"{who}: NanoGPT accepted its request {accepted} times{more}")
+    return bad
 
 
 # Slack on the budget's bound: its scripts count a token 1e-3 early (tasks/pacing/budget.py,
@@ -1009,14 +1076,18 @@ def run_seed(
     shape: Callable[[Sim], None] | None = None,
     trace: list[str] | None = None,
     store_faults_on: frozenset[str] | None = None,
+    reuse: bool | None = None,
 ) -> Report:
     """Play one seed against ``client`` (a Redis database the simulation may flush).
 
     ``shape``: change the drawn world before it runs (knobs, plans), for the hand-made cases.
     ``trace``: filled with one line per side effect (``python -m tests.sim --seed N --trace``).
     ``store_faults_on``: the job store's fault families (default: ``store.STORE_FAULTS``).
+    ``reuse``: whether the seed may draw TTS_REUSE_TTL (:func:`draw_reuse`; default: unless
+    ``shape`` hand-makes the world).
     """
-    sim = Sim(seed, client, store_faults_on=store_faults_on)
+    may_reuse = shape is None if reuse is None else reuse
+    sim = Sim(seed, client, store_faults_on=store_faults_on, reuse=may_reuse)
     sim.trace = trace
     if shape is not None:
         shape(sim)

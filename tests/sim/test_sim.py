@@ -18,9 +18,10 @@ from tasks import names, steps
 from tasks.adapters import received
 from tasks.nanogpt import validation
 from tasks.pacing import budget
-from tasks.record import jobs
+from tasks.record import jobs, reuse
 from tasks.record.contract import F, lua
 from tasks.record.jobs import Job, JobStore
+from tasks.record.states import Status
 from tasks.steps import accept
 from tests.sim import run
 from tests.sim.broker import Message, PublishFailed
@@ -388,12 +389,12 @@ def test_a_settle_without_first_outcome_wins_is_caught(
     """Issue 19, item 8: ``_SETTLE`` without its ``HEXISTS outcome`` guard. Seed 160 is the
     first of the 2,000 to catch it on the merged code, with the job store's faults on (then 265
     and 405; without them 712 and 1008 next; 126 before the transitions learnt to recognise
-    their own earlier run)."""
+    their own earlier run). Without reuse (issue 22), as the seed was drawn then."""
     guard = f"if redis.call('HEXISTS', KEYS[1], {lua(F.OUTCOME)}) == 1 then\n"
     assert guard in jobs._SETTLE
     # The guard (with its own-run answer inside) never fires: every settle writes.
     monkeypatch.setattr(jobs, "_SETTLE", jobs._SETTLE.replace(guard, "if false then\n"))
-    report = run_seed(160, sim_redis)
+    report = run_seed(160, sim_redis, reuse=False)
     assert any("settled" in v for v in report.violations), report.violations
 
 
@@ -402,11 +403,12 @@ def test_a_budget_that_grants_every_call_is_caught(
 ) -> None:
     """Issue 19, item 8: ``_SPEND`` allowing every call (each still takes a token, so "calls
     <= tokens" holds). With the job store's faults on (the default), seed 8 is the first to
-    catch it (then 11, 13): 2 calls within 0.2 s at 0.2/s, burst 1; without them, seed 2."""
+    catch it (then 11, 13): 2 calls within 0.2 s at 0.2/s, burst 1; without them, seed 2.
+    Without reuse (issue 22), as the seed was drawn then."""
     check = "if free >= need then\n"
     assert check in budget._SPEND
     monkeypatch.setattr(budget, "_SPEND", budget._SPEND.replace(check, "if true then\n"))
-    report = run_seed(8, sim_redis)
+    report = run_seed(8, sim_redis, reuse=False)
     assert any("NanoGPT calls within" in v for v in report.violations), report.violations
 
 
@@ -488,3 +490,17 @@ def test_a_lost_mark_whose_retry_is_held_up_still_posts(sim_redis: redis.Redis, 
     assert dict(report.outcomes) == {"completed": 1}
     assert schedule.sim is not None
     assert schedule.sim.ledger.posts == {"Sim job 0.": 1}
+
+
+def test_reusing_a_source_that_did_not_complete_is_caught(
+    sim_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22: the reuse decision answering with any ended source, not only a completed
+    one, hands a failed job's outcome out as audio. Seed 14 is the first of the seeds that draw
+    TTS_REUSE_TTL to catch it (the job store's faults on): a job completed with no stored
+    audio."""
+    check = f"  if s[1] == {lua(Status.COMPLETED)} and s[2]\n"
+    assert check in reuse._DECIDE
+    monkeypatch.setattr(reuse, "_DECIDE", reuse._DECIDE.replace(check, "  if s[2]\n"))
+    report = run_seed(14, sim_redis)
+    assert any("without its audio stored" in v for v in report.violations), report.violations

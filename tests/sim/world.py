@@ -65,10 +65,14 @@ class Plan:
     store_down_until: float = 0.0
     # The caller sends tts.cancel this long after the first submits (None: it does not).
     cancel_after_s: float | None = None
+    # Identical requests (TTS_REUSE_TTL): plans of one group send the same text, and NanoGPT
+    # answers it as the group's first plan says; ``reuse`` is the submit's own argument.
+    group: int | None = None
+    reuse: bool = True
 
     @property
     def text(self) -> str:
-        return f"Sim job {self.index}."
+        return f"Sim job {self.index if self.group is None else self.group}."
 
     @property
     def notify_url(self) -> str | None:
@@ -123,7 +127,10 @@ class Transport(HTTPAdapter):
 
     def know(self, plans: list[Plan]) -> None:
         """The requests the world expects (set again when a case reshapes them)."""
-        self._plans = {p.text: p for p in plans}
+        # The first plan of a text answers for it (a group of identical requests).
+        self._plans: dict[str, Plan] = {}
+        for p in sorted(plans, key=lambda p: p.index):
+            self._plans.setdefault(p.text, p)
         self._by_index = {p.index: p for p in plans}
 
     def send(  # type: ignore[override]

@@ -118,6 +118,7 @@ SUBMIT_ARGS: dict[str, list[Any]] = {
     "style": [None, 0.0],
     "notify_url": [None, HOOK, "http://127.0.0.1:8080/hook"],
     "job_id": [None, "job-1", "A" * validation.MAX_ID_CHARS, "a.b_c:d-e"],
+    "reuse": [True, False],
 }
 POLL_ARGS: dict[str, list[Any]] = {
     "run_id": ["run-1", "2f0c5a4e-4a1e-4a43-9c8e-5bd4e1d0c0aa"],

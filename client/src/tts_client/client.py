@@ -124,12 +124,14 @@ class TTSClient:
         style: float | None = None,
         notify_url: str | None = None,
         job_id: str | None = None,
+        reuse: bool = True,
     ) -> str:
         """Send ``tts.submit_tts`` to ``tts.submit``; returns the job id (``job_id``, or a new
         UUID). A wrong keyword or type raises ``TypeError`` here, before anything is sent.
 
         The outcome is posted to ``notify_url`` (a signed webhook) and kept in the job record
-        (:meth:`get`). Sending the same ``job_id`` again starts nothing new.
+        (:meth:`get`). Sending the same ``job_id`` again starts nothing new. ``reuse=False``:
+        never answered with an identical request's audio (workers with ``TTS_REUSE_TTL``).
         """
         checks.text("text", text)
         checks.text("model", model)
@@ -148,6 +150,7 @@ class TTSClient:
             ("style", style),
         ):
             checks.number(name, number)
+        checks.flag("reuse", reuse)
         job_id = str(uuid.uuid4()) if job_id is None else job_id
         options = {
             "voice": voice,
@@ -160,6 +163,8 @@ class TTSClient:
             "notify_url": notify_url,
         }
         kwargs = {key: value for key, value in options.items() if value is not None}
+        if not reuse:  # sent only when it differs from the worker's default
+            kwargs["reuse"] = False
         self._send(contract.SUBMIT_TTS, [text, model], {**kwargs, "job_id": job_id})
         return job_id
 

@@ -95,6 +95,9 @@ class TTSEvent:
     currency: str | None = None
     audio: Audio | None = None
     error: Error | None = None
+    #: The job whose audio (or verdict on the content) answered this one, without a NanoGPT
+    #: call (``cost`` 0; workers with ``TTS_REUSE_TTL``); None for a job that made its own.
+    reused_from: str | None = None
     #: The whole body as the worker sent it.
     data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -121,6 +124,7 @@ class TTSEvent:
             currency=_str(body.get("currency")),
             audio=_audio(body.get("audio")),
             error=_error(body.get("error")),
+            reused_from=_str(body.get("reused_from")),
             data=dict(body),
         )
 
@@ -155,6 +159,8 @@ class Job:
     audio: Audio | None = None
     error: Error | None = None
     webhook_id: str | None = None
+    #: As on the webhook: the job whose audio (or verdict) answered this one, if one did.
+    reused_from: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -195,6 +201,7 @@ class Job:
             audio=_audio(outcome.get("audio")),
             error=_error(outcome.get("error")),
             webhook_id=webhook_id,
+            reused_from=_str(outcome.get("reused_from")),
         )
 
 

@@ -45,6 +45,7 @@ def submit_on_commit(
     style: float | None = None,
     notify_url: str | None = None,
     job_id: str | None = None,
+    reuse: bool = True,
     using: str | None = None,
 ) -> str:
     """:meth:`TTSClient.submit` once the transaction on ``using`` commits (at once outside
@@ -72,6 +73,7 @@ def submit_on_commit(
         ("style", style),
     ):
         checks.number(name, number)
+    checks.flag("reuse", reuse)
     job_id = str(uuid.uuid4()) if job_id is None else job_id
     if notify_url is None:
         notify_url = getattr(settings, "TTS_NOTIFY_URL", None) or None
@@ -89,6 +91,7 @@ def submit_on_commit(
             style=style,
             notify_url=notify_url,
             job_id=job_id,
+            reuse=reuse,
         )
 
     transaction.on_commit(send, using=using)
