@@ -22,6 +22,7 @@ fake clock in tests/sim): the scripts never read Redis' own clock.
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import time
 import uuid
@@ -57,6 +58,7 @@ __all__ = [
     "FINAL",
     "KEY_PREFIX",
     "PARKED_FIELDS",
+    "Priority",
     "SEQ_DONE",
     "SPOOL_MAX_BYTES",
     "SPOOL_PREFIX",
@@ -82,6 +84,16 @@ def submit_score(queued_at: float) -> float:
     return queued_at - SUBMIT_OFFSET_S
 
 
+class Priority(enum.StrEnum):
+    """How urgent a caller says its job is (``priority`` of ``tts.submit_tts``/``tts.poll_tts``):
+    the releaser's lanes (tasks/pacing/lanes.py), most urgent first. A record without the field
+    is ``normal`` (every job before issue 22)."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+
 #: The hash fields a parked poll is ranked by (HMGET), by the releaser (tasks/sweeps/granting.py;
 #: its message is built from the whole record once the poll is taken).
 PARKED_FIELDS = (
@@ -92,6 +104,8 @@ PARKED_FIELDS = (
     "queue_first_seen_at",
     "gen_start_at",
     "deadline_at",
+    "tenant",
+    "priority",
 )
 # The POST claim's seq (tasks/record/__init__.py): claimed, nothing sent yet; and sent.
 POST_CLAIMED = "0"
@@ -283,6 +297,9 @@ class Job:
     tries: int = 0
     # A NanoGPT call the budget granted to this job's next step (tasks/pacing/budget.py).
     grant: str | None = field(default=None, repr=False)
+    # Who sent the job and how urgent it is (issue 22): the releaser's lane for its calls.
+    tenant: str | None = None
+    priority: str = Priority.NORMAL.value
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -335,6 +352,8 @@ class Job:
             lease_until=num(F.LEASE_UNTIL),
             tries=int(raw.get(F.TRIES) or 0),
             grant=raw.get(F.GRANT),
+            tenant=raw.get("tenant"),
+            priority=raw.get("priority") or Priority.NORMAL.value,
         )
 
     @classmethod

@@ -34,18 +34,22 @@ def poll(
     is_api_request: object = True,
     notify_url: object = None,
     job_id: object = None,
+    tenant: object = None,
+    priority: object = "normal",
     lease: object = None,
     seq: object = 0,
 ) -> Result:
     """Check a run's status once; re-queue while pending. ``lease`` and ``seq`` are internal
     (the chain's token and this poll's number): a call without them starts a chain, unless the
-    job id (``job_id``, else the run id) is already known."""
+    job id (``job_id``, else the run id) is already known. ``tenant`` and ``priority``: the
+    lane of a chain it starts (tasks/pacing/lanes.py)."""
     try:
         jid = validation.job_id(run_id if job_id is None else job_id)
         request = validation.poll_request(
             run_id, model, cost=cost, payment_source=payment_source, is_api_request=is_api_request
         )
         url = validation.notify_url(notify_url)
+        lane = validation.lane(tenant, priority)
         if lease is not None and (not isinstance(lease, str) or not isinstance(seq, int)):
             raise errors.InvalidInput("lease and seq are internal: leave them out")
     except errors.InvalidInput as exc:
@@ -54,7 +58,7 @@ def poll(
     if lease is None:
         # This very message may have started the chain before (when the worker received it,
         # or before a redelivery): then its token comes back, while its first poll is due.
-        token = accept.accept_poll(ctx, jid, request, url, owner=d.task_id)
+        token = accept.accept_poll(ctx, jid, request, url, owner=d.task_id, lane=lane)
         if token is None:
             log.info("job %s already exists; duplicate poll chain ignored", jid)
             return jid

@@ -43,9 +43,12 @@ def submit(
     style: object = None,
     notify_url: object = None,
     job_id: object = None,
+    tenant: object = None,
+    priority: object = "normal",
     accepted: object = None,
 ) -> Result:
-    """Submit one text once; the job goes on by polling, downloading or storing.
+    """Submit one text once; the job goes on by polling, downloading or storing. ``tenant``
+    and ``priority`` name the lane its NanoGPT calls wait in (tasks/pacing/lanes.py).
     ``accepted`` is internal: NanoGPT's answer to this message's POST, carried by its retry
     when the job store could not take it (:class:`AnswerUnrecorded`)."""
     try:
@@ -62,10 +65,11 @@ def submit(
             style=style,
         )
         url = validation.notify_url(notify_url)
+        lane = validation.lane(tenant, priority)
     except errors.InvalidInput as exc:
         return accept.reject(ctx, d, job_id, exc, notify_url)
     logctx.bind_job(jid)
-    accept.accept_submit(ctx, jid, request, url, owner=d.task_id)
+    accept.accept_submit(ctx, jid, request, url, owner=d.task_id, lane=lane)
     job, deliveries = ctx.jobs.load(jid, delivery=d.step())
     if job is None:
         return jid

@@ -155,6 +155,9 @@ class Job:
     audio: Audio | None = None
     error: Error | None = None
     webhook_id: str | None = None
+    #: Who sent it and how urgent it is (``normal`` when the sender did not say).
+    tenant: str | None = None
+    priority: str = contract.NORMAL
 
     @property
     def ended(self) -> bool:
@@ -195,6 +198,8 @@ class Job:
             audio=_audio(outcome.get("audio")),
             error=_error(outcome.get("error")),
             webhook_id=webhook_id,
+            tenant=raw.get("tenant"),
+            priority=raw.get("priority") or contract.NORMAL,
         )
 
 
