@@ -99,9 +99,7 @@ def on_received(
             jid = accept.job_identity(d, given["job_id"])
             fields = dataclasses.fields(validation.SubmitRequest)
             request = validation.submit_request(**{f.name: given[f.name] for f in fields})
-            steps.accept_submit(
-                ctx, jid, request, url, owner=task_id, start_at=start_at, lane=lane
-            )
+            steps.accept_submit(ctx, jid, request, url, owner=task_id, start_at=start_at, lane=lane)
         else:
             run_id = given["run_id"]
             jid = validation.job_id(run_id if given["job_id"] is None else given["job_id"])

@@ -58,13 +58,13 @@ __all__ = [
     "FINAL",
     "KEY_PREFIX",
     "PARKED_FIELDS",
-    "Priority",
     "SEQ_DONE",
     "SPOOL_MAX_BYTES",
     "SPOOL_PREFIX",
     "WAIT_KEY",
     "Job",
     "JobStore",
+    "Priority",
     "Watch",
 ]
 
