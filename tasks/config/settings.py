@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     upstream_submit_share: float = Field(
         0.5, gt=0, le=1, validation_alias="TTS_UPSTREAM_SUBMIT_SHARE"
     )
+    # Lanes (tasks/pacing/fairness.py): the share of the tokens interactive jobs may take while
+    # other jobs wait for theirs (all of them when nothing else waits; below 1, so interactive
+    # work never starves the rest), and the share of the others' tokens bulk jobs may take while
+    # normal ones wait.
+    interactive_share: float = Field(0.5, gt=0, lt=1, validation_alias="TTS_INTERACTIVE_SHARE")
+    bulk_share: float = Field(0.2, gt=0, lt=1, validation_alias="TTS_BULK_SHARE")
 
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
     # How long a failed webhook (5xx, 408/409/425/429, no answer) keeps being retried.

@@ -539,7 +539,9 @@ def test_the_holder_ranks_once_per_ttl_and_grants_from_that_ranking_between(
     reads: list[int] = []
     real = granting._candidates
     monkeypatch.setattr(
-        granting, "_candidates", lambda ctx, ids: reads.append(len(ids)) or real(ctx, ids)
+        granting,
+        "_candidates",
+        lambda ctx, ids, *lanes: reads.append(len(ids)) or real(ctx, ids, *lanes),
     )
     state = granting.Releasing()
 
