@@ -25,6 +25,7 @@ ROW_MODULES = {
     5: "bench.row5_schedule",
     6: "bench.row6_budget",
     7: "bench.row7_backlog",
+    10: "bench.row10_lanes",
 }
 
 
