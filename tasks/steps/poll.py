@@ -100,11 +100,13 @@ def poll(
         # wait set, due at once, for the releaser to grant it a token by its chance of finding
         # audio (tasks/pacing/poll_value.py); no worker slot holds it meanwhile.
         metrics.poll_deferred()
+        metrics.lane_deferred(job.priority, job.tenant)
         ctx.jobs.defer_poll(
             jid, lease, seq, due_at=now, deliveries=deliveries, deadline_at=deadline_at
         )
         return jid
     metrics.upstream_call("status")
+    metrics.lane_call(job.priority, job.tenant)
     try:
         result = ctx.upstream.status(request)
     except errors.TransientError as exc:

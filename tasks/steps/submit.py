@@ -114,6 +114,7 @@ def submit(
         # token in the wait set (submits oldest first; tasks/pacing/budget.py), holding no worker
         # slot; it ends at its deadline if the budget never comes.
         metrics.submit_deferred()
+        metrics.lane_deferred(job.priority, job.tenant)
         ctx.jobs.defer_submit(
             jid,
             d.task_id,
@@ -156,6 +157,7 @@ def submit(
     progress.publish(ctx, jid, Status.POSTING)
     posting = _posting(attempt)
     metrics.upstream_call("submit")
+    metrics.lane_call(job.priority, job.tenant)
     try:
         answer = ctx.upstream.submit(request)
     except errors.TransientError as exc:

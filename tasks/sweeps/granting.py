@@ -49,7 +49,7 @@ import redis
 
 from tasks import metrics
 from tasks.pacing import fairness, poll_value
-from tasks.record.jobs import PARKED_FIELDS, POLLS_FROM, WAIT_KEY, Job, Priority
+from tasks.record.jobs import PARKED_FIELDS, POLLS_FROM, WAIT_KEY, Job, JobStore, Priority
 from tasks.record.states import Status, has_live_poll, submit_to_resend
 from tasks.steps.context import Ctx
 from tasks.steps.poll import candidate
@@ -107,6 +107,8 @@ def _candidates(
     # The record's own parsing, not a copy.
     jobs = [Job.parked(job_id, values) for job_id, values in zip(ids, rows, strict=True)]
     if lanes is not None:
+        if len(lanes) + len(jobs) > LANE_CACHE:
+            lanes.clear()
         lanes.update((job.job_id, (job.priority, job.tenant or "")) for job in jobs)
     return [candidate(job) for job in jobs]
 
@@ -138,6 +140,8 @@ class Releasing:
     ranked: list[str] = field(default_factory=list)
     ranked_at: float = -math.inf
     lanes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The lanes of the polls in ``ranked`` when it was built (a superset once some are taken).
+    ranked_lanes: set[tuple[str, str]] = field(default_factory=set)
 
     def lead(self, ctx: Ctx) -> bool:
         """Whether this releaser grants for the fleet now: it holds (and renews) the lock."""
@@ -165,6 +169,7 @@ def _ranking(ctx: Ctx, now: float, n: int, state: Releasing | None) -> list[str]
     ranked = [c.job_id for c in poll_value.rank(_candidates(ctx, ids, lanes), now, gens)]
     if state is not None:
         state.ranked, state.ranked_at = ranked, now
+        state.ranked_lanes = {state.lanes[job_id] for job_id in ranked}
     return ranked
 
 
@@ -207,26 +212,42 @@ def choose(
         pipe.zrangebyscore(WAIT_KEY, "-inf", f"({POLLS_FROM}", 0, max(tokens, SUBMIT_WINDOW))
         if rank:
             pipe.zrevrangebyscore(WAIT_KEY, f"({POLLS_FROM}", "-inf", 0, SUBMIT_WINDOW)
-        due, oldest, *newest = pipe.execute()
+            # The polls due since the ranking this tick may grant from (none if it is ranked
+            # afresh): read with the rest, one round trip.
+            fresh = state is not None and now - state.ranked_at < RANK_TTL_S
+            since = state.ranked_at if state is not None and fresh else now
+            pipe.zrangebyscore(WAIT_KEY, f"({since}", now, 0, CANDIDATES)
+        due, oldest, *more = pipe.execute()
     oldest = [str(x) for x in oldest]
     if not rank or int(due) + len(oldest) <= tokens:
         # Every waiting job gets a token (or the tokens are unlimited): no lane to choose.
         return Choice(_one_lane(ctx, now, tokens, int(due), oldest, draw, state, rank))
     seen_submits = set(oldest)
-    submit_ids = oldest + [i for x in reversed(newest[0]) if (i := str(x)) not in seen_submits]
+    submit_ids = oldest + [i for x in reversed(more[0]) if (i := str(x)) not in seen_submits]
+    known = state.lanes if state is not None else {}
+    late: list[str] = []
     if int(due) > tokens:
-        polls = list(_ranking(ctx, now, tokens, state))
-        if state is not None:  # polls due since that ranking, at the back of their lanes
-            seen = set(polls)
-            late = client.zrangebyscore(WAIT_KEY, f"({state.ranked_at}", now, 0, CANDIDATES)
-            polls += [job_id for x in late if (job_id := str(x)) not in seen]
+        ranked_at = state.ranked_at if state is not None else now
+        polls = _ranking(ctx, now, tokens, state)
+        if state is not None:
+            if state.ranked_at == ranked_at:  # polls due since, at the back of their lanes
+                late = [str(x) for x in more[1]]
+            ranked_lanes = state.ranked_lanes
+        else:
+            _lanes(ctx, polls, known)
+            ranked_lanes = {known[job_id] for job_id in polls}
     else:
         polls = [str(x) for x in client.zrangebyscore(WAIT_KEY, POLLS_FROM, now)]
-    known = state.lanes if state is not None else {}
-    _lanes(ctx, polls + submit_ids, known)
-    lanes = {known[job_id] for job_id in polls + submit_ids}
+        _lanes(ctx, polls, known)
+        ranked_lanes = {known[job_id] for job_id in polls}
+    _lanes(ctx, late + submit_ids, known)
+    lanes = ranked_lanes | {known[job_id] for job_id in late + submit_ids}
     if len(lanes) <= 1:
         return Choice(_one_lane(ctx, now, tokens, int(due), oldest, draw, state, rank))
+    if late:
+        seen = set(polls)
+        polls = polls + [job_id for job_id in late if job_id not in seen]
+    _lanes(ctx, polls + submit_ids, known)  # (none unknown, unless the cache was cleared)
     of: dict[str, fairness.Lane] = {}
     queues: dict[fairness.Lane, list[str]] = {}
     for kind, ids in ((fairness.POLL, polls), (fairness.SUBMIT, submit_ids)):
@@ -311,6 +332,47 @@ def _charge(ctx: Ctx, choice: Choice, granted: list[str]) -> None:
             pipe.execute()
     except redis.RedisError as exc:
         log.warning("the lanes' tags were not saved (%s): this tick's calls are not counted", exc)
+
+
+@dataclass(frozen=True)
+class LaneWaiting:
+    """Jobs of one lane waiting for a NanoGPT call (``tts-worker status``)."""
+
+    priority: str
+    tenant: str | None
+    polls_due: int
+    submits_waiting: int
+
+
+def waiting_by_lane(
+    client: redis.Redis, now: float, *, limit: int = CANDIDATES
+) -> tuple[list[LaneWaiting], bool]:
+    """The due polls and waiting submits by lane, most urgent first, and whether that is all
+    of them (False: only the ``limit`` earliest of each kind were read). One read of the wait
+    set and one pipelined HMGET per job read: for an operator's look, not for each tick."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(WAIT_KEY, POLLS_FROM, now, 0, limit)
+        pipe.zrangebyscore(WAIT_KEY, "-inf", f"({POLLS_FROM}", 0, limit)
+        pipe.zcount(WAIT_KEY, POLLS_FROM, now)
+        pipe.zcount(WAIT_KEY, "-inf", f"({POLLS_FROM}")
+        polls, submits, n_polls, n_submits = pipe.execute()
+    ids = [str(x) for x in [*polls, *submits]]
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(JobStore.key(job_id), _LANE_FIELDS)
+        rows = pipe.execute()
+    counts: dict[tuple[str, str], list[int]] = {}
+    for i, (priority, tenant) in enumerate(rows):
+        lane = (str(priority or Priority.NORMAL.value), str(tenant or ""))
+        counts.setdefault(lane, [0, 0])[0 if i < len(polls) else 1] += 1
+    order = {p.value: i for i, p in enumerate(Priority)}
+    out = [
+        LaneWaiting(priority, tenant or None, polls_due, submits_waiting)
+        for (priority, tenant), (polls_due, submits_waiting) in sorted(
+            counts.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])
+        )
+    ]
+    return out, len(polls) == int(n_polls) and len(submits) == int(n_submits)
 
 
 def _read(ctx: Ctx, job_ids: list[str]) -> list[Job]:
