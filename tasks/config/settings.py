@@ -167,6 +167,13 @@ class Settings(BaseSettings):
     # normal ones wait.
     interactive_share: float = Field(0.5, gt=0, lt=1, validation_alias="TTS_INTERACTIVE_SHARE")
     bulk_share: float = Field(0.2, gt=0, lt=1, validation_alias="TTS_BULK_SHARE")
+    # Per-tenant caps (tasks/record/tenants.py), the same for every tenant; 0: none. A submit of
+    # a tenant at a cap ends as TENANT_LIMIT before any NanoGPT call. Jobs in flight: submits
+    # admitted and not ended; spend: the sum of what NanoGPT said its jobs cost today (UTC).
+    tenant_max_in_flight: int = Field(0, ge=0, validation_alias="TTS_TENANT_MAX_IN_FLIGHT")
+    tenant_max_spend_per_day: float = Field(
+        0.0, ge=0, validation_alias="TTS_TENANT_MAX_SPEND_PER_DAY"
+    )
 
     webhook_retry_delay_s: float = Field(5.0, gt=0, validation_alias="TTS_WEBHOOK_RETRY_DELAY")
     # How long a failed webhook (5xx, 408/409/425/429, no answer) keeps being retried.

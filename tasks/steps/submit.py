@@ -17,6 +17,7 @@ from tasks.nanogpt import validation
 from tasks.nanogpt.client import InlineAudio
 from tasks.nanogpt.parsing import AudioLink, Ticket
 from tasks.pacing import schedule
+from tasks.record import tenants
 from tasks.record.contract import SUBMIT_GRANT, F
 from tasks.record.jobs import SPOOL_MAX_BYTES, Job
 from tasks.record.states import Status
@@ -108,6 +109,9 @@ def submit(
         return fail(
             ctx, jid, errors.DeadlineExceeded("the submit did not succeed before its deadline")
         )
+    # A tenant at one of its caps: refused before any NanoGPT call (tasks/record/tenants.py).
+    if lost_claim is None and job.posts == 0 and (over := _over_cap(ctx, job, now, deadline_at)):
+        return fail(ctx, jid, over)
     # A lost claim's execution spent the budget's token already, and sent nothing with it.
     if lost_claim is None and ctx.budget.spend(jid, SUBMIT_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
@@ -196,6 +200,44 @@ def _take_back_mark(ctx: Ctx, job_id: str, attempt: str) -> None:
         ctx.jobs.post_not_sent(job_id, attempt)
     except redis.RedisError as exc:
         log.warning("job %s: the POST's mark, not sent, could not be taken back: %s", job_id, exc)
+
+
+def _over_cap(ctx: Ctx, job: Job, now: float, deadline_at: float) -> errors.TenantLimit | None:
+    """The error a submit ends with when its tenant is at a cap; None when it may go on (and
+    then counts in flight until it ends)."""
+    s = ctx.settings
+    if not job.tenant or not (s.tenant_max_in_flight or s.tenant_max_spend_per_day):
+        return None
+    answer = tenants.admit(
+        ctx.jobs.redis,
+        job.tenant,
+        job.job_id,
+        now=now,
+        deadline_at=deadline_at,
+        max_in_flight=s.tenant_max_in_flight,
+        max_spend=s.tenant_max_spend_per_day,
+    )
+    if answer == tenants.IN_FLIGHT_FULL:
+        return errors.TenantLimit(
+            f"tenant {job.tenant} has {s.tenant_max_in_flight} jobs in flight"
+            " (TTS_TENANT_MAX_IN_FLIGHT)"
+        )
+    if answer == tenants.SPEND_REACHED:
+        return errors.TenantLimit(
+            f"tenant {job.tenant} has spent {s.tenant_max_spend_per_day:g} today"
+            " (TTS_TENANT_MAX_SPEND_PER_DAY)"
+        )
+    return None
+
+
+def _count_spend(ctx: Ctx, job_id: str, cost: float | None) -> None:
+    """Add one job's cost to its tenant's spend today, when that is capped (once per job: the
+    caller's transition returned True)."""
+    if not ctx.settings.tenant_max_spend_per_day or not cost or cost < 0:
+        return
+    tenant = ctx.jobs.redis.hget(ctx.jobs.key(job_id), "tenant")
+    if tenant:
+        tenants.spent(ctx.jobs.redis, str(tenant), cost, now=ctx.clock())
 
 
 def _record_answer(
@@ -365,6 +407,7 @@ def _accepted(
         moved = _start_polling(ctx, job_id, attempt, answer)
         if moved:
             metrics.spent(answer.model, answer.payment_source, answer.cost)
+            _count_spend(ctx, job_id, answer.cost)
     elif isinstance(answer, AudioLink):
         fields: dict[str, Any] = {
             "audio_url": answer.audio_url,
@@ -378,6 +421,7 @@ def _accepted(
         )
         if moved:
             metrics.spent(model, answer.currency, answer.cost)
+            _count_spend(ctx, job_id, answer.cost)
             ctx.dispatch.download(job_id)
     elif len(answer.audio) <= SPOOL_MAX_BYTES:
         # Small: spooled first, so a storage outage is retried from the spool, never by a new
