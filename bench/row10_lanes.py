@@ -97,6 +97,7 @@ class Lane:
     refused: int = 0
     posted_at: dict[str, float] = field(default_factory=dict)
     webhook_at: dict[str, float] = field(default_factory=dict)
+    ready_at: dict[str, float] = field(default_factory=dict)  # generation's end upstream
     completed: dict[str, int] = field(default_factory=dict)
     load: str = ""
 
@@ -110,6 +111,21 @@ class Lane:
             self.posted_at[j] - self.sent_at[j]
             for j, t in self.tenant_of.items()
             if t == tenant and j in self.posted_at
+        ]
+
+    def to_ready(self, tenant: str) -> list[float]:
+        """From the POST to the end of generation upstream (NanoGPT's queue and generation)."""
+        return [
+            self.ready_at[j] - self.posted_at[j]
+            for j, t in self.tenant_of.items()
+            if t == tenant and j in self.ready_at and j in self.posted_at
+        ]
+
+    def ready_to_webhook(self, tenant: str) -> list[float]:
+        return [
+            self.webhook_at[j] - self.ready_at[j]
+            for j, t in self.tenant_of.items()
+            if t == tenant and j in self.ready_at and j in self.webhook_at
         ]
 
     def to_webhook(self, tenant: str) -> list[float]:
@@ -190,6 +206,10 @@ def _run_lane(stack: Stack, lane: Lane, db: int, size: Size) -> None:
     for jid, tenant in lane.tenant_of.items():
         if stack.tally.types.get(jid) == "tts.completed":
             lane.completed[tenant] = lane.completed.get(tenant, 0) + 1
+        run_id = stack.tally.run_ids.get(jid)
+        ready = lane.sim.finished_at(run_id) if run_id else None
+        if ready is not None:
+            lane.ready_at[jid] = ready
 
 
 def run(size_name: str) -> Row:
@@ -209,8 +229,9 @@ def run(size_name: str) -> Row:
     if on.completed != expected:
         raise BenchError(f"lanes: completed {on.completed}, expected {expected}")
     rows = [
-        "| run | tenant | jobs | completed | send→POST p50 | p95 | send→webhook p50 | p95 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | tenant | jobs | completed | send→POST p50 | p95 | send→webhook p50 | p95"
+        " | POST→ready p95 | ready→webhook p95 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lane in lanes:
         for t in size.tenants:
@@ -219,6 +240,8 @@ def run(size_name: str) -> Row:
                 f"| {lane.label} | {t.name} ({t.priority or 'normal'}, {t.gen_s:g} s) |"
                 f" {t.jobs} | {lane.completed.get(t.name, 0)} | {_p(post, 50):.2f} s |"
                 f" {_p(post, 95):.2f} s | {_p(hook, 50):.2f} s | {_p(hook, 95):.2f} s |"
+                f" {_p(lane.to_ready(t.name), 95):.2f} s |"
+                f" {_p(lane.ready_to_webhook(t.name), 95):.2f} s |"
             )
     calls = [
         "| run | calls answered | refused (429) | refused share | load at start (1/5/15) |",
@@ -248,7 +271,9 @@ def run(size_name: str) -> Row:
         *calls,
         "",
         "send→POST: from publishing the message to the simulator's receipt of its first POST"
-        " that was not refused; send→webhook: to the webhook's arrival at the receiver.",
+        " that was not refused; send→webhook: to the webhook's arrival at the receiver;"
+        " POST→ready: NanoGPT's side (its queue and the generation), ready→webhook: ours again"
+        " (the polls' schedule, the budget, the download and the webhook).",
     ]
     app_post, app_hook = _p(on.to_post(app), 95), _p(on.to_webhook(app), 95)
     second_post = _p(on.to_post(second), 95)
@@ -287,6 +312,8 @@ def run(size_name: str) -> Row:
                             "post_p95_s": _p(lane.to_post(t.name), 95),
                             "webhook_p50_s": _p(lane.to_webhook(t.name), 50),
                             "webhook_p95_s": _p(lane.to_webhook(t.name), 95),
+                            "ready_p95_s": _p(lane.to_ready(t.name), 95),
+                            "ready_to_webhook_p95_s": _p(lane.ready_to_webhook(t.name), 95),
                         }
                         for t in size.tenants
                     },
