@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     # normal ones wait.
     interactive_share: float = Field(0.5, gt=0, lt=1, validation_alias="TTS_INTERACTIVE_SHARE")
     bulk_share: float = Field(0.2, gt=0, lt=1, validation_alias="TTS_BULK_SHARE")
+    # The steady wait between polls of an interactive job, instead of TTS_POLL_INTERVAL (never
+    # longer): once its audio is ready it waits at most this long for the poll that finds it.
+    interactive_poll_interval_s: float = Field(
+        1.0, gt=0, validation_alias="TTS_INTERACTIVE_POLL_INTERVAL"
+    )
     # Per-tenant caps (tasks/record/tenants.py), the same for every tenant; 0: none. A submit of
     # a tenant at a cap ends as TENANT_LIMIT before any NanoGPT call. Jobs in flight: submits
     # admitted and not ended; spend: the sum of what NanoGPT said its jobs cost today (UTC).

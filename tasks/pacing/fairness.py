@@ -170,6 +170,13 @@ def prune(tags: Mapping[str, float]) -> dict[str, float]:
     return kept
 
 
+def poll_interval_s(priority: str, *, interval_s: float, interactive_s: float) -> float:
+    """The steady wait between polls of a job of ``priority`` (the schedule's interval): an
+    interactive job's own, never longer than everyone's. Its audio waits at most that long once
+    ready; the extra polls are its lane's tokens, within the interactive share."""
+    return min(interactive_s, interval_s) if priority == Priority.INTERACTIVE else interval_s
+
+
 def finite(tags: Mapping[Any, Any]) -> dict[str, float]:
     """Tags as read from Redis, anything unreadable left out (it starts at its parent's time)."""
     out = {}

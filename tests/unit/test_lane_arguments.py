@@ -15,6 +15,7 @@ import redis
 from tasks import errors, names, steps
 from tasks.adapters.received import on_received
 from tasks.nanogpt import validation
+from tasks.nanogpt.parsing import Pending
 from tasks.record.jobs import DUE_KEY, KEY_PREFIX, WAIT_KEY, Job, Priority
 from tests.support.ctx import make_ctx
 
@@ -117,3 +118,30 @@ def test_a_bad_lane_fails_the_job_announced(
     assert job.outcome["error"]["code"] == "INVALID_INPUT"
     assert next(iter(kwargs)) in job.outcome["error"]["message"]
     assert outbox.names() == [names.NOTIFY]
+
+
+class AtTheHead:
+    """NanoGPT answering every status call: pending, generating (no place in line)."""
+
+    def status(self, poll: validation.PollRequest) -> Pending:
+        return Pending("pending", None)
+
+
+@pytest.mark.parametrize(
+    ("priority", "low_s", "high_s"), [("interactive", 0.8, 1.0), ("normal", 2.4, 3.0)]
+)
+def test_an_interactive_job_is_polled_at_its_own_interval(
+    priority: str, low_s: float, high_s: float, redis_client: redis.Redis, ids: Callable[[], str]
+) -> None:
+    """TTS_INTERACTIVE_POLL_INTERVAL (1 s) instead of TTS_POLL_INTERVAL (3 s), jittered down by
+    up to 20 %: the audio of an interactive job waits about a second for the poll that finds it."""
+    env = {"TTS_POLL_INTERVAL": "3", "TTS_INTERACTIVE_POLL_INTERVAL": "1"}
+    ctx, _ = make_ctx(redis_client, env=env, upstream=AtTheHead())
+    jid = ids()
+    d = steps.Delivery(names.POLL_TTS, jid)
+    assert steps.poll(ctx, d, ids(), MODEL, job_id=jid, priority=priority) == jid
+    due_at = redis_client.zscore(WAIT_KEY, jid)
+    job, _ = record(redis_client, jid)
+    assert due_at is not None
+    assert job.seen_at is not None
+    assert low_s - 1e-6 <= due_at - job.seen_at <= high_s + 1e-6
