@@ -98,6 +98,9 @@ class Lane:
     posted_at: dict[str, float] = field(default_factory=dict)
     webhook_at: dict[str, float] = field(default_factory=dict)
     ready_at: dict[str, float] = field(default_factory=dict)  # generation's end upstream
+    # The interactive jobs' timelines (seconds from sending): POST, ready, each status call,
+    # webhook; in the row's JSON, to see where a slow one spent its time.
+    timelines: list[dict[str, Any]] = field(default_factory=list)
     completed: dict[str, int] = field(default_factory=dict)
     load: str = ""
 
@@ -210,6 +213,17 @@ def _run_lane(stack: Stack, lane: Lane, db: int, size: Size) -> None:
         ready = lane.sim.finished_at(run_id) if run_id else None
         if ready is not None:
             lane.ready_at[jid] = ready
+        if run_id and tenant == size.tenants[-1].name:
+            sent = lane.sent_at[jid]
+            lane.timelines.append(
+                {
+                    "job": jid,
+                    "post_s": round(lane.posted_at.get(jid, sent) - sent, 2),
+                    "ready_s": round((ready or sent) - sent, 2),
+                    "polls_s": [round(r.at - sent, 2) for r in lane.sim.status_polls(run_id)],
+                    "webhook_s": round(lane.webhook_at.get(jid, sent) - sent, 2),
+                }
+            )
 
 
 def run(size_name: str) -> Row:
@@ -305,6 +319,7 @@ def run(size_name: str) -> Row:
                     "answered": lane.answered,
                     "refused": lane.refused,
                     "load_at_start": lane.load,
+                    "interactive_timelines": lane.timelines,
                     "tenants": {
                         t.name: {
                             "completed": lane.completed.get(t.name, 0),

@@ -168,7 +168,8 @@ class Settings(BaseSettings):
     interactive_share: float = Field(0.5, gt=0, lt=1, validation_alias="TTS_INTERACTIVE_SHARE")
     bulk_share: float = Field(0.2, gt=0, lt=1, validation_alias="TTS_BULK_SHARE")
     # The steady wait between polls of an interactive job, instead of TTS_POLL_INTERVAL (never
-    # longer): once its audio is ready it waits at most this long for the poll that finds it.
+    # longer), and a third of its longest (tasks/pacing/fairness.py): once its audio is ready it
+    # waits about this long for the poll that finds it.
     interactive_poll_interval_s: float = Field(
         1.0, gt=0, validation_alias="TTS_INTERACTIVE_POLL_INTERVAL"
     )

@@ -43,6 +43,8 @@ SUBMIT = "submit"
 # A weight never reaches 0: 1/weight would be infinite. A kind whose share is (nearly) all of
 # its tenant's takes the tokens first; the other gets what is left, as before lanes.
 MIN_WEIGHT = 1e-6
+# An interactive job waits at most this many of its intervals between polls (3 s by default).
+INTERACTIVE_MAX_WAITS = 3
 # Tags kept at most (tasks/sweeps/granting.py reads them all each tick while lanes compete):
 # a round of many tenants each served once leaves each one ahead until the next round.
 MAX_TAGS = 512
@@ -170,11 +172,19 @@ def prune(tags: Mapping[str, float]) -> dict[str, float]:
     return kept
 
 
-def poll_interval_s(priority: str, *, interval_s: float, interactive_s: float) -> float:
-    """The steady wait between polls of a job of ``priority`` (the schedule's interval): an
-    interactive job's own, never longer than everyone's. Its audio waits at most that long once
-    ready; the extra polls are its lane's tokens, within the interactive share."""
-    return min(interactive_s, interval_s) if priority == Priority.INTERACTIVE else interval_s
+def poll_intervals(
+    priority: str, *, interval_s: float, max_interval_s: float, interactive_s: float
+) -> tuple[float, float]:
+    """The schedule's steady interval and longest wait for a job of ``priority``. An
+    interactive job's interval is its own (never longer than everyone's), so its ready audio
+    waits about that long for the poll that finds it; and it never waits more than
+    :data:`INTERACTIVE_MAX_WAITS` intervals, so a queue estimate that overshoots (the prior
+    speed before the queue was seen to move) costs it seconds, not tens of seconds. The extra
+    polls are its lane's tokens, within the interactive share."""
+    if priority != Priority.INTERACTIVE:
+        return interval_s, max_interval_s
+    steady_s = min(interactive_s, interval_s)
+    return steady_s, min(max_interval_s, max(steady_s, INTERACTIVE_MAX_WAITS * steady_s))
 
 
 def finite(tags: Mapping[Any, Any]) -> dict[str, float]:

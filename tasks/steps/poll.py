@@ -163,13 +163,16 @@ def _requeue(
     position = pending.queue_position
     before = schedule.Seen(job.queue_first_position, job.queue_first_seen_at, job.head_since)
     progress, seen = before.after(position, now)
-    interval_s = fairness.poll_interval_s(
-        job.priority, interval_s=s.poll_interval_s, interactive_s=s.interactive_poll_interval_s
+    interval_s, max_interval_s = fairness.poll_intervals(
+        job.priority,
+        interval_s=s.poll_interval_s,
+        max_interval_s=s.poll_max_interval_s,
+        interactive_s=s.interactive_poll_interval_s,
     )
     delay_s = schedule.next_poll_delay_s(
         progress,
         interval_s=interval_s,
-        max_interval_s=s.poll_max_interval_s,
+        max_interval_s=max_interval_s,
         now=now,
         deadline_at=deadline_at,
     )

@@ -120,23 +120,42 @@ def test_a_bad_lane_fails_the_job_announced(
     assert outbox.names() == [names.NOTIFY]
 
 
-class AtTheHead:
-    """NanoGPT answering every status call: pending, generating (no place in line)."""
+class Upstream:
+    """NanoGPT answering every status call: pending, at ``position`` (None: generating)."""
+
+    def __init__(self, position: int | None) -> None:
+        self.position = position
 
     def status(self, poll: validation.PollRequest) -> Pending:
-        return Pending("pending", None)
+        return Pending("pending", self.position)
 
 
 @pytest.mark.parametrize(
-    ("priority", "low_s", "high_s"), [("interactive", 0.8, 1.0), ("normal", 2.4, 3.0)]
+    ("priority", "position", "low_s", "high_s"),
+    [
+        ("interactive", None, 0.8, 1.0),  # at the head: its own interval
+        ("normal", None, 2.4, 3.0),
+        ("interactive", 60, 2.4, 3.0),  # far back: three of its intervals at most
+        ("normal", 60, 24.0, 30.0),  # 60 places at the prior 1 s, half of it: the cap, 30 s
+    ],
 )
 def test_an_interactive_job_is_polled_at_its_own_interval(
-    priority: str, low_s: float, high_s: float, redis_client: redis.Redis, ids: Callable[[], str]
+    priority: str,
+    position: int | None,
+    low_s: float,
+    high_s: float,
+    redis_client: redis.Redis,
+    ids: Callable[[], str],
 ) -> None:
     """TTS_INTERACTIVE_POLL_INTERVAL (1 s) instead of TTS_POLL_INTERVAL (3 s), jittered down by
-    up to 20 %: the audio of an interactive job waits about a second for the poll that finds it."""
-    env = {"TTS_POLL_INTERVAL": "3", "TTS_INTERACTIVE_POLL_INTERVAL": "1"}
-    ctx, _ = make_ctx(redis_client, env=env, upstream=AtTheHead())
+    up to 20 %: the audio of an interactive job waits about a second for the poll that finds it,
+    and a queue estimate far off costs it three seconds at most."""
+    env = {
+        "TTS_POLL_INTERVAL": "3",
+        "TTS_POLL_MAX_INTERVAL": "30",
+        "TTS_INTERACTIVE_POLL_INTERVAL": "1",
+    }
+    ctx, _ = make_ctx(redis_client, env=env, upstream=Upstream(position))
     jid = ids()
     d = steps.Delivery(names.POLL_TTS, jid)
     assert steps.poll(ctx, d, ids(), MODEL, job_id=jid, priority=priority) == jid
