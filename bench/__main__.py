@@ -26,6 +26,7 @@ ROW_MODULES = {
     6: "bench.row6_budget",
     7: "bench.row7_backlog",
     # Issue 22's runs: 8 and 9 calls per job (bench/row8_*, row9_*), 10 tenants' lanes, 11 reuse.
+    10: "bench.row10_lanes",
     11: "bench.row11_reuse",
 }
 

@@ -27,6 +27,7 @@ from tasks.pacing.budget import Budget, Snapshot
 from tasks.record.jobs import Job, JobStore
 from tasks.record.states import CANCELLED, UNKNOWN_JOB, already_ended
 from tasks.redact import kwargs_repr, short
+from tasks.sweeps import granting
 
 # Redis answers in microseconds on a healthy host; a second of silence means it is not there.
 REDIS_TIMEOUT_S = 2.0
@@ -157,6 +158,15 @@ class Client:
         except redis.RedisError as exc:
             where = maybe_sanitize_url(self.settings.redis_url)
             raise Unreachable(f"cannot read the budget from {where}: {exc}") from exc
+
+    def lanes(self) -> tuple[list[granting.LaneWaiting], bool]:
+        """The jobs waiting for a NanoGPT call by lane (priority, tenant), and whether those
+        are all of them (tasks/sweeps/granting.py)."""
+        try:
+            return granting.waiting_by_lane(self._store().redis, time.time())
+        except redis.RedisError as exc:
+            where = maybe_sanitize_url(self.settings.redis_url)
+            raise Unreachable(f"cannot read the wait set from {where}: {exc}") from exc
 
     def other_workers(self, *, timeout_s: float) -> list[str]:
         """Names of the workers already consuming this broker (they answer a ping)."""

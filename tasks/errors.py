@@ -5,6 +5,8 @@
     TTSError                          code                       retried?
     ├── PermanentError                                           never
     │   ├── InvalidInput              INVALID_INPUT
+    │   ├── TenantLimit               TENANT_LIMIT (the tenant's jobs in flight or spend today
+    │   │                                           reached its cap: refused before the POST)
     │   ├── AuthFailed                AUTH_FAILED
     │   ├── InsufficientBalance       INSUFFICIENT_BALANCE (402: the NanoGPT account is empty)
     │   ├── NotFound                  NOT_FOUND
@@ -74,6 +76,13 @@ class TransientError(TTSError):
 
 class InvalidInput(PermanentError):
     code = "INVALID_INPUT"
+
+
+class TenantLimit(PermanentError):
+    """The job's tenant is at one of its caps (``TTS_TENANT_MAX_IN_FLIGHT``,
+    ``TTS_TENANT_MAX_SPEND_PER_DAY``): the submit ends before any NanoGPT call."""
+
+    code = "TENANT_LIMIT"
 
 
 class AuthFailed(PermanentError):

@@ -28,6 +28,13 @@ ReuseResult = Literal["reused", "shared", "followed"]
 
 # From "on time" to "a poll queue hours behind": the planned waits are 3-30 s by default.
 POLL_LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+# Tenants a process labels by name; the ones it meets later count as "other". A tenant is the
+# caller's name and each label value is a time series: a caller with a tenant per end user
+# would otherwise grow Prometheus without bound.
+MAX_TENANT_LABELS = 20
+# The tenant label of a job that names none, and of the tenants past MAX_TENANT_LABELS.
+NO_TENANT = "none"
+OTHER_TENANTS = "other"
 # Audio downloads are capped by TTS_DOWNLOAD_TIMEOUT (120 s by default).
 DOWNLOAD_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -43,6 +50,8 @@ class _Metrics:
     spend: Counter
     upstream_calls: Counter
     deferred: Counter
+    lane_calls: Counter
+    lane_deferred: Counter
     tokens_free: Gauge
     rate: Gauge
     progress_dropped: Counter
@@ -96,6 +105,17 @@ def _metrics() -> _Metrics:
             "tts_budget_deferred",
             "Calls not made for want of budget (polls deferred, submits parked), by kind.",
             ["kind"],
+        ),
+        lane_calls=Counter(
+            "tts_lane_calls",
+            "NanoGPT calls made, by the job's priority and tenant (tasks/pacing/fairness.py).",
+            ["priority", "tenant"],
+        ),
+        lane_deferred=Counter(
+            "tts_lane_deferred",
+            "Calls that waited for budget (polls deferred, submits parked), by the job's "
+            "priority and tenant.",
+            ["priority", "tenant"],
         ),
         # Set by the releaser thread of each worker's main process; the latest reading wins.
         tokens_free=Gauge(
@@ -184,6 +204,32 @@ def poll_deferred() -> None:
 def submit_deferred() -> None:
     """Count a submit that found no budget and waits in line (not a retry)."""
     _metrics().deferred.labels("submit").inc()
+
+
+_tenants: set[str] = set()
+
+
+def tenant_label(tenant: str | None) -> str:
+    """The label a tenant is counted under: its name for the first :data:`MAX_TENANT_LABELS`
+    tenants this process meets, :data:`OTHER_TENANTS` after them."""
+    if not tenant:
+        return NO_TENANT
+    if tenant in _tenants:
+        return tenant
+    if len(_tenants) < MAX_TENANT_LABELS:
+        _tenants.add(tenant)
+        return tenant
+    return OTHER_TENANTS
+
+
+def lane_call(priority: str, tenant: str | None) -> None:
+    """Count one NanoGPT call made for a job of this lane."""
+    _metrics().lane_calls.labels(priority, tenant_label(tenant)).inc()
+
+
+def lane_deferred(priority: str, tenant: str | None) -> None:
+    """Count one call of a job of this lane that waits for budget (a poll or a submit)."""
+    _metrics().lane_deferred.labels(priority, tenant_label(tenant)).inc()
 
 
 def budget(tokens_free: int, rate_per_s: float) -> None:

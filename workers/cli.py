@@ -31,6 +31,7 @@ from tasks.config.settings import Settings, get_settings
 from tasks.errors import InvalidInput
 from tasks.nanogpt import validation
 from tasks.record.states import UNKNOWN_JOB, Status
+from tasks.sweeps import granting
 from workers import demo as demo_module
 from workers import simulator
 from workers.progress import WAIT_SLACK_S, WaitTimeout, follow, outcome_lines
@@ -197,11 +198,19 @@ def status(
 def _budget_status(as_json: bool) -> None:
     with _client() as client:
         snap = _reach(client.budget)
+        lanes, complete = _reach(client.lanes)
     if as_json:
-        _print_json(dataclasses.asdict(snap))
+        _print_json(
+            {
+                **dataclasses.asdict(snap),
+                "lanes": [dataclasses.asdict(lane) for lane in lanes],
+                "lanes_complete": complete,
+            }
+        )
         return
     if snap.rate_per_s <= 0:
         typer.echo("budget   off (TTS_UPSTREAM_RATE=0): every NanoGPT call is made at once")
+        _lane_lines(lanes, complete)
         return
     lowered = "" if snap.current_rate_per_s >= snap.rate_per_s else " (lowered after 429s)"
     rows = [
@@ -212,6 +221,16 @@ def _budget_status(as_json: bool) -> None:
     ]
     for label, value in rows:
         typer.echo(f"{label:<9}{value}")
+    _lane_lines(lanes, complete)
+
+
+def _lane_lines(lanes: list[granting.LaneWaiting], complete: bool) -> None:
+    """The waiting jobs by lane (priority, tenant), most urgent first."""
+    for lane in lanes:
+        who = f"{lane.priority} {lane.tenant or '(no tenant)'}"
+        typer.echo(f"{'lane':<9}{who}: {lane.polls_due} polls due, {lane.submits_waiting} submits")
+    if not complete:
+        typer.echo(f"{'':<9}(the earliest {granting.CANDIDATES} of each kind)")
 
 
 @app.command()

@@ -94,11 +94,12 @@ def on_received(
         return misfit.reject(ctx, name, task_id, args, kwargs, reason, count=False)
     try:
         url = validation.notify_url(given["notify_url"])
+        lane = validation.lane(given["tenant"], given["priority"])
         if name == names.SUBMIT_TTS:
             jid = accept.job_identity(d, given["job_id"])
             fields = dataclasses.fields(validation.SubmitRequest)
             request = validation.submit_request(**{f.name: given[f.name] for f in fields})
-            steps.accept_submit(ctx, jid, request, url, owner=task_id, start_at=start_at)
+            steps.accept_submit(ctx, jid, request, url, owner=task_id, start_at=start_at, lane=lane)
         else:
             run_id = given["run_id"]
             jid = validation.job_id(run_id if given["job_id"] is None else given["job_id"])
@@ -109,7 +110,7 @@ def on_received(
                 payment_source=given["payment_source"],
                 is_api_request=given["is_api_request"],
             )
-            steps.accept_poll(ctx, jid, poll, url, owner=task_id, start_at=start_at)
+            steps.accept_poll(ctx, jid, poll, url, owner=task_id, start_at=start_at, lane=lane)
     except errors.InvalidInput as exc:
         return steps.reject(ctx, d, given["job_id"], exc, given["notify_url"])
     return jid

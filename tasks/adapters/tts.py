@@ -133,12 +133,16 @@ def submit_tts(
     style: float | None = None,
     notify_url: str | None = None,
     job_id: str | None = None,
+    tenant: str | None = None,
+    priority: str = "normal",
     reuse: bool = True,
     accepted: dict[str, Any] | None = None,
 ) -> str:
     """Submit one text; the job continues by polling, downloading or storing. Returns the job
-    id: ``job_id``, or this message's task id when left out. ``reuse=False``: never answered
-    by an identical request's audio (TTS_REUSE_TTL). ``accepted`` is internal (NanoGPT's
+    id: ``job_id``, or this message's task id when left out. ``tenant`` (who sent it) and
+    ``priority`` (``interactive``, ``normal`` or ``bulk``) set the lane its NanoGPT calls wait
+    in (tasks/pacing/fairness.py). ``reuse=False``: never answered by an identical request's audio
+    (TTS_REUSE_TTL). ``accepted`` is internal (NanoGPT's
     answer, carried by a retry when the job store could not take it): callers leave it out."""
     return _run(
         self,
@@ -154,6 +158,8 @@ def submit_tts(
         style=style,
         notify_url=notify_url,
         job_id=job_id,
+        tenant=tenant,
+        priority=priority,
         reuse=reuse,
         accepted=accepted,
     )
@@ -170,10 +176,13 @@ def poll_tts(
     is_api_request: bool = True,
     notify_url: str | None = None,
     job_id: str | None = None,
+    tenant: str | None = None,
+    priority: str = "normal",
     lease: str | None = None,
     seq: int = 0,
 ) -> str:
     """Check a run's status once; re-queue with a countdown while pending. Returns the job id.
+    ``tenant`` and ``priority``: as for :func:`submit_tts`, for a chain this call starts.
 
     ``lease`` and ``seq`` are internal: the chain's token and this poll's number. Callers leave
     them out; a call without them starts a new chain unless the job id is already known.
@@ -188,6 +197,8 @@ def poll_tts(
         is_api_request=is_api_request,
         notify_url=notify_url,
         job_id=job_id,
+        tenant=tenant,
+        priority=priority,
         lease=lease,
         seq=seq,
     )

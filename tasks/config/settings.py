@@ -161,6 +161,25 @@ class Settings(BaseSettings):
     upstream_submit_share: float = Field(
         0.5, gt=0, le=1, validation_alias="TTS_UPSTREAM_SUBMIT_SHARE"
     )
+    # Lanes (tasks/pacing/fairness.py): the share of the tokens interactive jobs may take while
+    # other jobs wait for theirs (all of them when nothing else waits; below 1, so interactive
+    # work never starves the rest), and the share of the others' tokens bulk jobs may take while
+    # normal ones wait.
+    interactive_share: float = Field(0.5, gt=0, lt=1, validation_alias="TTS_INTERACTIVE_SHARE")
+    bulk_share: float = Field(0.2, gt=0, lt=1, validation_alias="TTS_BULK_SHARE")
+    # The steady wait between polls of an interactive job, instead of TTS_POLL_INTERVAL (never
+    # longer), and a third of its longest (tasks/pacing/fairness.py): once its audio is ready it
+    # waits about this long for the poll that finds it.
+    interactive_poll_interval_s: float = Field(
+        1.0, gt=0, validation_alias="TTS_INTERACTIVE_POLL_INTERVAL"
+    )
+    # Per-tenant caps (tasks/record/tenants.py), the same for every tenant; 0: none. A submit of
+    # a tenant at a cap ends as TENANT_LIMIT before any NanoGPT call. Jobs in flight: submits
+    # admitted and not ended; spend: the sum of what NanoGPT said its jobs cost today (UTC).
+    tenant_max_in_flight: int = Field(0, ge=0, validation_alias="TTS_TENANT_MAX_IN_FLIGHT")
+    tenant_max_spend_per_day: float = Field(
+        0.0, ge=0, validation_alias="TTS_TENANT_MAX_SPEND_PER_DAY"
+    )
 
     # Seconds a completed job's audio answers a later submit of the same request (model, voice,
     # every option, the normalised text: tasks/nanogpt/fingerprint.py) without a NanoGPT call;

@@ -15,6 +15,10 @@ from which the text cannot be read back; nothing else keeps the text for it. No 
 (the API key is not part of the request), so every worker of a deployment computes the same key.
 The worker's own fields (``reuse``, and any other in :attr:`SubmitRequest.LOCAL`) are not part
 of it.
+
+The sender's ``tenant`` is: requests are shared only within one tenant (and among jobs that name
+none). Another tenant's audio would tell one customer what another asked for, and when; and a
+tenant's spend cap would no longer count its own requests.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ def normalised_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def reuse_key(request: SubmitRequest) -> str:
-    """The request's reuse key: 64 hex digits (see the module docstring)."""
+def reuse_key(request: SubmitRequest, tenant: str | None = None) -> str:
+    """The request's reuse key for ``tenant``'s jobs: 64 hex digits (see the module
+    docstring). Without a tenant the key is the one made before tenants existed."""
     doc = {**request.body(), "text": normalised_text(request.text)}
+    if tenant is not None:
+        doc["tenant"] = tenant
     canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hmac.new(NAMESPACE, canonical.encode("utf-8"), hashlib.sha256).hexdigest()

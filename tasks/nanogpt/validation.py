@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tasks.errors import InvalidInput
+from tasks.record.jobs import Priority
 
 # NanoGPT bills per character; a cap keeps a runaway caller from paying for a novel and keeps
 # broker messages small.
@@ -21,6 +22,8 @@ MAX_ID_CHARS = 128
 # Browsers and most proxies stop at about this length.
 MAX_URL_CHARS = 2_048
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+# A tenant is a short name: it labels metrics and names a lane in the releaser's Redis hash.
+MAX_TENANT_CHARS = 64
 # C0 and C1 control characters and DEL: refused in names and ids, which terminals (the CLI's
 # status lines), logs and headers print as they are.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -88,6 +91,47 @@ def job_id(value: object) -> str:
     if not JOB_ID_PATTERN.fullmatch(text):  # fullmatch: "$" would let a final newline through
         raise InvalidInput("job_id may hold only letters, digits and . _ : -")
     return text
+
+
+def tenant(value: object) -> str | None:
+    """Who sent the job (None: nobody said): letters, digits and ``._:-``, at most
+    :data:`MAX_TENANT_CHARS` characters."""
+    if value is None:
+        return None
+    text = require_str("tenant", value, max_chars=MAX_TENANT_CHARS)
+    if not JOB_ID_PATTERN.fullmatch(text):
+        raise InvalidInput("tenant may hold only letters, digits and . _ : -")
+    return text
+
+
+def priority(value: object) -> Priority:
+    """How urgent the job is: ``interactive``, ``normal`` (the default) or ``bulk``."""
+    if value is None:
+        return Priority.NORMAL
+    if not isinstance(value, str) or value not in Priority.__members__.values():
+        allowed = ", ".join(p.value for p in Priority)
+        raise InvalidInput(f"priority must be one of {allowed}")
+    return Priority(value)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Who sent a job and how urgent it is, validated (``tenant`` and ``priority``)."""
+
+    tenant: str | None = None
+    priority: Priority = Priority.NORMAL
+
+    def fields(self) -> dict[str, str | None]:
+        """The record's fields for it; a default lane writes none, as before issue 22."""
+        fields: dict[str, str | None] = {"tenant": self.tenant}
+        if self.priority != Priority.NORMAL:
+            fields["priority"] = self.priority.value
+        return fields
+
+
+def lane(tenant_: object, priority_: object) -> Lane:
+    """Validate ``tenant`` and ``priority`` of ``tts.submit_tts`` / ``tts.poll_tts``."""
+    return Lane(tenant(tenant_), priority(priority_))
 
 
 def notify_url(value: object) -> str | None:

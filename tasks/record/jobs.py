@@ -22,6 +22,7 @@ fake clock in tests/sim): the scripts never read Redis' own clock.
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import time
 import uuid
@@ -64,6 +65,7 @@ __all__ = [
     "WAIT_KEY",
     "Job",
     "JobStore",
+    "Priority",
     "Watch",
 ]
 
@@ -81,6 +83,16 @@ POLLS_FROM = 0.0
 def submit_score(queued_at: float) -> float:
     """A waiting submit's score in :data:`WAIT_KEY`, from when its job was accepted."""
     return queued_at - SUBMIT_OFFSET_S
+
+
+class Priority(enum.StrEnum):
+    """How urgent a caller says its job is (``priority`` of ``tts.submit_tts``/``tts.poll_tts``):
+    the releaser's lanes (tasks/pacing/fairness.py), most urgent first. A record without the field
+    is ``normal`` (every job before issue 22)."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BULK = "bulk"
 
 
 #: The hash fields a parked poll is ranked by (HMGET), by the releaser (tasks/sweeps/granting.py;
@@ -288,6 +300,9 @@ class Job:
     # follower waits on.
     reuse_key: str | None = field(default=None, repr=False)
     reuse_leader: str | None = None
+    # Who sent the job and how urgent it is (issue 22): the releaser's lane for its calls.
+    tenant: str | None = None
+    priority: str = Priority.NORMAL.value
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -342,6 +357,8 @@ class Job:
             grant=raw.get(F.GRANT),
             reuse_key=raw.get(F.REUSE_KEY),
             reuse_leader=raw.get(F.REUSE_LEADER),
+            tenant=raw.get("tenant"),
+            priority=raw.get("priority") or Priority.NORMAL.value,
         )
 
     @classmethod

@@ -71,9 +71,10 @@ def accept_submit(
     *,
     owner: str,
     start_at: float | None = None,
+    lane: validation.Lane | None = None,
 ) -> bool:
     """Make the job's record (``submitting``) if it is new; True if this call made it (or
-    this same message did, earlier).
+    this same message did, earlier). ``lane``: its tenant and priority (default: none, normal).
 
     The request is kept while the POST may still be sent, so the reconciler can re-send a
     submit whose message was lost (it goes once NanoGPT has accepted it), and the job gets a
@@ -94,6 +95,7 @@ def accept_submit(
             "job_id": job_id,
         },
         "deadline_at": deadline_at,
+        **(lane or validation.Lane()).fields(),
     }
     created = ctx.jobs.create(
         job_id,
@@ -115,8 +117,10 @@ def accept_poll(
     *,
     owner: str,
     start_at: float | None = None,
+    lane: validation.Lane | None = None,
 ) -> str | None:
-    """Start the poll chain of a run sent by name if the job is new; returns its token."""
+    """Start the poll chain of a run sent by name if the job is new; returns its token.
+    ``lane``: its tenant and priority (default: none, normal)."""
     now = ctx.clock()
     token = ctx.jobs.start_chain(
         job_id,
@@ -128,6 +132,7 @@ def accept_poll(
             "is_api_request": request.is_api_request,
             "notify_url": notify_url,
             "next_poll_at": max(now, start_at or now),
+            **(lane or validation.Lane()).fields(),
         },
         owner=owner,
         deadline_at=max(now, start_at or now) + ctx.settings.poll_timeout_s,

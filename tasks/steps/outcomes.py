@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from tasks import errors, metrics
 from tasks.audio import storage
+from tasks.record import tenants
 from tasks.record.states import Status
 from tasks.steps import progress
 
@@ -76,6 +77,7 @@ def failed(
     else:
         log.info("job %s failed: %s", job_id, exc.code)
     metrics.job_finished(exc.code)
+    _leave_caps(ctx, job_id)
     progress.publish(ctx, job_id, Status.FAILED)
     ctx.dispatch.notify(job_id)
     return True
@@ -96,6 +98,7 @@ def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
         return False
     log.info("job %s completed: %d bytes", job_id, audio.bytes)
     metrics.job_finished("completed")
+    _leave_caps(ctx, job_id)
     progress.publish(ctx, job_id, Status.COMPLETED)
     ctx.dispatch.notify(job_id)
     return True
@@ -126,3 +129,13 @@ def _same_place(recorded: dict[str, object], stored: storage.StoredAudio) -> boo
     place = {k: v for k, v in stored.as_dict().items() if k in ("path", "bucket", "key")}
     place = place or {"url": stored.url}
     return all(recorded.get(k) == v for k, v in place.items())
+
+
+def _leave_caps(ctx: Ctx, job_id: str) -> None:
+    """An ended job no longer counts in its tenant's jobs in flight (when that is capped; a
+    release lost here heals at the job's deadline: tasks/record/tenants.py)."""
+    if not ctx.settings.tenant_max_in_flight:
+        return
+    tenant = ctx.jobs.redis.hget(ctx.jobs.key(job_id), "tenant")
+    if tenant:
+        tenants.release(ctx.jobs.redis, str(tenant), job_id)

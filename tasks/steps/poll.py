@@ -9,7 +9,7 @@ import uuid
 from tasks import errors, logctx, metrics
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
-from tasks.pacing import poll_value, schedule
+from tasks.pacing import fairness, poll_value, schedule
 from tasks.record.contract import poll_grant
 from tasks.record.jobs import Job
 from tasks.record.states import Status
@@ -34,18 +34,22 @@ def poll(
     is_api_request: object = True,
     notify_url: object = None,
     job_id: object = None,
+    tenant: object = None,
+    priority: object = "normal",
     lease: object = None,
     seq: object = 0,
 ) -> Result:
     """Check a run's status once; re-queue while pending. ``lease`` and ``seq`` are internal
     (the chain's token and this poll's number): a call without them starts a chain, unless the
-    job id (``job_id``, else the run id) is already known."""
+    job id (``job_id``, else the run id) is already known. ``tenant`` and ``priority``: the
+    lane of a chain it starts (tasks/pacing/fairness.py)."""
     try:
         jid = validation.job_id(run_id if job_id is None else job_id)
         request = validation.poll_request(
             run_id, model, cost=cost, payment_source=payment_source, is_api_request=is_api_request
         )
         url = validation.notify_url(notify_url)
+        lane = validation.lane(tenant, priority)
         if lease is not None and (not isinstance(lease, str) or not isinstance(seq, int)):
             raise errors.InvalidInput("lease and seq are internal: leave them out")
     except errors.InvalidInput as exc:
@@ -54,7 +58,7 @@ def poll(
     if lease is None:
         # This very message may have started the chain before (when the worker received it,
         # or before a redelivery): then its token comes back, while its first poll is due.
-        token = accept.accept_poll(ctx, jid, request, url, owner=d.task_id)
+        token = accept.accept_poll(ctx, jid, request, url, owner=d.task_id, lane=lane)
         if token is None:
             log.info("job %s already exists; duplicate poll chain ignored", jid)
             return jid
@@ -96,11 +100,13 @@ def poll(
         # wait set, due at once, for the releaser to grant it a token by its chance of finding
         # audio (tasks/pacing/poll_value.py); no worker slot holds it meanwhile.
         metrics.poll_deferred()
+        metrics.lane_deferred(job.priority, job.tenant)
         ctx.jobs.defer_poll(
             jid, lease, seq, due_at=now, deliveries=deliveries, deadline_at=deadline_at
         )
         return jid
     metrics.upstream_call("status")
+    metrics.lane_call(job.priority, job.tenant)
     try:
         result = ctx.upstream.status(request)
     except errors.TransientError as exc:
@@ -157,10 +163,16 @@ def _requeue(
     position = pending.queue_position
     before = schedule.Seen(job.queue_first_position, job.queue_first_seen_at, job.head_since)
     progress, seen = before.after(position, now)
-    delay_s = schedule.next_poll_delay_s(
-        progress,
+    interval_s, max_interval_s = fairness.poll_intervals(
+        job.priority,
         interval_s=s.poll_interval_s,
         max_interval_s=s.poll_max_interval_s,
+        interactive_s=s.interactive_poll_interval_s,
+    )
+    delay_s = schedule.next_poll_delay_s(
+        progress,
+        interval_s=interval_s,
+        max_interval_s=max_interval_s,
         now=now,
         deadline_at=deadline_at,
     )

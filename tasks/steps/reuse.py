@@ -77,7 +77,7 @@ def serve(
     decision = ctx.jobs.decide_reuse(
         job.job_id,
         d.task_id,
-        fingerprint.reuse_key(request),
+        fingerprint.reuse_key(request, job.tenant),
         ttl_s=s.reuse_ttl_s,
         hold_s=hold_s(ctx),
         check_at=now + FOLLOWER_RECHECK_S,

@@ -17,6 +17,7 @@ from tasks.nanogpt import validation
 from tasks.nanogpt.client import InlineAudio
 from tasks.nanogpt.parsing import AudioLink, Ticket
 from tasks.pacing import schedule
+from tasks.record import tenants
 from tasks.record.contract import SUBMIT_GRANT, F
 from tasks.record.jobs import SPOOL_MAX_BYTES, Job
 from tasks.record.states import Status
@@ -44,10 +45,13 @@ def submit(
     style: object = None,
     notify_url: object = None,
     job_id: object = None,
+    tenant: object = None,
+    priority: object = "normal",
     reuse: object = True,
     accepted: object = None,
 ) -> Result:
-    """Submit one text once; the job goes on by polling, downloading or storing.
+    """Submit one text once; the job goes on by polling, downloading or storing. ``tenant``
+    and ``priority`` name the lane its NanoGPT calls wait in (tasks/pacing/fairness.py).
     ``reuse``: whether an identical request's audio may answer it (TTS_REUSE_TTL;
     :mod:`tasks.steps.reuse`). ``accepted`` is internal: NanoGPT's answer to this message's
     POST, carried by its retry when the job store could not take it
@@ -67,10 +71,11 @@ def submit(
             reuse=reuse,
         )
         url = validation.notify_url(notify_url)
+        lane = validation.lane(tenant, priority)
     except errors.InvalidInput as exc:
         return accept.reject(ctx, d, job_id, exc, notify_url)
     logctx.bind_job(jid)
-    accept.accept_submit(ctx, jid, request, url, owner=d.task_id)
+    accept.accept_submit(ctx, jid, request, url, owner=d.task_id, lane=lane)
     job, deliveries = ctx.jobs.load(jid, delivery=d.step())
     if job is None:
         return jid
@@ -116,12 +121,16 @@ def submit(
         return fail(
             ctx, jid, errors.DeadlineExceeded("the submit did not succeed before its deadline")
         )
+    # A tenant at one of its caps: refused before any NanoGPT call (tasks/record/tenants.py).
+    if lost_claim is None and job.posts == 0 and (over := _over_cap(ctx, job, now, deadline_at)):
+        return fail(ctx, jid, over)
     # A lost claim's execution spent the budget's token already, and sent nothing with it.
     if lost_claim is None and ctx.budget.spend(jid, SUBMIT_GRANT) > 0:
         # No budget now: the POST is not sent, and this is not a retry. The job waits for a
         # token in the wait set (submits oldest first; tasks/pacing/budget.py), holding no worker
         # slot; it ends at its deadline if the budget never comes.
         metrics.submit_deferred()
+        metrics.lane_deferred(job.priority, job.tenant)
         ctx.jobs.defer_submit(
             jid,
             d.task_id,
@@ -164,6 +173,7 @@ def submit(
     progress.publish(ctx, jid, Status.POSTING)
     posting = _posting(attempt)
     metrics.upstream_call("submit")
+    metrics.lane_call(job.priority, job.tenant)
     try:
         answer = ctx.upstream.submit(request)
     except errors.TransientError as exc:
@@ -202,6 +212,44 @@ def _take_back_mark(ctx: Ctx, job_id: str, attempt: str) -> None:
         ctx.jobs.post_not_sent(job_id, attempt)
     except redis.RedisError as exc:
         log.warning("job %s: the POST's mark, not sent, could not be taken back: %s", job_id, exc)
+
+
+def _over_cap(ctx: Ctx, job: Job, now: float, deadline_at: float) -> errors.TenantLimit | None:
+    """The error a submit ends with when its tenant is at a cap; None when it may go on (and
+    then counts in flight until it ends)."""
+    s = ctx.settings
+    if not job.tenant or not (s.tenant_max_in_flight or s.tenant_max_spend_per_day):
+        return None
+    answer = tenants.admit(
+        ctx.jobs.redis,
+        job.tenant,
+        job.job_id,
+        now=now,
+        deadline_at=deadline_at,
+        max_in_flight=s.tenant_max_in_flight,
+        max_spend=s.tenant_max_spend_per_day,
+    )
+    if answer == tenants.IN_FLIGHT_FULL:
+        return errors.TenantLimit(
+            f"tenant {job.tenant} has {s.tenant_max_in_flight} jobs in flight"
+            " (TTS_TENANT_MAX_IN_FLIGHT)"
+        )
+    if answer == tenants.SPEND_REACHED:
+        return errors.TenantLimit(
+            f"tenant {job.tenant} has spent {s.tenant_max_spend_per_day:g} today"
+            " (TTS_TENANT_MAX_SPEND_PER_DAY)"
+        )
+    return None
+
+
+def _count_spend(ctx: Ctx, job_id: str, cost: float | None) -> None:
+    """Add one job's cost to its tenant's spend today, when that is capped (once per job: the
+    caller's transition returned True)."""
+    if not ctx.settings.tenant_max_spend_per_day or not cost or cost < 0:
+        return
+    tenant = ctx.jobs.redis.hget(ctx.jobs.key(job_id), "tenant")
+    if tenant:
+        tenants.spent(ctx.jobs.redis, str(tenant), cost, now=ctx.clock())
 
 
 def _record_answer(
@@ -371,6 +419,7 @@ def _accepted(
         moved = _start_polling(ctx, job_id, attempt, answer)
         if moved:
             metrics.spent(answer.model, answer.payment_source, answer.cost)
+            _count_spend(ctx, job_id, answer.cost)
     elif isinstance(answer, AudioLink):
         fields: dict[str, Any] = {
             "audio_url": answer.audio_url,
@@ -384,6 +433,7 @@ def _accepted(
         )
         if moved:
             metrics.spent(model, answer.currency, answer.cost)
+            _count_spend(ctx, job_id, answer.cost)
             ctx.dispatch.download(job_id)
     elif len(answer.audio) <= SPOOL_MAX_BYTES:
         # Small: spooled first, so a storage outage is retried from the spool, never by a new

@@ -48,6 +48,8 @@ def test_keys_statuses_and_answers_are_the_workers() -> None:
     assert contract.CANCELLED == states.CANCELLED
     assert contract.UNKNOWN_JOB == states.UNKNOWN_JOB
     assert contract.already_ended("completed") == states.already_ended("completed")
+    assert tuple(p.value for p in jobs.Priority) == contract.PRIORITIES
+    assert jobs.Job(job_id="j", status="polling").priority == contract.NORMAL
 
 
 def test_webhook_ids_are_the_workers() -> None:

@@ -97,6 +97,24 @@ def test_poll_publishes_tts_poll_tts_on_its_queue(tts: TTSClient, client_redis_u
     assert second["kwargs"] == {"is_api_request": False, "job_id": "j2"}
 
 
+def test_tenant_and_priority_are_sent_and_a_default_lane_is_left_out(
+    tts: TTSClient, client_redis_url: str
+) -> None:
+    tts.submit("Hi", ELEVEN, job_id="a", tenant="acme", priority="interactive")
+    tts.submit("Hi", ELEVEN, job_id="b", tenant="acme", priority="normal")
+    tts.poll("run-3", ELEVEN, tenant="shop", priority="bulk")
+    first, second = published(client_redis_url, "tts.submit")
+    assert first["kwargs"] == {"tenant": "acme", "priority": "interactive", "job_id": "a"}
+    assert second["kwargs"] == {"tenant": "acme", "job_id": "b"}
+    [poll] = published(client_redis_url, "tts.poll")
+    assert poll["kwargs"] == {
+        "tenant": "shop",
+        "priority": "bulk",
+        "is_api_request": True,
+        "job_id": "run-3",
+    }
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -114,6 +132,9 @@ def test_poll_publishes_tts_poll_tts_on_its_queue(tts: TTSClient, client_redis_u
         (lambda c: c.poll("run", ELEVEN, is_api_request="yes"), "is_api_request must be a bool"),
         (lambda c: c.poll("run", ELEVEN, cost="0.1"), "cost must be a number"),
         (lambda c: c.poll(42, ELEVEN), "run_id must be a str"),
+        (lambda c: c.submit("Hi", ELEVEN, tenant=3), "tenant must be a str"),
+        (lambda c: c.submit("Hi", ELEVEN, priority=None), "priority must be a str"),
+        (lambda c: c.poll("run", ELEVEN, priority=2), "priority must be a str"),
         (lambda c: c.cancel(42), "job_id must be a str"),
         (lambda c: c.get(None), "job_id must be a str"),
         (lambda c: c.watch(b"id"), "job_id must be a str"),

@@ -125,6 +125,8 @@ def test_status_without_a_job_shows_the_fleets_budget() -> None:
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         client.zadd(WAIT_KEY, {"a": 1.0, "b": 2.0, "later": 4e9})  # two due, one not yet
         client.zadd(WAIT_KEY, {"c": submit_score(1.0)})
+        # Their lanes, as the job records keep them (a and c in the default one).
+        client.hset("tts:job:b", mapping={"tenant": "app", "priority": "interactive"})
         as_json = invoke(["status", "--json"], env)
         human = invoke(["status"], env)
         off = invoke(["status"], {**env, "TTS_UPSTREAM_RATE": "0"})
@@ -137,10 +139,17 @@ def test_status_without_a_job_shows_the_fleets_budget() -> None:
         "tokens_free": 4,
         "polls_due": 2,
         "submits_waiting": 1,
+        "lanes": [
+            {"priority": "interactive", "tenant": "app", "polls_due": 1, "submits_waiting": 0},
+            {"priority": "normal", "tenant": None, "polls_due": 1, "submits_waiting": 1},
+        ],
+        "lanes_complete": True,
     }
     assert human.exit_code == 0
     assert "12 calls/s, burst 4" in human.stdout
     assert "2 polls due, 1 submits" in human.stdout
+    assert "lane     interactive app: 1 polls due, 0 submits" in human.stdout
+    assert "lane     normal (no tenant): 1 polls due, 1 submits" in human.stdout
     assert "budget   off" in off.stdout
 
 

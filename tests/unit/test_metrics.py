@@ -60,3 +60,21 @@ def test_spend_by_model_and_payment_source() -> None:
     metrics.spent("m1", "USD", None)  # NanoGPT did not say: nothing to count
     assert value("tts_spend_total", model="m1", payment_source="USD") == pytest.approx(usd + 0.001)
     assert value("tts_spend_total", model="m1", payment_source="unknown") == unknown + 0.5
+
+
+def test_calls_and_waits_by_lane_with_a_bounded_number_of_tenant_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics, "_tenants", set())
+    calls = value("tts_lane_calls_total", priority="interactive", tenant="app")
+    waits = value("tts_lane_deferred_total", priority="bulk", tenant="none")
+    metrics.lane_call("interactive", "app")
+    metrics.lane_deferred("bulk", None)
+    assert value("tts_lane_calls_total", priority="interactive", tenant="app") == calls + 1
+    assert value("tts_lane_deferred_total", priority="bulk", tenant="none") == waits + 1
+    # Past MAX_TENANT_LABELS tenants, the others are counted together.
+    names = [f"t{i}" for i in range(metrics.MAX_TENANT_LABELS + 5)]
+    labels = [metrics.tenant_label(name) for name in names]
+    assert labels[: metrics.MAX_TENANT_LABELS - 1] == names[: metrics.MAX_TENANT_LABELS - 1]
+    assert set(labels[metrics.MAX_TENANT_LABELS :]) == {metrics.OTHER_TENANTS}
+    assert metrics.tenant_label("app") == "app"  # one seen before keeps its name

@@ -75,6 +75,13 @@ def test_another_voice_or_option_is_another_key(other: dict[str, Any]) -> None:
     assert reuse_key(request(**base)) != reuse_key(request(**{**base, **other}))
 
 
+def test_the_tenant_is_part_of_the_key() -> None:
+    """Reuse stays within a tenant; a job naming none keeps the key made before tenants."""
+    key = reuse_key(request())
+    assert reuse_key(request(), None) == key
+    assert len({key, reuse_key(request(), "acme"), reuse_key(request(), "globex")}) == 3
+
+
 def test_reuse_flag_is_not_part_of_the_key_nor_sent() -> None:
     off = request(reuse=False)
     assert reuse_key(off) == reuse_key(request())
@@ -252,6 +259,20 @@ def test_another_voice_and_reuse_off_make_their_own_post(pipe: Pipeline) -> None
     for jid in (first, other_voice, off):
         assert "reused_from" not in pipe.job(jid).outcome
     assert pipe.job(off).reuse_key is None
+
+
+def test_another_tenant_makes_its_own_post(pipe: Pipeline) -> None:
+    first, same_tenant, other_tenant, no_tenant = ids(4)
+    pipe.submit(first, tenant="acme")
+    pipe.run()
+    pipe.submit(same_tenant, tenant="acme")
+    pipe.submit(other_tenant, tenant="globex")
+    pipe.submit(no_tenant)
+    pipe.run()
+    assert len(pipe.upstream.posts) == 3
+    assert pipe.job(same_tenant).outcome["reused_from"] == first
+    for jid in (other_tenant, no_tenant):
+        assert "reused_from" not in pipe.job(jid).outcome
 
 
 def test_off_by_default(redis_client: redis.Redis) -> None:

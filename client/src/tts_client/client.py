@@ -124,14 +124,19 @@ class TTSClient:
         style: float | None = None,
         notify_url: str | None = None,
         job_id: str | None = None,
+        tenant: str | None = None,
+        priority: str = contract.NORMAL,
         reuse: bool = True,
     ) -> str:
         """Send ``tts.submit_tts`` to ``tts.submit``; returns the job id (``job_id``, or a new
         UUID). A wrong keyword or type raises ``TypeError`` here, before anything is sent.
 
         The outcome is posted to ``notify_url`` (a signed webhook) and kept in the job record
-        (:meth:`get`). Sending the same ``job_id`` again starts nothing new. ``reuse=False``:
-        never answered with an identical request's audio (workers with ``TTS_REUSE_TTL``).
+        (:meth:`get`). Sending the same ``job_id`` again starts nothing new. ``tenant`` (who
+        sends it; up to 64 of ``A-Z a-z 0-9 . _ : -``) and ``priority`` (``interactive``,
+        ``normal`` or ``bulk``) decide how the account's NanoGPT calls are shared with other
+        jobs; the worker refuses other values as ``INVALID_INPUT``. ``reuse=False``: never
+        answered with an identical request's audio (workers with ``TTS_REUSE_TTL``).
         """
         checks.text("text", text)
         checks.text("model", model)
@@ -141,8 +146,10 @@ class TTSClient:
             ("instructions", instructions),
             ("notify_url", notify_url),
             ("job_id", job_id),
+            ("tenant", tenant),
         ):
             checks.text(name, value, optional=True)
+        checks.text("priority", priority)
         for name, number in (
             ("speed", speed),
             ("stability", stability),
@@ -161,6 +168,7 @@ class TTSClient:
             "similarity_boost": similarity_boost,
             "style": style,
             "notify_url": notify_url,
+            **_lane(tenant, priority),
         }
         kwargs = {key: value for key, value in options.items() if value is not None}
         if not reuse:  # sent only when it differs from the worker's default
@@ -178,9 +186,12 @@ class TTSClient:
         is_api_request: bool = True,
         notify_url: str | None = None,
         job_id: str | None = None,
+        tenant: str | None = None,
+        priority: str = contract.NORMAL,
     ) -> str:
         """Send ``tts.poll_tts`` to ``tts.poll``: follow a run submitted to NanoGPT elsewhere
-        (its ``runId``) to its end. Returns the job id: ``job_id``, or the run id."""
+        (its ``runId``) to its end. Returns the job id: ``job_id``, or the run id. ``tenant``
+        and ``priority``: as for :meth:`submit`."""
         checks.text("run_id", run_id)
         checks.text("model", model)
         checks.number("cost", cost)
@@ -188,8 +199,15 @@ class TTSClient:
         checks.flag("is_api_request", is_api_request)
         checks.text("notify_url", notify_url, optional=True)
         checks.text("job_id", job_id, optional=True)
+        checks.text("tenant", tenant, optional=True)
+        checks.text("priority", priority)
         job_id = run_id if job_id is None else job_id
-        options = {"cost": cost, "payment_source": payment_source, "notify_url": notify_url}
+        options = {
+            "cost": cost,
+            "payment_source": payment_source,
+            "notify_url": notify_url,
+            **_lane(tenant, priority),
+        }
         kwargs = {key: value for key, value in options.items() if value is not None}
         kwargs |= {"is_api_request": is_api_request, "job_id": job_id}
         self._send(contract.POLL_TTS, [run_id, model], kwargs)
@@ -313,3 +331,9 @@ class TTSClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _lane(tenant: str | None, priority: str) -> dict[str, str | None]:
+    """The message's ``tenant`` and ``priority``; a default priority is left out, so a message
+    that says nothing about its lane is the one sent before they existed."""
+    return {"tenant": tenant, "priority": None if priority == contract.NORMAL else priority}

@@ -37,6 +37,13 @@ STATUSES = (SUBMITTING, POSTING, POLLING, DOWNLOADING, COMPLETED, FAILED)
 #: A job in one of these has its outcome: nothing about it changes any more.
 ENDED = frozenset({COMPLETED, FAILED})
 
+#: A job's ``priority`` (the worker's ``tasks.record.jobs.Priority``), most urgent first; a job
+#: that leaves it out is ``normal``.
+INTERACTIVE = "interactive"
+NORMAL = "normal"
+BULK = "bulk"
+PRIORITIES = (INTERACTIVE, NORMAL, BULK)
+
 #: The webhook's event types.
 EVENT_COMPLETED = "tts.completed"
 EVENT_FAILED = "tts.failed"

@@ -161,6 +161,9 @@ class Job:
     webhook_id: str | None = None
     #: As on the webhook: the job whose audio (or verdict) answered this one, if one did.
     reused_from: str | None = None
+    #: Who sent it and how urgent it is (``normal`` when the sender did not say).
+    tenant: str | None = None
+    priority: str = contract.NORMAL
 
     @property
     def ended(self) -> bool:
@@ -202,6 +205,8 @@ class Job:
             error=_error(outcome.get("error")),
             webhook_id=webhook_id,
             reused_from=_str(outcome.get("reused_from")),
+            tenant=raw.get("tenant"),
+            priority=raw.get("priority") or contract.NORMAL,
         )
 
 
