@@ -52,6 +52,7 @@ class _Metrics:
     deferred: Counter
     lane_calls: Counter
     lane_deferred: Counter
+    lane_jobs: Counter
     tokens_free: Gauge
     rate: Gauge
     progress_dropped: Counter
@@ -116,6 +117,12 @@ def _metrics() -> _Metrics:
             "Calls that waited for budget (polls deferred, submits parked), by the job's "
             "priority and tenant.",
             ["priority", "tenant"],
+        ),
+        lane_jobs=Counter(
+            "tts_lane_jobs_finished",
+            "Jobs that reached their outcome, by the job's priority and tenant and whether they "
+            "completed or failed.",
+            ["priority", "tenant", "result"],
         ),
         # Set by the releaser thread of each worker's main process; the latest reading wins.
         tokens_free=Gauge(
@@ -230,6 +237,12 @@ def lane_call(priority: str, tenant: str | None) -> None:
 def lane_deferred(priority: str, tenant: str | None) -> None:
     """Count one call of a job of this lane that waits for budget (a poll or a submit)."""
     _metrics().lane_deferred.labels(priority, tenant_label(tenant)).inc()
+
+
+def lane_finished(priority: str, tenant: str | None, *, completed: bool) -> None:
+    """Count one job of this lane that reached its outcome."""
+    result = "completed" if completed else "failed"
+    _metrics().lane_jobs.labels(priority, tenant_label(tenant), result).inc()
 
 
 def budget(tokens_free: int, rate_per_s: float) -> None:

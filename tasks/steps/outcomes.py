@@ -6,9 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import redis
+
 from tasks import errors, metrics
 from tasks.audio import storage
 from tasks.record import tenants
+from tasks.record.jobs import Priority
 from tasks.record.states import Status
 from tasks.steps import progress
 
@@ -76,8 +79,7 @@ def failed(
         log.error("job %s failed: INSUFFICIENT_BALANCE: top up the NanoGPT account", job_id)
     else:
         log.info("job %s failed: %s", job_id, exc.code)
-    metrics.job_finished(exc.code)
-    _leave_caps(ctx, job_id)
+    ended(ctx, job_id, exc.code)
     progress.publish(ctx, job_id, Status.FAILED)
     ctx.dispatch.notify(job_id)
     return True
@@ -97,8 +99,7 @@ def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
     ):
         return False
     log.info("job %s completed: %d bytes", job_id, audio.bytes)
-    metrics.job_finished("completed")
-    _leave_caps(ctx, job_id)
+    ended(ctx, job_id, "completed")
     progress.publish(ctx, job_id, Status.COMPLETED)
     ctx.dispatch.notify(job_id)
     return True
@@ -131,11 +132,21 @@ def _same_place(recorded: dict[str, object], stored: storage.StoredAudio) -> boo
     return all(recorded.get(k) == v for k, v in place.items())
 
 
-def _leave_caps(ctx: Ctx, job_id: str) -> None:
-    """An ended job no longer counts in its tenant's jobs in flight (when that is capped; a
-    release lost here heals at the job's deadline: tasks/record/tenants.py)."""
-    if not ctx.settings.tenant_max_in_flight:
-        return
-    tenant = ctx.jobs.redis.hget(ctx.jobs.key(job_id), "tenant")
-    if tenant:
-        tenants.release(ctx.jobs.redis, str(tenant), job_id)
+def ended(ctx: Ctx, job_id: str, outcome: str) -> None:
+    """After the outcome was recorded (once per job): count it (``completed`` or the error
+    code), and by the job's lane; and the job no longer counts in its tenant's jobs in flight
+    (when that is capped). The lane is read from the record; a job store that fails here only
+    costs the lane's count and the release (which heals at the job's deadline:
+    tasks/record/tenants.py), never the webhook queued next."""
+    metrics.job_finished(outcome)
+    try:
+        raw_tenant, priority = ctx.jobs.redis.hmget(ctx.jobs.key(job_id), ["tenant", "priority"])
+        tenant = str(raw_tenant) if raw_tenant else None
+        lane = str(priority or Priority.NORMAL)
+        metrics.lane_finished(lane, tenant, completed=outcome == "completed")
+        if ctx.settings.tenant_max_in_flight and tenant:
+            tenants.release(ctx.jobs.redis, tenant, job_id)
+    except redis.RedisError as exc:
+        log.warning(
+            "job %s ended; its lane was not counted nor its tenant's cap released: %s", job_id, exc
+        )

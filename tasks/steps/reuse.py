@@ -37,7 +37,7 @@ from tasks.record.states import Status, submit_to_resend
 from tasks.steps import progress
 from tasks.steps.base import Delivery
 from tasks.steps.context import Ctx
-from tasks.steps.outcomes import check_at
+from tasks.steps.outcomes import check_at, ended
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,13 @@ def _answer(ctx: Ctx, d: Delivery, job_id: str, decision: Decision) -> None:
         return  # ended meanwhile (a cancel), or by this message's earlier run
     if decision.verdict == Verdict.REUSED:
         log.info("job %s completed with the audio of job %s (reused)", job_id, source)
-        metrics.job_finished("completed")
+        ended(ctx, job_id, "completed")
         metrics.reuse("reused")
         progress.publish(ctx, job_id, Status.COMPLETED)
     else:
         code = str(error.get("code", ""))
         log.info("job %s failed with the verdict of job %s: %s", job_id, source, code)
-        metrics.job_finished(code)
+        ended(ctx, job_id, code)
         metrics.reuse("shared")
         progress.publish(ctx, job_id, Status.FAILED)
     ctx.dispatch.notify(job_id)

@@ -125,3 +125,36 @@ def test_a_lane_of_its_own_is_kept_with_a_capped_job(client: redis.Redis) -> Non
     job = ctx.jobs.get(jid)
     assert job is not None
     assert (job.status, job.tenant, job.priority) == ("polling", "acme", "interactive")
+
+
+def lane_jobs(tenant: str, priority: str, result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"priority": priority, "tenant": tenant, "result": result}
+    return REGISTRY.get_sample_value("tts_lane_jobs_finished_total", labels) or 0.0
+
+
+def test_an_ended_job_is_counted_by_its_lane(client: redis.Redis) -> None:
+    ctx, _ = make_ctx(client, env={"TTS_TENANT_MAX_IN_FLIGHT": "1"}, upstream=Upstream())
+    before = lane_jobs("acme", "normal", "failed"), lane_jobs("acme", "normal", "completed")
+    first = submit(ctx, "acme")
+    assert submit(ctx, "acme").status == "failed"  # at its cap: TENANT_LIMIT, one failed
+    fail(ctx, first.job_id, errors.Cancelled("cancelled"))
+    after = lane_jobs("acme", "normal", "failed"), lane_jobs("acme", "normal", "completed")
+    assert after == (before[0] + 2, before[1])
+
+
+def test_a_job_store_failing_after_the_outcome_still_queues_the_webhook(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane's count and the cap's release come after the outcome is recorded; a job store
+    that fails then costs those (the release heals at the deadline), not the webhook."""
+    ctx, outbox = make_ctx(client, env={"TTS_TENANT_MAX_IN_FLIGHT": "1"}, upstream=Upstream())
+    job = submit(ctx, "acme")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError("refused")
+
+    monkeypatch.setattr(ctx.jobs.redis, "hmget", refused)
+    fail(ctx, job.job_id, errors.Cancelled("cancelled"))
+    assert names.NOTIFY in outbox.names()
