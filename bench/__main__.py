@@ -25,6 +25,8 @@ ROW_MODULES = {
     5: "bench.row5_schedule",
     6: "bench.row6_budget",
     7: "bench.row7_backlog",
+    8: "bench.row8_docs_loop",
+    9: "bench.row9_calls",
 }
 
 

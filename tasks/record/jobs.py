@@ -92,6 +92,7 @@ PARKED_FIELDS = (
     "queue_first_seen_at",
     "gen_start_at",
     "deadline_at",
+    "model",
 )
 # The POST claim's seq (tasks/record/__init__.py): claimed, nothing sent yet; and sent.
 POST_CLAIMED = "0"

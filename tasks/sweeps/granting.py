@@ -116,8 +116,14 @@ def _ranked_polls(ctx: Ctx, now: float, n: int, state: Releasing | None) -> list
         return state.ranked[: n + SPARE]
     client = ctx.jobs.redis
     ids = [str(x) for x in client.zrangebyscore(WAIT_KEY, POLLS_FROM, now, 0, CANDIDATES)]
-    gens = poll_value.Generations(ctx.budget.generation_samples())
-    ranked = [c.job_id for c in poll_value.rank(_candidates(ctx, ids), now, gens)]
+    candidates = _candidates(ctx, ids)
+    by_model = {
+        model: poll_value.Generations(ctx.learning.fleet(model).generation_s)
+        for model in {c.model or "" for c in candidates}
+    }
+    ranked = [
+        c.job_id for c in poll_value.rank(candidates, now, poll_value.Generations([]), by_model)
+    ]
     if state is None:
         return ranked[:n]
     state.ranked, state.ranked_at = ranked, now

@@ -1,0 +1,92 @@
+"""What the fleet learns in Redis (tasks/pacing/learning.py): capped, per model, per database,
+and never a reason for a poll to fail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tasks.pacing import learning
+from tasks.pacing.learning import Learning
+from tests.support.budget import Clock
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis) -> Iterator[redis.Redis]:
+    redis_client.delete(*learning.keys(redis_client))
+    yield redis_client
+    redis_client.delete(*learning.keys(redis_client))
+
+
+def test_generation_times_keep_the_newest_per_model(client: redis.Redis) -> None:
+    clock = Clock()
+    learned = Learning(client, clock=clock)
+    for i in range(learning.GENERATION_SAMPLES + 44):
+        learned.record_generation("model-a", i + 0.12345)
+    learned.record_generation("model-b", 7.0)
+    gens = learned.fleet("model-a").generation_s
+    assert len(gens) == learning.GENERATION_SAMPLES
+    assert gens[0] == pytest.approx(learning.GENERATION_SAMPLES + 43.1234)
+    assert gens[-1] == pytest.approx(44.1234)
+    assert learned.fleet("model-b").generation_s == (7.0,)
+    assert learned.fleet("model-c").generation_s == ()
+
+
+def test_the_queue_speed_is_the_median_of_recent_moves(client: redis.Redis) -> None:
+    clock = Clock()
+    learned = Learning(client, clock=clock)
+    assert learned.fleet(None).s_per_place() is None
+    learned.record_move(2, 1.0)  # 0.5 s a place
+    learned.record_move(1, 0.4)
+    learned.record_move(4, 40.0)  # one stall: the median does not follow it
+    # Not moves: no place gained, a time too short to measure, nonsense.
+    learned.record_move(0, 3.0)
+    learned.record_move(3, 0.0)
+    learned.record_move(1, float("nan"))
+    clock.advance(learning.CACHE_S)
+    assert learned.fleet(None).s_per_place() == pytest.approx(0.5)
+    for _ in range(learning.QUEUE_SAMPLES):
+        learned.record_move(1, 2.0)
+    clock.advance(learning.CACHE_S)
+    assert learned.fleet(None).s_per_place_samples == (2.0,) * learning.QUEUE_SAMPLES
+
+
+def test_reads_are_cached_for_a_moment(client: redis.Redis) -> None:
+    clock = Clock()
+    learned = Learning(client, clock=clock)
+    assert learned.fleet("m").generation_s == ()
+    Learning(client, clock=clock).record_generation("m", 3.0)  # another worker learns
+    assert learned.fleet("m").generation_s == ()
+    clock.advance(learning.CACHE_S)
+    assert learned.fleet("m").generation_s == (3.0,)
+
+
+def test_junk_in_the_lists_is_ignored(client: redis.Redis) -> None:
+    client.rpush(learning.generation_key("m"), "4.5", "nan", "-1", "x", "inf", "2")
+    assert Learning(client, clock=Clock()).fleet("m").generation_s == (4.5, 2.0)
+
+
+def test_learned_keys_belong_to_their_database(quiet_redis_server: object) -> None:
+    """A deployment (or a test) on another database learns nothing from this one's jobs."""
+    url = quiet_redis_server.url  # type: ignore[attr-defined]
+    one = redis.Redis.from_url(url.rsplit("/", 1)[0] + "/5", decode_responses=True)
+    two = redis.Redis.from_url(url.rsplit("/", 1)[0] + "/6", decode_responses=True)
+    try:
+        Learning(one, clock=Clock()).record_generation("m", 9.0)
+        assert Learning(two, clock=Clock()).fleet("m").generation_s == ()
+        assert learning.generation_key("m") in learning.keys(one)
+    finally:
+        one.flushdb()
+        two.flushdb()
+        one.close()
+        two.close()
+
+
+def test_a_redis_error_costs_the_aim_not_the_poll() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    learned = Learning(dead, clock=Clock())
+    assert learned.fleet("m") == learning.Fleet()
+    learned.record_generation("m", 3.0)  # dropped, not raised
+    learned.record_move(1, 0.5)
