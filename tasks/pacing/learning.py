@@ -4,9 +4,10 @@ Two things, both recent samples in capped lists (newest first), so a change in N
 shows within minutes and a removed deployment leaves nothing behind (:data:`TTL_S`):
 
 * the queue's speed, seconds per place: each time a poll sees a job's position fall from ``p1``
-  to ``p2`` in ``dt`` seconds, ``dt / (p1 - p2)``; the median of the last
-  :data:`QUEUE_SAMPLES` (:meth:`Fleet.s_per_place`). One job measures its own queue only after
-  it moved; the fleet's median is known before the first answer;
+  to ``p2`` in ``dt`` seconds, ``dt / (p1 - p2)``; of the last :data:`QUEUE_SAMPLES`, the
+  median (:meth:`Fleet.s_per_place`) and a fast quantile (:meth:`Fleet.fast_s_per_place`). One
+  job measures its own queue only after it moved; the fleet's speed is known before the first
+  answer;
 * generation times per model: a completed job's time from its estimated start to the middle of
   its last two polls (:func:`tasks.steps.poll._learn_generation`), the last
   :data:`GENERATION_SAMPLES`.
@@ -47,6 +48,10 @@ TTL_S = 86_400
 CACHE_S = 1.0
 # Moves measured over less than this are clock noise, not the queue's speed.
 MIN_MOVE_S = 0.05
+# The fast speed is this quantile of the moves (one in ten was faster), once there are
+# MIN_MOVES: a polled job is aimed at the start it would have if the queue ran that fast.
+FAST_SHARE = 0.1
+MIN_MOVES = 5
 
 
 def generation_key(model: str) -> str:
@@ -71,6 +76,14 @@ class Fleet:
         if not self.s_per_place_samples:
             return None
         return statistics.median(self.s_per_place_samples)
+
+    def fast_s_per_place(self) -> float | None:
+        """The queue at its fastest plausible: the :data:`FAST_SHARE` quantile of the recent
+        moves; None before :data:`MIN_MOVES` of them."""
+        moves = sorted(self.s_per_place_samples)
+        if len(moves) < MIN_MOVES:
+            return None
+        return moves[int(FAST_SHARE * (len(moves) - 1))]
 
 
 def _floats(raw: list[object]) -> tuple[float, ...]:

@@ -159,17 +159,19 @@ def _requeue(
     progress, seen = before.after(position, now)
     _learn_move(ctx, job, position, now)
     fleet = ctx.learning.fleet(job.model)
-    s_per_place = fleet.s_per_place()
+    fast_s_per_place = fleet.fast_s_per_place()
     gen_start_at = job.gen_start_at
     if gen_start_at is None and seen.head_since is not None:
         # First seen at the head: it started after the last answer that showed it queued, about
-        # when that answer's place in line came up (tasks/pacing/poll_value.py).
-        start = poll_value.generation_start(candidate(job), now, s_per_place)
+        # when that answer's place in line came up (tasks/pacing/poll_value.py) if the queue
+        # ran as fast as the fleet saw it run: an early estimate, so polls aimed from it are
+        # early rather than late.
+        start = aim.earliest_start(candidate(job), now, fast_s_per_place)
         gen_start_at = now if start is None else min(now, start)
     aimed_s = aim.wanted_s(
         progress,
         generating_s=None if position or gen_start_at is None else now - gen_start_at,
-        s_per_place=s_per_place,
+        fast_s_per_place=fast_s_per_place,
         gens=poll_value.Generations(fleet.generation_s),
         interval_s=s.poll_interval_s,
     )
@@ -241,8 +243,8 @@ def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
     in between."""
     if job.seen_at is None:
         return
-    start = poll_value.generation_start(
-        candidate(job), now, ctx.learning.fleet(job.model).s_per_place()
+    start = aim.earliest_start(
+        candidate(job), now, ctx.learning.fleet(job.model).fast_s_per_place()
     )
     if start is None:
         return

@@ -16,7 +16,7 @@ from tasks.config.celery_config import POST_LEASE_SLACK_S
 from tasks.nanogpt import validation
 from tasks.nanogpt.client import InlineAudio
 from tasks.nanogpt.parsing import AudioLink, Ticket
-from tasks.pacing import schedule
+from tasks.pacing import aim, poll_value, schedule
 from tasks.record.contract import SUBMIT_GRANT, F
 from tasks.record.jobs import SPOOL_MAX_BYTES, Job
 from tasks.record.states import Status
@@ -454,12 +454,16 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
     deadline_at = now + s.poll_timeout_s
     # NanoGPT has only just accepted the job: a status check now would answer "pending", so the
     # first one waits like every later one (an interval, jittered so a burst of submits spreads).
+    # Once the model's generation times are learned, it waits for the earliest of them to end:
+    # the job cannot have started before now, whatever its place in line (tasks/pacing/aim.py).
+    gens = poll_value.Generations(ctx.learning.fleet(ticket.model).generation_s)
     first_s = schedule.next_poll_delay_s(
         schedule.Progress(None),
         interval_s=s.poll_interval_s,
         max_interval_s=s.poll_max_interval_s,
         now=now,
         deadline_at=deadline_at,
+        aimed_s=aim.at_head_s(0.0, gens, s.poll_interval_s),
     )
     assert first_s is not None  # the deadline is a whole TTS_POLL_TIMEOUT away
     token = ctx.jobs.post_accepted(

@@ -19,11 +19,13 @@ def test_nothing_learned_leaves_the_schedule_in_charge() -> None:
     few = Generations([30.0] * (poll_value.MIN_SAMPLES - 1))
     assert aim.at_head_s(5.0, few, INTERVAL) is None
     head = schedule.Progress(0, at_head_s=5.0)
-    assert aim.wanted_s(head, generating_s=5.0, s_per_place=None, gens=few, interval_s=3) is None
+    assert (
+        aim.wanted_s(head, generating_s=5.0, fast_s_per_place=None, gens=few, interval_s=3) is None
+    )
     # Queued, with no speed known (the fleet's, or the job's own queue having moved): None.
     queued = schedule.Progress(12, first_position=12, since_first_s=4.0)
     assert (
-        aim.wanted_s(queued, generating_s=None, s_per_place=None, gens=UNIFORM, interval_s=3)
+        aim.wanted_s(queued, generating_s=None, fast_s_per_place=None, gens=UNIFORM, interval_s=3)
         is None
     )
 
@@ -49,36 +51,48 @@ def test_a_gap_where_no_generation_ends_is_skipped() -> None:
     assert wait == pytest.approx(30.0 - 6.0 + INTERVAL)
 
 
+def test_bunched_samples_are_not_gaps() -> None:
+    """Learned times bunch between the polls that measured them; a gap narrower than an
+    interval between bunches is not skipped."""
+    bunched = Generations([t + i / 100 for t in (7.5, 10.5, 13.5) for i in range(10)])
+    assert aim.at_head_s(8.0, bunched, INTERVAL) == pytest.approx(INTERVAL)
+
+
 def test_past_every_generation_seen_the_schedule_takes_over() -> None:
     assert aim.at_head_s(61.0, UNIFORM, INTERVAL) is None
     head = schedule.Progress(0, at_head_s=61.0)
     assert (
-        aim.wanted_s(head, generating_s=61.0, s_per_place=0.4, gens=UNIFORM, interval_s=3) is None
+        aim.wanted_s(head, generating_s=61.0, fast_s_per_place=0.4, gens=UNIFORM, interval_s=3)
+        is None
     )
 
 
-def test_a_job_near_the_head_is_aimed_at_its_completion() -> None:
-    # 5 places at 0.4 s a place: starts in 2 s, the earliest generations end 20 s later.
+def test_a_queued_job_is_aimed_at_its_completion_were_the_queue_fast() -> None:
+    # 5 places at 0.4 s a place (fast): starts in 2 s at the earliest, the earliest
+    # generations end 20 s after that.
     wait = aim.queued_s(5, 0.4, UNIFORM, INTERVAL)
+    assert wait is not None
     assert 2.0 + 20.0 + INTERVAL <= wait <= 2.0 + 21.0 + INTERVAL
 
 
-def test_a_job_far_back_looks_again_when_few_places_remain() -> None:
-    sure = aim.sure_places(0.4, INTERVAL)
-    assert 1.0 < sure < 300
-    wait = aim.queued_s(300, 0.4, UNIFORM, INTERVAL)
-    assert wait == pytest.approx((300 - sure) * 0.4)
-
-
-def test_queued_without_generation_times_looks_as_the_head_comes_near() -> None:
-    wait = aim.queued_s(40, 0.5, Generations([]), INTERVAL)
-    assert wait == pytest.approx(schedule.ARRIVAL_FRACTION * 40 * 0.5)
+def test_queued_without_generation_times_the_schedule_decides() -> None:
+    assert aim.queued_s(40, 0.5, Generations([]), INTERVAL) is None
 
 
 def test_the_jobs_own_queue_speed_stands_in_for_the_fleets() -> None:
     moved = schedule.Progress(10, first_position=20, since_first_s=5.0)  # 0.5 s a place
-    wait = aim.wanted_s(moved, generating_s=None, s_per_place=None, gens=UNIFORM, interval_s=3)
-    assert wait == pytest.approx(aim.queued_s(10, 0.5, UNIFORM, INTERVAL))
+    wait = aim.wanted_s(moved, generating_s=None, fast_s_per_place=None, gens=UNIFORM, interval_s=3)
+    assert wait == aim.queued_s(10, aim.FAST_FACTOR * 0.5, UNIFORM, INTERVAL)
+
+
+def test_the_earliest_start_assumes_the_fast_queue() -> None:
+    seen = poll_value.Candidate("j", seen_at=100.0, queue_position=4)
+    assert aim.earliest_start(seen, 110.0, 0.5) == pytest.approx(102.0)
+    # Not learned: the job's own speed (the prior until its queue moved), run FAST_FACTOR faster.
+    own = poll_value.Candidate("j", 100.0, 4, first_position=8, first_seen_at=92.0)  # 2 s a place
+    assert aim.earliest_start(own, 110.0, None) == pytest.approx(100.0 + 4 * 2.0 * aim.FAST_FACTOR)
+    at_head = poll_value.Candidate("j", 100.0, None, gen_start_at=97.0)
+    assert aim.earliest_start(at_head, 110.0, 0.5) == 97.0
 
 
 @given(
@@ -105,7 +119,7 @@ def test_an_aimed_wait_keeps_the_floor_cap_and_jitter(
     aimed = aim.wanted_s(
         progress,
         generating_s=elapsed,
-        s_per_place=speed,
+        fast_s_per_place=speed,
         gens=Generations(samples),
         interval_s=interval,
     )

@@ -84,9 +84,41 @@ def test_learned_keys_belong_to_their_database(quiet_redis_server: object) -> No
         two.close()
 
 
+class DeadPipeline:
+    """A pipeline whose connection is gone when it is sent."""
+
+    def __enter__(self) -> DeadPipeline:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> object:
+        if name == "execute":
+
+            def execute() -> object:
+                raise redis.ConnectionError("Connection refused")
+
+            return execute
+        return lambda *args, **kwargs: None
+
+
+class DeadRedis:
+    def pipeline(self, transaction: bool = True) -> DeadPipeline:
+        return DeadPipeline()
+
+
 def test_a_redis_error_costs_the_aim_not_the_poll() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    learned = Learning(dead, clock=Clock())
+    learned = Learning(DeadRedis(), clock=Clock())  # type: ignore[arg-type]
     assert learned.fleet("m") == learning.Fleet()
     learned.record_generation("m", 3.0)  # dropped, not raised
     learned.record_move(1, 0.5)
+
+
+def test_the_fast_speed_is_a_low_quantile_once_enough_moves_are_known() -> None:
+    few = learning.Fleet((), (1.0,) * (learning.MIN_MOVES - 1))
+    assert few.fast_s_per_place() is None
+    moves = tuple(float(i) for i in range(1, 21))  # 1 .. 20 s a place
+    fleet = learning.Fleet((), moves)
+    assert fleet.fast_s_per_place() == 2.0  # one in ten was faster
+    assert fleet.s_per_place() == 10.5
