@@ -77,6 +77,8 @@ def queued_s(
     first_s = at_head_s(0.0, gens, interval_s)
     if first_s is None:
         return None
+    if position <= 0:
+        return first_s
     return position * max(fast_s_per_place, MIN_S_PER_PLACE) + first_s
 
 

@@ -1,13 +1,16 @@
 """What the fleet learns about NanoGPT from its own polls, kept in Redis for every worker.
 
-Two things, both recent samples in capped lists (newest first), so a change in NanoGPT's speed
-shows within minutes and a removed deployment leaves nothing behind (:data:`TTL_S`):
+Per model (NanoGPT queues each model's jobs apart), recent samples in capped lists (newest
+first), so a change in NanoGPT's speed shows within minutes and a removed deployment leaves
+nothing behind (:data:`TTL_S`):
 
 * the queue's speed, seconds per place: each time a poll sees a job's position fall from ``p1``
   to ``p2`` in ``dt`` seconds, ``dt / (p1 - p2)``; of the last :data:`QUEUE_SAMPLES`, the
   median (:meth:`Fleet.s_per_place`) and a fast quantile (:meth:`Fleet.fast_s_per_place`). One
   job measures its own queue only after it moved; the fleet's speed is known before the first
   answer;
+* the line's length: recent queued answers (when, which place), so a job just submitted knows
+  it is behind what is left of them (:meth:`Fleet.places_ahead`);
 * generation times per model: a completed job's time from its estimated start to the middle of
   its last two polls (:func:`tasks.steps.poll._learn_generation`), the last
   :data:`GENERATION_SAMPLES`.
@@ -32,12 +35,13 @@ from tasks.record.contract import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
-#: Recent seconds-per-place samples of the queue (one per position change a poll saw).
-QUEUE_KEY = KEY_PREFIX.removesuffix("job:") + "learn:s-per-place"
-#: Recent generation times of one model: this prefix and the model's name.
-GENERATION_PREFIX = KEY_PREFIX.removesuffix("job:") + "learn:generation-s:"
+#: What is learned of one model's queue and generations: this prefix, the model's name, then
+#: ``:s-per-place`` (one sample per position change a poll saw), ``:positions`` (``seen_at:p``
+#: of recent queued answers) or ``:generation-s``.
+PREFIX = KEY_PREFIX.removesuffix("job:") + "learn:"
 # A median of this many moves follows a queue that speeds up or slows down within a minute of
-# polls, and one odd sample (a poll delayed by a busy worker) cannot move it.
+# polls, and one odd sample (a poll delayed by a busy worker) cannot move it. As many recent
+# queued answers say how long the line is.
 QUEUE_SAMPLES = 64
 # Enough completions for a distribution with a tail, few enough to follow NanoGPT's speed.
 GENERATION_SAMPLES = 256
@@ -54,14 +58,16 @@ FAST_SHARE = 0.1
 MIN_MOVES = 5
 
 
-def generation_key(model: str) -> str:
-    return GENERATION_PREFIX + model
+def key(model: str | None, what: str) -> str:
+    """The key of ``what`` (``s-per-place``, ``positions``, ``generation-s``) for ``model``."""
+    return f"{PREFIX}{model or ''}:{what}"
 
 
 def keys(client: redis.Redis) -> list[str]:
-    """Every learned key in ``client``'s database (for tests and resets to delete)."""
-    found = client.keys(GENERATION_PREFIX + "*")
-    return [QUEUE_KEY, *(k.decode() if isinstance(k, bytes) else str(k) for k in found)]
+    """Every learned key in ``client``'s database (for tests and resets to delete); at least
+    one name, so ``DEL *keys(...)`` is always a valid command."""
+    found = [k.decode() if isinstance(k, bytes) else str(k) for k in client.keys(PREFIX + "*")]
+    return found or [PREFIX]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Fleet:
 
     generation_s: tuple[float, ...] = ()  # recent generation times of the job's model
     s_per_place_samples: tuple[float, ...] = ()
+    positions: tuple[tuple[float, int], ...] = ()  # (seen_at, position) of recent queued answers
 
     def s_per_place(self) -> float | None:
         """The queue's seconds per place: the median of the recent moves; None before any."""
@@ -85,6 +92,17 @@ class Fleet:
             return None
         return moves[int(FAST_SHARE * (len(moves) - 1))]
 
+    def places_ahead(self, now: float) -> int:
+        """At least how many jobs a job submitted at ``now`` has ahead: every job seen queued
+        was submitted before it, and the queue is first in, first out, so it is behind what is
+        left of each line seen, the line having cleared at the fast speed since. 0 when
+        nothing is learned."""
+        fast = self.fast_s_per_place()
+        if fast is None or fast <= 0:
+            return 0
+        left = (p - (now - seen_at) / fast for seen_at, p in self.positions)
+        return max(0, math.floor(max(left, default=0.0)))
+
 
 def _floats(raw: list[object]) -> tuple[float, ...]:
     out = []
@@ -95,6 +113,20 @@ def _floats(raw: list[object]) -> tuple[float, ...]:
             continue
         if math.isfinite(value) and value >= 0:
             out.append(value)
+    return tuple(out)
+
+
+def _positions(raw: list[object]) -> tuple[tuple[float, int], ...]:
+    out = []
+    for x in raw:
+        text = x.decode() if isinstance(x, bytes) else str(x)
+        at, _, position = text.rpartition(":")
+        try:
+            seen_at, places = float(at), int(position)
+        except ValueError:
+            continue
+        if math.isfinite(seen_at) and places > 0:
+            out.append((seen_at, places))
     return tuple(out)
 
 
@@ -115,32 +147,38 @@ class Learning:
             return hit[1]
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.lrange(generation_key(name), 0, -1)
-                pipe.lrange(QUEUE_KEY, 0, -1)
-                gens, moves = pipe.execute()
+                pipe.lrange(key(name, "generation-s"), 0, -1)
+                pipe.lrange(key(name, "s-per-place"), 0, -1)
+                pipe.lrange(key(name, "positions"), 0, -1)
+                gens, moves, positions = pipe.execute()
         except redis.RedisError as exc:
             log.debug("learned samples not read (%s); scheduling without them", exc)
             return Fleet()
-        fleet = Fleet(_floats(gens), _floats(moves))
+        fleet = Fleet(_floats(gens), _floats(moves), _positions(positions))
         self._cache[name] = (now, fleet)
         return fleet
 
     def record_generation(self, model: str | None, seconds: float) -> None:
         """Keep one completed job's generation time for its model."""
         if math.isfinite(seconds) and seconds > 0:
-            self._push(generation_key(model or ""), seconds, GENERATION_SAMPLES)
+            self._push(key(model, "generation-s"), repr(round(seconds, 4)), GENERATION_SAMPLES)
 
-    def record_move(self, places: int, seconds: float) -> None:
+    def record_move(self, model: str | None, places: int, seconds: float) -> None:
         """A job's queue position fell by ``places`` in ``seconds``: one speed sample."""
         if places > 0 and math.isfinite(seconds) and seconds >= MIN_MOVE_S:
-            self._push(QUEUE_KEY, seconds / places, QUEUE_SAMPLES)
+            self._push(key(model, "s-per-place"), repr(round(seconds / places, 4)), QUEUE_SAMPLES)
 
-    def _push(self, key: str, value: float, cap: int) -> None:
+    def record_position(self, model: str | None, position: int, seen_at: float) -> None:
+        """A job was seen ``position`` places from the head at ``seen_at``."""
+        if position > 0 and math.isfinite(seen_at):
+            self._push(key(model, "positions"), f"{seen_at!r}:{position}", QUEUE_SAMPLES)
+
+    def _push(self, name: str, value: str, cap: int) -> None:
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.lpush(key, repr(round(value, 4)))
-                pipe.ltrim(key, 0, cap - 1)
-                pipe.expire(key, TTL_S)
+                pipe.lpush(name, value)
+                pipe.ltrim(name, 0, cap - 1)
+                pipe.expire(name, TTL_S)
                 pipe.execute()
         except redis.RedisError as exc:
-            log.debug("learned sample %s=%r dropped (%s)", key, value, exc)
+            log.debug("learned sample %s=%r dropped (%s)", name, value, exc)

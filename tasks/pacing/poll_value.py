@@ -145,7 +145,9 @@ def share(
     them on average (the fraction of a token rounded up or down by ``draw``, uniform in
     [0, 1), so a releaser that sees one token at a time still shares fairly), and what one kind
     leaves goes to the other. Returns (polls, submits)."""
-    to_submits = min(submits, math.floor(tokens * submit_share + draw))
+    # min with tokens: tokens * submit_share + draw rounds up to tokens + 1 for a draw just
+    # below 1 (1 + 0.9999999999999999 == 2.0 in binary floating point).
+    to_submits = min(submits, tokens, math.floor(tokens * submit_share + draw))
     to_polls = min(polls, tokens - to_submits)
     to_submits = min(submits, tokens - to_polls)
     return to_polls, to_submits

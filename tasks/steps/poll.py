@@ -254,8 +254,11 @@ def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
 
 
 def _learn_move(ctx: Ctx, job: Job, position: int | None, now: float) -> None:
-    """Keep the queue's speed if this answer shows the job moved up since the last one and is
-    still queued (a job that left the queue started somewhere in between: no measure)."""
+    """Keep where in line the job is, and the queue's speed if this answer shows the job moved
+    up since the last one and is still queued (a job that left the queue started somewhere in
+    between: no measure)."""
+    if position:
+        ctx.learning.record_position(job.model, position, now)
     before = job.queue_position
     if before and position and position < before and job.seen_at is not None:
-        ctx.learning.record_move(before - position, now - job.seen_at)
+        ctx.learning.record_move(job.model, before - position, now - job.seen_at)

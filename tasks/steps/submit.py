@@ -454,16 +454,23 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
     deadline_at = now + s.poll_timeout_s
     # NanoGPT has only just accepted the job: a status check now would answer "pending", so the
     # first one waits like every later one (an interval, jittered so a burst of submits spreads).
-    # Once the model's generation times are learned, it waits for the earliest of them to end:
-    # the job cannot have started before now, whatever its place in line (tasks/pacing/aim.py).
-    gens = poll_value.Generations(ctx.learning.fleet(ticket.model).generation_s)
+    # Once the model's generation times are learned, it waits for the earliest of them to end
+    # after the job's earliest start: now, or once what is left of the line the fleet last saw
+    # has cleared (tasks/pacing/aim.py).
+    fleet = ctx.learning.fleet(ticket.model)
+    ahead = fleet.places_ahead(now)
     first_s = schedule.next_poll_delay_s(
         schedule.Progress(None),
         interval_s=s.poll_interval_s,
         max_interval_s=s.poll_max_interval_s,
         now=now,
         deadline_at=deadline_at,
-        aimed_s=aim.at_head_s(0.0, gens, s.poll_interval_s),
+        aimed_s=aim.queued_s(
+            ahead,
+            fleet.fast_s_per_place() or 0.0,
+            poll_value.Generations(fleet.generation_s),
+            s.poll_interval_s,
+        ),
     )
     assert first_s is not None  # the deadline is a whole TTS_POLL_TIMEOUT away
     token = ctx.jobs.post_accepted(

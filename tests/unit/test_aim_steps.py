@@ -129,3 +129,17 @@ def test_a_queue_that_moved_is_measured_for_the_fleet(client: redis.Redis) -> No
     poll_once(client, clock, jid, Pending("pending", 6))  # 4 places in 4 s
     clock.advance(learning.CACHE_S)
     assert Learning(client, clock=clock).fleet(MODEL).s_per_place() == pytest.approx(1.0)
+
+
+def test_a_job_submitted_behind_a_line_waits_for_it(client: redis.Redis) -> None:
+    clock = Clock()
+    teach(client, clock, UNIFORM)
+    learned = Learning(client, clock=clock)
+    for _ in range(learning.MIN_MOVES):
+        learned.record_move(MODEL, 1, 0.5)  # the queue clears a place every 0.5 s at best
+    learned.record_position(MODEL, 10, clock())  # a job 10 places back, just now
+    _, first_s = submit(client, clock)
+    # 10 places at 0.5 s, then the earliest generations (20 s), then an interval (under the
+    # 30 s cap, which would win over the aim).
+    assert first_s >= 10 * 0.5 + 20.0 + INTERVAL * (1 - schedule.JITTER) - 1e-6
+    assert first_s <= 10 * 0.5 + 21.0 + INTERVAL + 1e-6

@@ -38,19 +38,20 @@ def test_the_queue_speed_is_the_median_of_recent_moves(client: redis.Redis) -> N
     clock = Clock()
     learned = Learning(client, clock=clock)
     assert learned.fleet(None).s_per_place() is None
-    learned.record_move(2, 1.0)  # 0.5 s a place
-    learned.record_move(1, 0.4)
-    learned.record_move(4, 40.0)  # one stall: the median does not follow it
+    learned.record_move("m", 2, 1.0)  # 0.5 s a place
+    learned.record_move("m", 1, 0.4)
+    learned.record_move("m", 4, 40.0)  # one stall: the median does not follow it
     # Not moves: no place gained, a time too short to measure, nonsense.
-    learned.record_move(0, 3.0)
-    learned.record_move(3, 0.0)
-    learned.record_move(1, float("nan"))
+    learned.record_move("m", 0, 3.0)
+    learned.record_move("m", 3, 0.0)
+    learned.record_move("m", 1, float("nan"))
     clock.advance(learning.CACHE_S)
-    assert learned.fleet(None).s_per_place() == pytest.approx(0.5)
+    assert learned.fleet("m").s_per_place() == pytest.approx(0.5)
+    assert learned.fleet("other").s_per_place() is None  # each model's queue is its own
     for _ in range(learning.QUEUE_SAMPLES):
-        learned.record_move(1, 2.0)
+        learned.record_move("m", 1, 2.0)
     clock.advance(learning.CACHE_S)
-    assert learned.fleet(None).s_per_place_samples == (2.0,) * learning.QUEUE_SAMPLES
+    assert learned.fleet("m").s_per_place_samples == (2.0,) * learning.QUEUE_SAMPLES
 
 
 def test_reads_are_cached_for_a_moment(client: redis.Redis) -> None:
@@ -64,7 +65,7 @@ def test_reads_are_cached_for_a_moment(client: redis.Redis) -> None:
 
 
 def test_junk_in_the_lists_is_ignored(client: redis.Redis) -> None:
-    client.rpush(learning.generation_key("m"), "4.5", "nan", "-1", "x", "inf", "2")
+    client.rpush(learning.key("m", "generation-s"), "4.5", "nan", "-1", "x", "inf", "2")
     assert Learning(client, clock=Clock()).fleet("m").generation_s == (4.5, 2.0)
 
 
@@ -76,7 +77,7 @@ def test_learned_keys_belong_to_their_database(quiet_redis_server: object) -> No
     try:
         Learning(one, clock=Clock()).record_generation("m", 9.0)
         assert Learning(two, clock=Clock()).fleet("m").generation_s == ()
-        assert learning.generation_key("m") in learning.keys(one)
+        assert learning.key("m", "generation-s") in learning.keys(one)
     finally:
         one.flushdb()
         two.flushdb()
@@ -112,7 +113,8 @@ def test_a_redis_error_costs_the_aim_not_the_poll() -> None:
     learned = Learning(DeadRedis(), clock=Clock())  # type: ignore[arg-type]
     assert learned.fleet("m") == learning.Fleet()
     learned.record_generation("m", 3.0)  # dropped, not raised
-    learned.record_move(1, 0.5)
+    learned.record_move("m", 1, 0.5)
+    learned.record_position("m", 3, 1.0)
 
 
 def test_the_fast_speed_is_a_low_quantile_once_enough_moves_are_known() -> None:
@@ -122,3 +124,19 @@ def test_the_fast_speed_is_a_low_quantile_once_enough_moves_are_known() -> None:
     fleet = learning.Fleet((), moves)
     assert fleet.fast_s_per_place() == 2.0  # one in ten was faster
     assert fleet.s_per_place() == 10.5
+
+
+def test_a_new_job_is_behind_what_is_left_of_the_lines_seen(client: redis.Redis) -> None:
+    clock = Clock()
+    learned = Learning(client, clock=clock)
+    for _ in range(learning.MIN_MOVES):
+        learned.record_move("m", 1, 0.5)  # fast: 0.5 s a place
+    assert learned.fleet("m").places_ahead(clock()) == 0  # no line seen yet
+    clock.advance(learning.CACHE_S)
+    learned.record_position("m", 40, clock() - 4.0)  # 8 places cleared since, at the fastest
+    learned.record_position("m", 10, clock())
+    learned.record_position("m", 0, clock())  # at the head: not a place in line
+    assert learned.fleet("m").places_ahead(clock()) == 32
+    # A line long cleared says nothing.
+    assert learned.fleet("m").places_ahead(clock() + 100.0) == 0
+    assert learning.Fleet().places_ahead(clock()) == 0
