@@ -5,7 +5,7 @@ No worker, no HTTP: each job is polled one interval after its submit and then af
 ``tasks/steps/poll.py``'s ``_requeue`` builds it), until a poll lands after its generation ended.
 With ``learned`` generation times, every wait is aimed as :mod:`tasks.pacing.aim` aims it (the
 first from the submit, as ``tasks/steps/submit.py`` does): the fleet's steady state once it has
-learned them, with the job's own queue speed (the fleet's is not modelled).
+learned them and the queue's speed (the median of the moves a first replay saw).
 It predicts what the real lanes should measure (less the worker's processing time), so a
 disagreement points at the harness; and it answers "what if the schedule were different" in a
 second, for whoever tunes ``tasks/pacing/schedule.py``.
@@ -77,10 +77,10 @@ def replay(
     """Poll every job of ``work`` from its arrival as the project's schedule would, aiming
     with the ``learned`` generation times (none: as a fleet that has learned nothing) and the
     queue's fast speed learned from the moves a first replay saw."""
-    fast_s_per_place = None
+    s_per_place = None
     if learned:
         plain = replay(work, slots, interval_s=interval_s, max_interval_s=max_interval_s)
-        fast_s_per_place = learning.Fleet((), tuple(plain.moves)).fast_s_per_place()
+        s_per_place = learning.Fleet((), tuple(plain.moves)).s_per_place()
     queue, placed = upstream(work, slots)
     rng = random.Random(seed)
     gens = poll_value.Generations(learned)
@@ -96,20 +96,19 @@ def replay(
         at = arrival_s + _next_delay_s(first, arrival_s, **limits, rng=rng, aimed_s=aimed)
         polls, seen = 1, schedule.Seen()
         last = poll_value.Candidate("job", arrival_s, None)
-        gen_start: float | None = None
+        started_after: float | None = None
         while at < slot.ends_at:
             position = queue.position(slot.index, at)
             if last.queue_position and position and position < last.queue_position:
                 assert last.seen_at is not None
                 moves.append((at - last.seen_at) / (last.queue_position - position))
             progress, seen = seen.after(position, at)
-            if gen_start is None and not position:
-                start = aim.earliest_start(last, at, fast_s_per_place)
-                gen_start = at if start is None else min(at, start)
+            if started_after is None and not position:
+                started_after = last.seen_at
             aimed = aim.wanted_s(
                 progress,
-                generating_s=None if position or gen_start is None else at - gen_start,
-                fast_s_per_place=fast_s_per_place,
+                generating_s=None if position or started_after is None else at - started_after,
+                s_per_place=s_per_place,
                 gens=gens,
                 interval_s=interval_s,
             )

@@ -159,19 +159,19 @@ def _requeue(
     progress, seen = before.after(position, now)
     _learn_move(ctx, job, position, now)
     fleet = ctx.learning.fleet(job.model)
-    fast_s_per_place = fleet.fast_s_per_place()
-    gen_start_at = job.gen_start_at
+    s_per_place = fleet.s_per_place()
+    gen_start_at, started_after = job.gen_start_at, job.started_after
     if gen_start_at is None and seen.head_since is not None:
         # First seen at the head: it started after the last answer that showed it queued, about
-        # when that answer's place in line came up (tasks/pacing/poll_value.py) if the queue
-        # ran as fast as the fleet saw it run: an early estimate, so polls aimed from it are
-        # early rather than late.
-        start = aim.earliest_start(candidate(job), now, fast_s_per_place)
+        # when that answer's place in line came up (tasks/pacing/poll_value.py), and at the
+        # earliest just after that answer (tasks/pacing/aim.py).
+        start = poll_value.generation_start(candidate(job), now, s_per_place)
         gen_start_at = now if start is None else min(now, start)
+        started_after = job.seen_at if job.seen_at is not None else now
     aimed_s = aim.wanted_s(
         progress,
-        generating_s=None if position or gen_start_at is None else now - gen_start_at,
-        fast_s_per_place=fast_s_per_place,
+        generating_s=None if position or started_after is None else now - started_after,
+        s_per_place=s_per_place,
         gens=poll_value.Generations(fleet.generation_s),
         interval_s=s.poll_interval_s,
     )
@@ -209,6 +209,7 @@ def _requeue(
             "next_poll_at": now + delay_s,
             "seen_at": now,
             "gen_start_at": gen_start_at,
+            "started_after": started_after,
         },
         check_at=deadline_at,
         park_at=now + delay_s,
@@ -243,8 +244,8 @@ def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
     in between."""
     if job.seen_at is None:
         return
-    start = aim.earliest_start(
-        candidate(job), now, ctx.learning.fleet(job.model).fast_s_per_place()
+    start = poll_value.generation_start(
+        candidate(job), now, ctx.learning.fleet(job.model).s_per_place()
     )
     if start is None:
         return

@@ -455,8 +455,8 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
     # NanoGPT has only just accepted the job: a status check now would answer "pending", so the
     # first one waits like every later one (an interval, jittered so a burst of submits spreads).
     # Once the model's generation times are learned, it waits for the earliest of them to end
-    # after the job's earliest start: now, or once what is left of the line the fleet last saw
-    # has cleared (tasks/pacing/aim.py).
+    # (the job has not started before now), or, behind what is left of the line the fleet last
+    # saw, as a queued job's poll would (tasks/pacing/aim.py).
     fleet = ctx.learning.fleet(ticket.model)
     ahead = fleet.places_ahead(now)
     first_s = schedule.next_poll_delay_s(
@@ -467,7 +467,7 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
         deadline_at=deadline_at,
         aimed_s=aim.queued_s(
             ahead,
-            fleet.fast_s_per_place() or 0.0,
+            fleet.s_per_place() or 0.0,
             poll_value.Generations(fleet.generation_s),
             s.poll_interval_s,
         ),

@@ -116,7 +116,7 @@ def test_a_pending_poll_at_the_head_is_aimed_and_a_completion_is_learned(
     assert client.hget(KEY_PREFIX + jid, "status") == "downloading"
     learned = Learning(client, clock=clock).fleet(MODEL).generation_s
     assert len(learned) == len(UNIFORM) + 1
-    # From the submit (the start, as it was never seen queued) to between the last two polls.
+    # From the submit (its start, as it was never seen queued) to between the last two polls.
     assert learned[0] == pytest.approx(first_s + next_s / 2, abs=1e-3)
 
 
@@ -136,10 +136,11 @@ def test_a_job_submitted_behind_a_line_waits_for_it(client: redis.Redis) -> None
     teach(client, clock, UNIFORM)
     learned = Learning(client, clock=clock)
     for _ in range(learning.MIN_MOVES):
-        learned.record_move(MODEL, 1, 0.5)  # the queue clears a place every 0.5 s at best
-    learned.record_position(MODEL, 10, clock())  # a job 10 places back, just now
+        learned.record_move(MODEL, 1, 0.25)  # a place every 0.25 s, at best and as a rule
+    learned.record_position(MODEL, 200, clock())  # a job 200 places back, just now
     _, first_s = submit(client, clock)
-    # 10 places at 0.5 s, then the earliest generations (20 s), then an interval (under the
-    # 30 s cap, which would win over the aim).
-    assert first_s >= 10 * 0.5 + 20.0 + INTERVAL * (1 - schedule.JITTER) - 1e-6
-    assert first_s <= 10 * 0.5 + 21.0 + INTERVAL + 1e-6
+    # As a queued job's poll: half the time to the head (25 s), longer than the earliest
+    # generations' 20 s and an interval.
+    assert first_s == pytest.approx(
+        schedule.ARRIVAL_FRACTION * 200 * 0.25, abs=INTERVAL * schedule.JITTER + 1e-6
+    )
