@@ -138,7 +138,9 @@ def run(size_name: str) -> Row:
             for n, (arrival_s, gen_s) in enumerate(work):
                 time.sleep(max(0.0, started + arrival_s - time.monotonic()))
                 text = f"Row 8 job {n} {directive(gen_s=round(gen_s, 3))}"
-                loop = threading.Thread(target=docs_loop, args=(docs_sim, text, docs.run_ids))
+                loop = threading.Thread(
+                    target=docs_loop, args=(docs_sim, text, docs.run_ids), daemon=True
+                )
                 loop.start()
                 threads.append(loop)
                 jid = f"r8-{tag}-{n}"
