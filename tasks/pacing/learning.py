@@ -47,13 +47,14 @@ QUEUE_SAMPLES = 64
 GENERATION_SAMPLES = 256
 # Samples outlive idle gaps (a nightly batch learns from the last one); then they go.
 TTL_S = 86_400
-# A worker reads what the fleet learned at most this often: every poll would otherwise read 320
+# A worker reads what the fleet learned at most this often: every poll would otherwise read 384
 # numbers; a second-old view moves the aim by nothing measurable.
 CACHE_S = 1.0
 # Moves measured over less than this are clock noise, not the queue's speed.
 MIN_MOVE_S = 0.05
 # The fast speed is this quantile of the moves (one in ten was faster), once there are
-# MIN_MOVES: a polled job is aimed at the start it would have if the queue ran that fast.
+# MIN_MOVES: a line seen is taken to clear that fast (Fleet.places_ahead), so a new job is not
+# taken to be further back than it is.
 FAST_SHARE = 0.1
 MIN_MOVES = 5
 
