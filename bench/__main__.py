@@ -25,7 +25,9 @@ ROW_MODULES = {
     5: "bench.row5_schedule",
     6: "bench.row6_budget",
     7: "bench.row7_backlog",
-    # Issue 22's runs: 8 and 9 calls per job (bench/row8_*, row9_*), 10 tenants' lanes, 11 reuse.
+    # Issue 22's runs: 8 and 9 calls per job, 10 tenants' lanes, 11 reuse.
+    8: "bench.row8_docs_loop",
+    9: "bench.row9_calls",
     10: "bench.row10_lanes",
     11: "bench.row11_reuse",
 }

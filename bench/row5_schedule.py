@@ -206,7 +206,11 @@ def run(size_name: str) -> Row:
     ]
     for lane in lanes:
         model = schedule_model.replay(
-            work, size.slots, interval_s=lane.interval_s, max_interval_s=lane.max_interval_s
+            work,
+            size.slots,
+            interval_s=lane.interval_s,
+            max_interval_s=lane.max_interval_s,
+            learned=[g for _, g in work],
         )
         rows.append(
             f"| {lane.label} | {lane.interval_s:g} s / {lane.max_interval_s:g} s |"
@@ -229,8 +233,10 @@ def run(size_name: str) -> Row:
         *rows,
         "",
         "The model column replays the same workload through `bench/schedule_model.py` (the"
-        " upstream queue and `tasks/pacing/schedule.py`, no worker): it should match the"
-        " measurement less the worker's processing time.",
+        " upstream queue, `tasks/pacing/schedule.py` and `tasks/pacing/aim.py`, no worker) with"
+        " the generation times already learned: the steady state, where the lane starts from"
+        " a fleet that knows nothing and aims only after ten completions. It should match the"
+        " measurement less the worker's processing time and that learning.",
         "",
         GEN_ESTIMATE_NOTE,
         "",

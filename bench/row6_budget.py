@@ -86,12 +86,17 @@ def workload(size: Size) -> list[float]:
     return [rng.uniform(*size.gen_s) for _ in range(size.jobs)]
 
 
-def _run_lane(stack: Stack, lane: Lane, db: int, work: list[float], size: Size) -> None:
+def _run_lane(
+    stack: Stack, lane: Lane, db: int, work: list[float], size: Size, **env_overrides: str
+) -> None:
+    """Run ``work`` through one worker on database ``db``; ``env_overrides`` (row 9's curve)
+    change the worker's settings."""
     env = stack.env(
         stack.url(db),
         NANOGPT_BASE_URL=lane.sim.base_url,
         NANOGPT_API_KEY="x",
         TTS_UPSTREAM_RATE=repr(lane.rate_per_s),
+        **env_overrides,
     )
     stack.worker(env)
     tag = uuid.uuid4().hex[:6]

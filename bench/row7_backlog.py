@@ -48,6 +48,7 @@ from tasks import names, steps
 from tasks.config.settings import Settings
 from tasks.pacing.budget import BUDGET_KEY, Budget
 from tasks.pacing.dispatch import Dispatcher
+from tasks.pacing.learning import Learning
 from tasks.record.contract import poll_grant
 from tasks.record.jobs import WAIT_KEY, JobStore
 from tasks.steps.context import Ctx
@@ -135,6 +136,7 @@ def _ctx(client: redis.Redis, outbox: Outbox) -> Ctx:
         budget=Budget(
             client, rate_per_s=s.upstream_rate_per_s, burst=s.upstream_burst, clock=time.time
         ),
+        learning=Learning(client, clock=time.time),
     )
 
 

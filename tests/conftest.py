@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
+from tasks.pacing import learning
 from workers.embedded_redis import EmbeddedRedis
 
 if TYPE_CHECKING:
@@ -130,8 +131,11 @@ def quiet_redis_server() -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture
 def redis_client(quiet_redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
-    """A client of :func:`quiet_redis_server`, for the unit tests of the job store."""
+    """A client of :func:`quiet_redis_server`, for the unit tests of the job store. What an
+    earlier test taught the fleet (tasks/pacing/learning.py) is forgotten first: a test's
+    polls are aimed from its own jobs only."""
     client = redis.Redis.from_url(quiet_redis_server.url, decode_responses=True)
+    client.delete(*learning.keys(client))
     yield client
     client.close()
 

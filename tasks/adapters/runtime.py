@@ -26,6 +26,7 @@ from tasks.nanogpt.validation import PollRequest, SubmitRequest
 from tasks.net.safe_http import SafeHttp
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher, celery_send
+from tasks.pacing.learning import Learning
 from tasks.record.jobs import JobStore
 from tasks.steps.context import Ctx
 from tasks.webhooks import delivery as webhooks
@@ -216,6 +217,7 @@ def context() -> Ctx:
         dispatch=Dispatcher(celery_send, get_settings),
         clock=time.time,
         budget=budget(),
+        learning=Learning(redis_client(), clock=time.time),
     )
 
 

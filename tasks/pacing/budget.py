@@ -61,11 +61,6 @@ BUDGET_KEY = "tts:budget"
 #: Job ids granted a call whose step has not spent it yet, scored by when
 #: (tasks/sweeps/granting.py).
 GRANTED_KEY = "tts:granted"
-#: Recent generation times (seconds) seen by polls, newest first: what tasks/pacing/poll_value.py
-#: learns.
-GENERATION_KEY = "tts:generation-s"
-# Enough samples for a distribution, few enough to follow a change in NanoGPT's speed quickly.
-GENERATION_SAMPLES = 256
 # Calls per second the lowered rate climbs back each second: from half of 20/s to all of it in
 # 20 s, slower than the halving so a limit that persists keeps the rate low.
 RECOVERY_PER_S = 0.5
@@ -379,16 +374,3 @@ class Budget:
             pipe.zcount(WAIT_KEY, "-inf", f"({POLLS_FROM}")
             due, submits = pipe.execute()
         return Snapshot(self.rate_per_s, rate, self.burst, free, int(due), int(submits))
-
-    # --- what polls learn about NanoGPT's generation times ----------------------------------
-
-    def record_generation(self, seconds: float) -> None:
-        """Keep one observed generation time (a completed job's time from its estimated start)."""
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(GENERATION_KEY, repr(round(seconds, 3)))
-            pipe.ltrim(GENERATION_KEY, 0, GENERATION_SAMPLES - 1)
-            pipe.expire(GENERATION_KEY, STATE_TTL_S)
-            pipe.execute()
-
-    def generation_samples(self) -> list[float]:
-        return [float(x) for x in self._redis.lrange(GENERATION_KEY, 0, -1)]

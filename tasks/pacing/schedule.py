@@ -26,7 +26,9 @@ PRIOR_S_PER_PLACE = 1.0
 # p95 from completion to webhook; 0.5 keeps it at the fixed 3 s interval's.
 ARRIVAL_FRACTION = 0.5
 # Up to 20 % off each wait spreads the polls of jobs submitted together, so they do not hit
-# NanoGPT in bursts. Only ever shorter: a poll never comes later than the schedule says.
+# NanoGPT in bursts. Only ever shorter: a poll never comes later than the schedule says. A wait
+# aimed at a job's likely completion (tasks/pacing/aim.py) loses up to 20 % of one interval
+# only: 20 % of a 23 s aim would land most polls before the first generation could end.
 JITTER = 0.2
 # Never schedule a poll sooner than this: a zero countdown is a busy loop.
 MIN_DELAY_S = 0.05
@@ -97,8 +99,8 @@ class Seen:
         return progress, Seen(first_position, first_seen_at, head_since)
 
 
-def _jitter(delay_s: float, rand: Random) -> float:
-    return delay_s * (1.0 - JITTER * rand())
+def _jitter(delay_s: float, rand: Random, span_s: float) -> float:
+    return delay_s - JITTER * rand() * min(delay_s, span_s)
 
 
 def next_poll_delay_s(
@@ -109,21 +111,29 @@ def next_poll_delay_s(
     now: float,
     deadline_at: float,
     rand: Random = random.random,
+    aimed_s: float | None = None,
 ) -> float | None:
     """Seconds until the next status check, or None when the deadline leaves no room for one.
 
-    Queued, the wait aims just short of when the jobs ahead will be done, at the queue's
-    measured speed (or :data:`PRIOR_S_PER_PLACE` until it has moved); at the head, it is the
-    interval for :data:`STEADY_AT_HEAD_S`, then grows with the time spent there
-    (:data:`AGE_FRACTION`). Within ``[interval_s, max_interval_s]`` before
-    the jitter, which only shortens it (:data:`JITTER`); at least :data:`MIN_DELAY_S`; never
-    past the deadline: the last poll is placed at the deadline itself.
+    ``aimed_s``: the wait aimed at the job's likely completion from what the fleet learned
+    (:func:`tasks.pacing.aim.wanted_s`); it then replaces the rule below, and the jitter takes
+    at most :data:`JITTER` of one interval off it. Without it: queued, the wait aims just short
+    of when the jobs ahead will be done, at the queue's measured speed (or
+    :data:`PRIOR_S_PER_PLACE` until it has moved); at the head, it is the interval for
+    :data:`STEADY_AT_HEAD_S`, then grows with the time spent there (:data:`AGE_FRACTION`).
+    Either way within ``[interval_s, max_interval_s]`` before the jitter, which only shortens
+    it (:data:`JITTER`); at least :data:`MIN_DELAY_S`; never past the deadline: the last poll
+    is placed at the deadline itself.
     """
     remaining_s = deadline_at - now
     if remaining_s <= 0:
         return None
-    wanted_s = min(max(interval_s, progress.wanted_s()), max_interval_s)
-    delay_s = min(_jitter(wanted_s, rand), max_interval_s)
+    if aimed_s is not None and not math.isfinite(aimed_s):
+        aimed_s = None
+    asked_s = progress.wanted_s() if aimed_s is None else aimed_s
+    wanted_s = min(max(interval_s, asked_s), max_interval_s)
+    span_s = wanted_s if aimed_s is None else interval_s
+    delay_s = min(_jitter(wanted_s, rand, span_s), max_interval_s)
     delay_s = max(delay_s, MIN_DELAY_S)
     return min(delay_s, remaining_s)
 

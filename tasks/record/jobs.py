@@ -105,6 +105,7 @@ PARKED_FIELDS = (
     "queue_first_seen_at",
     "gen_start_at",
     "deadline_at",
+    "model",
 )
 # The POST claim's seq (tasks/record/__init__.py): claimed, nothing sent yet; and sent.
 POST_CLAIMED = "0"
@@ -265,6 +266,9 @@ class Job:
     # (tasks/pacing/poll_value.py): what the releaser ranks waiting polls by.
     seen_at: float | None = None
     gen_start_at: float | None = None
+    # The earliest the generation can have started: the answer before the first that showed the
+    # job at the head (tasks/pacing/aim.py aims from it).
+    started_after: float | None = None
     last_status: str | None = None
     audio_url: str | None = None
     # The audio came in the submit's answer and waits in the spool (SPOOL_PREFIX + job id).
@@ -334,6 +338,7 @@ class Job:
             head_since=num("head_since"),
             seen_at=num("seen_at"),
             gen_start_at=num("gen_start_at"),
+            started_after=num("started_after"),
             last_status=raw.get("last_status"),
             audio_url=raw.get("audio_url"),
             spooled=raw.get("spooled") == "1",

@@ -2,8 +2,8 @@
 
 Every step function (:mod:`tasks.steps`) takes a :class:`Ctx` as its first argument and reaches
 the outside only through it: the job store, NanoGPT, the audio fetcher and store, the webhook
-sender, the dispatcher of next steps, the clock and the NanoGPT call budget. A worker builds
-one per process
+sender, the dispatcher of next steps, the clock, the NanoGPT call budget and what the fleet
+learned of NanoGPT's speed. A worker builds one per process
 (:func:`tasks.adapters.runtime.context`); the simulation (tests/sim) builds one from fakes, a fake
 clock and a fake broker, and runs the very same step code in-process.
 """
@@ -22,6 +22,7 @@ from tasks.nanogpt.parsing import StatusResult
 from tasks.nanogpt.validation import PollRequest, SubmitRequest
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher
+from tasks.pacing.learning import Learning
 from tasks.record.jobs import JobStore
 
 
@@ -61,3 +62,4 @@ class Ctx:
     dispatch: Dispatcher
     clock: Callable[[], float]
     budget: Budget
+    learning: Learning

@@ -9,7 +9,7 @@ import uuid
 from tasks import errors, logctx, metrics
 from tasks.nanogpt import validation
 from tasks.nanogpt.parsing import PENDING_STATUSES, AudioLink, Failed, Pending
-from tasks.pacing import fairness, poll_value, schedule
+from tasks.pacing import aim, fairness, poll_value, schedule
 from tasks.record.contract import poll_grant
 from tasks.record.jobs import Job
 from tasks.record.states import Status
@@ -169,12 +169,31 @@ def _requeue(
         max_interval_s=s.poll_max_interval_s,
         interactive_s=s.interactive_poll_interval_s,
     )
+    _learn_move(ctx, job, position, now)
+    fleet = ctx.learning.fleet(job.model)
+    s_per_place = fleet.s_per_place()
+    gen_start_at, started_after = job.gen_start_at, job.started_after
+    if gen_start_at is None and seen.head_since is not None:
+        # First seen at the head: it started after the last answer that showed it queued, about
+        # when that answer's place in line came up (tasks/pacing/poll_value.py), and at the
+        # earliest just after that answer (tasks/pacing/aim.py).
+        start = poll_value.generation_start(candidate(job), now, s_per_place)
+        gen_start_at = now if start is None else min(now, start)
+        started_after = job.seen_at if job.seen_at is not None else now
+    aimed_s = aim.wanted_s(
+        progress,
+        generating_s=None if position or started_after is None else now - started_after,
+        s_per_place=s_per_place,
+        gens=poll_value.Generations(fleet.generation_s),
+        interval_s=interval_s,
+    )
     delay_s = schedule.next_poll_delay_s(
         progress,
         interval_s=interval_s,
         max_interval_s=max_interval_s,
         now=now,
         deadline_at=deadline_at,
+        aimed_s=aimed_s,
     )
     if delay_s is None:
         return fail(
@@ -186,12 +205,6 @@ def _requeue(
             "job %s: status %r is not documented; treated as pending", job.job_id, pending.status
         )
     lease, seq = held
-    gen_start_at = job.gen_start_at
-    if gen_start_at is None and seen.head_since is not None:
-        # First seen at the head: it started after the last answer that showed it queued, about
-        # when that answer's place in line came up (tasks/pacing/poll_value.py).
-        start = poll_value.generation_start(candidate(job), now)
-        gen_start_at = now if start is None else min(now, start)
     # Parked in Redis, the next poll is recorded in the same atomic step as the lease moves,
     # and the reconciler need not look at the job before its deadline (tasks/sweeps/granting.py).
     if not ctx.jobs.advance(
@@ -208,6 +221,7 @@ def _requeue(
             "next_poll_at": now + delay_s,
             "seen_at": now,
             "gen_start_at": gen_start_at,
+            "started_after": started_after,
         },
         check_at=deadline_at,
         park_at=now + delay_s,
@@ -231,18 +245,33 @@ def candidate(job: Job) -> poll_value.Candidate:
         first_seen_at=job.queue_first_seen_at,
         gen_start_at=job.gen_start_at,
         deadline_at=job.deadline_at,
+        model=job.model,
     )
 
 
 def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
-    """Keep how long this job's generation took, for ranking polls (tasks/pacing/poll_value.py):
-    from its estimated start to halfway between the last answer that showed it pending and this one
-    (it finished somewhere in between)."""
-    if not ctx.budget.on or job.seen_at is None:
+    """Keep how long this job's generation took, for aiming polls (tasks/pacing/aim.py) and
+    ranking them (tasks/pacing/poll_value.py): from its estimated start to halfway between the
+    last answer that showed it pending (or its acceptance) and this one: it finished somewhere
+    in between."""
+    if job.seen_at is None:
         return
-    start = poll_value.generation_start(candidate(job), now)
+    start = poll_value.generation_start(
+        candidate(job), now, ctx.learning.fleet(job.model).s_per_place()
+    )
     if start is None:
         return
     took_s = (job.seen_at + now) / 2 - start
     if took_s > 0:
-        ctx.budget.record_generation(took_s)
+        ctx.learning.record_generation(job.model, took_s)
+
+
+def _learn_move(ctx: Ctx, job: Job, position: int | None, now: float) -> None:
+    """Keep where in line the job is, and the queue's speed if this answer shows the job moved
+    up since the last one and is still queued (a job that left the queue started somewhere in
+    between: no measure)."""
+    if position:
+        ctx.learning.record_position(job.model, position, now)
+    before = job.queue_position
+    if before and position and position < before and job.seen_at is not None:
+        ctx.learning.record_move(job.model, before - position, now - job.seen_at)

@@ -16,7 +16,7 @@ from tasks.config.celery_config import POST_LEASE_SLACK_S
 from tasks.nanogpt import validation
 from tasks.nanogpt.client import InlineAudio
 from tasks.nanogpt.parsing import AudioLink, Ticket
-from tasks.pacing import schedule
+from tasks.pacing import aim, poll_value, schedule
 from tasks.record import tenants
 from tasks.record.contract import SUBMIT_GRANT, F
 from tasks.record.jobs import SPOOL_MAX_BYTES, Job
@@ -516,12 +516,23 @@ def _start_polling(ctx: Ctx, job_id: str, attempt: str, ticket: Ticket) -> bool:
     deadline_at = now + s.poll_timeout_s
     # NanoGPT has only just accepted the job: a status check now would answer "pending", so the
     # first one waits like every later one (an interval, jittered so a burst of submits spreads).
+    # Once the model's generation times are learned, it waits for the earliest of them to end
+    # (the job has not started before now), or, behind what is left of the line the fleet last
+    # saw, as a queued job's poll would (tasks/pacing/aim.py).
+    fleet = ctx.learning.fleet(ticket.model)
+    ahead = fleet.places_ahead(now)
     first_s = schedule.next_poll_delay_s(
         schedule.Progress(None),
         interval_s=s.poll_interval_s,
         max_interval_s=s.poll_max_interval_s,
         now=now,
         deadline_at=deadline_at,
+        aimed_s=aim.queued_s(
+            ahead,
+            fleet.s_per_place() or 0.0,
+            poll_value.Generations(fleet.generation_s),
+            s.poll_interval_s,
+        ),
     )
     assert first_s is not None  # the deadline is a whole TTS_POLL_TIMEOUT away
     token = ctx.jobs.post_accepted(

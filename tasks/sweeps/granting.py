@@ -155,8 +155,14 @@ def _ranking(ctx: Ctx, now: float, n: int, state: Releasing | None) -> list[str]
         return state.ranked
     client = ctx.jobs.redis
     ids = [str(x) for x in client.zrangebyscore(WAIT_KEY, POLLS_FROM, now, 0, CANDIDATES)]
-    gens = poll_value.Generations(ctx.budget.generation_samples())
-    ranked = [c.job_id for c in poll_value.rank(_candidates(ctx, ids), now, gens)]
+    candidates = _candidates(ctx, ids)
+    by_model = {
+        model: poll_value.Generations(ctx.learning.fleet(model).generation_s)
+        for model in {c.model or "" for c in candidates}
+    }
+    ranked = [
+        c.job_id for c in poll_value.rank(candidates, now, poll_value.Generations([]), by_model)
+    ]
     if state is not None:
         # A job's lane is read once per releaser (not with every ranking: two more fields in
         # each of its 2,000 HMGETs cost bench row 7 about a tenth of the releaser's CPU).

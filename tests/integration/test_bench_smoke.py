@@ -44,7 +44,7 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(out.with_suffix(".json").read_text())
-    assert sorted(rows) == ["1", "2", "3", "4", "5", "6", "7", "11"]
+    assert sorted(rows, key=int) == [str(n) for n in range(1, 12)]
     text = out.read_text()
     for number, row in rows.items():
         assert row["figure"], number

@@ -31,6 +31,8 @@ DB = 2
 @pytest.fixture
 def broker_url(redis_server: EmbeddedRedis) -> Iterator[str]:
     url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+    # Empty at the start too: a lane of another test may have used this database first.
+    redis.Redis.from_url(url).flushdb()
     yield url
     redis.Redis.from_url(url).flushdb()
 

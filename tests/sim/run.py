@@ -42,6 +42,7 @@ from tasks.config.settings import Settings
 from tasks.nanogpt.client import NanoGPTClient
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher
+from tasks.pacing.learning import Learning
 from tasks.record.jobs import DUE_KEY, POST_SENT, WAIT_KEY, JobStore
 from tasks.record.states import NotifyState
 from tasks.steps.context import Ctx
@@ -395,6 +396,9 @@ class Sim:
                 ),
                 "budget",
             ),
+            # What the fleet learns goes through the faulty client too: a lost read or write
+            # must only cost the aim, never a job.
+            learning=Learning(worker_client, clock=self.clock),
         )
         # The releaser threads' standing: the lock and the ranking they grant from.
         self.granting = granting.Releasing(owner="sim")

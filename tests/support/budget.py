@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.pacing.budget import BUDGET_KEY, GENERATION_KEY, GRANTED_KEY
+from tasks.pacing.budget import BUDGET_KEY, GRANTED_KEY
 from tasks.record.jobs import DUE_KEY, WAIT_KEY
 from tasks.sweeps.granting import LANES_KEY
 
 # A realistic epoch time with a fraction no binary or decimal rounding leaves alone.
 EPOCH = 1_800_000_000.123456
 # The fleet-wide keys the budget and parking use: tests start from none of them.
-SHARED_KEYS = (BUDGET_KEY, WAIT_KEY, GENERATION_KEY, DUE_KEY, GRANTED_KEY, LANES_KEY)
+SHARED_KEYS = (BUDGET_KEY, WAIT_KEY, DUE_KEY, GRANTED_KEY, LANES_KEY)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import redis
 from tasks.config.settings import Settings
 from tasks.pacing.budget import Budget
 from tasks.pacing.dispatch import Dispatcher
+from tasks.pacing.learning import Learning
 from tasks.record.jobs import JobStore
 from tasks.steps.context import Ctx
 
@@ -89,5 +90,6 @@ def make_ctx(
             clock=clock,
             script_clock=clock,  # the test's frozen time, not Redis'
         ),
+        learning=Learning(client, clock=clock),
     )
     return ctx, box

@@ -24,6 +24,7 @@ import redis
 from celery import Celery
 
 from tasks.names import QUEUES
+from tasks.pacing import learning
 from tasks.record.jobs import JobStore
 from tests.support.worker import WorkerProcess
 from workers.embedded_redis import EmbeddedRedis
@@ -132,9 +133,22 @@ def store(redis_server: EmbeddedRedis) -> JobStore:
 Send = Callable[..., str]
 
 
+def forget_learned(url: str) -> None:
+    """Delete what workers on the database at ``url`` learned of NanoGPT's speed
+    (tasks/pacing/learning.py): a test's polls are aimed from its own jobs, never from what an
+    earlier test's taught the fleet."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.delete(*learning.keys(client))
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def send(caller: Celery, worker: WorkerProcess) -> Send:
-    """``send(task_name, *args, **kwargs)``: publish by name to the task's queue."""
+def send(caller: Celery, worker: WorkerProcess, redis_server: EmbeddedRedis) -> Send:
+    """``send(task_name, *args, **kwargs)``: publish by name to the task's queue, the shared
+    worker having forgotten what earlier tests taught it."""
+    forget_learned(redis_server.url)
 
     def _send(name: str, *args: Any, **kwargs: Any) -> str:
         result = caller.send_task(name, args=list(args), kwargs=kwargs, queue=QUEUES[name])
@@ -188,6 +202,7 @@ def lanes(redis_server: EmbeddedRedis, worker_env: dict[str, str]) -> Iterator[C
 
     def _open() -> Lane:
         lane = Lane(f"redis://127.0.0.1:{redis_server.port}/{next(numbers)}", worker_env)
+        forget_learned(lane.url)
         opened.append(lane)
         return lane
 

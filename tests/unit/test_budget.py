@@ -545,20 +545,6 @@ def test_the_rate_is_never_lowered_below_the_minimum(
     assert budget.spend("bt-caller", "") == 0.0
 
 
-# --- what polls learn about generation times ---------------------------------------------------
-
-
-def test_generation_samples_keep_the_newest(make_budget: Callable[..., Budget]) -> None:
-    budget = make_budget()
-    for i in range(budget_module.GENERATION_SAMPLES + 44):
-        budget.record_generation(i + 0.12345)
-    samples = budget.generation_samples()
-    assert len(samples) == budget_module.GENERATION_SAMPLES
-    newest = budget_module.GENERATION_SAMPLES + 43
-    assert samples[0] == pytest.approx(newest + 0.123)
-    assert samples[-1] == pytest.approx(44 + 0.123)
-
-
 def test_a_grant_moves_its_jobs_check_in_the_same_step(
     make_budget: Callable[..., Budget], client: redis.Redis, store: JobStore, clock: Clock
 ) -> None:

@@ -213,6 +213,8 @@ def test_what_one_kind_leaves_goes_to_the_other() -> None:
     draw=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
 )
 @example(tokens=1, polls=0, submits=0, submit_share=1.0, draw=0.999999)
+# A draw just below 1 rounds tokens * share + draw up to tokens + 1 (found by Hypothesis).
+@example(tokens=1, polls=0, submits=2, submit_share=1.0, draw=0.9999999999999999)
 @example(tokens=7, polls=1, submits=100, submit_share=1.0, draw=0.999999)
 def test_share_never_gives_more_than_there_is_and_wastes_nothing(
     tokens: int, polls: int, submits: int, submit_share: float, draw: float
