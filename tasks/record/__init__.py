@@ -1,7 +1,8 @@
 """The job record: a job's states and outcome codes (:mod:`tasks.record.states`), its hash in
 Redis with every atomic transition (:mod:`tasks.record.jobs`), the hash's contract: keys,
-field names, the scripts' typed arguments (:mod:`tasks.record.contract`), and the reuse index
-beside the records: identical requests served once (:mod:`tasks.record.reuse`).
+field names, the scripts' typed arguments (:mod:`tasks.record.contract`), and beside the
+records the reuse index: identical requests served once (:mod:`tasks.record.reuse`), and the
+tenants' caps: jobs in flight and spend per day (:mod:`tasks.record.tenants`).
 
 May import the leaf modules at the top of ``tasks`` (``errors``, ``names``...) and ``config``;
 nothing else in ``tasks``.
