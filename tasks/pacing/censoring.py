@@ -5,16 +5,19 @@ Pure: :mod:`tasks.pacing.learning` keeps the intervals in Redis and calls :func:
 aim (:mod:`tasks.pacing.aim`) and the ranking (:mod:`tasks.pacing.poll_value`) read the times.
 
 A job seen generating before it ended finished in ``(after_s, by_s]``, ``after_s`` > 0 (its
-times counted from its start); its time is spread within that interval (not all at the middle:
-a poll every 3 s would otherwise bunch every time into lumps 3 s apart).
+times counted from its start); its time is the middle of that interval (one polling interval
+wide: its mean, the density being about flat over so short a stretch). Spreading such times
+over their intervals instead put a few of the fleet's first completions, polled every interval
+from the submit, below the earliest true time, and those held the aim's first poll early for
+as long as they were kept.
 
 A job that ended before any answer showed it generating (done by its first poll) says only that
 it took at most ``by_s``. Taking the middle of ``(0, by_s]`` drags the earliest times the fleet
 learns down to half the first poll, and the aim, whose first poll comes one interval after
 those, settles early (on 4-16 s jobs polled every 3 s: its first poll at 6 s, not 7). Instead
 such jobs are spread below their bound at the density the fleet saw just above it: as many
-finished within one polling interval after the bound (``width``, the observed intervals'
-median) over that interval's length. On a flat density that is exact. Where the density falls
+as ended within one polling interval after the bound (``width``, the observed intervals'
+median), over that interval's length. On a flat density that is exact. Where the density falls
 towards the bound it takes them to end earlier than they did (the aim's first poll comes
 early: more calls, not more lag); where it rises (a distribution's left tail) later, never
 past the bound: the aim's first poll then settles where about as many jobs are done by it as
@@ -27,9 +30,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-# Spreads a sample within its interval: the fractional parts of multiples of the golden ratio
-# cover (0, 1) evenly whatever the number of samples, and give the same times for the same
-# samples (no randomness in what two workers learn).
+# Spreads the jobs done before their first poll below it: the fractional parts of multiples of
+# the golden ratio cover (0, 1) evenly whatever the number of samples, and give the same times
+# for the same samples (no randomness in what two workers learn).
 _GOLDEN = 0.6180339887498949
 
 
@@ -38,11 +41,11 @@ def _spread(index: int) -> float:
 
 
 def impute(intervals: Sequence[tuple[float, float]]) -> tuple[float, ...]:
-    """One time per ``(after_s, by_s)`` interval, in the same order: within ``(after_s, by_s]``
-    where ``after_s`` > 0 (``after_s == by_s``: that exact time); below ``by_s`` at the density
-    seen just above it where ``after_s`` <= 0 (finished before it was seen generating)."""
+    """One time per ``(after_s, by_s)`` interval, in the same order: the middle of it where
+    ``after_s`` > 0 (``after_s == by_s``: that exact time); below ``by_s`` at the density seen
+    just above it where ``after_s`` <= 0 (finished before it was seen generating)."""
     observed = [(lo, hi) for lo, hi in intervals if lo > 0]
-    times = {i: lo + (hi - lo) * _spread(i) for i, (lo, hi) in enumerate(intervals) if lo > 0}
+    times = {i: (lo + hi) / 2 for i, (lo, hi) in enumerate(intervals) if lo > 0}
     bounds = [hi for lo, hi in intervals if lo <= 0]
     spread_s = None
     if bounds:

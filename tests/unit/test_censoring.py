@@ -27,7 +27,7 @@ def test_jobs_done_by_their_first_poll_do_not_drag_the_earliest_time_down() -> N
     assert 3.6 <= gens.time_of_share(0.005) <= 4.7  # counts of 256 jobs: a few tenths
     middles = poll_value.Generations([(lo + hi) / 2 for lo, hi in intervals])
     assert middles.time_of_share(0.005) == 3.5
-    assert 9.0 <= gens.time_of_share(0.5) <= 11.0
+    assert 8.5 <= gens.time_of_share(0.5) <= 11.5  # the middles of one-interval windows
 
 
 def test_a_density_rising_towards_the_bound_errs_late_by_at_most_one_interval_s_worth() -> None:
