@@ -9,7 +9,9 @@ learned applies, and the schedule's own rule decides, as before issue 22.
 
 The one thing the aim relies on is safe whatever the queue does: a job cannot end sooner than
 its model's earliest generations after it started, and it cannot have started before the last
-answer that showed it queued (or its submit). So:
+answer that showed it queued (or its submit). The earliest generations are learned from what
+polls showed (:mod:`tasks.pacing.censoring`: jobs done before their first poll are placed
+below it at the density seen just after it, not at half of it). So:
 
 * generating, before the earliest generations could have ended (counted from that earliest
   start), the next poll comes one interval after they could; after that, every interval (a

@@ -11,9 +11,10 @@ nothing behind (:data:`TTL_S`):
   answer;
 * the line's length: recent queued answers (when, which place), so a job just submitted knows
   it is behind what is left of them (:meth:`Fleet.places_ahead`);
-* generation times per model: a completed job's time from its estimated start to the middle of
-  its last two polls (:func:`tasks.steps.poll._learn_generation`), the last
-  :data:`GENERATION_SAMPLES`.
+* generation times per model: when a completed job finished, counted from its estimated start:
+  after the last answer that showed it generating and by the one that said completed
+  (:func:`tasks.steps.poll._learn_generation`), the last :data:`GENERATION_SAMPLES` intervals,
+  read as times by :func:`tasks.pacing.censoring.impute`.
 
 The keys hang off the job store's prefix, so a deployment (or a test) on its own Redis database
 learns only from its own jobs, and :func:`keys` names them for whoever must forget. Learning is a
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 import redis
 
+from tasks.pacing import censoring
 from tasks.record.contract import KEY_PREFIX
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,21 @@ def _floats(raw: list[object]) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _intervals(raw: list[object]) -> tuple[tuple[float, float], ...]:
+    """``after:by`` intervals (a bare number: that exact time), junk skipped."""
+    out = []
+    for x in raw:
+        text = x.decode() if isinstance(x, bytes) else str(x)
+        after, _, by = text.rpartition(":")
+        try:
+            lo, hi = (float(after) if after else float(by)), float(by)
+        except ValueError:
+            continue
+        if math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi:
+            out.append((lo, hi))
+    return tuple(out)
+
+
 def _positions(raw: list[object]) -> tuple[tuple[float, int], ...]:
     out = []
     for x in raw:
@@ -155,7 +172,7 @@ class Learning:
         except redis.RedisError as exc:
             log.debug("learned samples not read (%s); scheduling without them", exc)
             return Fleet()
-        fleet = Fleet(_floats(gens), _floats(moves), _positions(positions))
+        fleet = Fleet(censoring.impute(_intervals(gens)), _floats(moves), _positions(positions))
         self._cache[name] = (now, fleet)
         return fleet
 
@@ -163,6 +180,13 @@ class Learning:
         """Keep one completed job's generation time for its model."""
         if math.isfinite(seconds) and seconds > 0:
             self._push(key(model, "generation-s"), repr(round(seconds, 4)), GENERATION_SAMPLES)
+
+    def record_finished(self, model: str | None, after_s: float, by_s: float) -> None:
+        """Keep when one completed job finished, counted from its start: after ``after_s`` (the
+        last answer that showed it generating; 0 or less: none did) and by ``by_s``."""
+        if math.isfinite(after_s) and math.isfinite(by_s) and by_s > 0 and after_s < by_s:
+            sample = f"{round(max(0.0, after_s), 4)!r}:{round(by_s, 4)!r}"
+            self._push(key(model, "generation-s"), sample, GENERATION_SAMPLES)
 
     def record_move(self, model: str | None, places: int, seconds: float) -> None:
         """A job's queue position fell by ``places`` in ``seconds``: one speed sample."""

@@ -251,9 +251,10 @@ def candidate(job: Job) -> poll_value.Candidate:
 
 def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
     """Keep how long this job's generation took, for aiming polls (tasks/pacing/aim.py) and
-    ranking them (tasks/pacing/poll_value.py): from its estimated start to halfway between the
-    last answer that showed it pending (or its acceptance) and this one: it finished somewhere
-    in between."""
+    ranking them (tasks/pacing/poll_value.py): counted from its estimated start, it finished
+    after the last answer that showed it pending (or its acceptance; before its start if that
+    answer showed it queued: it said nothing of the generation) and by this one
+    (tasks/pacing/censoring.py)."""
     if job.seen_at is None:
         return
     start = poll_value.generation_start(
@@ -261,9 +262,7 @@ def _learn_generation(ctx: Ctx, job: Job, now: float) -> None:
     )
     if start is None:
         return
-    took_s = (job.seen_at + now) / 2 - start
-    if took_s > 0:
-        ctx.learning.record_generation(job.model, took_s)
+    ctx.learning.record_finished(job.model, job.seen_at - start, now - start)
 
 
 def _learn_move(ctx: Ctx, job: Job, position: int | None, now: float) -> None:

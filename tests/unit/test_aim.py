@@ -130,7 +130,7 @@ def test_an_aimed_wait_is_jittered_by_a_share_of_one_interval_only() -> None:
         )
 
     assert delay(0.0) == pytest.approx(23.0)
-    assert delay(1.0) == pytest.approx(23.0 - schedule.JITTER * INTERVAL)
+    assert delay(1.0) == pytest.approx(23.0 - schedule.AIM_JITTER * INTERVAL)
 
 
 def test_a_non_finite_aim_counts_as_none() -> None:

@@ -140,3 +140,18 @@ def test_a_new_job_is_behind_what_is_left_of_the_lines_seen(client: redis.Redis)
     # A line long cleared says nothing.
     assert learned.fleet("m").places_ahead(clock() + 100.0) == 0
     assert learning.Fleet().places_ahead(clock()) == 0
+
+
+def test_finished_intervals_are_read_as_times(client: redis.Redis) -> None:
+    """A job done before it was seen generating keeps (0, by]; one seen generating (after, by];
+    both come back as times within them (tasks/pacing/censoring.py)."""
+    learned = Learning(client, clock=Clock())
+    learned.record_finished("m", -2.0, 7.0)  # last seen queued: nothing known of the start
+    learned.record_finished("m", 7.0, 10.0)
+    learned.record_finished("m", 5.0, 5.0)  # not an interval: dropped
+    learned.record_finished("m", 3.0, float("inf"))  # nonsense: dropped
+    raw = client.lrange(learning.key("m", "generation-s"), 0, -1)
+    assert [x.decode() if isinstance(x, bytes) else x for x in raw] == ["7.0:10.0", "0.0:7.0"]
+    newest, oldest = learned.fleet("m").generation_s
+    assert 7.0 < newest <= 10.0
+    assert 0.0 <= oldest <= 7.0
