@@ -37,7 +37,7 @@ test: lint
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES)
 
 # The quick loop while editing: lint, the unit tests and CHECK_SEEDS of the simulation's seeds
-# (make test runs all 2,000), in 2 processes: 35 s on a warm checkout, quiet machine (2 min
+# (make test runs all 2,000), in 2 processes: 41 s on a warm checkout, quiet machine (2 min
 # 43 s with the cores shared by other runs). Not run here: tests/integration, tests/client, tests/examples,
 # tests/deploy, tests/reliability and the other 1,800 seeds.
 CHECK_SEEDS ?= 200

@@ -129,6 +129,15 @@ def _metrics(flower: Flower) -> str:
     return body if status == 200 else ""
 
 
+def _unacked_names(run: Run) -> list[str]:
+    """What the Redis transport still holds as delivered and not acked: each task's name."""
+    held = []
+    for raw in run.redis.hvals("unacked"):
+        message = json.loads(raw)[0]
+        held.append(str(message.get("headers", {}).get("task")))
+    return held
+
+
 def _job_id() -> str:
     return f"hp-{uuid.uuid4().hex}"
 
@@ -248,4 +257,4 @@ def test_stopping_honcho_drains_and_leaves_nothing_running(run: Run, tmp_path: P
     # Nothing of this run is left, and the held poll went back to its queue.
     assert wait_until(lambda: not pids_with_marker(run.honcho.run_id), timeout_s=5)
     assert run.redis.llen(names.POLL_QUEUE) == 1
-    assert run.redis.hlen("unacked") == 0
+    assert run.redis.hlen("unacked") == 0, _unacked_names(run)
