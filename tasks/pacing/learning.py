@@ -176,15 +176,11 @@ class Learning:
         self._cache[name] = (now, fleet)
         return fleet
 
-    def record_generation(self, model: str | None, seconds: float) -> None:
-        """Keep one completed job's generation time for its model."""
-        if math.isfinite(seconds) and seconds > 0:
-            self._push(key(model, "generation-s"), repr(round(seconds, 4)), GENERATION_SAMPLES)
-
     def record_finished(self, model: str | None, after_s: float, by_s: float) -> None:
         """Keep when one completed job finished, counted from its start: after ``after_s`` (the
-        last answer that showed it generating; 0 or less: none did) and by ``by_s``."""
-        if math.isfinite(after_s) and math.isfinite(by_s) and by_s > 0 and after_s < by_s:
+        last answer that showed it generating; 0 or less: none did) and by ``by_s`` (equal:
+        that exact time)."""
+        if math.isfinite(after_s) and math.isfinite(by_s) and by_s > 0 and after_s <= by_s:
             sample = f"{round(max(0.0, after_s), 4)!r}:{round(by_s, 4)!r}"
             self._push(key(model, "generation-s"), sample, GENERATION_SAMPLES)
 

@@ -51,7 +51,7 @@ def client(redis_client: redis.Redis) -> Iterator[redis.Redis]:
 def teach(client: redis.Redis, clock: Clock, gens: list[float]) -> None:
     learned = Learning(client, clock=clock)
     for g in gens:
-        learned.record_generation(MODEL, g)
+        learned.record_finished(MODEL, g, g)
 
 
 def submit(client: redis.Redis, clock: Clock) -> tuple[str, float]:

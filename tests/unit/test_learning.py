@@ -24,8 +24,8 @@ def test_generation_times_keep_the_newest_per_model(client: redis.Redis) -> None
     clock = Clock()
     learned = Learning(client, clock=clock)
     for i in range(learning.GENERATION_SAMPLES + 44):
-        learned.record_generation("model-a", i + 0.12345)
-    learned.record_generation("model-b", 7.0)
+        learned.record_finished("model-a", i + 0.12345, i + 0.12345)
+    learned.record_finished("model-b", 7.0, 7.0)
     gens = learned.fleet("model-a").generation_s
     assert len(gens) == learning.GENERATION_SAMPLES
     assert gens[0] == pytest.approx(learning.GENERATION_SAMPLES + 43.1234)
@@ -58,7 +58,7 @@ def test_reads_are_cached_for_a_moment(client: redis.Redis) -> None:
     clock = Clock()
     learned = Learning(client, clock=clock)
     assert learned.fleet("m").generation_s == ()
-    Learning(client, clock=clock).record_generation("m", 3.0)  # another worker learns
+    Learning(client, clock=clock).record_finished("m", 3.0, 3.0)  # another worker learns
     assert learned.fleet("m").generation_s == ()
     clock.advance(learning.CACHE_S)
     assert learned.fleet("m").generation_s == (3.0,)
@@ -75,7 +75,7 @@ def test_learned_keys_belong_to_their_database(quiet_redis_server: object) -> No
     one = redis.Redis.from_url(url.rsplit("/", 1)[0] + "/5", decode_responses=True)
     two = redis.Redis.from_url(url.rsplit("/", 1)[0] + "/6", decode_responses=True)
     try:
-        Learning(one, clock=Clock()).record_generation("m", 9.0)
+        Learning(one, clock=Clock()).record_finished("m", 9.0, 9.0)
         assert Learning(two, clock=Clock()).fleet("m").generation_s == ()
         assert learning.key("m", "generation-s") in learning.keys(one)
     finally:
@@ -112,7 +112,7 @@ class DeadRedis:
 def test_a_redis_error_costs_the_aim_not_the_poll() -> None:
     learned = Learning(DeadRedis(), clock=Clock())  # type: ignore[arg-type]
     assert learned.fleet("m") == learning.Fleet()
-    learned.record_generation("m", 3.0)  # dropped, not raised
+    learned.record_finished("m", 3.0, 3.0)  # dropped, not raised
     learned.record_move("m", 1, 0.5)
     learned.record_position("m", 3, 1.0)
 
@@ -144,14 +144,18 @@ def test_a_new_job_is_behind_what_is_left_of_the_lines_seen(client: redis.Redis)
 
 def test_finished_intervals_are_read_as_times(client: redis.Redis) -> None:
     """A job done before it was seen generating keeps (0, by]; one seen generating (after, by];
-    both come back as times within them (tasks/pacing/censoring.py)."""
+    both come back as times within them (tasks/pacing/censoring.py); equal ends are that exact
+    time."""
     learned = Learning(client, clock=Clock())
     learned.record_finished("m", -2.0, 7.0)  # last seen queued: nothing known of the start
     learned.record_finished("m", 7.0, 10.0)
-    learned.record_finished("m", 5.0, 5.0)  # not an interval: dropped
+    learned.record_finished("m", 5.0, 5.0)  # an exact time
+    learned.record_finished("m", 6.0, 5.0)  # ends the wrong way round: dropped
     learned.record_finished("m", 3.0, float("inf"))  # nonsense: dropped
     raw = client.lrange(learning.key("m", "generation-s"), 0, -1)
-    assert [x.decode() if isinstance(x, bytes) else x for x in raw] == ["7.0:10.0", "0.0:7.0"]
-    newest, oldest = learned.fleet("m").generation_s
+    decoded = [x.decode() if isinstance(x, bytes) else x for x in raw]
+    assert decoded == ["5.0:5.0", "7.0:10.0", "0.0:7.0"]
+    exact, newest, oldest = learned.fleet("m").generation_s
+    assert exact == 5.0
     assert 7.0 < newest <= 10.0
     assert 0.0 <= oldest <= 7.0
