@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,12 @@ from celery import Celery
 from tasks import names
 from tasks.audio.storage import file_name
 from tests.integration.conftest import wait_until
+from tests.support.stack import Lane
 from tests.support.worker import WorkerProcess
-from workers.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
 # A database of the shared test Redis that no other module uses.
-REDIS_DB = 8
 DAY_S = 86_400
 
 
@@ -32,7 +32,7 @@ def plant(directory: Path, name: str, age_s: float) -> Path:
 
 def test_cleanup_sweeps_old_audio_and_dead_parts(
     worker_env: dict[str, str],
-    redis_server: EmbeddedRedis,
+    lanes: Callable[[], Lane],
     tmp_path: Path,
 ) -> None:
     audio_dir = tmp_path / "audio"
@@ -43,7 +43,7 @@ def test_cleanup_sweeps_old_audio_and_dead_parts(
     dead_part = plant(audio_dir, ".part-abandoned.tmp", 3600)
     live_part = plant(audio_dir, ".part-writing.tmp", 1)
 
-    broker_url = redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    broker_url = lanes().url
     env = {
         **worker_env,
         "CELERY_BROKER_URL": broker_url,

@@ -1,8 +1,8 @@
 """The Procfile under ``honcho start``: a job runs through its worker, Flower (behind basic auth)
 shows every task with a short, secret-free argument text, and stopping honcho leaves nothing.
 
-Everything runs on database 1 of the private Redis, so the session's other worker (database 0)
-never takes these tasks.
+Everything runs on a lane (a database of the private Redis no other test uses), so the
+session's other workers never take these tasks and no other test's messages are counted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from tasks import names
 from tasks.record.jobs import JobStore
 from tests.integration.conftest import API_KEY, ELEVEN, SECRET, wait_until
 from tests.support.honcho import HonchoProcess, pids_with_marker
-from workers.embedded_redis import EmbeddedRedis, free_port
+from tests.support.stack import Lane
+from workers.embedded_redis import free_port
 from workers.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,6 @@ FLOWER_USER = "ops"
 FLOWER_PASSWORD = "flower-pw-7f3a"
 TOKEN = "tok-9c1e5b7d2a"  # what a receiver puts in its notify_url query string
 LONG_TAIL = "END-OF-A-LONG-TEXT"
-DB = 1
 
 
 class Flower:
@@ -82,13 +82,13 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(
-    redis_server: EmbeddedRedis,
+    lanes: Callable[[], Lane],
     worker_env: dict[str, str],
     receiver: Receiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Run]:
     logs = tmp_path_factory.mktemp("honcho")
-    broker_url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+    broker_url = lanes().url
     port = free_port()
     env = {
         **worker_env,

@@ -30,14 +30,12 @@ from tests.support import redis_dump
 from tests.support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoS3
 from tests.support.stack import Lane, Spawn
 from tests.support.worker import WorkerProcess
-from workers.embedded_redis import EmbeddedRedis
 from workers.receiver import Receiver
 from workers.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
 # A database of the shared test Redis that no other module uses.
-REDIS_DB = 7
 PREFIX = "tts/audio/"
 # Large enough for a multipart upload (8 MiB parts) of the "large" simulator audio.
 MAX_AUDIO_BYTES = 12_000_000
@@ -53,8 +51,8 @@ WATCH_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def broker_url(redis_server: EmbeddedRedis) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+def broker_url(lanes: Callable[[], Lane]) -> str:
+    return lanes().url
 
 
 @pytest.fixture(scope="module")

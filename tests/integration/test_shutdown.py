@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +20,15 @@ from celery import Celery
 
 from tasks import names
 from tests.integration.conftest import ELEVEN, wait_until
-from workers.embedded_redis import EmbeddedRedis
+from tests.support.stack import Lane
 from workers.worker_process import STOP_TIMEOUT_S, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-DB = 2
-
 
 @pytest.fixture
-def broker_url(redis_server: EmbeddedRedis) -> Iterator[str]:
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
-    # Empty at the start too: a lane of another test may have used this database first.
-    redis.Redis.from_url(url).flushdb()
+def broker_url(lanes: Callable[[], Lane]) -> Iterator[str]:
+    url = lanes().url
     yield url
     redis.Redis.from_url(url).flushdb()
 

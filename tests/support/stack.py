@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import itertools
 import time
 import uuid
@@ -27,7 +28,7 @@ from tasks.names import QUEUES
 from tasks.pacing import learning
 from tasks.record.jobs import JobStore
 from tests.support.worker import WorkerProcess
-from workers.embedded_redis import EmbeddedRedis
+from workers.embedded_redis import DATABASES, EmbeddedRedis
 from workers.receiver import Delivery, Receiver
 from workers.simulator import Simulator
 
@@ -196,12 +197,22 @@ class Lane:
 
 @pytest.fixture(scope="session")
 def lanes(redis_server: EmbeddedRedis, worker_env: dict[str, str]) -> Iterator[Callable[[], Lane]]:
-    """``lanes()`` opens a :class:`Lane` on the next unused database (1, 2, ...; 0 is shared)."""
+    """``lanes()`` opens a :class:`Lane` on the next unused database (1, 2, ...; 0 is shared).
+
+    The only way a test takes a database of the session's Redis other than 0: a test that
+    named a number of its own shared it with whichever lane got that number first (a lane's
+    killed worker left its unacked messages in test_procfile's database 1)."""
     numbers = itertools.count(1)
     opened: list[Lane] = []
 
     def _open() -> Lane:
-        lane = Lane(f"redis://127.0.0.1:{redis_server.port}/{next(numbers)}", worker_env)
+        number = next(numbers)
+        if number >= DATABASES:
+            raise RuntimeError(f"more than {DATABASES - 1} lanes in one session: raise DATABASES")
+        url = f"redis://127.0.0.1:{redis_server.port}/{number}"
+        with contextlib.closing(redis.Redis.from_url(url)) as db:
+            db.flushdb()
+        lane = Lane(url, worker_env)
         forget_learned(lane.url)
         opened.append(lane)
         return lane

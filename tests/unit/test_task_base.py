@@ -6,7 +6,7 @@ The message is read back from a real Redis list, as a worker or Flower would see
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,15 +14,15 @@ import redis
 from celery import Celery
 
 from tasks.adapters.base import RedactedTask
-from workers.embedded_redis import EmbeddedRedis
+from tests.support.stack import Lane
 
 TOKEN = "tok-77aa"
 QUEUE = "test.redacted"
 
 
 @pytest.fixture
-def app(redis_server: EmbeddedRedis) -> Iterator[Celery]:
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+def app(lanes: Callable[[], Lane]) -> Iterator[Celery]:
+    url = lanes().url
     app = Celery("redacted", broker=url, task_cls=RedactedTask)
     app.conf.task_serializer = "json"
 
