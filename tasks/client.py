@@ -96,17 +96,19 @@ class Client:
         """Cancel a job that has not ended; returns ``cancelled``, ``already ended: <status>``
         or ``unknown job``, as ``tts.cancel`` does.
 
-        A job that has ended, or is unknown, is answered from its record and nothing is sent.
-        Otherwise ``tts.cancel`` goes to a worker (which alone changes the job) and this waits
-        for the job's outcome. Raises :class:`CancelNotTaken` if none came within ``timeout_s``
-        (the cancel stays queued and still acts when a worker takes it).
+        A job that has ended is answered from its record and nothing is sent. Otherwise
+        ``tts.cancel`` goes to a worker (which alone changes the job) and this waits for the
+        job's outcome. Raises :class:`CancelNotTaken` if none came within ``timeout_s`` (the
+        cancel stays queued and still acts when a worker takes it). ``unknown job``: no worker
+        has received a job of that id yet; the cancel is sent all the same and ends the job
+        if its submit is received later (tasks/record/cancels.py).
         """
         job = self.get_job(job_id)
-        if job is None:
-            return UNKNOWN_JOB
-        if job.outcome is not None:
+        if job is not None and job.outcome is not None:
             return already_ended(job.status)
         self._send(names.CANCEL, [job_id], {}, job_id)
+        if job is None:
+            return UNKNOWN_JOB
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.get_job(job_id)

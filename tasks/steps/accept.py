@@ -8,12 +8,13 @@ import uuid
 
 from tasks import errors, logctx
 from tasks.nanogpt import validation
+from tasks.record import cancels
 from tasks.record.jobs import Watch
 from tasks.record.states import Status
 from tasks.steps import progress
 from tasks.steps.base import Delivery
 from tasks.steps.context import Ctx
-from tasks.steps.outcomes import fail
+from tasks.steps.outcomes import fail, failed
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def accept_submit(
         check_at=received_check_at(ctx, start_at),
         owner=owner,
     )
-    if created:
+    if created and not _cancelled_before(ctx, job_id):
         progress.publish(ctx, job_id, Status.SUBMITTING)
     return created
 
@@ -138,6 +139,18 @@ def accept_poll(
         deadline_at=max(now, start_at or now) + ctx.settings.poll_timeout_s,
         check_at=received_check_at(ctx, start_at),
     )
-    if token is not None:
+    if token is not None and not _cancelled_before(ctx, job_id):
         progress.publish(ctx, job_id, Status.POLLING)
     return token
+
+
+def _cancelled_before(ctx: Ctx, job_id: str) -> bool:
+    """End a record just made as ``CANCELLED`` if a ``tts.cancel`` for its id came before it
+    (tasks/steps/cancel.py); True if one had. The cancel's outcome id is the outcome's, so
+    the cancel run again (it read the record too) settles nothing more."""
+    outcome_id = cancels.remembered(ctx.jobs.redis, job_id)
+    if outcome_id is None:
+        return False
+    log.info("job %s was cancelled before a worker received it", job_id)
+    failed(ctx, job_id, errors.Cancelled("cancelled by the caller"), outcome_id=outcome_id)
+    return True

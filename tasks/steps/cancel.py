@@ -14,6 +14,10 @@ stops the job's other messages are the guards they already meet:
 
 NanoGPT has no cancel endpoint: a run it accepted may still finish (and be billed) upstream.
 
+A cancel naming a job with no record (its submit waits in a queue no worker has taken it
+from) answers ``unknown job`` and is remembered (:mod:`tasks.record.cancels`): the record a
+worker makes later for that id ends ``CANCELLED`` at once, with its webhook, before any POST.
+
 The worker that receives a ``tts.cancel`` runs this step at once
 (:mod:`tasks.adapters.received`), so a worker killed while holding the message has already
 ended the job. The outcome's id is made from the message's task id: the same message run later
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 
 from tasks import errors, logctx
+from tasks.record import cancels
 from tasks.record.jobs import cancel_outcome_id
 from tasks.record.states import ACTIVE, CANCELLED, UNKNOWN_JOB, Status, already_ended
 from tasks.steps.base import Delivery
@@ -44,11 +49,16 @@ def cancel(ctx: Ctx, d: Delivery, job_id: object) -> str:
         log.error("cancel with a job id that is not a string dropped")
         return UNKNOWN_JOB
     logctx.bind_job(job_id)
+    mine = cancel_outcome_id(d.task_id)
     job = ctx.jobs.get(job_id)
     if job is None:
-        log.info("cancel for unknown job %s: nothing to do", job_id)
+        # Its submit may still wait in a queue: remembered, then read again, so a record made
+        # meanwhile is cancelled here, and one made after finds the cancel (accept.py).
+        cancels.remember(ctx.jobs.redis, job_id, mine, ttl_s=ctx.settings.job_ttl_s)
+        job = ctx.jobs.get(job_id)
+    if job is None:
+        log.info("cancel for job %s, not received yet: it ends CANCELLED when it is", job_id)
         return UNKNOWN_JOB
-    mine = cancel_outcome_id(d.task_id)
     if job.outcome_id == mine:
         return CANCELLED  # this very message ended it (on receipt, or a first run)
     if job.outcome is not None or job.status not in ACTIVE:

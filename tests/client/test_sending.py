@@ -149,13 +149,19 @@ def test_a_wrong_keyword_or_type_raises_before_anything_is_sent(
     assert nothing_published(client_redis_url)
 
 
-def test_cancel_of_an_unknown_or_ended_job_answers_from_the_record(
+def test_cancel_of_an_ended_job_answers_from_the_record(
     tts: TTSClient, client_redis_url: str, db: redis.Redis
 ) -> None:
-    assert tts.cancel("nobody") == "unknown job"
     db.hset("tts:job:done", mapping={"job_id": "done", "status": "completed"})
     assert tts.cancel("done") == "already ended: completed"
     assert nothing_published(client_redis_url)
+
+
+def test_cancel_of_a_job_not_received_yet_is_sent(tts: TTSClient, client_redis_url: str) -> None:
+    """No record: its submit may still wait in the queue; the cancel goes, and ends it there."""
+    assert tts.cancel("nobody") == "unknown job"
+    sent = published(client_redis_url, "tts.poll")
+    assert [(m["task"], m["args"]) for m in sent] == [("tts.cancel", ["nobody"])]
 
 
 def worker_that_cancels(url: str, store: JobStore, job_id: str, stop: threading.Event) -> None:

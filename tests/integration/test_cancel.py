@@ -91,6 +91,33 @@ def test_cancel_ends_a_pending_job_once_and_its_polls_stop(
     assert ended.outcome == {"type": "tts.failed", "error": body["error"]}
 
 
+def test_a_cancel_sent_before_its_submit_ends_the_job_with_no_post(
+    send: Send,
+    receiver: Receiver,
+    simulator: Simulator,
+    store: JobStore,
+    worker: WorkerProcess,
+) -> None:
+    """The app cancels a job whose submit no worker has received yet (it waits behind a
+    backlog): the worker answers ``unknown job`` and remembers it; the submit, when it comes,
+    ends CANCELLED with its one webhook, and its text never reaches NanoGPT."""
+    jid = job_id()
+    text = f"Cancelled before it began {jid} [[sim pending=1]]"
+    task_id = send(names.CANCEL, jid)
+    assert task_result(worker, task_id) == "'unknown job'"
+
+    send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+    body = receiver.wait_for(jid).json()
+    assert body["type"] == "tts.failed"
+    assert body["error"]["code"] == "CANCELLED"
+    ended = wait_until(lambda: delivered(store, jid))
+    assert ended.status == "failed"
+    time.sleep(RECEIPT_HANDLED_S)
+    assert len(receiver.for_job(jid)) == 1
+    posts = [r for r in simulator.requests if r.method == "POST" and jid in str(r.body)]
+    assert posts == []
+
+
 def test_completed_job_says_what_it_cost_and_a_late_cancel_changes_nothing(
     send: Send, receiver: Receiver, store: JobStore, worker: WorkerProcess
 ) -> None:

@@ -357,6 +357,31 @@ def test_unknown_job_changes_nothing(w: World, job_id: object) -> None:
     assert w.client.exists(KEY_PREFIX + str(job_id)) == 0
 
 
+def test_a_cancel_before_the_submit_was_received_ends_the_job_when_it_is(
+    w: World, jid: str
+) -> None:
+    """The submit still waits in its queue (no worker received it: no record) when the cancel
+    runs; the job ends CANCELLED, with its webhook, once a worker receives the submit, and no
+    POST is sent (as Celery's revoke of a task not yet received)."""
+    assert w.cancel(jid) == "unknown job"
+    accept(w, jid)
+    assert_cancelled_once(w, jid)
+    w.outbox.sent.clear()
+    w.submit(jid)
+    assert w.upstream.calls == []
+    assert w.outbox.sent == []
+    assert w.cancel(jid) == "cancelled"  # the same message, run again, knows its own cancel
+
+
+def test_a_cancel_before_a_run_sent_by_name_was_received_ends_it(w: World, jid: str) -> None:
+    assert w.cancel(jid) == "unknown job"
+    request = validation.poll_request(
+        "run-1", MODEL, cost=None, payment_source=None, is_api_request=True
+    )
+    steps.accept_poll(w.ctx, jid, request, HOOK, owner="poll-by-name-1")
+    assert_cancelled_once(w, jid)
+
+
 def test_rejected_job_is_already_ended(w: World, jid: str) -> None:
     """A job whose record was made failed (bad arguments) is never cancelled over."""
     w.ctx.jobs.create(jid, {"status": Status.FAILED}, ttl_s=0, check_at=Watch.DROP)
@@ -429,15 +454,20 @@ def client(quiet_redis_server: EmbeddedRedis, redis_client: redis.Redis) -> Iter
     redis_client.delete(queue)
 
 
-def test_client_answers_ended_and_unknown_jobs_without_sending(
-    w: World, jid: str, client: Client
-) -> None:
+def test_client_answers_ended_jobs_without_sending(w: World, jid: str, client: Client) -> None:
     to_downloading(w, jid)
     w.download(jid)
 
     assert client.cancel(jid) == "already ended: completed"
-    assert client.cancel("never-made") == "unknown job"
     assert w.client.llen(names.QUEUES[names.CANCEL]) == 0
+
+
+def test_client_sends_the_cancel_of_a_job_not_received_yet(
+    w: World, jid: str, client: Client
+) -> None:
+    """Its submit may still wait in a queue: the cancel goes, and ends it when it comes."""
+    assert client.cancel(jid) == "unknown job"
+    assert w.client.llen(names.QUEUES[names.CANCEL]) == 1
 
 
 def test_client_says_so_when_no_worker_takes_the_cancel(w: World, jid: str, client: Client) -> None:

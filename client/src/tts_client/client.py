@@ -219,19 +219,22 @@ class TTSClient:
         Returns ``cancelled``, ``already ended: <status>`` or ``unknown job`` (the answers of
         ``tts.cancel``), or ``sent`` when no answer could be read: there is no job-state Redis,
         or no worker ran the cancel within 10 s (it stays queued and acts when one does). A job
-        that ended, or is unknown, is answered from its record without sending anything.
-        NanoGPT has no cancel: a run it accepted may still finish upstream, and is billed.
+        that ended is answered from its record without sending anything. ``unknown job``: no
+        worker has received a job of that id yet (its submit may still wait in the queue); the
+        cancel is sent all the same, and the job ends ``CANCELLED`` (with its webhook, before
+        any POST) if a worker receives it later. NanoGPT has no cancel: a run it accepted may
+        still finish upstream, and is billed.
         """
         checks.text("job_id", job_id)
         if self.redis_url is None:
             self._send(contract.CANCEL, [job_id], {})
             return contract.CANCEL_SENT
         job = self.get(job_id)
-        if job is None:
-            return contract.UNKNOWN_JOB
-        if job.ended:
+        if job is not None and job.ended:
             return contract.already_ended(job.status)
         self._send(contract.CANCEL, [job_id], {})
+        if job is None:
+            return contract.UNKNOWN_JOB
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:
             time.sleep(CANCEL_CHECK_S)
