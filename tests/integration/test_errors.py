@@ -10,6 +10,8 @@ import pytest
 from tasks import names
 from tasks.record.jobs import JobStore
 from tests.integration.conftest import ELEVEN, Send, wait_until
+from tests.support.worker import WorkerProcess
+from workers.embedded_redis import free_port
 from workers.receiver import Receiver
 from workers.simulator import Scenario, Simulator
 
@@ -299,6 +301,30 @@ def test_stalled_audio_host_fails_download(
 ) -> None:
     body = failed(send, receiver, f"Slow [[sim pending=0 audio={audio}]]", timeout_s=60)
     assert body["error"]["code"] == "DOWNLOAD_FAILED"
+    assert not list(audio_dir.glob(".part-*"))
+
+
+def test_refused_audio_host_fails_download(
+    send: Send, receiver: Receiver, store: JobStore, worker: WorkerProcess, audio_dir: Path
+) -> None:
+    # Nothing listens on the audioUrl's port (bound, then closed): every connection is refused.
+    port = free_port()
+    jid = job_id()
+    text = f"Nobody home [[sim pending=0 audio_url=http://127.0.0.1:{port}/{{run_id}}.wav]]"
+    send(names.SUBMIT_TTS, text, ELEVEN, notify_url=receiver.url, job_id=jid)
+    body = receiver.wait_for(jid).json()
+    assert body["type"] == "tts.failed", body
+    assert body["error"] == {"code": "DOWNLOAD_FAILED", "message": "download: ConnectionError"}
+    # Transient: the first attempt and DOWNLOAD_MAX_RETRIES (3) retries, then the outcome.
+    retries = [line for line in worker.log.splitlines() if f"job {jid}: download: " in line]
+    assert [line.split("; ")[-1].split(" in ")[0] for line in retries] == [
+        "retry 1",
+        "retry 2",
+        "retry 3",
+    ]
+    job = wait_until(lambda: (j := store.get(jid)) and j.notify_state == "delivered" and j)
+    assert job.notify_attempts == 1  # the job ended once, with one webhook
+    assert len(receiver.for_job(jid)) == 1
     assert not list(audio_dir.glob(".part-*"))
 
 

@@ -11,15 +11,25 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tasks.names import QUEUES
+from tasks.webhooks.delivery import message_id
 from tests.reliability.rig import MODEL, RIG_ENV, Figures, Rig
+from tests.support.audio_host import AudioHost
+from workers.embedded_redis import free_port
 from workers.simulator import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# How long the webhook receiver refuses connections: a few of its 2 s, 4 s, 8 s retry delays.
+RECEIVER_REFUSING_S = 10.0
+# The message of a download whose connection was refused (tasks/net/http_errors.py: mapped).
+REFUSED_DOWNLOAD = "download: ConnectionError"
+REFUSED_WEBHOOK = "webhook: ConnectionError"
 
 # How long the webhook receiver stays down. The issue asks for ten minutes at the rig's webhook
 # retry delays (2 s doubling to 30 s); the suite runs the same outage at a fifth of the time: the
@@ -222,6 +232,97 @@ def test_stalled_audio_host(audio: str, rig: Rig, report: list[Figures]) -> None
     # each attempt ends at the wall-clock limit (2 s) or one read timeout (2 s): 4 attempts
     # (first + 3 retries) fit in well under a minute per job
     assert all(len(times) == 4 for times in attempts.values())
+
+
+def wait_for(probe: Callable[[], bool], *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout_s}s")
+        time.sleep(0.1)
+
+
+def test_audio_host_refuses_then_listens(rig: Rig, report: list[Figures]) -> None:
+    # Nothing listens on the audioUrl's port (bound, then closed) until every job's download
+    # has been refused at least once; then an audio host starts on that very port.
+    port = free_port()
+    rig.start_worker(concurrency=4)
+    ids = rig.submit(10, f"pending=0 audio_url=http://127.0.0.1:{port}/{{run_id}}.wav")
+    wait_for(
+        lambda: all(
+            j is not None and j.last_error == REFUSED_DOWNLOAD for j in rig.jobs(ids).values()
+        ),
+        timeout_s=60,
+    )
+    listening_at = time.time()
+    with AudioHost(port) as host:
+        tally = rig.tally(ids, timeout_s=60)
+    codes = {b.get("error", {}).get("code") for b in tally.bodies.values()}
+    check(
+        Figures(
+            "audio host refuses connections, then listens (each job refused first)",
+            10,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            tally.last_at - listening_at,
+            f"outcomes {sorted(c or 'completed' for c in codes)}; "
+            f"{len(host.paths)} downloads once it listened",
+        ),
+        report,
+    )
+    assert codes == {None}  # all completed: the refusal was retried, not the outcome
+    assert sorted(host.paths) == sorted(f"/{b['run_id']}.wav" for b in tally.bodies.values())
+    assert tally.repeats == 0
+    # The simulator (NanoGPT) was asked for each job once: a download fault never re-POSTs.
+    assert sorted(rig.posts().values()) == [1] * 10
+
+
+def test_webhook_receiver_refuses(rig: Rig, report: list[Figures]) -> None:
+    # Nothing listens on the notify_url's port: each webhook is refused (not answered 5xx)
+    # until the receiver starts again on that port.
+    rig.stop_receiver()
+    rig.start_worker()
+    ids = rig.submit(10, "pending=1")
+    wait_for(
+        lambda: all(j is not None and j.notify_attempts >= 2 for j in rig.jobs(ids).values()),
+        timeout_s=60,
+    )
+    time.sleep(RECEIVER_REFUSING_S)
+    before = {jid: j for jid, j in rig.jobs(ids).items() if j is not None}
+    notify_errors = {rig.store.redis.hget(rig.store.key(jid), "notify_error") for jid in ids}
+    assert notify_errors == {REFUSED_WEBHOOK}  # refused, not answered: no receiver to answer
+    refused = {jid: j.notify_attempts for jid, j in before.items()}
+    rig.start_receiver()
+    up_at = time.time()
+    tally = rig.tally(ids, timeout_s=120)
+    ids_per_job: dict[str, set[str]] = {}
+    for d in rig.deliveries():
+        ids_per_job.setdefault(d.json()["job_id"], set()).add(d.headers["webhook-id"])
+    check(
+        Figures(
+            f"webhook receiver refuses connections for {RECEIVER_REFUSING_S:.0f} s "
+            "after each job's second attempt",
+            10,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            tally.last_at - up_at,
+            f"at least {sum(refused.values())} attempts refused, then one delivery per job",
+        ),
+        report,
+    )
+    # Delivered under the webhook-id the refused attempts carried: the one made from the
+    # outcome recorded before the receiver was back.
+    assert ids_per_job == {jid: {message_id(jid, j.outcome_id)} for jid, j in before.items()}
+    after = {jid: j for jid, j in rig.jobs(ids).items() if j is not None}
+    assert {jid: j.outcome_id for jid, j in after.items()} == {
+        jid: j.outcome_id for jid, j in before.items()
+    }
+    assert {j.notify_state for j in after.values()} == {"delivered"}
+    assert tally.repeats == 0
+    assert {b["type"] for b in tally.bodies.values()} == {"tts.completed"}
+    assert len(rig.deliveries()) == 10  # nothing reached the receiver while it refused
 
 
 @pytest.mark.timeout(WEBHOOK_OUTAGE_S + 300)
