@@ -71,15 +71,23 @@ def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
                 guards=downloading,
             )
     except errors.TransientError as exc:
-        # Spooled audio costs nothing upstream to try again: it gets the API's retry budget.
-        limit = s.max_retries if job.spooled else DOWNLOAD_MAX_RETRIES
-        return retry_or_fail(ctx, d, exc, job_id, max_retries=limit)
+        return retry_or_fail(ctx, d, exc, job_id, max_retries=_retry_budget(ctx, job, exc))
     except errors.PermanentError as exc:
         return fail(ctx, job_id, exc, guards=downloading)
     metrics.downloaded(stored.bytes, max(0.0, ctx.clock() - started_at))
     if not succeeded(ctx, job_id, stored):
         discard_unrecorded(ctx, job_id, stored)
     return job_id
+
+
+def _retry_budget(ctx: Ctx, job: Job, exc: errors.TransientError) -> int:
+    """How many retries the fault may take: the audio host's few (each stalled attempt holds a
+    slot up to the wall clock), or the API's budget when trying again costs nothing upstream:
+    audio from the spool, or our own audio store refusing (a full or read-only disk, S3 down),
+    which is no fault of the host's and is cleared by whoever runs the store, in minutes."""
+    if job.spooled or isinstance(exc, errors.StorageUnavailable):
+        return ctx.settings.max_retries
+    return DOWNLOAD_MAX_RETRIES
 
 
 def _store_spooled(ctx: Ctx, job: Job) -> storage.StoredAudio:

@@ -25,6 +25,7 @@ from tasks.audio.audio_store import LocalStore
 from tasks.config.settings import child_env
 from tasks.names import SUBMIT_TTS
 from tests.reliability.rig import NOBODY_SENT, Figures, Rig
+from tests.support.tmpfs import fill, remount, tmpfs
 from tests.support.worker import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -268,3 +269,73 @@ def test_inline_audio_store_outage_never_reposts(rig: Rig, report: list[Figures]
     audio = bodies[0]["audio"]
     assert Path(audio["path"]).parent == audio_dir.resolve()
     assert Path(audio["path"]).stat().st_size == audio["bytes"]
+
+
+# How long the disk refuses after the job first met it: past the audio host's three retries
+# (at most 7 s at the rig's delays), within TTS_MAX_RETRIES' eight (at least 27 s).
+DISK_OUTAGE_S = 8.0
+# What the local store says when its disk refuses the write (tasks/audio/audio_store.py).
+DISK_REFUSALS = {
+    "full": "local audio store: No space left on device",
+    "read-only": "local audio store: Read-only file system",
+}
+
+
+@pytest.mark.parametrize("source", ["inline", "url"])
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_audio_disk_fault_never_reposts(
+    fault: str, source: str, rig: Rig, report: list[Figures]
+) -> None:
+    # The audio directory on a 256 KiB tmpfs of its own: filled to the last byte (every write
+    # ENOSPC) or remounted read-only (EROFS) before the job comes, given back once its store
+    # step has been refused. Inline: the submit's 200 carries the audio (sync_bytes), spooled
+    # in Redis; url: the download fetches it from the simulator's audioUrl.
+    with tmpfs(rig.tmp / "disk") as disk:
+        audio_dir = disk / "audio"
+        audio_dir.mkdir()
+        assert_runs_this_tree(rig.start_worker(TTS_AUDIO_DIR=str(audio_dir)))
+        if fault == "full":
+            filler = fill(disk)
+        else:
+            remount(disk, "ro")
+        directive = "mode=sync_bytes" if source == "inline" else "pending=0"
+        ((task_id, text),) = rig.send_by_name(1, directive).items()
+
+        def refused() -> bool | None:
+            job = rig.store.get(task_id)
+            return (job is not None and job.last_error == DISK_REFUSALS[fault]) or None
+
+        assert wait_for(refused, timeout_s=30), f"the job's store step never met the {fault} disk"
+        time.sleep(DISK_OUTAGE_S)
+        if fault == "full":
+            filler.unlink()
+        else:
+            remount(disk, "rw")
+        first_outcome_at(rig, timeout_s=45)
+        time.sleep(WATCH_S)
+        accepted = [d for d in rig.deliveries() if d.answered == 200]
+        bodies = [d.json() for d in accepted]
+        posts = rig.posts()[text]
+        report.append(
+            one_job_row(
+                rig,
+                f"by name, {source} audio, audio disk {fault} {DISK_OUTAGE_S:.0f} s (real tmpfs)",
+                task_id,
+                posts,
+            )
+        )
+        assert {
+            "POSTs": posts,
+            "accepted webhooks": len(accepted),
+            "their job ids": sorted({b["job_id"] for b in bodies}),
+            "outcomes": [b["type"] for b in bodies],
+        } == {
+            "POSTs": 1,
+            "accepted webhooks": 1,
+            "their job ids": [task_id],
+            "outcomes": ["tts.completed"],
+        }, bodies
+        audio = bodies[0]["audio"]
+        assert Path(audio["path"]).parent == audio_dir
+        assert Path(audio["path"]).stat().st_size == audio["bytes"]
+        assert [p.name for p in audio_dir.iterdir()] == [Path(audio["path"]).name]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 
 from tasks import errors
 from tasks.audio import storage
+from tasks.audio.audio_store import LocalStore
+from tests.support.tmpfs import fill, remount, tmpfs
 
 
 def store(
@@ -86,8 +90,6 @@ def test_audio_type_strips_parameters() -> None:
 
 
 def test_local_store_names_by_job_and_gives_a_file_url(tmp_path: Path) -> None:
-    from tasks.audio.audio_store import LocalStore
-
     stored = LocalStore(tmp_path / "a b").save(
         [b"RIFF", b"data"],
         job_id="../../etc/passwd",
@@ -110,8 +112,6 @@ def test_local_store_names_by_job_and_gives_a_file_url(tmp_path: Path) -> None:
 
 
 def test_local_store_deletes_only_files_it_named(tmp_path: Path) -> None:
-    from tasks.audio.audio_store import LocalStore
-
     store = LocalStore(tmp_path / "audio")
     stored = store.save(
         [b"RIFF"],
@@ -127,3 +127,78 @@ def test_local_store_deletes_only_files_it_named(tmp_path: Path) -> None:
     store.delete(stored)
     assert list((tmp_path / "audio").iterdir()) == []
     store.delete(stored)  # gone already: fine
+
+
+def save_to(store: LocalStore, job_id: str = "j") -> storage.StoredAudio:
+    return store.save(
+        [b"RIFF", b"\0" * 40_000],
+        job_id=job_id,
+        content_type="audio/wav",
+        max_bytes=100_000,
+        deadline_monotonic=time.monotonic() + 60,
+    )
+
+
+def test_a_full_disk_is_a_transient_storage_fault(tmp_path: Path) -> None:
+    # A real ENOSPC: a 256 KiB tmpfs with every byte taken by another file.
+    with tmpfs(tmp_path / "disk") as disk:
+        store = LocalStore(disk / "audio")
+        (disk / "audio").mkdir()
+        filler = fill(disk)
+        with pytest.raises(errors.StorageUnavailable) as caught:
+            save_to(store)
+        assert isinstance(caught.value, errors.TransientError)
+        assert caught.value.as_dict() == {
+            "code": "STORAGE_FAILED",
+            "message": "local audio store: No space left on device",
+        }
+        assert list((disk / "audio").iterdir()) == []  # the partial file is gone
+        filler.unlink()  # the disk has room again: the same save (a retry) succeeds
+        stored = save_to(store)
+        assert Path(stored.path or "").stat().st_size == stored.bytes == 40_004
+
+
+def test_a_read_only_disk_is_a_transient_storage_fault(tmp_path: Path) -> None:
+    # A real EROFS: the tmpfs remounted read-only, as a kernel does after a disk error.
+    with tmpfs(tmp_path / "disk") as disk:
+        store = LocalStore(disk / "audio")
+        (disk / "audio").mkdir()
+        remount(disk, "ro")
+        with pytest.raises(errors.StorageUnavailable) as caught:
+            save_to(store)
+        assert caught.value.as_dict() == {
+            "code": "STORAGE_FAILED",
+            "message": "local audio store: Read-only file system",
+        }
+        remount(disk, "rw")
+        assert list((disk / "audio").iterdir()) == []
+        stored = save_to(store)
+        assert Path(stored.path or "").stat().st_size == stored.bytes
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        ("tempfile.mkstemp", errno.EROFS),
+        ("os.fsync", errno.ENOSPC),  # where NFS and some quotas report a full disk
+        ("os.fsync", errno.EIO),
+        ("os.replace", errno.EROFS),
+        ("os.replace", errno.EDQUOT),
+    ],
+)
+def test_a_write_refused_at_any_call_is_a_transient_storage_fault(
+    call: str, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Injected: the calls a tmpfs cannot make fail (fsync, rename), at the module's own names.
+    module, name = call.split(".")
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(getattr(storage, module), name, refuse)
+    with pytest.raises(errors.StorageUnavailable) as caught:
+        save_to(LocalStore(tmp_path))
+    monkeypatch.undo()
+    assert caught.value.message == f"local audio store: {os.strerror(code)}"
+    assert list(tmp_path.iterdir()) == []
+    assert save_to(LocalStore(tmp_path)).bytes == 40_004
