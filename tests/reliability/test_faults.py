@@ -18,9 +18,10 @@ import pytest
 
 from tasks.names import QUEUES
 from tasks.webhooks.delivery import message_id
-from tests.reliability.rig import MODEL, RIG_ENV, Figures, Rig
+from tests.reliability.rig import MODEL, RIG_ENV, SECRET, Figures, Rig
 from tests.support.audio_host import AudioHost
 from workers.embedded_redis import free_port
+from workers.receiver import Delivery, Receiver
 from workers.simulator import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -323,6 +324,72 @@ def test_webhook_receiver_refuses(rig: Rig, report: list[Figures]) -> None:
     assert tally.repeats == 0
     assert {b["type"] for b in tally.bodies.values()} == {"tts.completed"}
     assert len(rig.deliveries()) == 10  # nothing reached the receiver while it refused
+
+
+# The rig's webhook read timeout (TTS_HTTP_READ_TIMEOUT) and a receiver's answer under, over it.
+WEBHOOK_READ_TIMEOUT_S = float(RIG_ENV["TTS_HTTP_READ_TIMEOUT"])
+SLOW_RECEIVER_S = {"under": WEBHOOK_READ_TIMEOUT_S * 0.4, "over": WEBHOOK_READ_TIMEOUT_S * 2}
+
+
+@pytest.mark.parametrize("slow", ["under", "over"])
+def test_slow_webhook_receiver(slow: str, rig: Rig, report: list[Figures]) -> None:
+    # The receiver takes the body at once but answers each job's first delivery only after
+    # SLOW_RECEIVER_S (it records the delivery as accepted either way); later ones at once.
+    answer_after_s = SLOW_RECEIVER_S[slow]
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def respond(delivery: Delivery) -> int:
+        with lock:
+            first = delivery.body not in seen
+            seen.add(delivery.body)
+        if first:
+            time.sleep(answer_after_s)
+        return 200
+
+    rig.stop_receiver()
+    rig.receiver = Receiver(secret=SECRET, port=rig.receiver_port, respond=respond).start()
+    rig.start_worker()
+    ids = rig.submit(10, "pending=1")
+    wait_for(
+        lambda: all(
+            j is not None and j.notify_state == "delivered" for j in rig.jobs(ids).values()
+        ),
+        timeout_s=60,
+    )
+    time.sleep(answer_after_s)  # a slow answer still being given is recorded by then
+    tally = rig.tally(ids, timeout_s=0)
+    per_job: dict[str, list[Delivery]] = {}
+    for d in rig.deliveries():
+        per_job.setdefault(d.json()["job_id"], []).append(d)
+    jobs = rig.jobs(ids)
+    check(
+        Figures(
+            f"webhook receiver answers after {answer_after_s:g} s "
+            f"({slow} the {WEBHOOK_READ_TIMEOUT_S:g} s read timeout)",
+            10,
+            len(tally.lost),
+            len(tally.duplicated),
+            tally.repeats,
+            note=f"{sum(map(len, per_job.values()))} deliveries",
+        ),
+        report,
+    )
+    assert sorted(per_job) == sorted(ids)
+    # Every delivery of a job is the same signed message: one body, one webhook-id.
+    assert all(len({(d.body, d.headers["webhook-id"]) for d in ds}) == 1 for ds in per_job.values())
+    assert {j.notify_state for j in jobs.values() if j is not None} == {"delivered"}
+    if slow == "under":
+        # Answered within the timeout: delivered once, on the first attempt.
+        assert {len(ds) for ds in per_job.values()} == {1}
+        assert {j.notify_attempts for j in jobs.values() if j is not None} == {1}
+    else:
+        # Its answer came too late to count: the same message again (a receiver dedupes by
+        # webhook-id), delivered on the second attempt.
+        assert {len(ds) for ds in per_job.values()} == {2}
+        assert {j.notify_attempts for j in jobs.values() if j is not None} == {2}
+        notify_errors = {rig.store.redis.hget(rig.store.key(jid), "notify_error") for jid in ids}
+        assert notify_errors == {"webhook: ReadTimeout"}
 
 
 @pytest.mark.timeout(WEBHOOK_OUTAGE_S + 300)
