@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,3 +203,57 @@ def test_a_write_refused_at_any_call_is_a_transient_storage_fault(
     assert caught.value.message == f"local audio store: {os.strerror(code)}"
     assert list(tmp_path.iterdir()) == []
     assert save_to(LocalStore(tmp_path)).bytes == 40_004
+
+
+class SlowDisk:
+    """A file whose every write takes ``write_s`` (injected: no real disk here can be made slow)."""
+
+    def __init__(self, out: Any, write_s: float) -> None:
+        self._out = out
+        self._write_s = write_s
+
+    def write(self, data: bytes) -> int:
+        time.sleep(self._write_s)
+        return int(self._out.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+    def __enter__(self) -> SlowDisk:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._out.close()
+
+
+def save_slowly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, write_s: float, deadline_s: float
+) -> storage.StoredAudio:
+    """Ten chunks to a LocalStore whose every write takes ``write_s``."""
+    fdopen = os.fdopen
+    monkeypatch.setattr(storage.os, "fdopen", lambda *a, **k: SlowDisk(fdopen(*a, **k), write_s))
+    return LocalStore(tmp_path).save(
+        [b"RIFF"] + [b"\0" * 1024] * 9,
+        job_id="j",
+        content_type="audio/wav",
+        max_bytes=100_000,
+        deadline_monotonic=time.monotonic() + deadline_s,
+    )
+
+
+def test_a_slow_disk_within_the_wall_clock_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = save_slowly(tmp_path, monkeypatch, write_s=0.01, deadline_s=60.0)
+    assert stored.bytes == 4 + 9 * 1024
+
+
+def test_a_slow_disk_past_the_wall_clock_ends_the_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten writes of 0.05 s cannot fit 0.2 s: the attempt ends as a stalled host's would
+    # (DownloadInterrupted: retried, DOWNLOAD_FAILED past the host's 3 retries), nothing left.
+    with pytest.raises(errors.DownloadInterrupted) as caught:
+        save_slowly(tmp_path, monkeypatch, write_s=0.05, deadline_s=0.2)
+    assert caught.value.message == "download exceeded its wall-clock limit"
+    assert list(tmp_path.iterdir()) == []
