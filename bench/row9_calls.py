@@ -20,10 +20,11 @@ needs polls at most L apart over most of the window.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from bench import row6_budget
 from bench.report import Row
@@ -42,6 +43,18 @@ BOUND_LAGS_S = (1.0, 2.0, 3.0, 4.0, 6.0, 10.0, 14.0, 20.0, 40.0)
 GRID_STEPS_PER_LAG = 40
 
 
+@dataclass(frozen=True)
+class Split:
+    """Where one lane's status calls went, per job (refused ones included): before the job's
+    generation began, during it, and from its end on; and when the generation's polls came."""
+
+    queued: float
+    generating: float
+    ended: float
+    first_after_start_s: float  # median: generation start → the first poll after it
+    gap_s: float  # median: between successive polls while generating
+
+
 @dataclass
 class Lane:
     label: str
@@ -53,6 +66,7 @@ class Lane:
     seen_p95_s: float = math.nan  # completion → the status answer that said completed
     completed: int = 0
     wall_s: float = 0.0
+    split: Split | None = None
 
 
 def measure(label: str, size_name: str = "full", **env: str) -> Lane:
@@ -78,7 +92,35 @@ def measure(label: str, size_name: str = "full", **env: str) -> Lane:
         lane.p50_s, lane.p95_s = r6.p50, r6.p95
         lane.completed, lane.wall_s = r6.completed, r6.wall_s
         lane.seen_p95_s = percentile(_seen_lags(sim, stack, r6.jids), 95)
+        lane.split = _split(sim, [stack.tally.run_ids[jid] for jid in r6.jids])
     return lane
+
+
+def _split(sim: Simulator, run_ids: list[str]) -> Split:
+    queued = generating = ended = 0
+    firsts: list[float] = []
+    gaps: list[float] = []
+    for run_id in run_ids:
+        start, end = sim.started_at(run_id), sim.finished_at(run_id)
+        if start is None or end is None:
+            continue
+        polls = sorted(r.at for r in sim.status_polls(run_id))
+        during = [at for at in polls if start <= at < end]
+        queued += sum(1 for at in polls if at < start)
+        generating += len(during)
+        ended += sum(1 for at in polls if at >= end)
+        after = [at for at in polls if at >= start]
+        if after:
+            firsts.append(after[0] - start)
+        gaps.extend(b - a for a, b in itertools.pairwise(during))
+    n = len(run_ids)
+    return Split(
+        queued / n,
+        generating / n,
+        ended / n,
+        statistics.median(firsts) if firsts else math.nan,
+        statistics.median(gaps) if gaps else math.nan,
+    )
 
 
 def _seen_lags(sim: Simulator, stack: Stack, jids: list[str]) -> list[float]:
@@ -119,6 +161,22 @@ def bound(gens: list[float], lag_s: float) -> tuple[float, float, float] | None:
     return best
 
 
+def _split_table(split: Split | None) -> list[str]:
+    if split is None:
+        return []
+    return [
+        "Where the status calls went, per job: before the generation began (queued), during it,"
+        " from its end on (the poll that finds it, and any refused); when the generation's"
+        " polls came (medians).",
+        "",
+        "| queued | generating | from the end | generation start → first poll | then every |",
+        "|---|---|---|---|---|",
+        f"| {split.queued:.2f} | {split.generating:.2f} | {split.ended:.2f} |"
+        f" {split.first_after_start_s:.1f} s | {split.gap_s:.1f} s |",
+        "",
+    ]
+
+
 def run(size_name: str) -> Row:
     size = row6_budget.SIZES[size_name]
     gens = row6_budget.workload(size)
@@ -149,6 +207,7 @@ def run(size_name: str) -> Row:
         f" {lane.p50_s:.2f} s | {lane.p95_s:.2f} s | {lane.seen_p95_s:.2f} s |"
         f" {lane.wall_s:.0f} s |",
         "",
+        *_split_table(lane.split),
         "What any poller could do on these generation times (computed, see the module"
         " docstring): the fewest calls per job for each p95 lag, by a poller that knows when"
         " each generation began and spends nothing on the queue. Ready→webhook adds the"
@@ -174,6 +233,7 @@ def run(size_name: str) -> Row:
             "p95_s": lane.p95_s,
             "seen_p95_s": lane.seen_p95_s,
             "wall_s": lane.wall_s,
+            "split": asdict(lane.split) if lane.split else None,
         },
     )
 

@@ -237,6 +237,17 @@ class Simulator:
             ends_at = self._runs[run_id].ends_at
         return None if ends_at is None else time.time() + (ends_at - time.monotonic())
 
+    def started_at(self, run_id: str) -> float | None:
+        """Epoch seconds when a ``gen_s`` run's generation begins, once it left the upstream
+        queue (None for other runs). Raises KeyError for an unknown run."""
+        with self._lock:
+            run = self._runs[run_id]
+            gen_s = run.scenario.gen_s
+            if run.ends_at is None or gen_s is None:
+                return None
+            starts_at = run.ends_at - gen_s
+        return time.time() + (starts_at - time.monotonic())
+
     def audio_bytes(self, run_id: str) -> bytes:
         """The exact bytes served as `run_id`'s audio. Raises KeyError for an unknown run."""
         with self._lock:

@@ -611,12 +611,16 @@ def test_gen_s_runs_wait_in_the_shared_queue(http: requests.Session) -> None:
         assert finished_first is not None
         assert finished_second is not None
         assert finished_second == pytest.approx(finished_first + 0.2, abs=0.05)
+        # The second starts when the first ends (one generator), and each ends gen_s later.
+        assert sim.started_at(second) == pytest.approx(finished_first, abs=1e-3)
+        assert sim.started_at(first) == pytest.approx(finished_first - 0.6, abs=1e-3)
         time.sleep(max(0.0, finished_first - time.time()) + 0.05)
         assert poll_json(http, sim, first)["status"] == "completed"
         assert poll_json(http, sim, second)["queuePosition"] == 0  # generating now
         time.sleep(max(0.0, finished_second - time.time()) + 0.05)
         assert poll_json(http, sim, second)["status"] == "completed"
         assert sim.finished_at(sim.create_run()) is None  # a run of its own has no such time
+        assert sim.started_at(sim.create_run()) is None
 
 
 def test_latency_delays_every_status_answer(sim: Simulator, http: requests.Session) -> None:
