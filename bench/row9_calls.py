@@ -247,6 +247,7 @@ def curve(intervals_s: list[float]) -> None:
             f"TTS_POLL_INTERVAL={interval_s:g}: {lane.calls_per_job:.2f} status calls/job,"
             f" p95 ready→webhook {lane.p95_s:.2f} s (p50 {lane.p50_s:.2f} s), completion→status"
             f" seen p95 {lane.seen_p95_s:.2f} s, {lane.refused} refused, wall {lane.wall_s:.0f} s",
+            *([f"({lane.split})"] if lane.split else []),
             flush=True,
         )
 
