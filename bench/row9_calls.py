@@ -51,8 +51,8 @@ class Split:
     queued: float
     generating: float
     ended: float
-    first_after_start_s: float  # median: generation start → the first poll after it
-    gap_s: float  # median: between successive polls while generating
+    first_after_start_s: float | None  # median: generation start → the first poll after it
+    gap_s: float | None  # median: between successive polls while generating (None: no two)
 
 
 @dataclass
@@ -118,8 +118,8 @@ def _split(sim: Simulator, run_ids: list[str]) -> Split:
         queued / n,
         generating / n,
         ended / n,
-        statistics.median(firsts) if firsts else math.nan,
-        statistics.median(gaps) if gaps else math.nan,
+        statistics.median(firsts) if firsts else None,
+        statistics.median(gaps) if gaps else None,
     )
 
 
@@ -161,6 +161,10 @@ def bound(gens: list[float], lag_s: float) -> tuple[float, float, float] | None:
     return best
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def _split_table(split: Split | None) -> list[str]:
     if split is None:
         return []
@@ -172,7 +176,7 @@ def _split_table(split: Split | None) -> list[str]:
         "| queued | generating | from the end | generation start → first poll | then every |",
         "|---|---|---|---|---|",
         f"| {split.queued:.2f} | {split.generating:.2f} | {split.ended:.2f} |"
-        f" {split.first_after_start_s:.1f} s | {split.gap_s:.1f} s |",
+        f" {_seconds(split.first_after_start_s)} | {_seconds(split.gap_s)} |",
         "",
     ]
 
