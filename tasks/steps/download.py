@@ -51,7 +51,7 @@ def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     started_at = ctx.clock()
     if job.stored_audio is not None:
         # The submit stored the audio it was answered with: only the outcome is left to record.
-        return succeed(ctx, job_id, storage.StoredAudio(**job.stored_audio))
+        return succeed(ctx, job_id, storage.StoredAudio(**job.stored_audio), job=job)
     try:
         if job.spooled:
             stored = _store_spooled(ctx, job)
@@ -75,7 +75,7 @@ def download(ctx: Ctx, d: Delivery, job_id: object) -> Result:
     except errors.PermanentError as exc:
         return fail(ctx, job_id, exc, guards=downloading)
     metrics.downloaded(stored.bytes, max(0.0, ctx.clock() - started_at))
-    if not succeeded(ctx, job_id, stored):
+    if not succeeded(ctx, job_id, stored, job=job):
         discard_unrecorded(ctx, job_id, stored)
     return job_id
 

@@ -11,7 +11,7 @@ import redis
 from tasks import errors, metrics
 from tasks.audio import storage
 from tasks.record import tenants
-from tasks.record.jobs import Priority
+from tasks.record.jobs import Job, Priority
 from tasks.record.states import Status
 from tasks.steps import progress
 
@@ -85,13 +85,14 @@ def failed(
     return True
 
 
-def succeed(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> str:
-    """Record a completed outcome (first writer wins, from ``downloading``); queue its webhook."""
-    succeeded(ctx, job_id, audio)
+def succeed(ctx: Ctx, job_id: str, audio: storage.StoredAudio, *, job: Job | None = None) -> str:
+    """Record a completed outcome (first writer wins, from ``downloading``); queue its webhook.
+    ``job``: the record as the step loaded it, if it did (its lane is counted from it)."""
+    succeeded(ctx, job_id, audio, job=job)
     return job_id
 
 
-def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
+def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio, *, job: Job | None = None) -> bool:
     """:func:`succeed`, saying whether this call recorded the outcome (True once per job)."""
     outcome = {"type": "tts.completed", "audio": audio.as_dict()}
     if not ctx.jobs.settle(
@@ -99,7 +100,7 @@ def succeeded(ctx: Ctx, job_id: str, audio: storage.StoredAudio) -> bool:
     ):
         return False
     log.info("job %s completed: %d bytes", job_id, audio.bytes)
-    ended(ctx, job_id, "completed")
+    ended(ctx, job_id, "completed", job=job)
     progress.publish(ctx, job_id, Status.COMPLETED)
     ctx.dispatch.notify(job_id)
     return True
@@ -132,15 +133,22 @@ def _same_place(recorded: dict[str, object], stored: storage.StoredAudio) -> boo
     return all(recorded.get(k) == v for k, v in place.items())
 
 
-def ended(ctx: Ctx, job_id: str, outcome: str) -> None:
+def ended(ctx: Ctx, job_id: str, outcome: str, *, job: Job | None = None) -> None:
     """After the outcome was recorded (once per job): count it (``completed`` or the error
     code), and by the job's lane; and the job no longer counts in its tenant's jobs in flight
     (when that is capped). The lane is read from the record; a job store that fails here only
     costs the lane's count and the release (which heals at the job's deadline:
-    tasks/record/tenants.py), never the webhook queued next."""
+    tasks/record/tenants.py), never the webhook queued next. ``job``: the record as the step
+    loaded it, whose lane is read there instead (a job's lane never changes)."""
     metrics.job_finished(outcome)
     try:
-        raw_tenant, priority = ctx.jobs.redis.hmget(ctx.jobs.key(job_id), ["tenant", "priority"])
+        raw_tenant: object
+        priority: object
+        if job is not None:
+            raw_tenant, priority = job.tenant, job.priority
+        else:
+            key = ctx.jobs.key(job_id)
+            raw_tenant, priority = ctx.jobs.redis.hmget(key, ["tenant", "priority"])
         tenant = str(raw_tenant) if raw_tenant else None
         lane = str(priority or Priority.NORMAL)
         metrics.lane_finished(lane, tenant, completed=outcome == "completed")

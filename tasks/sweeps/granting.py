@@ -28,11 +28,13 @@ check time to one recovery grace from now, so a releaser that dies between takin
 publishing loses nothing: the reconciler re-sends the step after the grace, and the grant is
 still in the record for it.
 
-Ranking reads up to :data:`CANDIDATES` records (one HMGET each) and costs ~70 ms of CPU at
-2,000 (issue 19); done by every worker up to ten times a second, it grew with the backlog and
-the fleet. So one releaser releases for the whole fleet at a time (:class:`Releasing`: a lock in
-Redis with a short TTL, renewed by its holder each tick, taken over when a holder stops), and
-it ranks at most once per :data:`RANK_TTL_S`, granting from that ranking in between. Taking is
+Ranking reads up to :data:`CANDIDATES` records and cost ~70 ms of CPU at 2,000 (issue 19); done
+by every worker up to ten times a second, it grew with the backlog and the fleet. (Since, the
+records come in one reply, :meth:`tasks.record.jobs.JobStore.fields_of`, and a record read the
+same as at the last ranking is not parsed again.) So one releaser releases for the whole fleet
+at a time (:class:`Releasing`: a lock in Redis with a short TTL, renewed by its holder each
+tick, taken over when a holder stops), and it ranks at most once per :data:`RANK_TTL_S`,
+granting from that ranking in between. Taking is
 atomic either way, so which worker does it changes nothing else.
 """
 
@@ -60,7 +62,7 @@ log = logging.getLogger(__name__)
 # script's time in Redis; a full batch is followed at once by the next (workers/poll_releaser.py).
 UNLIMITED_BATCH = 500
 # Due polls read to rank them when more are due than the budget serves: bounds a tick's work
-# (one HMGET each); the rest wait for a later tick, when those ranked first have gone.
+# (one script reads them all); the rest wait for a later tick, when those ranked first have gone.
 CANDIDATES = 2000
 # A ranking is used this long before it is built again: chances move over seconds, and jobs
 # that became due since wait at most this long to be considered.
@@ -81,7 +83,7 @@ LANES_TTL_S = 86_400
 # tenant that comes while another's import waits is seen at once, at the back of the line.
 SUBMIT_WINDOW = CANDIDATES // 2
 # Lanes a releaser remembers by job id (a job's lane never changes, so each is read once, in
-# one pipelined HMGET for the ones a tick meets first): bounds its memory, ~200 B per entry.
+# one read for the ones a tick meets first): bounds its memory, ~200 B per entry.
 LANE_CACHE = 50_000
 # A job's lane as the cache keeps it: (priority, tenant; "" for none).
 _LANE_FIELDS = ("priority", "tenant")
@@ -94,14 +96,25 @@ return 1
 """
 
 
-def _candidates(ctx: Ctx, ids: list[str]) -> list[poll_value.Candidate]:
-    client = ctx.jobs.redis
-    with client.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hmget(ctx.jobs.key(job_id), PARKED_FIELDS)
-        rows = pipe.execute()
-    # The record's own parsing, not a copy.
-    return [candidate(Job.parked(job_id, values)) for job_id, values in zip(ids, rows, strict=True)]
+def _candidates(
+    ctx: Ctx, ids: list[str], seen: dict[str, tuple[tuple[str | None, ...], poll_value.Candidate]]
+) -> list[poll_value.Candidate]:
+    """The ranking's view of each record: parsed afresh only where the record's fields differ
+    from those ``seen`` parsed at the last ranking (most of a backlog waits unchanged from one
+    ranking to the next); ``seen`` is left holding these ``ids`` only."""
+    rows = ctx.jobs.fields_of(ids, PARKED_FIELDS)
+    out = []
+    now_seen = {}
+    for job_id, values in zip(ids, rows, strict=True):
+        key = tuple(values)
+        hit = seen.get(job_id)
+        # The record's own parsing (not a copy), unless this very record was parsed last time.
+        c = hit[1] if hit is not None and hit[0] == key else candidate(Job.parked(job_id, values))
+        now_seen[job_id] = (key, c)
+        out.append(c)
+    seen.clear()
+    seen.update(now_seen)
+    return out
 
 
 def _lanes(ctx: Ctx, ids: list[str], known: dict[str, tuple[str, str]]) -> None:
@@ -113,10 +126,7 @@ def _lanes(ctx: Ctx, ids: list[str], known: dict[str, tuple[str, str]]) -> None:
     if len(known) + len(unknown) > LANE_CACHE:
         known.clear()
         unknown = list(dict.fromkeys(ids))
-    with ctx.jobs.redis.pipeline(transaction=False) as pipe:
-        for job_id in unknown:
-            pipe.hmget(ctx.jobs.key(job_id), _LANE_FIELDS)
-        rows = pipe.execute()
+    rows = ctx.jobs.fields_of(unknown, _LANE_FIELDS)
     for job_id, (priority, tenant) in zip(unknown, rows, strict=True):
         known[job_id] = (str(priority or Priority.NORMAL.value), str(tenant or ""))
 
@@ -133,6 +143,11 @@ class Releasing:
     lanes: dict[str, tuple[str, str]] = field(default_factory=dict)
     # The lanes of the polls in ``ranked`` when it was built (a superset once some are taken).
     ranked_lanes: set[tuple[str, str]] = field(default_factory=set)
+    # The records behind the last ranking as read and parsed: a record read the same again is
+    # not parsed again.
+    parsed: dict[str, tuple[tuple[str | None, ...], poll_value.Candidate]] = field(
+        default_factory=dict
+    )
 
     def lead(self, ctx: Ctx) -> bool:
         """Whether this releaser grants for the fleet now: it holds (and renews) the lock."""
@@ -155,7 +170,7 @@ def _ranking(ctx: Ctx, now: float, n: int, state: Releasing | None) -> list[str]
         return state.ranked
     client = ctx.jobs.redis
     ids = [str(x) for x in client.zrangebyscore(WAIT_KEY, POLLS_FROM, now, 0, CANDIDATES)]
-    candidates = _candidates(ctx, ids)
+    candidates = _candidates(ctx, ids, state.parsed if state is not None else {})
     by_model = {
         model: poll_value.Generations(ctx.learning.fleet(model).generation_s)
         for model in {c.model or "" for c in candidates}

@@ -539,7 +539,9 @@ def test_the_holder_ranks_once_per_ttl_and_grants_from_that_ranking_between(
     reads: list[int] = []
     real = granting._candidates
     monkeypatch.setattr(
-        granting, "_candidates", lambda ctx, ids: reads.append(len(ids)) or real(ctx, ids)
+        granting,
+        "_candidates",
+        lambda ctx, ids, seen: reads.append(len(ids)) or real(ctx, ids, seen),
     )
     state = granting.Releasing()
 
@@ -561,3 +563,21 @@ def test_the_holder_ranks_once_per_ttl_and_grants_from_that_ranking_between(
     w.clock.advance(granting.RANK_TTL_S)
     assert granting.release(w.ctx, rand=lambda: 0.5, state=state) == 2
     assert reads == [8, 3]  # ranked afresh (the three still due): the ranking had aged out
+
+
+def test_a_ranking_parses_again_only_the_records_that_changed(w: World) -> None:
+    """The next ranking reuses what it parsed of a record read the same, and parses a record
+    whose fields changed (here without a new score in the wait set) afresh."""
+    now = w.clock()
+    head = {"queue_position": "", "seen_at": now - 30, "gen_start_at": now - 30}
+    (a, _), (b, _) = (parked(w, due_in_s=0, deadline_in_s=900, **head) for _ in range(2))
+    seen: dict[str, Any] = {}
+    first = granting._candidates(w.ctx, [a, b], seen)
+    assert [c.gen_start_at for c in first] == [now - 30, now - 30]
+    w.client.hset(KEY_PREFIX + b, "gen_start_at", repr(now - 5))
+    second = granting._candidates(w.ctx, [a, b], seen)
+    assert second[0] is first[0]  # read the same: not parsed again
+    assert second[1].gen_start_at == now - 5
+    assert set(seen) == {a, b}
+    assert [c.job_id for c in granting._candidates(w.ctx, [b], seen)] == [b]
+    assert set(seen) == {b}  # only the ids of the last ranking are kept

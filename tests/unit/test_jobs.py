@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from tasks.record import jobs
 from tasks.record.jobs import DUE_KEY, KEY_PREFIX, JobStore, Watch
 
 
@@ -154,3 +155,24 @@ def test_delivery_count(store: JobStore, redis_client: redis.Redis) -> None:
     assert store.load(jid, delivery="tts.poll_tts:1:0")[1] == 1  # the next step starts again
     # Nothing outside the job's own hash: it goes when the job goes.
     assert redis_client.keys("tts:delivery:*") == []
+
+
+def test_fields_of_answers_as_one_hmget_each(store: JobStore, redis_client: redis.Redis) -> None:
+    """Values, unset fields (None, not ''), empty strings, records that do not exist, and more
+    jobs than one script reads (FIELDS_BATCH), in the order asked."""
+    fields = ["status", "model", "seen_at", "queue_position"]
+    ids = [new_id() for _ in range(jobs.FIELDS_BATCH + 3)]
+    for i, jid in enumerate(ids):
+        if i % 3 == 0:
+            continue  # no record
+        mapping = {"status": "polling", "model": f"m-{i}", "seen_at": repr(i + 0.25)}
+        if i % 3 == 2:
+            mapping["queue_position"] = ""
+        redis_client.hset(KEY_PREFIX + jid, mapping=mapping)
+    try:
+        expected = [redis_client.hmget(KEY_PREFIX + jid, fields) for jid in ids]
+        assert store.fields_of(ids, fields) == expected
+        assert store.fields_of(ids[1:2], ["model"]) == [["m-1"]]
+        assert store.fields_of([], fields) == []
+    finally:
+        redis_client.delete(*(KEY_PREFIX + jid for jid in ids))

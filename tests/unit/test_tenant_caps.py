@@ -12,10 +12,11 @@ import pytest
 import redis
 
 from tasks import errors, names, steps
+from tasks.audio.storage import StoredAudio
 from tasks.nanogpt import validation
 from tasks.record import tenants
 from tasks.record.jobs import KEY_PREFIX, Job, Priority
-from tasks.steps.outcomes import fail
+from tasks.steps.outcomes import fail, succeeded
 from tests.support.ctx import make_ctx
 from tests.unit.test_budget_steps import MODEL, Upstream
 
@@ -158,3 +159,22 @@ def test_a_job_store_failing_after_the_outcome_still_queues_the_webhook(
     monkeypatch.setattr(ctx.jobs.redis, "hmget", refused)
     fail(ctx, job.job_id, errors.Cancelled("cancelled"))
     assert names.NOTIFY in outbox.names()
+
+
+def test_a_completed_job_handed_its_record_is_counted_by_its_lane_without_reading_it(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download step hands the record it loaded: the lane is counted from it, with no
+    read of the job store (one round trip less per job)."""
+    ctx, _ = make_ctx(client, upstream=Upstream())
+    job = submit(ctx, "acme")
+    client.hset(KEY_PREFIX + job.job_id, "status", "downloading")
+    before = lane_jobs("acme", "normal", "completed")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError("the lane is not read from the job store")
+
+    monkeypatch.setattr(ctx.jobs.redis, "hmget", refused)
+    audio = StoredAudio("audio/wav", 4, "0" * 64, "file:///tmp/a.wav", path="/tmp/a.wav")
+    assert succeeded(ctx, job.job_id, audio, job=job)
+    assert lane_jobs("acme", "normal", "completed") == before + 1
