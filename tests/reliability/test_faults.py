@@ -26,8 +26,8 @@ from workers.simulator import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# How long the webhook receiver refuses connections: a few of its 2 s, 4 s, 8 s retry delays.
-RECEIVER_REFUSING_S = 10.0
+# How long the webhook receiver refuses connections: past its 2 s and 4 s retry delays.
+RECEIVER_REFUSING_S = 5.0
 # The message of a download whose connection was refused (tasks/net/http_errors.py: mapped).
 REFUSED_DOWNLOAD = "download: ConnectionError"
 REFUSED_WEBHOOK = "webhook: ConnectionError"

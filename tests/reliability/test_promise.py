@@ -281,8 +281,12 @@ DISK_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("source", ["inline", "url"])
-@pytest.mark.parametrize("fault", ["full", "read-only"])
+# Both faults on a download (the fix: tasks/steps/download.py gives our store's refusal the
+# API's retries, not the audio host's three); the spooled inline audio had them already, so one
+# fault shows it. The other two pairs cost 30 s each of the suite and prove nothing more.
+@pytest.mark.parametrize(
+    ("fault", "source"), [("full", "url"), ("read-only", "url"), ("read-only", "inline")]
+)
 def test_audio_disk_fault_never_reposts(
     fault: str, source: str, rig: Rig, report: list[Figures]
 ) -> None:
