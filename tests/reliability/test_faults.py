@@ -49,7 +49,7 @@ def check(figures: Figures, report: list[Figures]) -> None:
 
 def test_sigkill_whole_worker(rig: Rig, report: list[Figures]) -> None:
     worker = rig.start_worker()
-    ids = rig.submit(200, "pending_s=8 pending=1")
+    ids = rig.submit(200, "pending_s=16 pending=1")
     rig.wait_status(ids, {"polling"}, timeout_s=60)
     killed_at = time.time()
     worker.kill()  # main process and pool children, countdowns held in memory with them
@@ -73,7 +73,7 @@ def test_sigkill_whole_worker(rig: Rig, report: list[Figures]) -> None:
 def test_sigkill_redis(rig: Rig, report: list[Figures]) -> None:
     rig.start_worker()
     supervisor = rig.supervise()
-    ids = rig.submit(200, "pending_s=8 pending=1")
+    ids = rig.submit(200, "pending_s=16 pending=1")
     rig.wait_status(ids, {"polling"}, timeout_s=60)
     time.sleep(1.5)  # appendfsync everysec: what the callers were told is on disk
     killed_at = time.time()
@@ -100,7 +100,7 @@ def test_sigkill_redis(rig: Rig, report: list[Figures]) -> None:
 
 def test_warm_shutdown_with_waiting_polls(rig: Rig, report: list[Figures]) -> None:
     worker = rig.start_worker()
-    ids = rig.submit(200, "pending_s=10 pending=1")
+    ids = rig.submit(200, "pending_s=16 pending=1")
     rig.wait_status(ids, {"polling"}, timeout_s=60)
     stopped_at = time.time()
     worker.stop()  # SIGTERM: warm shutdown while it holds countdown polls
@@ -145,7 +145,7 @@ def test_pool_child_killed_mid_task(rig: Rig, report: list[Figures]) -> None:
 
 def test_upstream_5xx_for_30s(rig: Rig, report: list[Figures]) -> None:
     rig.start_worker()
-    ids = rig.submit(100, "pending_s=3 pending=1")
+    ids = rig.submit(100, "pending_s=12 pending=1")
     rig.wait_status(ids, {"polling"}, timeout_s=60)
     rig.sim.outage = "500"
     time.sleep(30)
@@ -177,7 +177,7 @@ def test_upstream_5xx_for_30s(rig: Rig, report: list[Figures]) -> None:
 
 def test_429_storm(rig: Rig, report: list[Figures]) -> None:
     rig.start_worker()
-    ids = rig.submit(100, "pending_s=2 pending=1")
+    ids = rig.submit(100, "pending_s=10 pending=1")
     rig.wait_status(ids, {"polling"}, timeout_s=60)
     storm_from = time.time()
     rig.sim.outage = "429:3"

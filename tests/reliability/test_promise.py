@@ -148,6 +148,29 @@ def wait_for(probe: Callable[[], Any], *, timeout_s: float) -> Any:
     return found
 
 
+def posts_and_accepted(rig: Rig, text: str) -> tuple[int, list[dict[str, Any]]]:
+    """The POSTs of ``text`` NanoGPT saw, and the bodies of the webhooks the receiver accepted."""
+    accepted = [d.json() for d in rig.deliveries() if d.answered == 200]
+    return rig.posts()[text], accepted
+
+
+def one_completed(posts: int, bodies: list[dict[str, Any]], task_id: str) -> dict[str, Any]:
+    """One POST and one accepted ``tts.completed`` webhook of job ``task_id``; its audio."""
+    assert {
+        "POSTs": posts,
+        "accepted webhooks": len(bodies),
+        "their job ids": sorted({b["job_id"] for b in bodies}),
+        "outcomes": [b["type"] for b in bodies],
+    } == {
+        "POSTs": 1,
+        "accepted webhooks": 1,
+        "their job ids": [task_id],
+        "outcomes": ["tts.completed"],
+    }, bodies
+    audio: dict[str, Any] = bodies[0]["audio"]
+    return audio
+
+
 def test_sigkill_before_any_record(rig: Rig, report: list[Figures]) -> None:
     worker = rig.start_worker(concurrency=CONCURRENCY)
     assert_runs_this_tree(worker)
@@ -250,23 +273,10 @@ def test_inline_audio_store_outage_never_reposts(rig: Rig, report: list[Figures]
     blocker.unlink()
     first_outcome_at(rig, timeout_s=45)
     time.sleep(WATCH_S)
-    accepted = [d for d in rig.deliveries() if d.answered == 200]
-    bodies = [d.json() for d in accepted]
-    posts = rig.posts()[text]
+    posts, bodies = posts_and_accepted(rig, text)
     fault = f"by name, no job id: inline audio, audio store down {STORE_OUTAGE_S:.0f} s"
     report.append(one_job_row(rig, fault, task_id, posts))
-    assert {
-        "POSTs": posts,
-        "accepted webhooks": len(accepted),
-        "their job ids": sorted({b["job_id"] for b in bodies}),
-        "outcomes": [b["type"] for b in bodies],
-    } == {
-        "POSTs": 1,
-        "accepted webhooks": 1,
-        "their job ids": [task_id],
-        "outcomes": ["tts.completed"],
-    }, bodies
-    audio = bodies[0]["audio"]
+    audio = one_completed(posts, bodies, task_id)
     assert Path(audio["path"]).parent == audio_dir.resolve()
     assert Path(audio["path"]).stat().st_size == audio["bytes"]
 
@@ -317,9 +327,7 @@ def test_audio_disk_fault_never_reposts(
             remount(disk, "rw")
         first_outcome_at(rig, timeout_s=45)
         time.sleep(WATCH_S)
-        accepted = [d for d in rig.deliveries() if d.answered == 200]
-        bodies = [d.json() for d in accepted]
-        posts = rig.posts()[text]
+        posts, bodies = posts_and_accepted(rig, text)
         report.append(
             one_job_row(
                 rig,
@@ -328,18 +336,7 @@ def test_audio_disk_fault_never_reposts(
                 posts,
             )
         )
-        assert {
-            "POSTs": posts,
-            "accepted webhooks": len(accepted),
-            "their job ids": sorted({b["job_id"] for b in bodies}),
-            "outcomes": [b["type"] for b in bodies],
-        } == {
-            "POSTs": 1,
-            "accepted webhooks": 1,
-            "their job ids": [task_id],
-            "outcomes": ["tts.completed"],
-        }, bodies
-        audio = bodies[0]["audio"]
+        audio = one_completed(posts, bodies, task_id)
         assert Path(audio["path"]).parent == audio_dir
         assert Path(audio["path"]).stat().st_size == audio["bytes"]
         assert [p.name for p in audio_dir.iterdir()] == [Path(audio["path"]).name]
