@@ -37,7 +37,8 @@ class ReconcilerThread(threading.Thread):
             try:
                 # This process's receipts the store refused first (workers/receipts.py): their
                 # records put them on the watch this scan keeps.
-                receipts.record_again(rt.context())
+                if receipts.kept():
+                    receipts.record_again(rt.context())
                 self.scan_once()
             except Exception as exc:  # a broker or Redis blip must not end the thread
                 # Only a delay: a scan moves a job's check before re-sending its step, and ends
