@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any
+
+from celery import current_app
 
 from tasks.adapters import acks
 from tasks.adapters import runtime as rt
 from tasks.config.settings import get_settings
 from tasks.sweeps import reconcile
-from workers import receipts
+from workers import orphans, receipts
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,12 @@ class ReconcilerThread(threading.Thread):
         lock_ms = max(1, int(self.interval_s * 900))  # expires before the next tick anywhere
         if not rt.redis_client().set(LOCK_KEY, self._owner, nx=True, px=lock_ms):
             return False
-        reconcile.scan(rt.context())
+        ctx = rt.context()
+        if ctx.settings.broker_kind == "redis":
+            # Before the scan: a job recorded here is on the watch the scan keeps.
+            options = current_app.conf.broker_transport_options or {}
+            orphans.sweep(ctx, orphans.broker_client(), options, now=time.time())
+        reconcile.scan(ctx)
         return True
 
     def stop(self) -> None:

@@ -5,7 +5,6 @@ metrics, put job and task ids on log lines, and run the reconciler and the poll 
 
 from __future__ import annotations
 
-import datetime
 import logging
 import urllib.parse
 from typing import Any
@@ -214,7 +213,7 @@ def record_received(request: Any = None, **_: Any) -> None:
         return
     start_at: float | None = None
     try:
-        start_at = _eta_s(request.eta)
+        start_at = received.eta_s(request.eta)
         received.on_received(
             runtime.context(),
             request.name,
@@ -243,14 +242,6 @@ def record_received(request: Any = None, **_: Any) -> None:
             receipts.keep(receipt)
         else:
             log.exception("recording received task %s failed", request.id)
-
-
-def _eta_s(eta: object) -> float | None:
-    if isinstance(eta, datetime.datetime):
-        return eta.timestamp()
-    if isinstance(eta, str) and eta:
-        return datetime.datetime.fromisoformat(eta).timestamp()
-    return None
 
 
 def prepare_metrics(**_: Any) -> None:

@@ -25,6 +25,7 @@ with a countdown waits for its time like any task.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import inspect
 import logging
@@ -58,6 +59,15 @@ def _bound(step: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> dict[
 
 def _unused(*_: Any, **__: Any) -> None:
     """A signature anything fits: for :func:`misfit.problem` on the message's containers."""
+
+
+def eta_s(eta: object) -> float | None:
+    """A message's ETA (a datetime, or the ISO text its headers carry) in epoch seconds."""
+    if isinstance(eta, datetime.datetime):
+        return eta.timestamp()
+    if isinstance(eta, str) and eta:
+        return datetime.datetime.fromisoformat(eta).timestamp()
+    return None
 
 
 def on_received(

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
 
 from tasks.config.celery_config import AMQP_EXCHANGE
 from tasks.names import QUEUES
@@ -302,6 +302,21 @@ class Rig:
                 text = job.request["text"] if job is not None and job.request else NOBODY_SENT
             by_text[text].add(jid)
         return dict(by_text)
+
+    def take_and_abandon(self, queue: str, n: int) -> set[str]:
+        """Take ``n`` messages from ``queue`` as a worker's consumer does (kombu writes its
+        ``unacked`` entry) and drop them unrecorded, as a worker SIGKILLed in between would;
+        their task ids. Nothing is given back: they stay in ``unacked`` for the visibility
+        timeout."""
+        taken = set()
+        with Connection(self.broker_url) as conn:
+            channel = conn.default_channel
+            for _ in range(n):
+                message = channel.basic_get(queue, no_ack=False)
+                assert message is not None, f"{queue} had fewer than {n} messages"
+                taken.add(message.headers["id"])
+            channel.qos.restore_at_shutdown = False
+        return taken
 
     def unacked(self, task_name: str) -> set[str]:
         """Task ids of ``task_name`` messages taken by a worker and not acked (prefetched or
