@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # How long the webhook receiver refuses connections: past its 2 s and 4 s retry delays.
 RECEIVER_REFUSING_S = 5.0
 # The message of a download whose connection was refused (tasks/net/http_errors.py: mapped).
+# A step's retry as the worker logs it (tasks/steps/base.py, retry_or_fail): its planned wait.
+RETRY_PLANNED = re.compile(r"; retry \d+ in ([0-9.]+)s")
 REFUSED_DOWNLOAD = "download: ConnectionError"
 REFUSED_WEBHOOK = "webhook: ConnectionError"
 
@@ -171,8 +174,16 @@ def test_upstream_5xx_for_30s(rig: Rig, report: list[Figures]) -> None:
         report,
     )
     assert completed == 100
-    # backoff bounded: TTS_RETRY_MAX_DELAY (10 s) plus one read timeout and scheduling slack
-    assert max_gap_s <= 10 + 2 + 3
+    # Backoff bounded: every retry the worker planned waits at most TTS_RETRY_MAX_DELAY (10 s),
+    # read from its log. The gaps NanoGPT saw (the figure above) add the release and a free pool
+    # process on cores the suite shares: a figure, not a check (CI saw 16.5 s beside 10.0 s).
+    planned = [
+        float(delay)
+        for worker in rig.workers
+        for delay in RETRY_PLANNED.findall(worker.log_path.read_text(errors="replace"))
+    ]
+    assert len(planned) >= 100, "every job retried through the outage"
+    assert max(planned) <= float(RIG_ENV["TTS_RETRY_MAX_DELAY"])
 
 
 def test_429_storm(rig: Rig, report: list[Figures]) -> None:
