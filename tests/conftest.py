@@ -67,7 +67,7 @@ def needs(item: pytest.Item) -> set[str]:
 LONG_FIRST = (
     "tests/reliability/test_faults.py::test_webhook_receiver_down",  # its outage: 2 min
     "tests/reliability/",  # fault rows: a minute or two each, mostly waiting
-    "tests/integration/test_bench_smoke.py",  # every benchmark row at miniature size: ~2 min
+    "tests/integration/test_bench_smoke.py",  # every benchmark row at miniature size: ~75 s
     "tests/sim/test_sim.py::test_seeds_keep_every_promise",  # 2,000 seeds: ~3 min
 )
 
