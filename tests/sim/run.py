@@ -50,6 +50,7 @@ from tasks.sweeps import granting, reconcile
 from tasks.webhooks.delivery import deliver
 from tests.sim import store as store_faults
 from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
+from tests.sim.truth import Counted, Truth
 from tests.sim.world import (
     API_BASE,
     AUDIO_SHA256,
@@ -364,11 +365,14 @@ class Sim:
         on = store_faults.STORE_FAULTS if store_faults_on is None else store_faults_on
         plan = store_faults.StorePlan.draw(seed, self.clock(), on)
         self.faults: store_faults.Faults | None = None
-        worker_client = client
+        worker_client = Counted(client)
         if on:  # even if this seed drew none: a hand-made case may place its own
             self.faults = store_faults.Faults(seed, plan, self.clock, client)
             worker_client = store_faults.FaultyRedis(client, self.faults)
-        self.truth = JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock)
+        self.truth = Truth(
+            JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock),
+            lambda: worker_client.writes + (self.faults.stats.restarts if self.faults else 0),
+        )
         jobs = JobStore(worker_client, ttl_s=s.job_ttl_s, clock=self.clock)
         self.ctx = Ctx(
             settings=s,
@@ -525,11 +529,8 @@ class Sim:
             return "no record"
         if job.outcome is not None and job.notify_state not in (None, NotifyState.QUEUED):
             return None
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in (DUE_KEY, WAIT_KEY):
-                pipe.zscore(key, jid)
-            if any(score is not None for score in pipe.execute()):
-                return None
+        if self.truth.watched(jid):
+            return None
         return f"{job.status}, watched by nothing"
 
     # --- executions ---------------------------------------------------------------------------
@@ -748,12 +749,12 @@ class Sim:
     def _next_parked(self) -> float:
         now = self.clock()
         # Waiting submits score below every poll: one count holds both kinds.
-        if self.ctx.budget.on and self.client.zcount(WAIT_KEY, "-inf", now):
+        if self.ctx.budget.on and self.truth.waiting_due(now):
             # Jobs wait for tokens: the releaser ticks as workers' do (workers/poll_releaser.py).
             s = self.settings
             return now + min(0.2, s.upstream_burst / s.upstream_rate_per_s / 2)
-        first = self.client.zrange(WAIT_KEY, 0, 0, withscores=True)
-        return float(first[0][1]) if first else float("inf")
+        first = self.truth.first_waiting()
+        return float(first) if first is not None else float("inf")
 
     def _quiet(self) -> bool:
         if self.executions or self.broker.pending():
@@ -831,6 +832,7 @@ class Sim:
 
     def run(self) -> Report:
         self.client.flushdb()
+        self.truth.forget()
         self.transport.know(self.plans)
         self.store.plans = {self.job_id(p): p for p in self.plans}
         self.report.jobs = len(self.plans)
@@ -987,9 +989,12 @@ def check(sim: Sim) -> None:
             late = [e for e in sim.post_calls.get(jid, []) if e > settled_at]
             if late:
                 bad.append(f"job {jid}: {len(late)} POSTs after its outcome")
-    for key in sim.client.scan_iter(count=1000):
-        if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
-            bad.append(f"key {key} has no TTL")
+    keys = [k for k in sim.client.scan_iter(count=1000) if k not in (DUE_KEY, WAIT_KEY)]
+    with sim.client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.ttl(key)
+        ttls = pipe.execute()
+    bad += [f"key {key} has no TTL" for key, ttl in zip(keys, ttls, strict=True) if ttl == -1]
 
 
 def reuse_kept(sim: Sim) -> list[str]:
@@ -1044,7 +1049,7 @@ def budget_bound(
     return []
 
 
-def settles_once(settles: list[Settle], jobs: JobStore) -> list[str]:
+def settles_once(settles: list[Settle], jobs: Truth) -> list[str]:
     """At most one settle per job took effect (said True, or changed the outcome); each said
     what it did; and the outcome the job ends with is the first one, with its id."""
     bad: list[str] = []
