@@ -342,7 +342,12 @@ class Sim:
         self.seed = seed
         self.rng = random.Random(seed)
         random.seed(seed)  # the schedule's jitter draws from the module's generator
-        self.client = client
+        # The seed's own reads, and the workers' commands (Counted), each hold one connection of
+        # ``client``'s pool until close(): taking one from the pool and giving it back for each
+        # command was a tenth of a seed's time.
+        self.client = redis.Redis(
+            connection_pool=client.connection_pool, single_connection_client=True
+        )
         self.clock = Clock()
         self.knobs = knobs or Knobs.draw(self.rng)
         self.plans = draw_plans(self.rng, self.rng.randint(1, 5))
@@ -385,8 +390,9 @@ class Sim:
         if on:  # even if this seed drew none: a hand-made case may place its own
             self.faults = store_faults.Faults(seed, plan, self.clock, client)
             worker_client = store_faults.FaultyRedis(client, self.faults)
+        self.worker_client = worker_client
         self.truth = Truth(
-            JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock),
+            JobStore(self.client, ttl_s=s.job_ttl_s, clock=self.clock),
             lambda: worker_client.writes + (self.faults.stats.restarts if self.faults else 0),
         )
         jobs = JobStore(worker_client, ttl_s=s.job_ttl_s, clock=self.clock)
@@ -457,6 +463,11 @@ class Sim:
         # job's first successful settle happened.
         self.unrecorded: set[str] = set()
         self.settled_s: dict[str, float] = {}
+
+    def close(self) -> None:
+        """Give back the connections the seed held (its own client's and the workers')."""
+        self.client.close()
+        self.worker_client.close()
 
     # --- identities -------------------------------------------------------------------------
 
@@ -1113,15 +1124,18 @@ def run_seed(
     """
     may_reuse = shape is None if reuse is None else reuse
     sim = Sim(seed, client, store_faults_on=store_faults_on, reuse=may_reuse)
-    sim.trace = trace
-    if shape is not None:
-        shape(sim)
-    # Thousands of seeds log every fault they inject: quiet, then as it was (the suite's later
-    # tests read these loggers with caplog).
-    logger = logging.getLogger("tasks")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
     try:
-        return sim.run()
+        sim.trace = trace
+        if shape is not None:
+            shape(sim)
+        # Thousands of seeds log every fault they inject: quiet, then as it was (the suite's
+        # later tests read these loggers with caplog).
+        logger = logging.getLogger("tasks")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            return sim.run()
+        finally:
+            logger.setLevel(level)
     finally:
-        logger.setLevel(level)
+        sim.close()

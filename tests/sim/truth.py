@@ -52,11 +52,12 @@ def _writes(names: list[str]) -> bool:
 
 
 class Counted(redis.Redis):
-    """A client on ``client``'s server (its connection pool) that counts what it sends that
-    may write: ``writes`` goes up by one for each such command and each pipeline holding one."""
+    """A client on ``client``'s server that counts what it sends that may write: ``writes``
+    goes up by one for each such command and each pipeline holding one. It holds one
+    connection of ``client``'s pool until :meth:`close` (pipelines take theirs from the pool)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        super().__init__(connection_pool=client.connection_pool)
+        super().__init__(connection_pool=client.connection_pool, single_connection_client=True)
         self.writes = 0
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
