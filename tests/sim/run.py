@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import uuid
 from collections import Counter
@@ -50,6 +51,7 @@ from tasks.sweeps import granting, reconcile
 from tasks.webhooks.delivery import deliver
 from tests.sim import store as store_faults
 from tests.sim.broker import Broker, Held, Message, PublishFailed, Worker
+from tests.sim.truth import Counted, Truth
 from tests.sim.world import (
     API_BASE,
     AUDIO_SHA256,
@@ -203,6 +205,21 @@ def draw_plans(rng: random.Random, n: int) -> list[Plan]:
     return plans
 
 
+# Settings by the values given and the process's environment (pydantic-settings reads all of
+# it for the fields not given): a seed draws one of a few dozen, and building one took 1.2 ms,
+# 2 % of a seed.
+_Pairs = tuple[tuple[str, str], ...]
+_SETTINGS: dict[tuple[_Pairs, _Pairs], Settings] = {}
+
+
+def settings(values: dict[str, str]) -> Settings:
+    """``Settings(**values)``, built once per ``values`` and environment (it is frozen)."""
+    key = (tuple(sorted(values.items())), tuple(sorted(os.environ.items())))
+    if key not in _SETTINGS:
+        _SETTINGS[key] = Settings(**values)  # type: ignore[arg-type]
+    return _SETTINGS[key]
+
+
 @dataclass
 class Execution:
     worker: Worker
@@ -325,7 +342,12 @@ class Sim:
         self.seed = seed
         self.rng = random.Random(seed)
         random.seed(seed)  # the schedule's jitter draws from the module's generator
-        self.client = client
+        # The seed's own reads, and the workers' commands (Counted), each hold one connection of
+        # ``client``'s pool until close(): taking one from the pool and giving it back for each
+        # command was a tenth of a seed's time.
+        self.client = redis.Redis(
+            connection_pool=client.connection_pool, single_connection_client=True
+        )
         self.clock = Clock()
         self.knobs = knobs or Knobs.draw(self.rng)
         self.plans = draw_plans(self.rng, self.rng.randint(1, 5))
@@ -336,7 +358,7 @@ class Sim:
         # ``reuse``: may this seed draw TTS_REUSE_TTL (the hand-made cases keep their worlds).
         self.reuse = reuse and draw_reuse(seed, self.plans)
         reuse_env = {"TTS_REUSE_TTL": str(REUSE_TTL_S if self.reuse else 0)}
-        self.settings = Settings(**SIM_ENV, **budget_env, **reuse_env)  # type: ignore[arg-type]
+        self.settings = settings({**SIM_ENV, **budget_env, **reuse_env})
         s = self.settings
         self.ledger = Ledger()
         self.transport = Transport(self.clock, self.plans, self.ledger)
@@ -364,11 +386,15 @@ class Sim:
         on = store_faults.STORE_FAULTS if store_faults_on is None else store_faults_on
         plan = store_faults.StorePlan.draw(seed, self.clock(), on)
         self.faults: store_faults.Faults | None = None
-        worker_client = client
+        worker_client = Counted(client)
         if on:  # even if this seed drew none: a hand-made case may place its own
             self.faults = store_faults.Faults(seed, plan, self.clock, client)
             worker_client = store_faults.FaultyRedis(client, self.faults)
-        self.truth = JobStore(client, ttl_s=s.job_ttl_s, clock=self.clock)
+        self.worker_client = worker_client
+        self.truth = Truth(
+            JobStore(self.client, ttl_s=s.job_ttl_s, clock=self.clock),
+            lambda: worker_client.writes + (self.faults.stats.restarts if self.faults else 0),
+        )
         jobs = JobStore(worker_client, ttl_s=s.job_ttl_s, clock=self.clock)
         self.ctx = Ctx(
             settings=s,
@@ -437,6 +463,11 @@ class Sim:
         # job's first successful settle happened.
         self.unrecorded: set[str] = set()
         self.settled_s: dict[str, float] = {}
+
+    def close(self) -> None:
+        """Give back the connections the seed held (its own client's and the workers')."""
+        self.client.close()
+        self.worker_client.close()
 
     # --- identities -------------------------------------------------------------------------
 
@@ -525,11 +556,8 @@ class Sim:
             return "no record"
         if job.outcome is not None and job.notify_state not in (None, NotifyState.QUEUED):
             return None
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in (DUE_KEY, WAIT_KEY):
-                pipe.zscore(key, jid)
-            if any(score is not None for score in pipe.execute()):
-                return None
+        if self.truth.watched(jid):
+            return None
         return f"{job.status}, watched by nothing"
 
     # --- executions ---------------------------------------------------------------------------
@@ -748,12 +776,12 @@ class Sim:
     def _next_parked(self) -> float:
         now = self.clock()
         # Waiting submits score below every poll: one count holds both kinds.
-        if self.ctx.budget.on and self.client.zcount(WAIT_KEY, "-inf", now):
+        if self.ctx.budget.on and self.truth.waiting_due(now):
             # Jobs wait for tokens: the releaser ticks as workers' do (workers/poll_releaser.py).
             s = self.settings
             return now + min(0.2, s.upstream_burst / s.upstream_rate_per_s / 2)
-        first = self.client.zrange(WAIT_KEY, 0, 0, withscores=True)
-        return float(first[0][1]) if first else float("inf")
+        first = self.truth.first_waiting()
+        return float(first) if first is not None else float("inf")
 
     def _quiet(self) -> bool:
         if self.executions or self.broker.pending():
@@ -831,6 +859,7 @@ class Sim:
 
     def run(self) -> Report:
         self.client.flushdb()
+        self.truth.forget()
         self.transport.know(self.plans)
         self.store.plans = {self.job_id(p): p for p in self.plans}
         self.report.jobs = len(self.plans)
@@ -987,9 +1016,12 @@ def check(sim: Sim) -> None:
             late = [e for e in sim.post_calls.get(jid, []) if e > settled_at]
             if late:
                 bad.append(f"job {jid}: {len(late)} POSTs after its outcome")
-    for key in sim.client.scan_iter(count=1000):
-        if key not in (DUE_KEY, WAIT_KEY) and sim.client.ttl(key) == -1:
-            bad.append(f"key {key} has no TTL")
+    keys = [k for k in sim.client.scan_iter(count=1000) if k not in (DUE_KEY, WAIT_KEY)]
+    with sim.client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.ttl(key)
+        ttls = pipe.execute()
+    bad += [f"key {key} has no TTL" for key, ttl in zip(keys, ttls, strict=True) if ttl == -1]
 
 
 def reuse_kept(sim: Sim) -> list[str]:
@@ -1044,7 +1076,7 @@ def budget_bound(
     return []
 
 
-def settles_once(settles: list[Settle], jobs: JobStore) -> list[str]:
+def settles_once(settles: list[Settle], jobs: Truth) -> list[str]:
     """At most one settle per job took effect (said True, or changed the outcome); each said
     what it did; and the outcome the job ends with is the first one, with its id."""
     bad: list[str] = []
@@ -1092,15 +1124,18 @@ def run_seed(
     """
     may_reuse = shape is None if reuse is None else reuse
     sim = Sim(seed, client, store_faults_on=store_faults_on, reuse=may_reuse)
-    sim.trace = trace
-    if shape is not None:
-        shape(sim)
-    # Thousands of seeds log every fault they inject: quiet, then as it was (the suite's later
-    # tests read these loggers with caplog).
-    logger = logging.getLogger("tasks")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
     try:
-        return sim.run()
+        sim.trace = trace
+        if shape is not None:
+            shape(sim)
+        # Thousands of seeds log every fault they inject: quiet, then as it was (the suite's
+        # later tests read these loggers with caplog).
+        logger = logging.getLogger("tasks")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            return sim.run()
+        finally:
+            logger.setLevel(level)
     finally:
-        logger.setLevel(level)
+        sim.close()

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.client import Pipeline
+
+from tests.sim.truth import READS, Counted, CountedPipeline
 
 ALL_FAULTS = frozenset({"errors", "timeouts", "oom", "restart"})
 
@@ -70,28 +71,6 @@ CLIENT_RESENDS = False
 RESENDS = 10
 RESEND_BASE_S = 0.01
 RESEND_CAP_S = 1.0
-
-# Commands that only read: an OOM does not refuse them.
-READS = frozenset(
-    {
-        "DUMP",
-        "EXISTS",
-        "GET",
-        "HGET",
-        "HGETALL",
-        "HMGET",
-        "LRANGE",
-        "PTTL",
-        "SCAN",
-        "SCRIPT LOAD",
-        "TTL",
-        "ZCARD",
-        "ZCOUNT",
-        "ZRANGE",
-        "ZRANGEBYSCORE",
-        "ZSCORE",
-    }
-)
 
 
 @dataclass
@@ -288,11 +267,12 @@ class Faults:
         raise error
 
 
-class FaultyRedis(redis.Redis):
-    """A client on the real server whose every command (and pipeline) goes through ``faults``."""
+class FaultyRedis(Counted):
+    """A client on the real server whose every command (and pipeline) goes through ``faults``
+    (those that reach the server are counted, :class:`tests.sim.truth.Counted`)."""
 
     def __init__(self, client: redis.Redis, faults: Faults) -> None:
-        super().__init__(connection_pool=client.connection_pool)
+        super().__init__(client)
         self.faults = faults
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -323,15 +303,15 @@ class FaultyRedis(redis.Redis):
         self.faults.scripts[registered.sha] = source
         return registered
 
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> FaultyPipeline:
         return FaultyPipeline(self, transaction, shard_hint)
 
 
-class FaultyPipeline(Pipeline):
+class FaultyPipeline(CountedPipeline):
     """A pipeline whose ``execute`` is one command to the faults (a MULTI/EXEC is all or none)."""
 
     def __init__(self, client: FaultyRedis, transaction: bool, shard_hint: Any) -> None:
-        super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
+        super().__init__(client, transaction, shard_hint)
         self._faults = client.faults
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:

@@ -257,6 +257,9 @@ class Http:
 
     def __init__(self, transport: Transport, timeout_s: tuple[float, float]) -> None:
         self.session = requests.Session()
+        # No proxies, CA bundle or .netrc from the environment: the transport answers every
+        # request itself, and reading them cost more than the rest of a request.
+        self.session.trust_env = False
         self.session.mount("http://127.0.0.1:", transport)
         self._timeout_s = timeout_s
 
