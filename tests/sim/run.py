@@ -14,9 +14,12 @@ with the script run or not, OOM on writes, a restart that loses the last second)
 job store and the budget, at the client; and a task that raises is handled as Celery handles it
 (:data:`STORE_ERROR_RETRIES`).
 
-Not modelled: the microseconds between kombu moving a message to ``unacked`` and our
-``task_received`` handler recording its job (a SIGKILL there still waits for the visibility
-timeout); a message taken and received is one event here.
+A worker may also die between kombu moving a message to ``unacked`` and our ``task_received``
+handler recording its job (drawn from a generator of its own, :data:`P_KILL_AT_RECEIPT`, so the
+other draws of a seed stay as they were until such a kill); the
+reconciler's look at the ``unacked`` entries past ``workers.orphans.AGE_S`` (each once, our
+messages given to the same receipt code) records such a job, as it does one whose record the
+store refused at receipt.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from tests.sim.world import (
     Plan,
     Transport,
 )
+from workers import orphans
 
 # Production defaults but shorter waits, so that a schedule plays out in a few simulated
 # minutes; the recovery grace and reconcile interval are production's.
@@ -125,6 +129,10 @@ class Knobs:
     # Kill the worker of whatever execution reaches this side-effect number first (a fault
     # placed by hand, for the regression cases); None: only p_crash.
     kill_at_event: int | None = None
+    # Kill the worker taking the message of this take number (1 = the first message any worker
+    # takes), after kombu's unacked write and before the record; None: P_KILL_AT_RECEIPT per
+    # take in a world with crashes (p_crash > 0).
+    kill_at_take: int | None = None
     # The fleet's NanoGPT budget (calls/s; 0 off) and burst: slow ones make calls wait.
     upstream_rate: float = 0.0
     upstream_burst: int = 1
@@ -151,6 +159,9 @@ class Knobs:
 # late enough to find a job in any state, from not yet received to long finished.
 P_CANCEL = 0.15
 CANCEL_WITHIN_S = 20.0
+# Chance, per message taken in a world with crashes, that its worker is SIGKILLed after
+# kombu's unacked write and before the record (within the seed's kill limit).
+P_KILL_AT_RECEIPT = 0.005
 
 SUBMIT_FAULTS = ("refused", "refused", "503", "429:1", "429:3", "500", "502html", "lost", "400")
 STATUS_FAULTS = ("refused", "timeout", "503", "500", "429:1", "malformed")
@@ -325,6 +336,8 @@ class Report:
     store_errors: int = 0  # executions that ended on a job-store error
     # Messages a dead worker held that came back only after the visibility timeout.
     restored: int = 0
+    # Workers SIGKILLed between taking a message and recording its job.
+    kills_at_receipt: int = 0
     # Jobs answered by an identical request (reused_from), on a seed with TTS_REUSE_TTL.
     reused: int = 0
 
@@ -463,6 +476,10 @@ class Sim:
         # job's first successful settle happened.
         self.unrecorded: set[str] = set()
         self.settled_s: dict[str, float] = {}
+        # workers/orphans.py: the unacked entries taken before this were looked at.
+        self.orphans_cursor = self.start
+        self.receipt_rng = random.Random(f"receipt-{seed}")
+        self.takes = 0
 
     def close(self) -> None:
         """Give back the connections the seed held (its own client's and the workers')."""
@@ -731,6 +748,12 @@ class Sim:
                 if held is None:
                     break
                 m = held.message
+                if self._killed_at_receipt():
+                    # SIGKILLed after kombu's unacked write, before the record: only the
+                    # reconciler's look at the unacked entries finds this job now.
+                    self.report.kills_at_receipt += 1
+                    self._kill(worker)
+                    break
                 # workers/signals.py logs a failure to record it: the task records the job.
                 try:
                     received.on_received(
@@ -751,6 +774,16 @@ class Sim:
                 moved = True
         return moved
 
+    def _killed_at_receipt(self) -> bool:
+        """Whether the worker that has just taken a message dies before recording its job."""
+        k = self.knobs
+        self.takes += 1
+        if self.kills >= k.max_kills:
+            return False
+        if k.kill_at_take is not None:
+            return self.takes == k.kill_at_take
+        return k.p_crash > 0 and self.receipt_rng.random() < P_KILL_AT_RECEIPT
+
     def _background(self, next_at: dict[str, float]) -> None:
         now = self.clock()
         if not any(w.alive for w in self.workers):
@@ -767,11 +800,36 @@ class Sim:
                 pass  # workers/poll_releaser.py logs it and tries again on a later tick
         if now >= next_at["reconcile"]:
             next_at["reconcile"] = now + self.settings.reconcile_interval_s
+            # workers/reconciler.py: the look at kombu's unacked entries, then the scan; a
+            # store error ends the tick.
             with contextlib.suppress(PublishFailed, redis.RedisError):
+                self._look_at_unacked(now)
                 reconcile.scan(self.ctx)
         if now >= next_at["restore"]:
             next_at["restore"] = now + RESTORE_EVERY_S
             self.report.restored += self.broker.restore_visible(now)
+
+    def _look_at_unacked(self, now: float) -> None:
+        """workers/orphans.py's sweep on this broker's unacked table: each entry taken since the
+        cursor and at least ``AGE_S`` ago, once; a message of ours goes through the receipt code
+        again (a no-op where the record exists). A store error leaves the cursor where it was."""
+        upto = now - orphans.AGE_S
+        entries = sorted(self.broker.unacked.values(), key=lambda entry: entry[1])
+        for m, taken_at, _ in entries:
+            if not self.orphans_cursor <= taken_at <= upto or m.name not in names.QUEUES:
+                continue
+            try:
+                received.on_received(self.ctx, m.name, m.task_id, m.args, m.kwargs, start_at=m.eta)
+            except Exception as exc:
+                if acks.store_unavailable(exc):
+                    raise
+                if not isinstance(exc, PublishFailed):  # logged and left, as the worker does
+                    raise
+        self.orphans_cursor = upto
+
+    def _unlooked(self) -> bool:
+        """An unacked entry the look at them has not reached yet."""
+        return any(at >= self.orphans_cursor for _, at, _ in self.broker.unacked.values())
 
     def _next_parked(self) -> float:
         now = self.clock()
@@ -831,7 +889,7 @@ class Sim:
             return None
         alive = {w.wid for w in self.workers if w.alive}
         taken = [at for _, at, wid in self.broker.unacked.values() if wid not in alive]
-        if not taken:
+        if not taken or self._unlooked():
             return None
         for plan in self.plans:
             job = self.truth.get(self.job_id(plan))
@@ -968,13 +1026,15 @@ def check(sim: Sim) -> None:
             bad.append(f"job {jid}: no outcome by the end ({status})")
             continue
         ended_s = sim.settled_s.get(jid, 0.0)
-        if ended_s > sim.base_end and jid not in sim.unrecorded:
-            # Only a job the store could not record at receipt may wait for a dead worker's
-            # messages to come back (the visibility timeout); any other is re-sent by the
-            # reconciler within TTS_RECOVERY_GRACE.
+        if ended_s > sim.base_end:
+            # No job waits for a dead worker's messages to come back (the visibility timeout):
+            # the reconciler re-sends what has a record within TTS_RECOVERY_GRACE, and records
+            # from the unacked entries what has none (refused at receipt, or a worker killed
+            # before recording it).
+            unrecorded = " (its record refused at receipt)" if jid in sim.unrecorded else ""
             bad.append(
-                f"job {jid}: ended {ended_s - sim.start:.0f} s in, after the visibility timeout, "
-                "though its record was taken at receipt"
+                f"job {jid}: ended {ended_s - sim.start:.0f} s in, after the visibility "
+                f"timeout{unrecorded}"
             )
         error = job.outcome.get("error") or {}
         sim.report.outcomes[error.get("code", "completed")] += 1
