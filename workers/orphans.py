@@ -15,6 +15,10 @@ finds the record when it exists (almost always: the worker that holds it is aliv
 it long ago) and makes it when not. A cursor in Redis (:data:`CURSOR_KEY`, the index's score up
 to which entries were looked at) makes each entry cost one look, whatever the worker count.
 
+The same look records a job whose record the job store refused when its message was received
+(the store down, or Redis as broker and store SIGKILLed at that instant) once the store answers:
+the cursor moves only past entries looked at without a store error.
+
 Messages of other apps sharing the broker are read, never touched. Left for kombu: a SIGKILL
 between its ``BRPOP`` and its ``unacked`` write (no Redis round trip apart) loses the message
 outright; the Redis transport has no atomic move to close that gap.
@@ -114,7 +118,7 @@ def sweep(
             continue  # acknowledged (or given back) since the index was read
         try:
             task = parse(entry)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("orphans: an unacked entry that is not a task message was left alone")
             continue
         if task is None:

@@ -19,7 +19,7 @@ from tasks.adapters import acks
 from tasks.adapters import runtime as rt
 from tasks.config.settings import get_settings
 from tasks.sweeps import reconcile
-from workers import orphans, receipts
+from workers import orphans
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ class ReconcilerThread(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
-                # This process's receipts the store refused first (workers/receipts.py): their
-                # records put them on the watch this scan keeps.
-                if receipts.kept():
-                    receipts.record_again(rt.context())
                 self.scan_once()
             except Exception as exc:  # a broker or Redis blip must not end the thread
                 # Only a delay: a scan moves a job's check before re-sending its step, and ends

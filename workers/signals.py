@@ -16,7 +16,7 @@ from tasks import logctx, redact
 from tasks.adapters import acks, received, runtime
 from tasks.config import celery_config
 from tasks.config.settings import Settings, get_settings, retired_set
-from workers import log_redaction, metrics_server, poll_releaser, receipts, reconciler
+from workers import log_redaction, metrics_server, poll_releaser, reconciler
 
 log = logging.getLogger("workers")
 
@@ -211,7 +211,6 @@ def record_received(request: Any = None, **_: Any) -> None:
     (:mod:`tasks.adapters.received`), so a worker that dies before running it loses nothing."""
     if request is None:
         return
-    start_at: float | None = None
     try:
         start_at = received.eta_s(request.eta)
         received.on_received(
@@ -225,21 +224,14 @@ def record_received(request: Any = None, **_: Any) -> None:
     except Exception as exc:
         # The consumer must go on, and the message is still safe: the task records the job
         # first thing when it runs (the same accept code), and a job-store error there is a
-        # retry of this very message, never an ack (tasks/adapters/acks.py). What would be lost
-        # is the early watch, for a worker that dies or loses its broker before running it
-        # (RabbitMQ gives the message back when the channel closes; Redis after the visibility
-        # timeout, an hour): so the receipt is kept and recorded once the store answers.
+        # retry of this very message, never an ack (tasks/adapters/acks.py). A worker that dies
+        # or loses its broker before running it leaves the message in kombu's unacked entries
+        # on Redis, where the reconciler looks for jobs with no record (workers/orphans.py);
+        # RabbitMQ gives it back when the channel closes.
         if acks.store_unavailable(exc):
             log.warning(
-                "recording received task %s failed: job store unavailable: %s; kept to record "
-                "again",
-                request.id,
-                exc,
+                "recording received task %s failed: job store unavailable: %s", request.id, exc
             )
-            receipt = receipts.Receipt(
-                request.name, request.id, request.args or (), request.kwargs or {}, start_at
-            )
-            receipts.keep(receipt)
         else:
             log.exception("recording received task %s failed", request.id)
 

@@ -23,9 +23,8 @@ from tasks import names
 from tasks.record.jobs import DUE_KEY, KEY_PREFIX
 from tasks.record.states import Status
 from tests.support.ctx import make_ctx
-from tests.unit.test_receipts import refusing
 from workers import orphans
-from workers.embedded_redis import EmbeddedRedis
+from workers.embedded_redis import EmbeddedRedis, free_port
 
 MODEL = "Elevenlabs-Turbo-V2.5"
 QUEUE = names.QUEUES[names.SUBMIT_TTS]
@@ -37,6 +36,11 @@ def options(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
     redis_client.delete(orphans.CURSOR_KEY)
     yield {"global_keyprefix": f"orphans-{uuid.uuid4().hex}:"}
     redis_client.delete(orphans.CURSOR_KEY)
+
+
+def refusing() -> redis.Redis:
+    """A client of a port nothing listens on: every command is refused."""
+    return redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
 
 
 def taken_and_abandoned(url: str, options: dict[str, str], name: str, *args: object) -> str:
@@ -86,6 +90,8 @@ def test_another_apps_message_is_left_alone(
     assert redis_client.hlen(unacked_key) == 1
 
 
+# Also the case a worker met when its Redis (broker and store) was SIGKILLed as it received a
+# submit: the record refused, the message left in unacked, the worker gone or reconnected.
 def test_nothing_moves_while_the_job_store_refuses(
     redis_client: redis.Redis, quiet_redis_server: EmbeddedRedis, options: dict[str, str]
 ) -> None:
