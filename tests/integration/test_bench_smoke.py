@@ -48,10 +48,16 @@ def test_every_row_runs_at_miniature_size(tmp_path: Path) -> None:
         out.parent.mkdir()
         command = [sys.executable, "-m", "bench", "--size", "mini", "--rows", group, "--out"]
         runs.append((out, subprocess.Popen([*command, str(out)], cwd=REPO, **PIPES)))
+    try:  # every group's output first, so a failing group does not leave the others running
+        done = [(out, *run.communicate(timeout=240), run.returncode) for out, run in runs]
+    finally:
+        for _, run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
     rows: dict[str, dict[str, Any]] = {}
-    for out, run in runs:
-        stdout, stderr = run.communicate(timeout=240)
-        assert run.returncode == 0, stdout + stderr
+    for out, stdout, stderr, returncode in done:
+        assert returncode == 0, stdout + stderr
         group_rows = json.loads(out.with_suffix(".json").read_text())
         text = out.read_text()
         for number, row in group_rows.items():

@@ -818,13 +818,9 @@ class Sim:
         for m, taken_at, _ in entries:
             if not self.orphans_cursor <= taken_at <= upto or m.name not in names.QUEUES:
                 continue
-            try:
+            # A cancel's webhook publish failing is logged and left, as the worker does.
+            with contextlib.suppress(PublishFailed):
                 received.on_received(self.ctx, m.name, m.task_id, m.args, m.kwargs, start_at=m.eta)
-            except Exception as exc:
-                if acks.store_unavailable(exc):
-                    raise
-                if not isinstance(exc, PublishFailed):  # logged and left, as the worker does
-                    raise
         self.orphans_cursor = upto
 
     def _unlooked(self) -> bool:
