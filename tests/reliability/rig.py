@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -332,6 +333,26 @@ class Rig:
             if headers.get("task") == task_name:
                 ids.add(headers["id"])
         return ids
+
+    def queued(self, queue: str) -> set[str]:
+        """Task ids of the messages waiting in ``queue`` (each of kombu's priority lists)."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            raw = [m for key in client.keys(f"{queue}*") for m in client.lrange(key, 0, -1)]
+        finally:
+            client.close()
+        return {json.loads(m)["headers"]["id"] for m in raw}
+
+    def received(self, task_name: str) -> set[str]:
+        """Task ids of ``task_name`` messages any worker of the rig logged as received. Celery
+        logs that right after kombu's unacked write, on stderr (line-buffered), so a SIGKILLed
+        worker's log has every message it had taken into unacked."""
+        pattern = re.compile(rf"Task {re.escape(task_name)}\[([0-9a-f-]+)\] received")
+        return {
+            found
+            for worker in self.workers
+            for found in pattern.findall(worker.log_path.read_text(errors="replace"))
+        }
 
     def jobs(self, ids: list[str]) -> dict[str, Job | None]:
         return {jid: self.store.get(jid) for jid in ids}
